@@ -1,0 +1,122 @@
+"""The one projected-gradient loop; FGSM, PGD-k, MIM, CW_inf and the l_2 attacks configure it.
+
+Signature in adv-lib's manner: a plain function ``(model, inputs, labels, **options) -> adv_inputs``.
+Every training method's inner maximisation and every white-box attack of the evaluation suite call
+:func:`pgd`, so no PGD loop is written twice.
+
+Guarantees (tested): gradients are taken with respect to the input only (``torch.autograd.grad``; no
+``.grad`` of any parameter is touched), the model's train / eval mode is restored, every adversarial
+example lies inside the threat model's ball and inside [0, 1], and there is no host synchronisation
+inside the step loop (restarts synchronise once between restarts, only when there are several).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from .objectives import Objective, get_objective
+from .threat import ThreatModel
+
+#: Objective options whose first dimension is the batch (indexed when restarts attack a subset).
+PER_SAMPLE_OPTIONS = frozenset({"target_logits"})
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module, enabled: bool = True):
+    """Put ``model`` in eval mode (BatchNorm uses running statistics) and restore its mode after."""
+    was_training = model.training
+    if enabled:
+        model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """bf16 / fp16 autocast on ``device`` when ``dtype`` is given, a no-op otherwise."""
+    if dtype is None or dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, steps: int,
+         step_size: float, objective: Objective, kwargs: Mapping[str, Any], random_start: bool,
+         momentum: float, targeted: bool, amp_dtype: torch.dtype | None,
+         generator: torch.Generator | None) -> torch.Tensor:
+    delta = threat.random_start(x, generator) if random_start else torch.zeros_like(x)
+    velocity = torch.zeros_like(x) if momentum else None
+    sign = -1.0 if targeted else 1.0
+    for _ in range(steps):
+        delta.requires_grad_(True)
+        with autocast(x.device, amp_dtype):
+            logits = model(x + delta)  # (B, C)
+        loss = sign * objective(logits, y, **kwargs)  # (B,)
+        (grad,) = torch.autograd.grad(loss.sum(), delta)
+        with torch.no_grad():
+            if velocity is not None:  # MIM (Dong et al. 2018): accumulate l_1-normalised gradients
+                grad = grad / grad.abs().flatten(1).sum(1).clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
+                velocity.mul_(momentum).add_(grad)
+                grad = velocity
+            delta = threat.clip(x, delta + threat.step(grad, step_size))
+    return (x + delta).detach()
+
+
+def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, steps: int = 10,
+        step_size: float = 2 / 255, objective: str | Objective = "ce", random_start: bool = True,
+        momentum: float = 0.0, restarts: int = 1, targeted: bool = False,
+        objective_kwargs: Mapping[str, Any] | None = None, use_eval_mode: bool = True,
+        amp_dtype: torch.dtype | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Projected gradient ascent on ``objective`` inside ``threat`` (Madry et al. 2018).
+
+    Args:
+        model: maps images (B, C, H, W) in [0, 1] to logits (B, K); attacked as deployed.
+        x: clean images (B, C, H, W) in [0, 1].
+        y: labels (B,), or target labels when ``targeted``.
+        threat: :class:`~ltrobust.attacks.threat.Linf` or :class:`~ltrobust.attacks.threat.L2`.
+        steps: number of gradient steps (0 returns ``x`` or the random start).
+        step_size: step length in the threat model's norm (pixel units).
+        objective: name in :data:`~ltrobust.attacks.objectives.OBJECTIVES` or a callable
+            ``(logits, y, **kw) -> (B,)`` to maximise.
+        random_start: start uniformly inside the ball.
+        momentum: MIM decay factor (0: plain PGD).
+        restarts: further runs from new random starts, each only on points not yet misclassified.
+        targeted: minimise the objective towards ``y`` instead.
+        objective_kwargs: options of the objective (``kappa``, ``weights``, ``target_logits``, ...).
+        use_eval_mode: attack with BatchNorm in eval mode (mode restored afterwards).
+        amp_dtype: e.g. ``torch.bfloat16`` for autocast during the attack (training-time attacks).
+        generator: random generator for the random start (default: the global one).
+
+    Returns:
+        Adversarial images (B, C, H, W), detached, inside the ball and inside [0, 1].
+
+    Example::
+
+        x_adv = pgd(model, x, y, Linf(8 / 255), steps=20, step_size=2 / 255)
+    """
+    obj = get_objective(objective)
+    kwargs = dict(objective_kwargs or {})
+    x = x.detach()
+    with eval_mode(model, use_eval_mode):
+        x_adv = _run(model, x, y, threat, steps, step_size, obj, kwargs, random_start, momentum,
+                     targeted, amp_dtype, generator)
+        for _ in range(restarts - 1):
+            with torch.no_grad(), autocast(x.device, amp_dtype):
+                pred = model(x_adv).argmax(1)
+            todo = (pred != y) if targeted else (pred == y)
+            idx = todo.nonzero().squeeze(1)
+            if idx.numel() == 0:
+                break
+            sub_kw = {k: (v[idx] if k in PER_SAMPLE_OPTIONS else v) for k, v in kwargs.items()}
+            x_adv[idx] = _run(model, x[idx], y[idx], threat, steps, step_size, obj, sub_kw, True,
+                              momentum, targeted, amp_dtype, generator)
+    return x_adv
+
+
+def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, **kw: Any) -> torch.Tensor:
+    """FGSM (Goodfellow et al. 2015): one step of size eps from the clean image."""
+    return pgd(model, x, y, threat, steps=1, step_size=threat.eps, random_start=False, **kw)

@@ -1,0 +1,136 @@
+"""Named attacks of the evaluation suite (SPEC 4), each a configuration of :func:`~.pgd.pgd` or of AutoAttack.
+
+Names: ``clean``, ``fgsm``, ``pgd<k>`` (CE, uniform start), ``mim<k>`` (momentum 1.0), ``cw<k>``
+(CW_inf margin, kappa 50), ``adaptive`` / ``adaptive<k>`` (PGD on CE of logits x10, REAT Sec. 5.2;
+AT-BSL's LSA), ``aa`` (AutoAttack standard), ``apgd`` (APGD-CE + APGD-T, RoBal's subset), ``square``
+(Square alone, the black-box check of the audit). A ``-l2`` suffix switches to the l_2 threat model
+(``pgd20-l2``, ``cw100-l2``: PGD on the CW margin in the l_2 ball). Families are registered in
+:data:`~ltrobust.registry.ATTACKS`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from ..registry import ATTACKS
+from .pgd import pgd
+from .threat import threat_model
+
+_NAME = re.compile(r"^(?P<family>[a-z]+?)(?P<steps>\d+)?(?P<l2>-l2)?$")
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """A fully resolved attack: what :func:`run_attack` executes."""
+
+    name: str
+    family: str
+    norm: str = "linf"
+    eps: float = 8 / 255
+    steps: int = 0
+    step_size: float = 2 / 255
+    objective: str = "ce"
+    objective_kwargs: tuple[tuple[str, Any], ...] = ()
+    random_start: bool = True
+    momentum: float = 0.0
+    restarts: int = 1
+    aa_version: str = ""
+
+    @property
+    def white_box_pgd(self) -> bool:
+        return not self.aa_version and self.family != "clean"
+
+
+@ATTACKS.register("clean")
+def _clean(**base: Any) -> AttackSpec:
+    return AttackSpec(family="clean", **base)
+
+
+@ATTACKS.register("fgsm")
+def _fgsm(steps: int | None = None, **base: Any) -> AttackSpec:
+    return AttackSpec(family="fgsm", steps=1, random_start=False, **{**base, "step_size": base["eps"]})
+
+
+@ATTACKS.register("pgd")
+def _pgd(steps: int | None = None, **base: Any) -> AttackSpec:
+    return AttackSpec(family="pgd", steps=steps or 20, **base)
+
+
+@ATTACKS.register("mim")
+def _mim(steps: int | None = None, **base: Any) -> AttackSpec:
+    return AttackSpec(family="mim", steps=steps or 20, momentum=1.0, **base)
+
+
+@ATTACKS.register("cw")
+def _cw(steps: int | None = None, **base: Any) -> AttackSpec:
+    return AttackSpec(family="cw", steps=steps or 20, objective="cw", objective_kwargs=(("kappa", 50.0),), **base)
+
+
+@ATTACKS.register("adaptive")
+def _adaptive(steps: int | None = None, **base: Any) -> AttackSpec:
+    return AttackSpec(family="adaptive", steps=steps or 20, objective="ce", objective_kwargs=(("scale", 10.0),), **base)
+
+
+@ATTACKS.register("aa")
+def _aa(steps: int | None = None, **base: Any) -> AttackSpec:
+    return AttackSpec(family="aa", aa_version="standard", **base)
+
+
+@ATTACKS.register("apgd")
+def _apgd(steps: int | None = None, **base: Any) -> AttackSpec:
+    return AttackSpec(family="apgd", aa_version="apgd-ce-t", **base)
+
+
+@ATTACKS.register("square")
+def _square(steps: int | None = None, **base: Any) -> AttackSpec:
+    return AttackSpec(family="square", aa_version="square", **base)
+
+
+def parse_attack(name: str, eps: float = 8 / 255, step_size: float = 2 / 255, norm: str = "linf",
+                 l2_eps: float = 0.5, l2_step_size: float | None = None) -> AttackSpec:
+    """Resolve an attack name such as ``pgd20``, ``cw100``, ``mim20``, ``aa`` or ``pgd20-l2``."""
+    m = _NAME.match(name.strip().lower())
+    if not m or m.group("family") not in ATTACKS:
+        raise ConfigError(ATTACKS.unknown_message(name) + " Attack names take a step count, e.g. pgd20, cw100.")
+    family, l2 = m.group("family"), bool(m.group("l2")) or norm == "l2"
+    steps = int(m.group("steps")) if m.group("steps") else None
+    if steps is not None and steps < 0:
+        raise ConfigError(f"attack {name!r}: the step count must be >= 0.")
+    if l2:
+        eps_ = eps if norm == "l2" else l2_eps
+        step = l2_step_size if l2_step_size is not None else (step_size if norm == "l2" else eps_ / 4)
+        base = dict(name=name, norm="l2", eps=eps_, step_size=step)
+    else:
+        base = dict(name=name, norm="linf", eps=eps, step_size=step_size)
+    return ATTACKS.build(family, steps=steps, **base)
+
+
+def parse_attacks(names: Sequence[str], **kw: Any) -> list[AttackSpec]:
+    return [parse_attack(n, **kw) for n in names]
+
+
+def run_attack(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int = 0,
+               num_classes: int | None = None) -> torch.Tensor:
+    """Run one resolved attack on a batch; returns adversarial images (clean images for ``clean``)."""
+    if spec.family == "clean":
+        return x
+    if spec.aa_version:
+        from .autoattack import run_autoattack
+
+        x_adv, _ = run_autoattack(model, x, y, eps=spec.eps, norm="Linf" if spec.norm == "linf" else "L2",
+                                  version=spec.aa_version, batch_size=x.shape[0], seed=seed)
+        return x_adv
+    gen = torch.Generator(device=x.device).manual_seed(seed)
+    return pgd(model, x, y, threat_model(spec.norm, spec.eps), steps=spec.steps, step_size=spec.step_size,
+               objective=spec.objective, random_start=spec.random_start, momentum=spec.momentum,
+               restarts=spec.restarts, objective_kwargs=dict(spec.objective_kwargs), generator=gen)
+
+
+def with_steps(spec: AttackSpec, steps: int) -> AttackSpec:
+    return replace(spec, steps=steps)

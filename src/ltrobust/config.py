@@ -1,0 +1,575 @@
+"""Typed, frozen run configuration: dataclasses, YAML presets and ``key=value`` overrides.
+
+A run is described by one :class:`RunConfig` made of sections (``data``, ``model``, ``attack``,
+``method``, ``train``, ``eval``). Presets under ``configs/`` set defaults, the command line overrides
+them (``imbalance=50``, ``train.lr=0.05``, ``method=robal``, ``alpha=6``), and the resolved config is
+saved in the run folder. Keys may be written in full (``data.imbalance``) or by their leaf name when it
+is unique (``imbalance``); a method's own options (e.g. RoBal's ``m0``) are written ``method.m0=0.1``
+or ``m0=0.1`` and validated against that method's ``Options`` dataclass.
+
+Example::
+
+    cfg = resolve_config(["preset=at-bsl-cifar10lt-resnet18", "train.epochs=2"])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import yaml
+
+from .errors import ConfigError
+
+PRESET_DIR = Path(__file__).resolve().parent / "configs"
+
+_PROFILES = ("exp", "step", "full", "balanced-small")
+_AUGMENTS = ("none", "crop", "crop_flip", "autoaugment", "randaugment")
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+def _check_eps(name: str, value: float) -> None:
+    _check(0.0 <= value <= 1.0, f"{name}={value} is outside [0, 1]: eps is in pixel units of images in "
+           f"[0, 1], e.g. 8/255 for l_inf; write {name}=8/255.")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which long-tailed data set to build (SPEC 1)."""
+
+    dataset: str = "digits-lt"
+    data_dir: str | None = None  #: folder holding the data set's files (not needed for digits-lt)
+    profile: str = "exp"  #: exp | step | full | balanced-small
+    imbalance: float = 10.0  #: imbalance ratio n_max / n_min (>= 1)
+    selection_seed: int = 0  #: seed of the per-class shuffle (LDAM-DRW procedure)
+    test_profile: str = "full"  #: full (balanced test set) | lt (subsample with the training profile)
+    val_per_class: int = -1  #: balanced validation images per class; -1: the data set's default; 0: none
+    val_from: str = "unselected"  #: unselected (spare training images) | holdout (taken out of the LT set)
+    augment: str = "crop_flip"  #: none | crop | crop_flip | autoaugment | randaugment
+    crop_padding: int = -1  #: -1: the data set's default (4 for 32 px images)
+    image_size: int = -1  #: resize for ImageNet-LT / DermaMNIST ViT; -1: native
+    download: bool = False  #: download the official files when missing (only when asked)
+    resample_gamma: float = -1.0  #: self-distillation teacher: gamma * n_min images per class; -1: IR / 2
+
+    def __post_init__(self) -> None:
+        _check(self.profile in _PROFILES, f"data.profile={self.profile!r} is not one of {_PROFILES}.")
+        _check(self.imbalance >= 1, f"imbalance={self.imbalance} is below 1: the imbalance ratio is "
+               "n_max / n_min, so use a value >= 1 (1 means balanced), e.g. imbalance=50.")
+        _check(self.test_profile in ("full", "lt"), f"test_profile={self.test_profile!r}: use full or lt.")
+        _check(self.val_from in ("unselected", "holdout"),
+               f"val_from={self.val_from!r}: use unselected or holdout.")
+        _check(self.augment in _AUGMENTS, f"augment={self.augment!r} is not one of {_AUGMENTS}.")
+        _check(self.val_per_class >= -1, "val_per_class must be >= 0 (or -1 for the default).")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture and head (SPEC 2)."""
+
+    name: str = "smallcnn"
+    width: int = -1  #: base channel width; -1: the architecture's default (64 for ResNet-18)
+    depth: int = -1  #: WideResNet depth (34, 28); -1: default
+    widen: int = -1  #: WideResNet widen factor; -1: default
+    head: str = "linear"  #: linear | cosine
+    cosine_scale: float = 10.0  #: s of the cosine head
+    cosine_gamma: float = 1.0 / 32  #: gamma of the cosine head
+
+    def __post_init__(self) -> None:
+        _check(self.head in ("linear", "cosine"), f"model.head={self.head!r}: use linear or cosine.")
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    """The training-time attack (SPEC 3: l_inf PGD-10, eps 8/255, step 2/255, random start)."""
+
+    norm: str = "linf"  #: linf | l2
+    eps: float = 8 / 255
+    step_size: float = 2 / 255
+    steps: int = 10
+    random_start: bool = True
+    loss_mode: str = "outer"  #: where a long-tailed loss applies: outer | inner | both
+
+    def __post_init__(self) -> None:
+        _check(self.norm in ("linf", "l2"), f"attack.norm={self.norm!r}: use linf or l2.")
+        if self.norm == "linf":
+            _check_eps("attack.eps", self.eps)
+        else:
+            _check(self.eps >= 0, f"attack.eps={self.eps} must be >= 0.")
+        _check(self.step_size >= 0, f"attack.step_size={self.step_size} must be >= 0.")
+        _check(self.steps >= 0, f"attack.steps={self.steps} is negative: use 0 (no attack) or more.")
+        _check(self.loss_mode in ("outer", "inner", "both"),
+               f"attack.loss_mode={self.loss_mode!r}: use outer, inner or both.")
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """The training method, its long-tailed loss, and their own options."""
+
+    name: str = "pgd_at"
+    loss: str = "ce"  #: outer long-tailed loss (ce, bsl, ldam, focal, cb, cat, rw)
+    loss_args: Mapping[str, Any] = field(default_factory=dict)
+    args: Mapping[str, Any] = field(default_factory=dict)  #: the method's Options fields
+    teacher: str | None = None  #: self_distill: reuse this teacher checkpoint
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation, schedule, precision and bookkeeping of training."""
+
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    schedule: str = "step"  #: step | cosine | constant
+    milestones: tuple[int, ...] = ()  #: epochs where the step schedule multiplies lr by lr_decay
+    lr_decay: float = 0.1
+    warmup_epochs: int = 0
+    precision: str = "auto"  #: auto (bf16 where native) | bf16 | fp32
+    channels_last: bool = True
+    compile: bool = False
+    ema: float = 0.0  #: weight EMA decay (0: off)
+    sampler: str = "uniform"  #: uniform | class_balanced (re-sampling)
+    finetune: str = "none"  #: none | crt | rw | lws (backbone frozen, finetune_epochs)
+    finetune_epochs: int = 1
+    val_every: int = 1
+    val_samples: int = 1000  #: validation images per epoch (balanced sample); 0: all
+    val_attack_steps: int = 10
+    seed: int = 0
+    deterministic: bool = False
+    device: str = "auto"  #: auto | cpu | cuda | cuda:N
+    progress: bool = True
+    record_ae_drift: bool = False
+    ae_drift_samples: int = 256
+    max_steps_per_epoch: int = 0  #: >0 caps steps per epoch (smoke tests)
+
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 0, f"train.epochs={self.epochs} must be >= 0.")
+        _check(self.batch_size >= 1, f"train.batch_size={self.batch_size} must be >= 1.")
+        _check(self.lr > 0, f"train.lr={self.lr} must be > 0.")
+        _check(self.schedule in ("step", "cosine", "constant"),
+               f"train.schedule={self.schedule!r}: use step, cosine or constant.")
+        _check(self.precision in ("auto", "bf16", "fp32"),
+               f"train.precision={self.precision!r}: use auto, bf16 or fp32.")
+        _check(self.sampler in ("uniform", "class_balanced"),
+               f"train.sampler={self.sampler!r}: use uniform or class_balanced.")
+        _check(self.finetune in ("none", "crt", "rw", "lws"),
+               f"train.finetune={self.finetune!r}: use none, crt, rw or lws.")
+        _check(0.0 <= self.ema < 1.0, f"train.ema={self.ema} must be in [0, 1).")
+        _check(all(m >= 0 for m in self.milestones), "train.milestones must be non-negative epochs.")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """The evaluation suite (SPEC 4)."""
+
+    attacks: tuple[str, ...] = ("clean", "pgd20")
+    norm: str = "linf"
+    eps: float = 8 / 255
+    step_size: float = 2 / 255  #: PGD / MIM / CW step (TAET preset: 1/255)
+    batch_size: int = 256
+    chunk_size: int = 1000  #: images per resumable chunk
+    n_samples: int = 0  #: evaluate the first n test images (balanced order); 0: all
+    checkpoint: str = "best"  #: best | last
+    adjust: str = "none"  #: inference adjustment: none | logit_adjust | tau_norm | cdt | tde
+    adjust_tau: float = 1.0
+    seed: int = 0
+    aa_version: str = "standard"
+
+    def __post_init__(self) -> None:
+        _check(self.norm in ("linf", "l2"), f"eval.norm={self.norm!r}: use linf or l2.")
+        if self.norm == "linf":
+            _check_eps("eval.eps", self.eps)
+        _check(self.checkpoint in ("best", "last"), f"eval.checkpoint={self.checkpoint!r}: use best or last.")
+        _check(self.chunk_size >= 1 and self.batch_size >= 1, "eval batch and chunk sizes must be >= 1.")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that defines a run; saved resolved as ``config.yaml`` in the run folder."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    out: str = "runs"  #: parent folder of run folders
+    name: str = ""  #: run folder name; empty: derived from method, loss, data set and seed
+    preset: str = ""
+
+    def run_name(self) -> str:
+        if self.name:
+            return self.name
+        loss = "" if self.method.loss == "ce" else f"-{self.method.loss}"
+        ir = f"-ir{self.data.imbalance:g}" if self.data.profile == "exp" else f"-{self.data.profile}"
+        return f"{self.data.dataset}{ir}-{self.model.name}-{self.method.name}{loss}-s{self.train.seed}"
+
+
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "attack": AttackConfig, "method": MethodConfig,
+            "train": TrainConfig, "eval": EvalConfig}
+TOP_LEVEL = ("out", "name", "preset")
+# Short names that map to a section's main field.
+ALIASES = {"method": "method.name", "loss": "method.loss", "model": "model.name", "dataset": "data.dataset",
+           "teacher": "method.teacher", "epochs": "train.epochs", "seed": "train.seed"}
+
+
+# --------------------------------------------------------------------------------------------- values
+_FRACTION = re.compile(r"^\s*(-?\d+(?:\.\d*)?(?:e-?\d+)?)\s*/\s*(\d+(?:\.\d*)?)\s*$")
+
+
+def parse_value(text: str) -> Any:
+    """Parse a command-line value: YAML scalars and lists, plus fractions such as ``8/255``."""
+    m = _FRACTION.match(text)
+    if m:
+        return float(m.group(1)) / float(m.group(2))
+    if "," in text and not text.strip().startswith("["):
+        return [parse_value(part) for part in text.split(",") if part != ""]
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Coerce a parsed value to the dataclass field type ``tp`` (given as a string annotation)."""
+    tp = str(tp)
+    if isinstance(value, str) and _FRACTION.match(value):
+        value = parse_value(value)
+    try:
+        if tp in ("float",):
+            if isinstance(value, bool):
+                raise TypeError
+            return float(value)
+        if tp == "int":
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise TypeError
+            return int(value)
+        if tp == "bool":
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+                return value.lower() in ("true", "yes", "1")
+            if isinstance(value, int) and value in (0, 1):
+                return bool(value)
+            raise TypeError
+        if tp == "str":
+            return str(value)
+        if tp == "str | None":
+            return None if value in (None, "", "none", "null") else str(value)
+        if tp.startswith("tuple[int"):
+            if value in (None, "", "none"):
+                return ()
+            seq = value if isinstance(value, (list, tuple)) else [value]
+            return tuple(int(v) for v in seq)
+        if tp.startswith("tuple[str"):
+            seq = value if isinstance(value, (list, tuple)) else [value]
+            return tuple(str(v) for v in seq)
+        if tp.startswith("Mapping"):
+            if not isinstance(value, Mapping):
+                raise TypeError
+            return dict(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}={value!r} is not a valid {tp}.") from None
+    return value
+
+
+# --------------------------------------------------------------------------------------- resolution
+def _field_names(cls: type) -> list[str]:
+    return [f.name for f in fields(cls)]
+
+
+def _leaf_index() -> dict[str, list[str]]:
+    index: dict[str, list[str]] = {}
+    for sec, cls in SECTIONS.items():
+        for name in _field_names(cls):
+            index.setdefault(name, []).append(f"{sec}.{name}")
+    return index
+
+
+def _all_keys() -> list[str]:
+    keys = list(TOP_LEVEL) + list(ALIASES)
+    for sec, cls in SECTIONS.items():
+        keys += [f"{sec}.{n}" for n in _field_names(cls)]
+    keys += list(_leaf_index())
+    return keys
+
+
+def _method_option_fields(method: str, loss: str) -> tuple[list[str], list[str]]:
+    """Option names of the given method and loss (empty when unknown)."""
+    from .registry import LOSSES, METHODS
+
+    m_fields: list[str] = []
+    l_fields: list[str] = []
+    if method in METHODS:
+        opts = getattr(METHODS.get(method), "Options", None)
+        if opts is not None and dataclasses.is_dataclass(opts):
+            m_fields = _field_names(opts)
+    if loss in LOSSES:
+        opts = getattr(LOSSES.get(loss), "Options", None)
+        if opts is not None and dataclasses.is_dataclass(opts):
+            l_fields = _field_names(opts)
+    return m_fields, l_fields
+
+
+def _unknown_key(key: str, extra: Sequence[str] = ()) -> ConfigError:
+    close = difflib.get_close_matches(key, _all_keys() + list(extra), n=3, cutoff=0.6)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    return ConfigError(f"unknown config key {key!r}.{hint} Run `ltrobust train --help` for every key.")
+
+
+def _nested_from_flat(flat: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    nested: dict[str, dict[str, Any]] = {sec: {} for sec in SECTIONS}
+    nested["_top"] = {}
+    for key, value in flat.items():
+        if "." in key:
+            sec, name = key.split(".", 1)
+            nested[sec][name] = value
+        else:
+            nested["_top"][key] = value
+    return nested
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    """Load ``configs/<name>.yaml`` (safe YAML) as a flat ``{dotted.key: value}`` mapping.
+
+    A preset may name a ``base`` preset that it extends.
+    """
+    path = Path(name)
+    if not path.suffix:
+        path = PRESET_DIR / f"{name}.yaml"
+    if not path.exists():
+        available = list_presets()
+        close = difflib.get_close_matches(name, available, n=3, cutoff=0.4)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ConfigError(f"unknown preset {name!r}.{hint} Available presets: {', '.join(available)}.")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"preset {path} is not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"preset {path} must be a mapping of sections to keys.")
+    flat: dict[str, Any] = {}
+    base = raw.pop("base", None)
+    if base:
+        flat.update(load_preset(base))
+    for key, value in raw.items():
+        if key in SECTIONS and isinstance(value, dict):
+            for sub, v in value.items():
+                if key == "method" and sub in ("args", "loss_args") and isinstance(v, dict):
+                    for k2, v2 in v.items():
+                        flat[f"method.{sub}.{k2}"] = v2
+                else:
+                    flat[f"{key}.{sub}"] = v
+        else:
+            flat[key] = value
+    return flat
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def resolve_config(overrides: Sequence[str] | Mapping[str, Any] = (), base: RunConfig | None = None) -> RunConfig:
+    """Build a :class:`RunConfig` from a preset and ``key=value`` overrides.
+
+    ``overrides`` is a list of ``key=value`` strings (the CLI form) or a mapping. ``preset=NAME`` is
+    applied first wherever it appears; later keys win. Unknown keys and bad values raise
+    :class:`ConfigError` naming the closest valid key.
+    """
+    pairs: list[tuple[str, Any]] = []
+    if isinstance(overrides, Mapping):
+        pairs = [(k, v) for k, v in overrides.items()]
+    else:
+        for item in overrides:
+            if "=" not in item:
+                raise ConfigError(f"expected key=value, got {item!r} (e.g. imbalance=50).")
+            k, v = item.split("=", 1)
+            pairs.append((k.strip(), parse_value(v)))
+    flat: dict[str, Any] = {}
+    if base is not None:
+        flat.update(to_flat(base))
+    for k, v in pairs:
+        if k == "preset":
+            flat.update(load_preset(str(v)))
+            flat["preset"] = str(v)
+    # Resolve method and loss names first, so their own options can be recognised.
+    expanded = [(ALIASES.get(k, k), v) for k, v in pairs if k != "preset"]
+    for k, v in expanded:
+        if k in ("method.name", "method.loss"):
+            flat[k] = v
+    method = str(flat.get("method.name", MethodConfig.name))
+    loss = str(flat.get("method.loss", MethodConfig.loss))
+    m_fields, l_fields = _method_option_fields(method, loss)
+    leaves = _leaf_index()
+    for k, v in expanded:
+        if k in TOP_LEVEL or k.startswith("method.args.") or k.startswith("method.loss_args."):
+            flat[k] = v
+            continue
+        if "." in k:
+            sec, name = k.split(".", 1)
+            if sec in SECTIONS and name in _field_names(SECTIONS[sec]):
+                flat[k] = v
+            elif sec == "method" and name in m_fields:
+                flat[f"method.args.{name}"] = v
+            elif sec == "loss" and name in l_fields:
+                flat[f"method.loss_args.{name}"] = v
+            else:
+                raise _unknown_key(k, [f"method.{f}" for f in m_fields])
+            continue
+        if k in m_fields:
+            flat[f"method.args.{k}"] = v
+        elif k in l_fields:
+            flat[f"method.loss_args.{k}"] = v
+        elif k in leaves:
+            targets = leaves[k]
+            if len(targets) > 1:
+                raise ConfigError(f"key {k!r} is ambiguous: write one of {', '.join(targets)}.")
+            flat[targets[0]] = v
+        else:
+            raise _unknown_key(k, m_fields + l_fields)
+    return from_flat(flat)
+
+
+def from_flat(flat: Mapping[str, Any]) -> RunConfig:
+    """Build and validate a RunConfig from ``{dotted.key: value}``."""
+    sections: dict[str, dict[str, Any]] = {sec: {} for sec in SECTIONS}
+    top: dict[str, Any] = {}
+    args: dict[str, Any] = {}
+    loss_args: dict[str, Any] = {}
+    for key, value in flat.items():
+        if key.startswith("method.args."):
+            args[key[len("method.args."):]] = value
+        elif key.startswith("method.loss_args."):
+            loss_args[key[len("method.loss_args."):]] = value
+        elif "." in key:
+            sec, name = key.split(".", 1)
+            if sec not in SECTIONS or name not in _field_names(SECTIONS[sec]):
+                raise _unknown_key(key)
+            sections[sec][name] = value
+        elif key in TOP_LEVEL:
+            top[key] = value
+        else:
+            raise _unknown_key(key)
+    sections["method"]["args"] = {**dict(sections["method"].get("args", {})), **args}
+    sections["method"]["loss_args"] = {**dict(sections["method"].get("loss_args", {})), **loss_args}
+    built = {}
+    for sec, cls in SECTIONS.items():
+        hints = {f.name: f.type for f in fields(cls)}
+        kwargs = {name: _coerce(v, hints[name], f"{sec}.{name}") for name, v in sections[sec].items()}
+        built[sec] = cls(**kwargs)
+    cfg = RunConfig(**built, **{k: ("" if v is None else str(v)) for k, v in top.items()})
+    validate_names(cfg)
+    return cfg
+
+
+def validate_names(cfg: RunConfig) -> None:
+    """Check registry names and method / loss options (close matches in the message)."""
+    from .registry import DATASETS, LOSSES, METHODS, MODELS
+
+    DATASETS.get(cfg.data.dataset)
+    MODELS.get(cfg.model.name)
+    method_cls = METHODS.get(cfg.method.name)
+    LOSSES.get(cfg.method.loss)
+    method_options(cfg)
+    loss_cls = LOSSES.get(cfg.method.loss)
+    _build_options(getattr(loss_cls, "Options", None), cfg.method.loss_args, f"loss {cfg.method.loss!r}")
+    del method_cls
+
+
+def _build_options(opts_cls: Any, values: Mapping[str, Any], owner: str) -> Any:
+    if opts_cls is None:
+        if values:
+            raise ConfigError(f"{owner} takes no options, got {sorted(values)}.")
+        return None
+    names = _field_names(opts_cls)
+    for k in values:
+        if k not in names:
+            close = difflib.get_close_matches(k, names, n=3, cutoff=0.5)
+            hint = f" Did you mean {', '.join(close)}?" if close else ""
+            raise ConfigError(f"{owner} has no option {k!r}.{hint} Its options: {', '.join(names)}.")
+    hints = {f.name: f.type for f in fields(opts_cls)}
+    return opts_cls(**{k: _coerce(v, hints[k], f"{owner}.{k}") for k, v in values.items()})
+
+
+def method_options(cfg: RunConfig) -> Any:
+    """The method's validated ``Options`` instance."""
+    from .registry import METHODS
+
+    cls = METHODS.get(cfg.method.name)
+    return _build_options(getattr(cls, "Options", None), cfg.method.args, f"method {cfg.method.name!r}")
+
+
+def loss_options(cfg: RunConfig) -> Any:
+    from .registry import LOSSES
+
+    cls = LOSSES.get(cfg.method.loss)
+    return _build_options(getattr(cls, "Options", None), cfg.method.loss_args, f"loss {cfg.method.loss!r}")
+
+
+def to_flat(cfg: RunConfig) -> dict[str, Any]:
+    flat: dict[str, Any] = {k: getattr(cfg, k) for k in TOP_LEVEL}
+    for sec in SECTIONS:
+        obj = getattr(cfg, sec)
+        for f in fields(obj):
+            value = getattr(obj, f.name)
+            if sec == "method" and f.name in ("args", "loss_args"):
+                for k, v in dict(value).items():
+                    flat[f"method.{f.name}.{k}"] = v
+            else:
+                flat[f"{sec}.{f.name}"] = value
+    return flat
+
+
+def to_dict(cfg: RunConfig) -> dict[str, Any]:
+    """Nested plain-Python form (tuples as lists) for YAML / JSON."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, tuple):
+            return [plain(x) for x in v]
+        if isinstance(v, Mapping):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    out: dict[str, Any] = {k: getattr(cfg, k) for k in TOP_LEVEL}
+    for sec in SECTIONS:
+        out[sec] = {f.name: plain(getattr(getattr(cfg, sec), f.name)) for f in fields(getattr(cfg, sec))}
+    return out
+
+
+def dump_yaml(cfg: RunConfig) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def load_run_config(path: str | Path) -> RunConfig:
+    """Load a saved ``config.yaml`` (the resolved form written into a run folder)."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read run config {path}: {exc}") from None
+    flat: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key in SECTIONS and isinstance(value, dict):
+            for sub, v in value.items():
+                if key == "method" and sub in ("args", "loss_args"):
+                    for k2, v2 in (v or {}).items():
+                        flat[f"method.{sub}.{k2}"] = v2
+                else:
+                    flat[f"{key}.{sub}"] = v
+        else:
+            flat[key] = value
+    return from_flat(flat)
+
+
+def with_updates(cfg: RunConfig, **sections: Mapping[str, Any]) -> RunConfig:
+    """A copy of ``cfg`` with some fields of some sections replaced (``train={"epochs": 2}``)."""
+    return replace(cfg, **{sec: replace(getattr(cfg, sec), **vals) for sec, vals in sections.items()})

@@ -1,0 +1,94 @@
+"""One small registry for data sets, models, attacks, losses, methods and analyses.
+
+Each entry is registered with a decorator (timm's ``@register_model`` pattern), so the CLI and the
+parametrised tests find every entry by name without an if/elif chain::
+
+    from ltrobust.registry import MODELS
+
+    @MODELS.register("resnet18")
+    def resnet18(num_classes: int, width: int = 64, **kw) -> nn.Module: ...
+
+    model = MODELS.build("resnet18", num_classes=10)
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any, Callable, Iterator, TypeVar
+
+from .errors import ConfigError
+
+T = TypeVar("T")
+
+
+class Registry:
+    """A name -> object table with helpful errors for unknown names."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._entries: dict[str, Any] = {}
+
+    def register(self, name: str | None = None) -> Callable[[T], T]:
+        """Decorator registering a class or function under ``name`` (default: its ``__name__``)."""
+
+        def deco(obj: T) -> T:
+            key = name or obj.__name__  # type: ignore[attr-defined]
+            if key in self._entries and self._entries[key] is not obj:
+                raise ValueError(f"{self.kind} {key!r} is registered twice")
+            self._entries[key] = obj
+            return obj
+
+        return deco
+
+    def get(self, name: str) -> Any:
+        """Return the entry called ``name``; raise :class:`ConfigError` naming close matches."""
+        _load_builtin_entries()
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise ConfigError(self.unknown_message(name)) from None
+
+    def unknown_message(self, name: str) -> str:
+        close = difflib.get_close_matches(str(name), list(self._entries), n=3, cutoff=0.5)
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        return f"unknown {self.kind} {name!r}.{hint} Valid names: {', '.join(self.names())}."
+
+    def build(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        """Look up ``name`` and call it with the given arguments."""
+        return self.get(name)(*args, **kwargs)
+
+    def names(self) -> list[str]:
+        _load_builtin_entries()
+        return sorted(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        _load_builtin_entries()
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+
+DATASETS = Registry("data set")
+MODELS = Registry("model")
+ATTACKS = Registry("attack")
+LOSSES = Registry("loss")
+METHODS = Registry("method")
+ADJUSTMENTS = Registry("inference adjustment")
+ANALYSES = Registry("analysis")
+
+_loaded = False
+
+
+def _load_builtin_entries() -> None:
+    """Import the packages whose modules register the built-in entries (once)."""
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    import importlib
+    import importlib.util
+
+    for pkg in ("data", "models", "attacks", "losses", "methods", "engine.adjust", "analysis"):
+        if importlib.util.find_spec(f"ltrobust.{pkg}") is not None:
+            importlib.import_module(f"ltrobust.{pkg}")

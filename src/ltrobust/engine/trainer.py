@@ -1,0 +1,482 @@
+"""One trainer for every method (natural, AT baselines, the long-tailed AT methods).
+
+Per step: the method crafts its training AEs on the unwrapped model (BatchNorm in eval mode), then its
+loss is computed on the (possibly DDP-wrapped) model in train mode, the trainer steps SGD and calls
+the method's ``after_step`` hook. Per epoch: validation (clean and PGD on a balanced sample of the
+validation split, never the test set), the distribution of predicted classes of training AEs, the mean
+of every named loss part, then ``metrics.jsonl`` and the checkpoints, written atomically.
+
+Resume is exact: the last checkpoint holds the model, optimiser, EMA, method state and every RNG
+stream, and each epoch's data order is a pure function of (seed, epoch), so training 2 epochs, being
+killed and resuming to 4 gives the same weights as 4 epochs straight (deterministic mode, CPU).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from .. import io
+from ..config import RunConfig, dump_yaml, load_run_config, loss_options, method_options, to_dict
+from ..errors import CheckpointError, ConfigError, TrainingDiverged
+from ..registry import LOSSES, METHODS
+
+log = logging.getLogger(__name__)
+
+#: config keys that may differ when resuming a run folder
+_RESUMABLE_DIFFS = ("train.epochs", "train.progress", "train.device", "train.max_steps_per_epoch", "eval.", "name", "out")
+
+
+# ------------------------------------------------------------------------------------ environment
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"train.device={name!r} is not a device: use auto, cpu, cuda or cuda:N.") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device=cuda but no CUDA GPU is visible; use train.device=cpu.")
+    return device
+
+
+def cpu_has_native_bf16() -> bool:
+    """True on CPUs with AMX or AVX512-BF16, where bf16 autocast is fast."""
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except AttributeError:  # older torch
+        return False
+
+
+def resolve_amp(precision: str, device: torch.device) -> torch.dtype | None:
+    """bf16 for the training-time attack and step where it is native; None (fp32) otherwise."""
+    if precision == "fp32":
+        return None
+    native = device.type == "cuda" and torch.cuda.is_bf16_supported() or device.type == "cpu" and cpu_has_native_bf16()
+    if precision == "bf16" or native:
+        return torch.bfloat16
+    return None
+
+
+def set_determinism(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=False)
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.backends.cudnn.benchmark = True
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "numpy": _np_state_to_tensors(np.random.get_state()),
+             "python": repr(random.getstate())}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _np_state_to_tensors(st: tuple) -> dict[str, Any]:
+    return {"name": st[0], "keys": torch.from_numpy(st[1].astype(np.int64)), "pos": int(st[2]),
+            "has_gauss": int(st[3]), "gauss": float(st[4])}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    import ast
+
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    random.setstate(_to_tuple(ast.literal_eval(state["python"])))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _to_tuple(v: Any) -> Any:
+    return tuple(_to_tuple(x) for x in v) if isinstance(v, (list, tuple)) else v
+
+
+def lr_at(cfg: RunConfig, epoch: float) -> float:
+    """Learning rate at (fractional) epoch: warmup, then step / cosine / constant (a pure function)."""
+    t = cfg.train
+    if t.warmup_epochs and epoch < t.warmup_epochs:
+        return t.lr * (epoch + 1e-8) / t.warmup_epochs
+    if t.schedule == "cosine":
+        total = max(t.epochs - t.warmup_epochs, 1)
+        return 0.5 * t.lr * (1 + math.cos(math.pi * min(epoch - t.warmup_epochs, total) / total))
+    if t.schedule == "step":
+        return t.lr * t.lr_decay ** sum(1 for m in t.milestones if int(epoch) >= m)
+    return t.lr
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module under DDP / torch.compile wrappers (attacks run on it)."""
+    while True:
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: torch.device) -> DistInfo:
+    """Initialise torch.distributed when launched by torchrun (WORLD_SIZE > 1): gloo on CPU, nccl on CUDA."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size())
+
+
+# ---------------------------------------------------------------------------------------- trainer
+class Trainer:
+    """Train ``cfg`` into the run folder ``run_dir`` (created, or resumed when it holds a checkpoint).
+
+    Example::
+
+        cfg = resolve_config(["method=pgd_at", "loss=bsl", "epochs=5"])
+        summary = Trainer(cfg).fit()
+    """
+
+    def __init__(self, cfg: RunConfig, run_dir: str | Path | None = None, data: Any = None,
+                 resume: bool = True) -> None:
+        self.cfg = cfg
+        self.run_dir = Path(run_dir) if run_dir is not None else Path(cfg.out) / cfg.run_name()
+        self.device = resolve_device(cfg.train.device)
+        self.dist = init_distributed(self.device)
+        if self.dist.world_size > 1 and self.device.type == "cuda":
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(self.device)
+        self.amp_dtype = resolve_amp(cfg.train.precision, self.device)
+        self.resume = resume
+        set_determinism(cfg.train.seed, cfg.train.deterministic)
+        self._data = data
+        self._built = False
+
+    # ----------------------------------------------------------------------------------- building
+    def build(self) -> None:
+        """Data, model, method, optimiser (called by :meth:`fit`; separate for tests)."""
+        if self._built:
+            return
+        from ..data import build_data
+        from ..models import build_model
+
+        cfg = self.cfg
+        self.data = self._data if self._data is not None else build_data(cfg.data, self.device)
+        self.class_counts = list(self.data.class_counts)
+        self.num_classes = self.data.num_classes
+        method_cls = METHODS.get(cfg.method.name)
+        head = method_cls.required_head or cfg.model.head
+        torch.manual_seed(cfg.train.seed)  # model init is a function of the seed alone
+        self.model = build_model(cfg.model, num_classes=self.num_classes, in_channels=self.data.channels,
+                                 mean=self.data.mean, std=self.data.std, head=head).to(self.device)
+        if cfg.train.channels_last and self.device.type in ("cuda", "cpu") and self._spatial():
+            self.model = self.model.to(memory_format=torch.channels_last)
+        loss_cls = LOSSES.get(cfg.method.loss)
+        self.loss = loss_cls(self.class_counts, options=loss_options(cfg), total_epochs=cfg.train.epochs)
+        self.method = method_cls(self.class_counts, cfg.attack, self.loss, method_options(cfg),
+                                 total_epochs=cfg.train.epochs, amp_dtype=self.amp_dtype)
+        self.train_model: nn.Module = self.model
+        if self.dist.world_size > 1:
+            self.train_model = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if cfg.train.compile:
+            self.train_model = torch.compile(self.train_model)
+        params = list(self.model.parameters()) + list(self.method.parameters())
+        self.optimizer = torch.optim.SGD(params, lr=cfg.train.lr, momentum=cfg.train.momentum,
+                                         weight_decay=cfg.train.weight_decay, nesterov=cfg.train.nesterov)
+        self.ema = None
+        if cfg.train.ema > 0:
+            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+            self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema), use_buffers=True)
+        self.loader = self._make_loader()
+        self._built = True
+
+    def _spatial(self) -> bool:
+        return int(getattr(self.data, "image_size", 32)) > 1
+
+    def _make_loader(self):
+        from ..data import make_train_loader
+
+        cfg = self.cfg
+        return make_train_loader(self.data, cfg.data, batch_size=cfg.train.batch_size, device=self.device,
+                                 seed=cfg.train.seed, sampler=cfg.train.sampler)
+
+    # ------------------------------------------------------------------------------------- paths
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    def _prepare_run_dir(self) -> int:
+        """Write config and manifest, or check them against a run being resumed; returns start epoch."""
+        cfg_path = self.run_dir / "config.yaml"
+        last = self.ckpt_dir / "last.pt"
+        if self.resume and last.exists():
+            old = load_run_config(cfg_path)
+            diffs = _config_diffs(to_dict(old), to_dict(self.cfg))
+            if diffs:
+                raise ConfigError(f"run folder {self.run_dir} holds a run with a different config ({'; '.join(diffs[:5])}). "
+                                  f"Choose another name=..., or delete the folder to start over.")
+            state = io.load_checkpoint(last, map_location=self.device)
+            self._load_state(state)
+            start = int(state["epoch"]) + 1
+            log.info("resuming %s from epoch %d", self.run_dir, start)
+            if self.dist.main:  # drop metrics of epochs that were not checkpointed
+                rows = [r for r in io.read_jsonl(self.run_dir / "metrics.jsonl") if r.get("epoch", -1) < start]
+                io.atomic_write_text(self.run_dir / "metrics.jsonl", "".join(_json_line(r) for r in rows))
+            return start
+        if self.dist.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            io.atomic_write_text(cfg_path, dump_yaml(self.cfg))
+            io.write_json(self.run_dir / "manifest.json", self.data.manifest)
+            if (self.run_dir / "metrics.jsonl").exists():
+                (self.run_dir / "metrics.jsonl").unlink()
+        return 0
+
+    # -------------------------------------------------------------------------------- checkpoints
+    def state(self, epoch: int) -> dict[str, Any]:
+        return {
+            "epoch": epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "method": self.method.state_dict(),
+            "loss": self.loss.state_dict() if hasattr(self.loss, "state_dict") else {},
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "best": self.best,
+            "rng": rng_state(),
+            "drift_prev": self._drift_prev,
+            "num_classes": self.num_classes,
+            "class_counts": self.class_counts,
+            "ltrobust_version": _version(),
+        }
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        if int(state.get("num_classes", self.num_classes)) != self.num_classes:
+            raise CheckpointError(f"checkpoint has {state.get('num_classes')} classes but the data set has "
+                                  f"{self.num_classes}; use a checkpoint trained on this data set.")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.method.load_state_dict(state.get("method", {}))
+        if hasattr(self.loss, "load_state_dict") and state.get("loss"):
+            self.loss.load_state_dict(state["loss"])
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.best = state.get("best", self.best)
+        self._drift_prev = state.get("drift_prev")
+        set_rng_state(state["rng"])
+
+    def save_weights(self, path: Path, epoch: int, val: dict[str, Any] | None) -> None:
+        model = self.ema.module if self.ema is not None else self.model
+        io.save_checkpoint(path, {"epoch": epoch, "model": model.state_dict(), "val": val or {},
+                                  "num_classes": self.num_classes, "class_counts": self.class_counts,
+                                  "method_state": self.method.state_dict(),
+                                  "ltrobust_version": _version()})
+
+    # ---------------------------------------------------------------------------------- training
+    def fit(self) -> dict[str, Any]:
+        """Train to ``train.epochs`` (resuming when possible); returns the summary dict."""
+        self.build()
+        self.best: dict[str, Any] = {"epoch": -1, "val_rob": -1.0}
+        self._drift_prev = None
+        start = self._prepare_run_dir()
+        self.method.setup(self)
+        epochs = self.cfg.train.epochs
+        for epoch in range(start, epochs):
+            record = self.train_epoch(epoch)
+            val = self.validate(epoch) if self._val_due(epoch) else None
+            if val is not None:
+                record["val"] = val
+            if self.cfg.train.record_ae_drift:
+                record["ae_drift"] = self.ae_drift()
+            self.method.on_epoch_end(epoch, record)
+            if self.dist.main:
+                io.append_jsonl(self.run_dir / "metrics.jsonl", record)
+                if val is not None and val["rob_balanced"] > self.best["val_rob"]:
+                    self.best = {"epoch": epoch, "val_rob": val["rob_balanced"], "val_clean": val["clean_balanced"]}
+                    self.save_weights(self.ckpt_dir / "best.pt", epoch, val)
+                io.save_checkpoint(self.ckpt_dir / "last.pt", self.state(epoch))
+            log.info("epoch %d/%d %s", epoch + 1, epochs, _fmt_record(record))
+        if self.cfg.train.finetune != "none" and start <= epochs:
+            from .finetune import finetune
+
+            finetune(self)
+        if self.dist.main and epochs > 0 and not (self.ckpt_dir / "best.pt").exists():
+            # no validation ran: "best" is the last epoch, said so in the summary
+            self.save_weights(self.ckpt_dir / "best.pt", epochs - 1, None)
+        summary = {"run_dir": str(self.run_dir), "epochs": epochs, "best": self.best,
+                   "method": self.cfg.method.name, "loss": self.cfg.method.loss}
+        if self.dist.main:
+            io.write_json(self.run_dir / "train_summary.json", summary)
+        return summary
+
+    def _val_due(self, epoch: int) -> bool:
+        t = self.cfg.train
+        return t.val_every > 0 and self.data.val is not None and len(self.data.val.labels) > 0 and (
+            (epoch + 1) % t.val_every == 0 or epoch + 1 == t.epochs)
+
+    def train_epoch(self, epoch: int) -> dict[str, Any]:
+        cfg, method, model = self.cfg, self.method, self.train_model
+        attack_model = unwrap(self.model)
+        method.on_epoch_start(epoch)
+        self.loader.set_epoch(epoch)
+        model.train()
+        C = self.num_classes
+        sums: dict[str, torch.Tensor] = {}
+        ae_counts = torch.zeros(C, dtype=torch.long, device=self.device)
+        first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
+        n_steps = len(self.loader)
+        if cfg.train.max_steps_per_epoch:
+            n_steps = min(n_steps, cfg.train.max_steps_per_epoch)
+        t0 = time.perf_counter()
+        n_seen = 0
+        bar = _progress(n_steps, f"epoch {epoch + 1}/{cfg.train.epochs}", cfg.train.progress and self.dist.main)
+        for step, (x, y) in enumerate(self.loader):
+            if step >= n_steps:
+                break
+            if self.dist.world_size > 1:  # every rank draws the same global batch; each takes its slice
+                x, y = x[self.dist.rank::self.dist.world_size], y[self.dist.rank::self.dist.world_size]
+            if cfg.train.channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            lr = lr_at(cfg, epoch + step / max(n_steps, 1))
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            x_adv = method.train_attack(attack_model, x, y) if method.adversarial else x
+            out = method.compute_loss(model, x, x_adv, y)
+            loss = out["loss"]
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            method.after_step(unwrap(self.model))
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
+            with torch.no_grad():  # bookkeeping on the device: no host sync per step
+                bad = ~torch.isfinite(loss.detach())
+                first_bad = torch.where((first_bad < 0) & bad, torch.full_like(first_bad, step), first_bad)
+                for k, v in out.items():
+                    if k != "logits_adv" and torch.is_tensor(v) and v.dim() == 0:
+                        sums[k] = sums.get(k, torch.zeros((), device=self.device)) + v.detach().float()
+                if out.get("logits_adv") is not None:
+                    ae_counts += torch.bincount(out["logits_adv"].argmax(1), minlength=C)
+            n_seen += y.shape[0]
+            if step % 25 == 24 or step == n_steps - 1:
+                self._check_finite(first_bad, epoch)
+            bar.update(1)
+        bar.close()
+        self._check_finite(first_bad, epoch)
+        if self.dist.world_size > 1:
+            dist.all_reduce(ae_counts)
+        seconds = time.perf_counter() - t0
+        denom = max(min(n_steps, len(self.loader)), 1)
+        record: dict[str, Any] = {"epoch": epoch, "lr": lr_at(self.cfg, epoch), "seconds": seconds,
+                                  "images_per_s": n_seen * self.dist.world_size / max(seconds, 1e-9)}
+        record.update({k: float(v) / denom for k, v in sums.items()})
+        record["ae_pred_counts"] = ae_counts.tolist()
+        return record
+
+    def _check_finite(self, first_bad: torch.Tensor, epoch: int) -> None:
+        bad_step = int(first_bad)
+        if bad_step >= 0:
+            last = self.ckpt_dir / "last.pt"
+            kept = f"the last good checkpoint {last} is kept" if last.exists() else "no checkpoint was written yet"
+            raise TrainingDiverged(f"the training loss became non-finite at epoch {epoch + 1}, step {bad_step + 1}; "
+                                   f"{kept}. Lower train.lr, use train.precision=fp32, or check the data.")
+
+    # -------------------------------------------------------------------------------- validation
+    def eval_model(self) -> nn.Module:
+        """The deployed model (EMA weights when enabled, the method's inference adjustment applied)."""
+        base = self.ema.module if self.ema is not None else unwrap(self.model)
+        return self.method.deployed(base)
+
+    def validate(self, epoch: int) -> dict[str, Any]:
+        """Clean and PGD accuracy on a balanced sample of the validation split (fp32)."""
+        from .evaluator import quick_robustness
+
+        t = self.cfg.train
+        return quick_robustness(self.eval_model(), self.data.val, self.num_classes, self.cfg.attack,
+                                steps=t.val_attack_steps, n_samples=t.val_samples, seed=t.seed,
+                                batch_size=max(self.cfg.train.batch_size, 256))
+
+    # ------------------------------------------------------------------------------- AE drift
+    def ae_drift(self) -> dict[str, Any]:
+        """Per-class mean l_2 / l_inf distance between this and last epoch's AEs of fixed training images."""
+        from .evaluator import balanced_subset
+
+        idx = balanced_subset(self.data.train.labels, self.cfg.train.ae_drift_samples, seed=self.cfg.train.seed)
+        x = self.data.train.images[idx].to(self.device).float() / 255.0
+        y = self.data.train.labels[idx].to(self.device)
+        gen_state = torch.get_rng_state()
+        torch.manual_seed(self.cfg.train.seed + 7919)  # a fixed start: drift measures the model, not the noise
+        x_adv = self.method.train_attack(unwrap(self.model), x, y).detach()
+        torch.set_rng_state(gen_state)
+        prev, self._drift_prev = self._drift_prev, x_adv.cpu()
+        if prev is None:
+            return {"per_class_l2": None, "per_class_linf": None}
+        d = (x_adv.cpu() - prev).flatten(1)
+        l2, linf = d.norm(dim=1), d.abs().amax(dim=1)
+        yc = y.cpu()
+        return {"per_class_l2": [float(l2[yc == c].mean()) if (yc == c).any() else None for c in range(self.num_classes)],
+                "per_class_linf": [float(linf[yc == c].mean()) if (yc == c).any() else None for c in range(self.num_classes)]}
+
+
+# ----------------------------------------------------------------------------------------- helpers
+def _config_diffs(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    diffs = []
+    for k in sorted(set(old) | set(new)):
+        key = f"{prefix}{k}"
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict) and k not in ("args", "loss_args"):
+            diffs += _config_diffs(a, b, key + ".")
+        elif a != b and not any(key == d or (d.endswith(".") and key.startswith(d)) for d in _RESUMABLE_DIFFS):
+            diffs.append(f"{key}: {a!r} -> {b!r}")
+    return diffs
+
+
+def _json_line(row: dict[str, Any]) -> str:
+    import json
+
+    return json.dumps(row) + "\n"
+
+
+def _fmt_record(r: dict[str, Any]) -> str:
+    parts = [f"loss {r.get('loss', float('nan')):.4f}", f"{r['images_per_s']:.0f} img/s"]
+    if "val" in r:
+        parts.append(f"val clean {r['val']['clean']:.1f} rob {r['val']['rob']:.1f}")
+    return ", ".join(parts)
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, leave=False, disable=not enabled, dynamic_ncols=True)
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return __version__

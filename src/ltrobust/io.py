@@ -1,0 +1,208 @@
+"""Atomic, checksummed files: checkpoints and result JSON never end half-written.
+
+Every file ltrobust writes goes to a temporary file in the same folder, is flushed and fsynced, and
+then renamed over the target (``os.replace`` is atomic on POSIX), so a crash, a SIGKILL or a full disk
+leaves either the previous file or the new one, never a mixture.
+
+Checkpoints are one file: a short header (magic, format version, SHA-256 of the payload) followed by
+the bytes ``torch.save`` wrote. Loading verifies the checksum and unpickles with
+``torch.load(weights_only=True)``, so a checkpoint downloaded from someone else cannot run code. A plain
+``torch.save`` file (someone else's weights) loads too, also with ``weights_only=True``, without the
+checksum. Result JSON carries a ``checksum`` field over its canonical content, checked on load.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+MAGIC = b"LTROBUST-CKPT v1\n"
+
+
+def _write_failure(path: Path, exc: OSError) -> CheckpointError:
+    reason = {errno.ENOSPC: "the disk is full", errno.EROFS: "the folder is on a read-only file system",
+              errno.EACCES: "permission denied", errno.EPERM: "permission denied",
+              errno.EDQUOT: "the disk quota is exceeded"}.get(exc.errno or 0, str(exc))
+    return CheckpointError(f"cannot write {path}: {reason}. The previous file (if any) is intact; free space "
+                           f"or choose a writable output folder (out=DIR).")
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temporary file in the same folder, fsync, rename)."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise _write_failure(path, exc) from None
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        with _suppress():
+            os.unlink(tmp)
+        raise _write_failure(path, exc) from None
+    except BaseException:
+        with _suppress():
+            os.unlink(tmp)
+        raise
+    with _suppress():  # make the rename itself durable
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+
+class _suppress:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: Any) -> bool:
+        return exc[0] is not None and issubclass(exc[0], OSError)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+# ------------------------------------------------------------------------------------------ JSON
+def _jsonable(obj: Any) -> Any:
+    """Numbers as numbers: tensors / numpy scalars to Python, non-finite floats to None."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, torch.Tensor):
+        return _jsonable(obj.tolist())
+    if hasattr(obj, "item") and callable(obj.item) and getattr(obj, "shape", None) == ():
+        obj = obj.item()
+    if hasattr(obj, "tolist") and not isinstance(obj, (str, bytes)):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def _canonical(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+
+
+def write_json(path: str | Path, obj: dict[str, Any], checksum: bool = True) -> None:
+    """Write a result dict as JSON atomically, with a ``checksum`` over its canonical content."""
+    data = _jsonable({k: v for k, v in obj.items() if k != "checksum"})
+    if checksum:
+        data["checksum"] = hashlib.sha256(_canonical(data)).hexdigest()
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def read_json(path: str | Path, verify: bool = True) -> dict[str, Any]:
+    """Read a JSON written by :func:`write_json`, verifying its checksum when it has one."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"result file {path} does not exist.") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"result file {path} is unreadable or truncated ({exc}); delete it and re-run "
+                              f"the command that wrote it.") from None
+    if verify and isinstance(data, dict) and "checksum" in data:
+        expected = data.pop("checksum")
+        if hashlib.sha256(_canonical(data)).hexdigest() != expected:
+            raise CheckpointError(f"result file {path} fails its checksum (edited or corrupt); delete it and "
+                                  f"re-run the command that wrote it.")
+    return data
+
+
+def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
+    """Append one JSON line and fsync (metrics logs; a torn last line is ignored on read)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with open(path, "a") as fh:
+            fh.write(json.dumps(_jsonable(record)) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError as exc:
+        raise _write_failure(path, exc) from None
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    path = Path(path)
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line torn by a kill
+    return rows
+
+
+# ------------------------------------------------------------------------------------ checkpoints
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    """Save ``state`` (tensors, numbers, strings, lists, dicts) as one checksummed file, atomically."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    payload = buf.getvalue()
+    digest = hashlib.sha256(payload).hexdigest().encode()
+    atomic_write_bytes(path, MAGIC + digest + b"\n" + payload)
+
+
+def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
+    """Load a checkpoint safely (``weights_only=True``), verifying the checksum of ltrobust files.
+
+    Raises :class:`CheckpointError` naming the file and the fix when it is missing, truncated,
+    corrupt or would need arbitrary code to unpickle.
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {path} does not exist; pass a run folder or a .pt file.") from None
+    except OSError as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from None
+    if raw.startswith(MAGIC):
+        header_end = len(MAGIC) + 64
+        digest, payload = raw[len(MAGIC):header_end], raw[header_end + 1:]
+        if hashlib.sha256(payload).hexdigest().encode() != digest:
+            raise CheckpointError(f"checkpoint {path} is truncated or corrupt (checksum mismatch); use another "
+                                  f"checkpoint (e.g. checkpoints/best.pt) or re-train.")
+    else:
+        payload = raw
+        log.warning("%s has no ltrobust checksum header; loading it with weights_only=True", path)
+    try:
+        return torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad pickle
+        kind = "is truncated or corrupt" if not raw.startswith(MAGIC) else "could not be unpickled safely"
+        raise CheckpointError(f"checkpoint {path} {kind} ({type(exc).__name__}: {str(exc)[:200]}). Only plain "
+                              f"tensors and containers are loaded (weights_only=True); use a state_dict "
+                              f"checkpoint.") from None
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

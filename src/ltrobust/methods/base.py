@@ -1,0 +1,139 @@
+"""The training-method plug-in: how to craft training adversarial examples and what loss to minimise.
+
+One trainer runs every method (timm's ``TrainingTask`` pattern). A method is an object whose
+:meth:`Method.forward` returns a dict with ``loss`` and its named parts (logged every step), plus the
+detached adversarial logits used for the per-epoch distribution of predicted classes of training AEs.
+Epoch-dependent behaviour (TAET's stages, REAT's class statistics, LDAM's deferred re-weighting) goes
+through :meth:`on_epoch_start` / :meth:`on_epoch_end`, never through attributes stuck on the model.
+The trainer owns the optimiser; methods never call ``zero_grad``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar, Sequence
+
+import torch
+from torch import nn
+
+from ..attacks import pgd, threat_model
+from ..attacks.pgd import eval_mode
+from ..config import AttackConfig
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    """A method without options of its own."""
+
+
+class Method:
+    """Base class of every training method.
+
+    Args:
+        class_counts: training images per class (C,).
+        attack: the training-time attack settings (threat model, eps, steps, step size, start).
+        loss: the long-tailed loss object (``LOSSES`` entry) used as the outer loss; with
+            ``attack.loss_mode`` ``inner`` or ``both`` it is also the attack objective.
+        options: the method's own ``Options`` dataclass.
+        total_epochs: length of training (for ramps and stage switches).
+        amp_dtype: autocast dtype for the training-time attack and step (``torch.bfloat16``) or None.
+    """
+
+    name: ClassVar[str] = ""
+    Options: ClassVar[type] = NoOptions
+    #: head the method needs ("linear" or "cosine"); the trainer builds the model accordingly.
+    required_head: ClassVar[str | None] = None
+    #: False for methods without adversarial examples (natural training).
+    adversarial: ClassVar[bool] = True
+
+    def __init__(self, class_counts: Sequence[int], attack: AttackConfig, loss: Any, options: Any = None,
+                 total_epochs: int = 1, amp_dtype: torch.dtype | None = None) -> None:
+        self.class_counts = torch.as_tensor(list(class_counts), dtype=torch.float32)
+        self.num_classes = len(self.class_counts)
+        self.attack_cfg = attack
+        self.threat = threat_model(attack.norm, attack.eps)
+        self.loss = loss
+        self.options = options if options is not None else self.Options()
+        self.total_epochs = total_epochs
+        self.amp_dtype = amp_dtype
+        self.epoch = 0
+
+    # ------------------------------------------------------------------ the two things a method says
+    def train_attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Training AEs: PGD on the attack objective with BatchNorm in eval mode (SPEC 3)."""
+        a = self.attack_cfg
+        objective, kwargs = self.attack_objective(x, y)
+        return pgd(model, x, y, self.threat, steps=a.steps, step_size=a.step_size, objective=objective,
+                   random_start=a.random_start, objective_kwargs=kwargs, amp_dtype=self.amp_dtype)
+
+    def attack_objective(self, x: torch.Tensor, y: torch.Tensor) -> tuple[Any, dict[str, Any]]:
+        """CE by default; the long-tailed loss when ``attack.loss_mode`` is ``inner`` or ``both``."""
+        if self.attack_cfg.loss_mode in ("inner", "both"):
+            return self.loss.attack_loss, {}
+        return "ce", {}
+
+    def outer_loss(self, logits: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        """The long-tailed loss as outer loss (``loss_mode`` outer / both), CE for ``inner``."""
+        if self.attack_cfg.loss_mode == "inner":
+            return nn.functional.cross_entropy(logits.float(), y, reduction=reduction)
+        return self.loss(logits, y, reduction=reduction)
+
+    def forward(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Craft AEs and return ``{"loss": ..., <named parts>, "logits_adv": detached (B, C)}``."""
+        x_adv = self.train_attack(model, x, y) if self.adversarial else x
+        return self.compute_loss(model, x, x_adv, y)
+
+    def compute_loss(self, model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor,
+                     y: torch.Tensor) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------------------------- hooks
+    def setup(self, context: Any) -> None:
+        """Called once by the trainer before training (``context`` is the trainer)."""
+
+    def on_epoch_start(self, epoch: int) -> None:
+        self.epoch = epoch
+        if hasattr(self.loss, "on_epoch_start"):
+            self.loss.on_epoch_start(epoch)
+
+    def on_epoch_end(self, epoch: int, stats: dict[str, Any]) -> None:
+        """``stats['ae_pred_counts']`` holds the predicted-class counts of this epoch's training AEs."""
+
+    def after_step(self, model: nn.Module) -> None:
+        """Called after the optimiser step (AWP restores the weights here)."""
+
+    def deployed(self, model: nn.Module) -> nn.Module:
+        """The model whose logits are served and attacked at evaluation (default: the model itself)."""
+        return model
+
+    def parameters(self) -> list[nn.Parameter]:
+        """Extra trainable parameters owned by the method (none by default)."""
+        return []
+
+    # ---------------------------------------------------------------------------------- resume
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.epoch = int(state.get("epoch", 0))
+
+
+def options_dict(options: Any) -> dict[str, Any]:
+    return dataclasses.asdict(options) if dataclasses.is_dataclass(options) else {}
+
+
+def forward_train(model: nn.Module, x: torch.Tensor, amp_dtype: torch.dtype | None) -> torch.Tensor:
+    """The model's forward pass in train mode under the step's autocast; logits returned in float32."""
+    from ..attacks.pgd import autocast
+
+    with autocast(x.device, amp_dtype):
+        return model(x).float()
+
+
+def clean_logits_eval(model: nn.Module, x: torch.Tensor, amp_dtype: torch.dtype | None) -> torch.Tensor:
+    """Clean logits with BatchNorm in eval mode, no gradient (targets for KL attacks)."""
+    from ..attacks.pgd import autocast
+
+    with torch.no_grad(), eval_mode(model), autocast(x.device, amp_dtype):
+        return model(x).float()

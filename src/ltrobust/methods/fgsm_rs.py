@@ -1,0 +1,30 @@
+"""FGSM with a random start ("fast is better than free", Wong et al., ICLR 2020)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..attacks import pgd
+from ..registry import METHODS
+from .pgd_at import PGDAT
+
+
+@dataclass(frozen=True)
+class FGSMRSOptions:
+    step_factor: float = 1.25  #: step = step_factor * eps
+
+
+@METHODS.register("fgsm_rs")
+class FGSMRS(PGDAT):
+    """One signed-gradient step of 1.25 eps from a uniform random start, then the outer loss."""
+
+    name = "fgsm_rs"
+    Options = FGSMRSOptions
+
+    def train_attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        objective, kwargs = self.attack_objective(x, y)
+        return pgd(model, x, y, self.threat, steps=1, step_size=self.options.step_factor * self.threat.eps,
+                   objective=objective, random_start=True, objective_kwargs=kwargs, amp_dtype=self.amp_dtype)

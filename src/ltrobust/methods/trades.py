@@ -1,0 +1,51 @@
+"""TRADES (Zhang et al., ICML 2019): CE on clean images + beta * KL(p(x) || p(x'))."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..losses.at import trades_loss_terms
+from ..registry import METHODS
+from .base import Method, clean_logits_eval, forward_train
+
+
+@dataclass(frozen=True)
+class TradesOptions:
+    beta: float = 6.0  #: weight of the robustness (KL) term
+
+
+@METHODS.register("trades")
+class Trades(Method):
+    """Inner: maximise KL(p(x) || p(x')) from the clean prediction; outer: L(z(x), y) + beta * KL.
+
+    The long-tailed loss replaces the natural CE term (``loss=bsl``); with ``attack.loss_mode=inner``
+    the natural term stays CE.
+    """
+
+    name = "trades"
+    Options = TradesOptions
+
+    def attack_objective(self, x: torch.Tensor, y: torch.Tensor) -> tuple[Any, dict[str, Any]]:
+        # The attack needs the model's clean logits; train_attack fills them in.
+        return "kl", {}
+
+    def train_attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        from ..attacks import pgd
+
+        a = self.attack_cfg
+        target = clean_logits_eval(model, x, self.amp_dtype)  # (B, C)
+        return pgd(model, x, y, self.threat, steps=a.steps, step_size=a.step_size, objective="kl",
+                   random_start=a.random_start, objective_kwargs={"target_logits": target},
+                   amp_dtype=self.amp_dtype)
+
+    def compute_loss(self, model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor,
+                     y: torch.Tensor) -> dict[str, torch.Tensor]:
+        logits_nat = forward_train(model, x, self.amp_dtype)
+        logits_adv = forward_train(model, x_adv, self.amp_dtype)
+        loss_nat, kl = trades_loss_terms(logits_nat, logits_adv, y, base_loss=self.outer_loss)
+        loss = loss_nat + self.options.beta * kl
+        return {"loss": loss, "loss_nat": loss_nat.detach(), "kl": kl.detach(), "logits_adv": logits_adv.detach()}

@@ -141,6 +141,7 @@ class TrainConfig:
     sampler: str = "uniform"  #: uniform | class_balanced (re-sampling)
     finetune: str = "none"  #: none | crt | rw | lws (backbone frozen, finetune_epochs)
     finetune_epochs: int = 1
+    finetune_lr: float = 0.01  #: constant learning rate of the fine-tuning stage
     val_every: int = 1
     val_samples: int = 1000  #: validation images per epoch (balanced sample); 0: all
     val_attack_steps: int = 10
@@ -183,10 +184,12 @@ class EvalConfig:
     adjust: str = "none"  #: inference adjustment: none | logit_adjust | tau_norm | cdt | tde
     adjust_tau: float = 1.0
     seed: int = 0
-    aa_version: str = "standard"
+    mode: str = "cascade"  #: cascade (each attack on the images still robust) | standalone
+    tail_group: int = 0  #: classes in the T-Clean / T-PGD tail group; 0: C // 10 (002's convention)
 
     def __post_init__(self) -> None:
         _check(self.norm in ("linf", "l2"), f"eval.norm={self.norm!r}: use linf or l2.")
+        _check(self.mode in ("cascade", "standalone"), f"eval.mode={self.mode!r}: use cascade or standalone.")
         if self.norm == "linf":
             _check_eps("eval.eps", self.eps)
         _check(self.checkpoint in ("best", "last"), f"eval.checkpoint={self.checkpoint!r}: use best or last.")

@@ -108,7 +108,7 @@ def parse_attack(name: str, eps: float = 8 / 255, step_size: float = 2 / 255, no
         base = dict(name=name, norm="l2", eps=eps_, step_size=step)
     else:
         base = dict(name=name, norm="linf", eps=eps, step_size=step_size)
-    return ATTACKS.build(family, steps=steps, **base)
+    return ATTACKS.get(family)(steps=steps, **base)
 
 
 def parse_attacks(names: Sequence[str], **kw: Any) -> list[AttackSpec]:

@@ -295,7 +295,7 @@ class Trainer:
         model = self.ema.module if self.ema is not None else self.model
         io.save_checkpoint(path, {"epoch": epoch, "model": model.state_dict(), "val": val or {},
                                   "num_classes": self.num_classes, "class_counts": self.class_counts,
-                                  "method_state": self.method.state_dict(),
+                                  "method_state": self.method.state_dict(), "config": dump_yaml(self.cfg),
                                   "ltrobust_version": _version()})
 
     # ---------------------------------------------------------------------------------- training

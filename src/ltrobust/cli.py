@@ -1,0 +1,222 @@
+"""The ``ltrobust`` command line: data, train, eval, audit, analyze, report, sweep, demo.
+
+Every command takes ``key=value`` overrides (``ltrobust train method=pgd_at loss=bsl imbalance=50``);
+``ltrobust train --help`` lists every key, method, loss and preset. Errors in the input print one line
+that names the problem and the fix, and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+from typing import Sequence
+
+from .errors import LtrobustError
+
+EPILOG_TRAIN = """\
+keys (section.key=value, or the bare key when unique; see README "Configuration"):
+{keys}
+
+methods (method=NAME; their options as NAME=value, e.g. beta=6):
+{methods}
+
+losses (loss=NAME; outer loss of any method, also the attack loss with attack.loss_mode=inner|both):
+{losses}
+
+presets (preset=NAME): {presets}
+
+examples:
+  ltrobust train method=pgd_at loss=bsl dataset=digits-lt epochs=10
+  ltrobust train preset=at-bsl-cifar10lt-resnet18 data_dir=/data/cifar10
+  torchrun --nproc_per_node=2 -m ltrobust.cli train preset=reat-cifar10lt-resnet18
+"""
+
+
+def _first_doc_line(obj: object) -> str:
+    doc = (getattr(obj, "__doc__", None) or "").strip().splitlines()
+    return doc[0] if doc else ""
+
+
+def _train_epilog() -> str:
+    from .config import SECTIONS, list_presets
+    from .registry import LOSSES, METHODS
+
+    keys = []
+    for sec, cls in SECTIONS.items():
+        keys.append(f"  {sec}: " + ", ".join(f.name for f in dataclasses.fields(cls)))
+    methods = []
+    for name in METHODS.names():
+        cls = METHODS.get(name)
+        opts = getattr(cls, "Options", None)
+        fields = ", ".join(f"{f.name}={f.default}" for f in dataclasses.fields(opts)) if opts else ""
+        methods.append(f"  {name:<13} {_first_doc_line(cls)}" + (f"\n  {'':<13} options: {fields}" if fields else ""))
+    losses = []
+    for name in LOSSES.names():
+        cls = LOSSES.get(name)
+        opts = getattr(cls, "Options", None)
+        fields = ", ".join(f"{f.name}={f.default}" for f in dataclasses.fields(opts)) if opts else ""
+        losses.append(f"  {name:<6} {_first_doc_line(cls)}" + (f" [{fields}]" if fields else ""))
+    return EPILOG_TRAIN.format(keys="\n".join(keys), methods="\n".join(methods), losses="\n".join(losses),
+                               presets=", ".join(list_presets()) or "(none)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ltrobust", description="Adversarial robustness under long-tailed data.",
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+    raw = argparse.RawDescriptionHelpFormatter
+
+    data = sub.add_parser("data", help="data set tools")
+    dsub = data.add_subparsers(dest="data_command", required=True)
+    info = dsub.add_parser("info", help="per-class counts, head/body/tail and many/medium/few groups")
+    info.add_argument("dataset")
+    info.add_argument("overrides", nargs="*", metavar="key=value")
+
+    train = sub.add_parser("train", help="train a model with any method and loss", formatter_class=raw,
+                           epilog=_train_epilog())
+    train.add_argument("overrides", nargs="*", metavar="key=value")
+
+    ev = sub.add_parser("eval", help="evaluate a run or checkpoint with an attack suite", formatter_class=raw,
+                        epilog="attacks: clean, fgsm, pgdK, mimK, cwK, adaptive[K], aa, apgd, square; "
+                               "suffix -l2 for the l_2 ball.\nexample: ltrobust eval runs/NAME "
+                               "attacks=clean,fgsm,pgd20,pgd100,mim20,cw20,cw100,aa,adaptive checkpoint=best")
+    ev.add_argument("run", metavar="RUN_OR_CHECKPOINT")
+    ev.add_argument("overrides", nargs="*", metavar="key=value")
+
+    au = sub.add_parser("audit", help="gradient-masking audit (logit re-scaling, zero gradients, PGD-AA gap, ...)")
+    au.add_argument("run", metavar="RUN_OR_CHECKPOINT")
+    au.add_argument("overrides", nargs="*", metavar="key=value")
+
+    an = sub.add_parser("analyze", help="the papers' analyses: feature-norm, embedding, ae-drift, "
+                                        "attack-budget, gaussian-theory, confusion")
+    an.add_argument("kind")
+    an.add_argument("runs", nargs="*", metavar="RUN_OR_CHECKPOINT / key=value")
+
+    rep = sub.add_parser("report", help="tables, plots and HTML from stored results (no retraining)")
+    rep.add_argument("inputs", nargs="+", metavar="RUN_OR_SWEEP / out=DIR")
+
+    sw = sub.add_parser("sweep", help="run a grid of runs (methods x data sets x IR x seeds x any key)")
+    sw.add_argument("grid", metavar="GRID.yaml")
+    sw.add_argument("overrides", nargs="*", metavar="key=value")
+
+    demo = sub.add_parser("demo", help="the whole toolkit on digits-LT in minutes (no download)")
+    demo.add_argument("overrides", nargs="*", metavar="key=value")
+
+    sub.add_parser("list", help="every registered data set, model, attack, loss, method and preset")
+    return p
+
+
+def _cmd_data(args: argparse.Namespace) -> int:
+    from .config import resolve_config
+    from .data import data_info
+
+    cfg = resolve_config([f"data.dataset={args.dataset}", *args.overrides])
+    print(data_info(cfg.data))
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .config import resolve_config
+    from .engine.trainer import Trainer
+
+    cfg = resolve_config(args.overrides)
+    summary = Trainer(cfg).fit()
+    print(f"run folder: {summary['run_dir']}")
+    best = summary["best"]
+    if best.get("epoch", -1) >= 0:
+        print(f"best epoch by validation robust accuracy: {best['epoch'] + 1} (val PGD {best['val_rob']:.2f}%)")
+    print(f"next: ltrobust eval {summary['run_dir']} attacks=clean,pgd20,aa")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .engine.runs import evaluate_run
+    from .engine.evaluator import markdown_table
+
+    result = evaluate_run(args.run, args.overrides)
+    print(markdown_table(result))
+    print(f"results: {result['run']}/eval/{result['tag']}.json")
+    return 0
+
+
+def _cmd_audit(args: argparse.Namespace) -> int:
+    from .engine.audit import audit_run, audit_markdown
+
+    result = audit_run(args.run, args.overrides)
+    print(audit_markdown(result))
+    return 0
+
+
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    from .analysis import run_analysis
+
+    runs = [r for r in args.runs if "=" not in r]
+    overrides = [r for r in args.runs if "=" in r]
+    out = run_analysis(args.kind, runs, overrides)
+    print(f"wrote {out['png']} and {out['json']}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .report import build_report
+
+    inputs = [r for r in args.inputs if "=" not in r]
+    opts = dict(r.split("=", 1) for r in args.inputs if "=" in r)
+    out = build_report(inputs, **opts)
+    print(out["markdown_table"])
+    print(f"report: {out['index']}")
+    return 0
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from .report.sweep import run_sweep
+
+    out = run_sweep(args.grid, args.overrides)
+    print(f"sweep finished: {out['n_runs']} runs ({out['n_skipped']} already done); report: {out['report']}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(args.overrides)
+    return 0
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from .config import list_presets
+    from .registry import ANALYSES, ATTACKS, DATASETS, LOSSES, METHODS, MODELS, ADJUSTMENTS
+
+    for title, reg in (("data sets", DATASETS), ("models", MODELS), ("attacks", ATTACKS), ("losses", LOSSES),
+                       ("methods", METHODS), ("inference adjustments", ADJUSTMENTS), ("analyses", ANALYSES)):
+        print(f"{title}: {', '.join(reg.names())}")
+    print(f"presets: {', '.join(list_presets())}")
+    return 0
+
+
+COMMANDS = {"data": _cmd_data, "train": _cmd_train, "eval": _cmd_eval, "audit": _cmd_audit,
+            "analyze": _cmd_analyze, "report": _cmd_report, "sweep": _cmd_sweep, "demo": _cmd_demo,
+            "list": _cmd_list}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return COMMANDS[args.command](args)
+    except LtrobustError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; finished epochs and evaluation chunks are saved, re-run the same command to resume.",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -426,8 +426,13 @@ def resolve_config(overrides: Sequence[str] | Mapping[str, Any] = (), base: RunC
                 flat[f"method.args.{name}"] = v
             elif sec == "loss" and name in l_fields:
                 flat[f"method.loss_args.{name}"] = v
+            elif sec in ("method", "loss"):
+                owner, names = (f"method {method!r}", m_fields) if sec == "method" else (f"loss {loss!r}", l_fields)
+                close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+                hint = f" Did you mean {', '.join(close)}?" if close else ""
+                raise ConfigError(f"{owner} has no option {name!r}.{hint} Its options: {', '.join(names) or 'none'}.")
             else:
-                raise _unknown_key(k, [f"method.{f}" for f in m_fields])
+                raise _unknown_key(k)
             continue
         if k in m_fields:
             flat[f"method.args.{k}"] = v

@@ -78,17 +78,26 @@ ADJUSTMENTS = Registry("inference adjustment")
 ANALYSES = Registry("analysis")
 
 _loaded = False
+_loading = False
 
 
 def _load_builtin_entries() -> None:
-    """Import the packages whose modules register the built-in entries (once)."""
-    global _loaded
-    if _loaded:
-        return
-    _loaded = True
-    import importlib
-    import importlib.util
+    """Import the packages whose modules register the built-in entries.
 
-    for pkg in ("data", "models", "attacks", "losses", "methods", "engine.adjust", "analysis"):
-        if importlib.util.find_spec(f"ltrobust.{pkg}") is not None:
-            importlib.import_module(f"ltrobust.{pkg}")
+    Marked done only after every import succeeded, so one broken module raises its own error on each
+    lookup instead of leaving the registries half-filled.
+    """
+    global _loaded, _loading
+    if _loaded or _loading:
+        return
+    _loading = True
+    try:
+        import importlib
+        import importlib.util
+
+        for pkg in ("data", "models", "attacks", "losses", "methods", "engine.adjust", "analysis"):
+            if importlib.util.find_spec(f"ltrobust.{pkg}") is not None:
+                importlib.import_module(f"ltrobust.{pkg}")
+        _loaded = True
+    finally:
+        _loading = False

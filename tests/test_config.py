@@ -1,0 +1,73 @@
+"""Typed configs: overrides, presets, validation messages, round trip."""
+
+from __future__ import annotations
+
+import pytest
+
+from ltrobust.config import (RunConfig, dump_yaml, list_presets, load_preset, load_run_config, method_options,
+                             parse_value, resolve_config)
+from ltrobust.errors import ConfigError
+
+
+def test_defaults_and_overrides_by_leaf_dotted_and_alias():
+    cfg = resolve_config(["imbalance=50", "train.lr=0.05", "method=trades", "loss=bsl", "epochs=3", "beta=3"])
+    assert cfg.data.imbalance == 50.0 and cfg.train.lr == 0.05 and cfg.train.epochs == 3
+    assert cfg.method.name == "trades" and cfg.method.loss == "bsl"
+    assert method_options(cfg).beta == 3.0
+
+
+def test_fractions_lists_and_bools():
+    assert parse_value("8/255") == pytest.approx(8 / 255)
+    cfg = resolve_config(["attack.eps=4/255", "attacks=clean,pgd20,aa", "milestones=75,90", "deterministic=true"])
+    assert cfg.attack.eps == pytest.approx(4 / 255)
+    assert cfg.eval.attacks == ("clean", "pgd20", "aa")
+    assert cfg.train.milestones == (75, 90) and cfg.train.deterministic is True
+
+
+def test_ambiguous_leaf_asks_for_the_section():
+    with pytest.raises(ConfigError, match="'eps' is ambiguous: write one of attack.eps, eval.eps"):
+        resolve_config(["eps=0.1"])
+
+
+@pytest.mark.parametrize("override,match", [
+    ("imbalanse=50", "unknown config key 'imbalanse'.*Did you mean.*imbalance"),
+    ("imbalance=0.5", "imbalance=0.5 is below 1"),
+    ("attack.eps=8", "outside \\[0, 1\\].*8/255"),
+    ("eval.eps=-0.1", "outside \\[0, 1\\]"),
+    ("attack.steps=-1", "negative"),
+    ("method=pgd_att", "unknown method 'pgd_att'.*Did you mean 'pgd_at'"),
+    ("loss=bls", "unknown loss 'bls'.*Did you mean 'bsl'"),
+    ("dataset=cifar10", "unknown data set 'cifar10'.*cifar10-lt"),
+    ("model=resnet19", "unknown model 'resnet19'.*resnet18"),
+    ("train.lr=abc", "train.lr='abc' is not a valid float"),
+    ("preset=robal-r-cifar10-wrn34", "unknown preset"),
+])
+def test_bad_input_names_the_problem_and_fix(override, match):
+    with pytest.raises(ConfigError, match=match):
+        resolve_config([override])
+
+
+def test_method_option_of_another_method_is_refused():
+    with pytest.raises(ConfigError, match="method 'pgd_at' has no option 'beta'|unknown config key 'beta'"):
+        resolve_config(["method=pgd_at", "method.beta=6"])
+
+
+def test_yaml_roundtrip(tmp_path):
+    cfg = resolve_config(["method=trades", "beta=2", "imbalance=20", "milestones=5,8", "attacks=clean,pgd20"])
+    path = tmp_path / "config.yaml"
+    path.write_text(dump_yaml(cfg))
+    assert load_run_config(path) == cfg
+
+
+def test_frozen():
+    cfg = RunConfig()
+    with pytest.raises(Exception):
+        cfg.train.lr = 1.0  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("name", list_presets())
+def test_every_preset_loads_and_validates(name):
+    flat = load_preset(name)
+    assert flat
+    cfg = resolve_config([f"preset={name}"])
+    assert cfg.preset == name

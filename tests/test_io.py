@@ -1,0 +1,141 @@
+"""Atomic, checksummed files: corrupt, truncated, malicious, disk full, read-only."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+
+
+import pytest
+import torch
+
+from ltrobust import io
+from ltrobust.errors import CheckpointError
+
+
+def test_checkpoint_roundtrip_and_header(tmp_path):
+    state = {"model": {"w": torch.arange(6.0).view(2, 3)}, "epoch": 3, "name": "x", "list": [1, 2.5]}
+    path = tmp_path / "c.pt"
+    io.save_checkpoint(path, state)
+    assert path.read_bytes().startswith(io.MAGIC)
+    back = io.load_checkpoint(path)
+    assert torch.equal(back["model"]["w"], state["model"]["w"]) and back["epoch"] == 3 and back["list"] == [1, 2.5]
+
+
+def test_truncated_checkpoint_is_refused_with_the_fix(tmp_path):
+    path = tmp_path / "c.pt"
+    io.save_checkpoint(path, {"w": torch.randn(100)})
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        io.load_checkpoint(path)
+
+
+def test_flipped_byte_fails_the_checksum(tmp_path):
+    path = tmp_path / "c.pt"
+    io.save_checkpoint(path, {"w": torch.randn(100)})
+    data = bytearray(path.read_bytes())
+    data[-50] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="checksum"):
+        io.load_checkpoint(path)
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned > /tmp/ltrobust_pwned",))
+
+
+def test_malicious_pickle_does_not_run_code(tmp_path):
+    marker = "/tmp/ltrobust_pwned"
+    if os.path.exists(marker):
+        os.unlink(marker)
+    path = tmp_path / "evil.pt"
+    torch.save({"model": _Evil()}, path)  # plain torch file, no header
+    with pytest.raises(CheckpointError, match="weights_only"):
+        io.load_checkpoint(path)
+    assert not os.path.exists(marker)
+    # the same inside an ltrobust header (checksum valid) is refused too
+    buf = path.read_bytes()
+    import hashlib
+
+    path.write_bytes(io.MAGIC + hashlib.sha256(buf).hexdigest().encode() + b"\n" + buf)
+    with pytest.raises(CheckpointError):
+        io.load_checkpoint(path)
+    assert not os.path.exists(marker)
+
+
+def test_plain_torch_state_dict_loads(tmp_path):
+    path = tmp_path / "plain.pt"
+    torch.save({"model": {"w": torch.ones(2)}}, path)
+    assert torch.equal(io.load_checkpoint(path)["model"]["w"], torch.ones(2))
+
+
+def test_missing_checkpoint_message(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        io.load_checkpoint(tmp_path / "nope.pt")
+
+
+@pytest.mark.parametrize("err,msg", [(errno.ENOSPC, "disk is full"), (errno.EROFS, "read-only")])
+def test_failed_write_keeps_previous_checkpoint(tmp_path, monkeypatch, err, msg):
+    path = tmp_path / "last.pt"
+    io.save_checkpoint(path, {"epoch": 1})
+    before = path.read_bytes()
+    real_fdopen = os.fdopen
+
+    class Failing:
+        def __init__(self, fh):
+            self.fh = fh
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            self.fh.close()
+
+        def write(self, data):
+            self.fh.write(data[:10])
+            raise OSError(err, os.strerror(err))
+
+    monkeypatch.setattr(io.os, "fdopen", lambda fd, mode: Failing(real_fdopen(fd, mode)))
+    with pytest.raises(CheckpointError, match=msg):
+        io.save_checkpoint(path, {"epoch": 2})
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert io.load_checkpoint(path)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left behind
+
+
+def test_read_only_folder_gives_clear_error(tmp_path, monkeypatch):
+    def refuse(*a, **k):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(io.tempfile, "mkstemp", refuse)
+    with pytest.raises(CheckpointError, match="read-only.*out=DIR"):
+        io.write_json(tmp_path / "r.json", {"a": 1})
+
+
+def test_json_checksum_detects_edits_and_numbers_stay_numbers(tmp_path):
+    path = tmp_path / "r.json"
+    io.write_json(path, {"acc": torch.tensor(51.5), "per_class": [1.0, float("nan")], "n": 3})
+    data = io.read_json(path)
+    assert data["acc"] == 51.5 and data["per_class"] == [1.0, None] and data["n"] == 3
+    raw = json.loads(path.read_text())
+    raw["acc"] = 99.0
+    path.write_text(json.dumps(raw))
+    with pytest.raises(CheckpointError, match="checksum"):
+        io.read_json(path)
+    path.write_text('{"acc": 1')
+    with pytest.raises(CheckpointError, match="truncated"):
+        io.read_json(path)
+
+
+def test_jsonl_ignores_a_torn_last_line(tmp_path):
+    path = tmp_path / "m.jsonl"
+    io.append_jsonl(path, {"epoch": 0})
+    with open(path, "a") as fh:
+        fh.write('{"epoch": 1, "lo')
+    assert io.read_jsonl(path) == [{"epoch": 0}]
+
+

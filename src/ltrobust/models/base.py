@@ -115,9 +115,15 @@ class LTModel(nn.Module):
         """Penultimate features of images ``x`` (B, C_in, H, W) in [0, 1] -> (B, D)."""
         return self.pool(self.backbone(self.normalize(x)))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits (B, C) of images ``x`` (B, C_in, H, W) in [0, 1]."""
-        return self.head(self.features(x))
+    def forward(self, x: torch.Tensor, return_features: bool = False):
+        """Logits (B, C) of images ``x`` (B, C_in, H, W) in [0, 1].
+
+        With ``return_features=True`` returns ``(logits, features (B, D))`` from one pass (REAT's TAIL
+        and feature distillation need both, and under DDP the pass must go through ``forward``).
+        """
+        f = self.features(x)
+        logits = self.head(f)
+        return (logits, f) if return_features else logits
 
 
 def replace_head(model: LTModel, head: nn.Module) -> LTModel:

@@ -285,14 +285,14 @@ def markdown_table(result: dict[str, Any]) -> str:
     res = result["results"]
     names = list(res)
     lines = [f"# Evaluation `{result.get('tag', '')}`: {result['n']} test images, mode {result['mode']}", "",
-             "| attack | overall | balanced | head | body | tail | worst class |", "|---|---|---|---|---|---|---|"]
+             "| attack | overall | balanced | head | body | tail | tail group | worst class |",
+             "|---|---|---|---|---|---|---|---|"]
     for name in names:
         r = res[name]
-        g = r.get("groups", {})
         worst = r.get("worst_class", {})
-        lines.append(f"| {column_title(name)} | {r['overall']:.2f} | {r['balanced']:.2f} | "
-                     f"{_g(g, 'head')} | {_g(g, 'body')} | {_g(g, 'tail')} | "
-                     f"{worst.get('class', '-')} ({worst.get('value', float('nan')):.1f}) |")
+        lines.append(f"| {column_title(name)} | {r['accuracy']:.2f} | {r['balanced_accuracy']:.2f} | "
+                     f"{_g(r, 'head')} | {_g(r, 'body')} | {_g(r, 'tail')} | {_g(r, 'tail_group')} | "
+                     f"{worst.get('class', '-')} ({_num(worst.get('recall'))}) |")
     lines += ["", "Per-class recall (%), classes by training count:", "",
               "| attack | " + " | ".join(str(c) for c in range(len(result["class_counts"]))) + " |",
               "|---|" + "---|" * len(result["class_counts"]),
@@ -306,5 +306,8 @@ def markdown_table(result: dict[str, Any]) -> str:
 
 
 def _g(groups: dict[str, Any], key: str) -> str:
-    v = groups.get(key)
-    return f"{v:.2f}" if isinstance(v, (int, float)) else "-"
+    return _num(groups.get(key), 2)
+
+
+def _num(v: Any, digits: int = 1) -> str:
+    return f"{v:.{digits}f}" if isinstance(v, (int, float)) else "-"

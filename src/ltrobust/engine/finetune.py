@@ -32,7 +32,7 @@ def _head_params(model: nn.Module) -> list[nn.Parameter]:
 
 def finetune(trainer: Any) -> dict[str, Any]:
     """Run the fine-tuning stage of ``trainer`` (a :class:`~ltrobust.engine.trainer.Trainer`)."""
-    from ..data import make_train_loader
+    from ..data import train_loader
     from ..losses import class_balanced_weights
     from .trainer import unwrap
 
@@ -68,8 +68,8 @@ def finetune(trainer: Any) -> dict[str, Any]:
         weights = torch.as_tensor(class_balanced_weights(trainer.class_counts, 0.9999), dtype=torch.float32,
                                   device=trainer.device)
     sampler = "uniform" if kind == "rw" else "class_balanced"
-    loader = make_train_loader(trainer.data, cfg.data, batch_size=t.batch_size, device=trainer.device,
-                               seed=t.seed + 1, sampler=sampler)
+    loader = train_loader(trainer.data, batch_size=t.batch_size, device=trainer.device, seed=t.seed + 1,
+                          sampler=sampler)
     opt = torch.optim.SGD(params, lr=t.finetune_lr, momentum=t.momentum, weight_decay=t.weight_decay)
     model.eval()  # frozen backbone: BatchNorm statistics stay fixed
     steps = 0

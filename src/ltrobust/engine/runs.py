@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -104,8 +104,8 @@ def load_run(path: str | Path, overrides: Sequence[str] = (), device: str | torc
     num_classes = int(state.get("num_classes", len(counts)))
     in_ch, mean, std = _input_spec(cfg, state)
     method_cls = METHODS.get(cfg.method.name)
-    model = build_model(cfg.model, num_classes=num_classes, in_channels=in_ch, mean=mean, std=std,
-                        head=method_cls.required_head or cfg.model.head)
+    model = build_model(replace(cfg.model, head=method_cls.required_head or cfg.model.head), num_classes=num_classes,
+                        in_channels=in_ch, mean=mean, std=std, image_size=_image_size(cfg, state))
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as exc:
@@ -129,6 +129,15 @@ def _input_spec(cfg: RunConfig, state: dict[str, Any]) -> tuple[int, Any, Any]:
 
     meta = DATASETS.get(cfg.data.dataset)
     return int(getattr(meta, "channels", 3)), getattr(meta, "mean", None), getattr(meta, "std", None)
+
+
+def _image_size(cfg: RunConfig, state: dict[str, Any]) -> int:
+    if state.get("image_size"):
+        return int(state["image_size"])
+    from ..data import get_spec
+
+    spec = get_spec(cfg.data.dataset)
+    return int(cfg.data.image_size if cfg.data.image_size > 0 else spec.image_size)
 
 
 def flat_config(cfg: RunConfig) -> dict[str, Any]:

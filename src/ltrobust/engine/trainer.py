@@ -18,7 +18,7 @@ import math
 import os
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -193,8 +193,9 @@ class Trainer:
         method_cls = METHODS.get(cfg.method.name)
         head = method_cls.required_head or cfg.model.head
         torch.manual_seed(cfg.train.seed)  # model init is a function of the seed alone
-        self.model = build_model(cfg.model, num_classes=self.num_classes, in_channels=self.data.channels,
-                                 mean=self.data.mean, std=self.data.std, head=head).to(self.device)
+        self.model = build_model(replace(cfg.model, head=head), num_classes=self.num_classes,
+                                 in_channels=self.data.channels, mean=self.data.mean, std=self.data.std,
+                                 image_size=self.data.image_size).to(self.device)
         if cfg.train.channels_last and self.device.type in ("cuda", "cpu") and self._spatial():
             self.model = self.model.to(memory_format=torch.channels_last)
         loss_cls = LOSSES.get(cfg.method.loss)
@@ -222,11 +223,11 @@ class Trainer:
         return int(getattr(self.data, "image_size", 32)) > 1
 
     def _make_loader(self):
-        from ..data import make_train_loader
+        from ..data import train_loader
 
         cfg = self.cfg
-        return make_train_loader(self.data, cfg.data, batch_size=cfg.train.batch_size, device=self.device,
-                                 seed=cfg.train.seed, sampler=cfg.train.sampler)
+        return train_loader(self.data, batch_size=cfg.train.batch_size, device=self.device,
+                            seed=cfg.train.seed, sampler=cfg.train.sampler)
 
     # ------------------------------------------------------------------------------------- paths
     @property
@@ -296,6 +297,7 @@ class Trainer:
         io.save_checkpoint(path, {"epoch": epoch, "model": model.state_dict(), "val": val or {},
                                   "num_classes": self.num_classes, "class_counts": self.class_counts,
                                   "method_state": self.method.state_dict(), "config": dump_yaml(self.cfg),
+                                  "image_size": int(self.data.image_size),
                                   "ltrobust_version": _version()})
 
     # ---------------------------------------------------------------------------------- training

@@ -19,7 +19,7 @@ class MartOptions:
 
 @METHODS.register("mart")
 class Mart(Method):
-    """PGD-10 AEs on CE; outer loss as in the MART authors' code."""
+    """PGD-10 AEs on CE; outer loss as in the MART authors' code (a long-tailed loss replaces its CE part)."""
 
     name = "mart"
     Options = MartOptions
@@ -28,6 +28,6 @@ class Mart(Method):
                      y: torch.Tensor) -> dict[str, torch.Tensor]:
         logits_nat = forward_train(model, x, self.amp_dtype)
         logits_adv = forward_train(model, x_adv, self.amp_dtype)
-        bce, kl = mart_loss_terms(logits_nat, logits_adv, y)
+        bce, kl = mart_loss_terms(logits_nat, logits_adv, y, base_loss=self.outer_loss)
         loss = bce + self.options.beta * kl
         return {"loss": loss, "loss_bce": bce.detach(), "kl": kl.detach(), "logits_adv": logits_adv.detach()}

@@ -1,0 +1,155 @@
+"""What every on-disk format reader returns, and the cached image decoder they share.
+
+A reader is a function ``read(cfg: DataConfig) -> RawData``. Images are uint8 arrays (N, H, W, C) in
+dataset order (the order the selection shuffles); streamed formats (ImageNet-LT) give file paths.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ...errors import DataError
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".webp", ".tif", ".tiff")
+CACHE_VERSION = 1
+
+
+@dataclass
+class RawSplit:
+    """One split as read from disk: labels and either decoded images or image paths."""
+
+    labels: np.ndarray  #: int64 (N,)
+    images: np.ndarray | None = None  #: uint8 (N, H, W, C)
+    paths: list[str] | None = None  #: absolute image paths (streamed formats)
+
+    def __post_init__(self) -> None:
+        self.labels = np.asarray(self.labels, dtype=np.int64).reshape(-1)
+        n = len(self.images) if self.images is not None else len(self.paths or [])
+        if n != len(self.labels):
+            raise DataError(f"{n} images but {len(self.labels)} labels: the data set files are inconsistent.")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class RawData:
+    """Every split of a data set, as read from disk."""
+
+    train: RawSplit
+    test: RawSplit
+    class_names: list[str]
+    val: RawSplit | None = None  #: the data set's own validation split, if it has one
+    source: dict = field(default_factory=dict)  #: {"format": ..., "path": ...} for the manifest
+
+
+def require_dir(path: str | os.PathLike | None, dataset: str, layout: str, how: str) -> Path:
+    """``Path(path)`` if it is a folder, else a :class:`DataError` naming the folder and layout."""
+    if path is None:
+        raise DataError(f"{dataset} needs data_dir=PATH, the folder holding\n{layout}\n{how}")
+    p = Path(path).expanduser()
+    if not p.is_dir():
+        raise DataError(f"{dataset}: data folder {p} does not exist. Expected layout:\n{layout}\n{how}")
+    return p
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files directly inside ``folder``, sorted by name (ImageFolder's order)."""
+    return sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()),
+                  key=lambda p: p.name)
+
+
+def decode_image(path: str | os.PathLike, mode: str) -> np.ndarray:
+    """Decode one image file to uint8 (H, W, C) in PIL ``mode`` (RGB or L)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            arr = np.asarray(im.convert(mode), dtype=np.uint8)
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
+        raise DataError(f"cannot read image file {path}: {exc}. Replace or delete the file "
+                        "(and its cache) and build again.") from None
+    return arr[:, :, None] if arr.ndim == 2 else arr
+
+
+def decode_images(paths: Sequence[Path], mode: str, cache_name: str, cache_dirs: Sequence[Path]) -> np.ndarray:
+    """Decode image files once into uint8 (N, H, W, C); later calls load an ``.npz`` cache.
+
+    The cache key covers every path, size and modification time, so editing, adding or removing a
+    file rebuilds it. The cache is written to the first writable folder of ``cache_dirs``.
+    All images must share one size (the file with a different size is named otherwise).
+    """
+    key = _listing_key(paths, mode)
+    for folder in cache_dirs:
+        f = Path(folder) / f"{cache_name}-{key[:16]}.npz"
+        if f.is_file():
+            try:
+                with np.load(f) as z:
+                    if str(z["key"]) == key:
+                        log.debug("loaded decoded images from cache %s", f)
+                        return z["images"]
+            except (OSError, ValueError, KeyError):
+                log.warning("ignoring unreadable image cache %s", f)
+    log.info("decoding %d images (%s); cached for the next build", len(paths), cache_name)
+    images = None
+    for i, p in enumerate(paths):
+        arr = decode_image(p, mode)
+        if images is None:
+            images = np.empty((len(paths),) + arr.shape, dtype=np.uint8)
+        elif arr.shape != images.shape[1:]:
+            raise DataError(f"image file {p} is {arr.shape[1]}x{arr.shape[0]} but {paths[0]} is "
+                            f"{images.shape[2]}x{images.shape[1]}: every image of a split must have one size.")
+        images[i] = arr
+    if images is None:
+        raise DataError(f"no image files to decode for {cache_name}.")
+    _write_cache(images, key, cache_name, cache_dirs)
+    return images
+
+
+def _listing_key(paths: Sequence[Path], mode: str) -> str:
+    h = hashlib.sha256(f"v{CACHE_VERSION}|{mode}|".encode())
+    for p in paths:
+        try:
+            st = os.stat(p)
+        except OSError as exc:
+            raise DataError(f"cannot read image file {p}: {exc}") from None
+        h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def _write_cache(images: np.ndarray, key: str, cache_name: str, cache_dirs: Sequence[Path]) -> None:
+    for folder in cache_dirs:
+        folder = Path(folder)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            for old in folder.glob(f"{cache_name}-*.npz"):
+                old.unlink()
+            fd, tmp = tempfile.mkstemp(suffix=".npz", dir=folder)
+            with os.fdopen(fd, "wb") as fh:
+                np.savez(fh, images=images, key=np.array(key))
+            os.replace(tmp, folder / f"{cache_name}-{key[:16]}.npz")
+            return
+        except OSError as exc:
+            log.debug("cannot write image cache in %s: %s", folder, exc)
+    log.warning("could not write the decoded-image cache in any of %s; the next build decodes again",
+                [str(f) for f in cache_dirs])
+
+
+def cache_dirs_for(root: Path) -> list[Path]:
+    """Where decoded-image caches go: ``<root>/.ltrobust_cache``, else a per-user cache folder
+    (``$LTROBUST_CACHE_DIR`` or ``~/.cache/ltrobust``) keyed by the data folder's path."""
+    root = Path(root).resolve()
+    tag = hashlib.sha1(str(root).encode()).hexdigest()[:12]
+    user = Path(os.environ.get("LTROBUST_CACHE_DIR", Path.home() / ".cache" / "ltrobust"))
+    return [root / ".ltrobust_cache", user / f"{root.name}-{tag}"]

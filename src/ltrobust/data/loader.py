@@ -1,0 +1,316 @@
+"""Device-resident batching with on-device augmentation, deterministic per (seed, epoch).
+
+:class:`DeviceLoader` keeps the uint8 images of an :class:`~.splits.ArraySplit` on the target device,
+permutes them each epoch with its own seeded ``torch.Generator`` and augments whole batches on the
+device (vectorised random crop with zero padding, per-sample horizontal flip). A
+:class:`~.splits.StreamSplit` (ImageNet-LT) is decoded by DataLoader workers instead, with the same
+ordering and seeding rules.
+
+Example::
+
+    loader = DeviceLoader(data.train, 128, shuffle=True, augment="crop_flip", padding=4, flip=True,
+                          device=torch.device("cuda"), seed=0)
+    for epoch in range(epochs):
+        loader.set_epoch(epoch)
+        for x, y in loader:            # x float (B, C, H, W) in [0, 1], y int64 (B,)
+            ...
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import ConfigError, DataError
+from .splits import ArraySplit, StreamSplit
+
+AUGMENTS = ("none", "crop", "crop_flip", "autoaugment", "randaugment")
+SAMPLERS = ("uniform", "class_balanced")
+
+
+def mix_seed(*values: int) -> int:
+    """A 63-bit seed that depends on every value (``np.random.SeedSequence`` hashing)."""
+    state = np.random.SeedSequence([int(v) % (1 << 64) for v in values]).generate_state(2, dtype=np.uint32)
+    return int(state[0]) | (int(state[1]) & 0x7FFFFFFF) << 32
+
+
+def random_crop(x: torch.Tensor, padding: int, offsets: torch.Tensor) -> torch.Tensor:
+    """Per-sample crop of ``x`` (B, C, H, W) zero-padded by ``padding``, top-left corners ``offsets``.
+
+    ``offsets`` is int64 (B, 2) of (row, col) in ``[0, 2 * padding]``; the output has ``x``'s shape
+    and dtype. Vectorised: pad once, then two ``gather`` calls (no loop over images).
+    """
+    if padding <= 0:
+        return x
+    b, c, h, w = x.shape
+    xp = F.pad(x, (padding, padding, padding, padding))  # (B, C, H+2p, W+2p)
+    offsets = offsets.to(x.device)
+    rows = offsets[:, 0:1] + torch.arange(h, device=x.device)  # (B, H)
+    cols = offsets[:, 1:2] + torch.arange(w, device=x.device)  # (B, W)
+    xp = xp.gather(2, rows[:, None, :, None].expand(b, c, h, w + 2 * padding))  # (B, C, H, W+2p)
+    return xp.gather(3, cols[:, None, None, :].expand(b, c, h, w))  # (B, C, H, W)
+
+
+def random_flip(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Flip the samples of ``x`` (B, C, H, W) where ``mask`` (B,) is True, left to right."""
+    return torch.where(mask.to(x.device)[:, None, None, None], x.flip(3), x)
+
+
+def _policy_transform(augment: str, image_size: int) -> Any:
+    from torchvision.transforms import v2
+
+    if augment == "autoaugment":
+        policy = v2.AutoAugmentPolicy.CIFAR10 if image_size <= 64 else v2.AutoAugmentPolicy.IMAGENET
+        return v2.AutoAugment(policy)
+    return v2.RandAugment()
+
+
+def policy_augment(x: torch.Tensor, transform: Any, seed: int) -> torch.Tensor:
+    """AutoAugment / RandAugment per sample of uint8 ``x`` (B, C, H, W), reproducible from ``seed``.
+
+    torchvision's v2 policies draw one operation per call, so each image is transformed on its own
+    (a Python loop: slower than crop / flip). The global torch RNG is forked, not disturbed.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return torch.stack([transform(img) for img in x])
+
+
+class DeviceLoader:
+    """Batches of a split as float (B, C, H, W) in [0, 1] and int64 labels (B,), augmented on the device.
+
+    Args:
+        split: :class:`ArraySplit` (held on ``device``) or :class:`StreamSplit` (decoded by workers).
+        batch_size: B.
+        shuffle: permute each epoch (order of epoch e is a pure function of ``(seed, e)``).
+        augment: ``none`` | ``crop`` | ``crop_flip`` | ``autoaugment`` | ``randaugment`` (the policies
+            run per image on uint8, then crop and flip; slower).
+        padding: zero padding of the random crop (4 for 32-pixel images).
+        flip: allow horizontal flips (False for digits).
+        device: where batches live (default: the split's device).
+        seed: seed of the order and of the augmentation.
+        drop_last: drop the last incomplete batch.
+        pad_last: pad the last batch to ``batch_size`` by repeating its samples and yield
+            ``(x, y, mask)`` with ``mask`` bool (B,) True for real samples (static shapes).
+        sampler: ``uniform`` or ``class_balanced`` (each epoch draws N samples with replacement,
+            probability proportional to 1 / n_y: every class equally likely, for cRT fine-tuning).
+        class_counts: counts for the class-balanced sampler (default: from the labels).
+
+    ``len(loader)`` is the number of batches per epoch. ``state_dict()`` / ``load_state_dict()``
+    record (epoch, next batch) for exact resume; iteration continues where it stopped, and a
+    completed pass moves to the next epoch. Call ``set_epoch(e)`` at each epoch start to make the
+    order independent of how many passes came before.
+    """
+
+    def __init__(self, split: ArraySplit | StreamSplit, batch_size: int, shuffle: bool = False,
+                 augment: str = "none", padding: int = 4, flip: bool = True,
+                 device: torch.device | str | None = None, seed: int = 0, drop_last: bool = False,
+                 pad_last: bool = False, sampler: str = "uniform", class_counts: Sequence[int] | None = None) -> None:
+        if augment not in AUGMENTS:
+            raise ConfigError(f"augment={augment!r} is not one of {AUGMENTS}.")
+        if sampler not in SAMPLERS:
+            raise ConfigError(f"sampler={sampler!r}: use uniform or class_balanced.")
+        if batch_size < 1:
+            raise ConfigError(f"batch_size={batch_size} must be >= 1.")
+        if drop_last and pad_last:
+            raise ConfigError("drop_last and pad_last exclude each other: choose one.")
+        if len(split) == 0:
+            raise DataError("DeviceLoader got an empty split.")
+        self.streamed = isinstance(split, StreamSplit)
+        self.device = torch.device(device) if device is not None else split.device
+        self.split = split if self.streamed else split.to(self.device)
+        self.batch_size, self.shuffle, self.augment = int(batch_size), bool(shuffle), augment
+        self.padding, self.flip, self.seed = int(padding), bool(flip), int(seed)
+        self.drop_last, self.pad_last, self.sampler = bool(drop_last), bool(pad_last), sampler
+        self.num_samples = len(split)
+        self._labels_cpu = split.labels.cpu()
+        self._weights = None
+        if sampler == "class_balanced":
+            counts = torch.as_tensor(list(class_counts) if class_counts is not None else
+                                     torch.bincount(self._labels_cpu).tolist(), dtype=torch.float64)
+            if (counts[self._labels_cpu] <= 0).any():
+                raise DataError("class_counts give a class with samples a count of 0.")
+            self._weights = 1.0 / counts[self._labels_cpu]
+        self._policy = None
+        if augment in ("autoaugment", "randaugment"):
+            size = split.image_size if self.streamed else int(split.images.shape[-1])
+            self._policy = _policy_transform(augment, size)
+        self.epoch, self._batch = 0, 0
+
+    def __len__(self) -> int:
+        n, b = self.num_samples, self.batch_size
+        return n // b if self.drop_last else math.ceil(n / b)
+
+    # ------------------------------------------------------------------ state
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next pass epoch ``epoch`` (from its first batch, unless already inside it)."""
+        if int(epoch) != self.epoch:
+            self.epoch, self._batch = int(epoch), 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "batch": self._batch, "seed": self.seed,
+                "num_samples": self.num_samples, "batch_size": self.batch_size}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        if state.get("num_samples", self.num_samples) != self.num_samples or \
+                state.get("batch_size", self.batch_size) != self.batch_size:
+            raise DataError(f"loader state for {state.get('num_samples')} samples in batches of "
+                            f"{state.get('batch_size')} does not match this loader ({self.num_samples}, "
+                            f"{self.batch_size}): the data or batch size changed since the checkpoint.")
+        self.seed, self.epoch, self._batch = int(state["seed"]), int(state["epoch"]), int(state["batch"])
+
+    # ------------------------------------------------------------------ order
+    def epoch_order(self, epoch: int) -> torch.Tensor:
+        """int64 (N,) sample indices of epoch ``epoch`` (CPU), a pure function of (seed, epoch)."""
+        n = self.num_samples
+        g = torch.Generator().manual_seed(mix_seed(self.seed, epoch, 0))
+        if self._weights is not None:
+            return torch.multinomial(self._weights, n, replacement=True, generator=g)
+        return torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
+
+    def _batches(self, epoch: int) -> list[torch.Tensor]:
+        order, b = self.epoch_order(epoch), self.batch_size
+        return [order[s: s + b] for s in range(0, len(self) * b, b)]
+
+    # ------------------------------------------------------------------ iteration
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        if self._batch >= len(self):
+            self.epoch, self._batch = self.epoch + 1, 0
+        epoch, start = self.epoch, self._batch
+        batches = self._batches(epoch)
+        stream = self._stream(epoch, batches, start) if self.streamed else None
+        for b in range(start, len(batches)):
+            idx = batches[b]
+            real = len(idx)
+            if self.pad_last and real < self.batch_size:
+                idx = idx.repeat(math.ceil(self.batch_size / real))[: self.batch_size]
+            if stream is not None:
+                x, y = next(stream)
+                if len(y) < len(idx):  # pad_last on a stream: repeat the decoded samples
+                    rep = torch.arange(len(idx)) % len(y)
+                    x, y = x[rep.to(x.device)], y[rep.to(y.device)]
+            else:
+                x, y = self._array_batch(idx, mix_seed(self.seed, epoch, b + 1))
+            self._batch = b + 1
+            if self.pad_last:
+                mask = torch.arange(len(idx), device=self.device) < real
+                yield x, y, mask
+            else:
+                yield x, y
+        self.epoch, self._batch = epoch + 1, 0
+
+    def _array_batch(self, idx: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        split = self.split
+        dev_idx = idx.to(self.device, non_blocking=True)
+        x = split.images[dev_idx]  # uint8 (B, C, H, W)
+        y = split.labels[dev_idx]
+        if self.augment != "none":
+            g = torch.Generator().manual_seed(seed)
+            if self._policy is not None:
+                x = policy_augment(x, self._policy, int(torch.randint(1 << 62, (1,), generator=g)))
+            offsets = torch.randint(0, 2 * self.padding + 1, (len(idx), 2), generator=g)
+            flips = torch.rand(len(idx), generator=g) < 0.5
+            x = random_crop(x, self.padding, offsets)
+            if self.flip and self.augment != "crop":
+                x = random_flip(x, flips)
+        return x.float().div_(255.0), y
+
+    def _stream(self, epoch: int, batches: list[torch.Tensor], start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Decode batches ``start..`` of a StreamSplit with DataLoader workers, moved to the device."""
+        from torch.utils.data import DataLoader
+
+        split: StreamSplit = self.split  # type: ignore[assignment]
+        keys = []
+        for b in range(start, len(batches)):
+            g = torch.Generator().manual_seed(mix_seed(self.seed, epoch, b + 1))
+            seeds = torch.randint(1 << 62, (len(batches[b]),), generator=g).tolist()
+            keys.append(list(zip(batches[b].tolist(), seeds)))
+        ds = _StreamDataset(split, train=self.augment != "none", flip=self.flip, policy=self._policy)
+        dl = DataLoader(ds, batch_sampler=keys, num_workers=split.num_workers, collate_fn=_collate,
+                        pin_memory=self.device.type == "cuda")
+        for x, y in dl:
+            yield x.to(self.device, non_blocking=True).float().div_(255.0), y.to(self.device, non_blocking=True)
+
+
+def _collate(items: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items], dtype=torch.int64)
+
+
+class _StreamDataset(torch.utils.data.Dataset):
+    """Decode one image per key ``(index, sample_seed)``: RandomResizedCrop + flip (train) or
+    resize + center crop (eval), uint8 (3, S, S)."""
+
+    def __init__(self, split: StreamSplit, train: bool, flip: bool, policy: Any = None) -> None:
+        self.paths, self.labels, self.size = split.paths, split.labels.tolist(), split.image_size
+        self.train, self.flip, self.policy = train, flip, policy
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int]:
+        from PIL import Image
+
+        i, seed = key
+        rng = random.Random(seed)
+        try:
+            with Image.open(self.paths[i]) as im:
+                im = im.convert("RGB")
+        except (OSError, ValueError, SyntaxError) as exc:
+            raise DataError(f"cannot read image file {self.paths[i]}: {exc}") from None
+        s = self.size
+        if self.train:
+            top, left, h, w = _rrc_params(im.height, im.width, rng)
+            im = im.resize((s, s), Image.BILINEAR, box=(left, top, left + w, top + h))
+            if self.flip and rng.random() < 0.5:
+                im = im.transpose(Image.FLIP_LEFT_RIGHT)
+        else:
+            short = int(s / 0.875)
+            scale = short / min(im.width, im.height)
+            im = im.resize((max(s, round(im.width * scale)), max(s, round(im.height * scale))), Image.BILINEAR)
+            left, top = (im.width - s) // 2, (im.height - s) // 2
+            im = im.crop((left, top, left + s, top + s))
+        x = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1)  # (3, S, S)
+        if self.train and self.policy is not None:
+            x = policy_augment(x[None], self.policy, seed)[0]
+        return x, self.labels[i]
+
+
+def _rrc_params(height: int, width: int, rng: random.Random, scale: tuple[float, float] = (0.08, 1.0),
+                ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
+    """torchvision's RandomResizedCrop.get_params with a seeded ``random.Random``: (top, left, h, w)."""
+    area = height * width
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target = area * rng.uniform(*scale)
+        aspect = math.exp(rng.uniform(*log_ratio))
+        w = int(round(math.sqrt(target * aspect)))
+        h = int(round(math.sqrt(target / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            return rng.randint(0, height - h), rng.randint(0, width - w), h, w
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        w, h = width, int(round(width / ratio[0]))
+    elif in_ratio > ratio[1]:
+        h, w = height, int(round(height * ratio[1]))
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def train_loader(data: Any, batch_size: int, device: torch.device | str | None = None, seed: int = 0,
+                 sampler: str = "uniform", **kw: Any) -> DeviceLoader:
+    """The shuffled, augmented training loader of an :class:`~.lt.LTData` (its augment, padding, flip)."""
+    return DeviceLoader(data.train, batch_size, shuffle=True, augment=data.augment, padding=data.crop_padding,
+                        flip=data.flip, device=device, seed=seed, sampler=sampler,
+                        class_counts=data.class_counts, **kw)
+
+
+def eval_loader(split: ArraySplit | StreamSplit, batch_size: int, device: torch.device | str | None = None,
+                **kw: Any) -> DeviceLoader:
+    """An unshuffled, unaugmented loader over ``split`` (validation, test)."""
+    return DeviceLoader(split, batch_size, shuffle=False, augment="none", device=device, **kw)

@@ -204,6 +204,8 @@ class Trainer:
                                  total_epochs=cfg.train.epochs, amp_dtype=self.amp_dtype)
         self.train_model: nn.Module = self.model
         if self.dist.world_size > 1:
+            if self.device.type == "cuda":  # BatchNorm statistics over the global batch (CUDA only)
+                self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
             self.train_model = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if cfg.train.compile:
@@ -393,6 +395,8 @@ class Trainer:
         self._check_finite(first_bad, epoch)
         if self.dist.world_size > 1:
             dist.all_reduce(ae_counts)
+            for buf in self.model.buffers():  # every rank ends the epoch with rank 0's BatchNorm statistics
+                dist.broadcast(buf, src=0)
         seconds = time.perf_counter() - t0
         denom = max(min(n_steps, len(self.loader)), 1)
         record: dict[str, Any] = {"epoch": epoch, "lr": lr_at(self.cfg, epoch), "seconds": seconds,

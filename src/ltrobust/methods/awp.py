@@ -87,7 +87,7 @@ class AWP(Method):
     def compute_loss(self, model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor,
                      y: torch.Tensor) -> dict[str, torch.Tensor]:
         self._diff = None
-        if self.epoch >= self.options.warmup_epochs and self.gamma > 0:
+        if self.epoch >= self.options.warmup_epochs:
             self._diff = self._calc_diff(model, x, x_adv, y)
             _add_into_weights(model, self._diff, self.gamma)
         return self.base.compute_loss(model, x, x_adv, y)

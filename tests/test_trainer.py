@@ -1,0 +1,165 @@
+"""The trainer: exact resume after a kill, DDP with gloo, method identities, BSL helps the tail."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ltrobust import io
+from ltrobust.config import resolve_config
+from ltrobust.engine.evaluator import predict
+from ltrobust.engine.trainer import Trainer, lr_at
+from ltrobust.errors import ConfigError, TrainingDiverged
+
+TINY = ["dataset=digits-lt", "model=smallcnn", "model.width=8", "train.batch_size=64", "train.progress=false",
+        "train.val_samples=50", "train.val_attack_steps=2", "attack.steps=2"]
+
+
+def _weights(run_dir: Path, which: str = "last") -> dict[str, torch.Tensor]:
+    return io.load_checkpoint(run_dir / "checkpoints" / f"{which}.pt")["model"]
+
+
+def test_resume_after_kill_gives_identical_weights(tmp_path, monkeypatch):
+    over = TINY + ["epochs=4", "train.deterministic=true", "train.precision=fp32", "train.milestones=3",
+                   f"out={tmp_path}"]
+    straight = Trainer(resolve_config(over + ["name=straight"]))
+    straight.fit()
+
+    # Kill (in-process) right after the checkpoint of epoch 2 is on disk, then resume in a new trainer.
+    real_save = io.save_checkpoint
+
+    class Killed(BaseException):
+        pass
+
+    def save_then_die(path, state):
+        real_save(path, state)
+        if Path(path).name == "last.pt" and state["epoch"] == 1:
+            raise Killed
+
+    monkeypatch.setattr(io, "save_checkpoint", save_then_die)
+    with pytest.raises(Killed):
+        Trainer(resolve_config(over + ["name=killed"])).fit()
+    monkeypatch.setattr(io, "save_checkpoint", real_save)
+    assert io.load_checkpoint(tmp_path / "killed" / "checkpoints" / "last.pt")["epoch"] == 1
+    resumed = Trainer(resolve_config(over + ["name=killed"]))
+    resumed.fit()
+    a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "killed")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    rows = io.read_jsonl(tmp_path / "killed" / "metrics.jsonl")
+    assert [r["epoch"] for r in rows] == [0, 1, 2, 3]  # no duplicate epochs after the resume
+
+
+def test_resume_refuses_a_different_config(tmp_path):
+    over = TINY + ["epochs=1", f"out={tmp_path}", "name=r", "train.max_steps_per_epoch=1"]
+    Trainer(resolve_config(over)).fit()
+    with pytest.raises(ConfigError, match="different config.*train.lr"):
+        Trainer(resolve_config(over + ["train.lr=0.01"])).fit()
+
+
+def test_bsl_gives_higher_tail_third_clean_recall_than_ce(tmp_path):
+    tails = {}
+    for loss in ("ce", "bsl"):
+        cfg = resolve_config(["dataset=digits-lt", "method=pgd_at", f"loss={loss}", "model=smallcnn",
+                              "model.width=16", "epochs=15", "train.batch_size=64", "train.lr=0.05",
+                              "train.milestones=12", "train.val_every=0", "train.progress=false",
+                              f"out={tmp_path}", "train.seed=0"])
+        tr = Trainer(cfg)
+        tr.fit()
+        x, y = tr.data.test.images.float() / 255, tr.data.test.labels
+        pred = predict(tr.eval_model(), x)
+        tail = tr.data.groups["tail"]
+        tails[loss] = np.mean([(pred[y == c] == c).float().mean().item() for c in tail])
+    assert tails["bsl"] > tails["ce"] + 0.1, tails
+
+
+def _one_step(method_over, tmp_path, name):
+    cfg = resolve_config(TINY + ["epochs=1", "train.max_steps_per_epoch=2", "train.val_every=0",
+                                 "train.precision=fp32", "train.deterministic=true", f"out={tmp_path}",
+                                 f"name={name}"] + method_over)
+    tr = Trainer(cfg)
+    tr.fit()
+    return _weights(tmp_path / name)
+
+
+@pytest.mark.parametrize("base", ["pgd_at", "trades"])
+def test_awp_with_gamma_zero_leaves_the_base_method_parameters(tmp_path, base):
+    a = _one_step([f"method={base}"], tmp_path, f"{base}")
+    b = _one_step(["method=awp", f"method.base={base}", "method.gamma=0"], tmp_path, f"awp-{base}")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    c = _one_step(["method=awp", f"method.base={base}", "method.gamma=0.01"], tmp_path, f"awp1-{base}")
+    assert any(not torch.equal(a[k], c[k]) for k in a)
+
+
+def test_trades_beta_zero_equals_natural_training(tmp_path):
+    """TRADES with beta 0 is clean CE: the same parameters as natural training after two steps
+    (BatchNorm running statistics differ, since TRADES also forwards the AEs in train mode)."""
+    a = _one_step(["method=natural"], tmp_path, "natural")
+    b = _one_step(["method=trades", "beta=0"], tmp_path, "trades0")
+    params = [k for k in a if "running" not in k and "num_batches" not in k]
+    for k in params:
+        assert torch.allclose(a[k], b[k], atol=1e-6), k
+
+
+def test_non_finite_loss_stops_with_epoch_and_step_and_keeps_checkpoint(tmp_path):
+    # epoch 1 trains normally; the step schedule then multiplies lr by 1e30 and the loss diverges in epoch 2
+    cfg = resolve_config(TINY + ["epochs=2", f"out={tmp_path}", "name=nan", "train.val_every=0",
+                                 "train.lr=0.05", "train.milestones=1", "train.lr_decay=1e30"])
+    with pytest.raises(TrainingDiverged, match=r"non-finite at epoch 2, step \d+; the last good checkpoint"):
+        Trainer(cfg).fit()
+    last = io.load_checkpoint(tmp_path / "nan" / "checkpoints" / "last.pt")
+    assert last["epoch"] == 0
+    assert all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
+
+
+def test_lr_schedules():
+    cfg = resolve_config(["train.lr=0.1", "epochs=100", "train.milestones=75,90"])
+    assert lr_at(cfg, 0) == 0.1 and lr_at(cfg, 74.9) == 0.1
+    assert lr_at(cfg, 75) == pytest.approx(0.01) and lr_at(cfg, 95) == pytest.approx(0.001)
+    cos = resolve_config(["train.lr=0.1", "epochs=10", "train.schedule=cosine"])
+    assert lr_at(cos, 0) == pytest.approx(0.1) and lr_at(cos, 5) == pytest.approx(0.05) and lr_at(cos, 10) == pytest.approx(0)
+
+
+def test_metrics_log_every_loss_part_and_ae_distribution(tmp_path):
+    cfg = resolve_config(TINY + ["method=trades", "epochs=1", f"out={tmp_path}", "name=m"])
+    Trainer(cfg).fit()
+    row = io.read_jsonl(tmp_path / "m" / "metrics.jsonl")[0]
+    assert {"loss", "loss_nat", "kl", "ae_pred_counts", "val", "images_per_s", "lr"} <= set(row)
+    assert sum(row["ae_pred_counts"]) == 503  # every training image's AE counted once
+    assert 0 <= row["val"]["rob"] <= row["val"]["clean"] + 1e-9 or row["val"]["rob"] <= 100
+
+
+DDP_SCRIPT = """
+import sys, torch
+from ltrobust.config import resolve_config
+from ltrobust.engine.trainer import Trainer
+import torch.distributed as dist
+cfg = resolve_config(sys.argv[2:])
+tr = Trainer(cfg)
+tr.fit()
+torch.save(tr.model.state_dict(), f"{sys.argv[1]}/rank{dist.get_rank()}.pt")
+dist.destroy_process_group()
+"""
+
+
+def test_two_torchrun_processes_with_gloo_end_with_identical_weights(tmp_path):
+    script = tmp_path / "ddp_train.py"
+    script.write_text(DDP_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+           str(script), str(tmp_path)] + TINY + ["epochs=2", f"out={tmp_path}", "name=ddp", "train.precision=fp32"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    for k in r0:
+        assert torch.equal(r0[k], r1[k]), k
+    assert (tmp_path / "ddp" / "checkpoints" / "last.pt").exists()

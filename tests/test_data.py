@@ -199,6 +199,8 @@ def test_val_per_class_zero_and_other_profiles():
     assert d.class_counts == [50] * 10
     with pytest.raises(DataError, match="val_per_class"):
         build_data(DataConfig(dataset="digits-lt", val_per_class=200))
+    with pytest.raises(ConfigError, match="imbalance <= 124"):
+        build_data(DataConfig(dataset="digits-lt", imbalance=200))
 
 
 def test_balanced_resample_counts(digits):

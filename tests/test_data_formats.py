@@ -227,9 +227,14 @@ def test_imagenet_lt_lists_are_used_as_is_and_streamed(imagenet_lt_root):
     (xa, ya), (xb, yb) = next(iter(a)), next(iter(b))
     assert xa.shape == (16, 3, 32, 32) and xa.dtype == torch.float32 and 0 <= xa.min() and xa.max() <= 1
     assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    d.train.num_workers = 2  # worker processes decode the same batches as the main process
+    (xw, yw), = [batch for _, batch in zip(range(1), DeviceLoader(d.train, 16, shuffle=True, augment="crop_flip", seed=0))]
+    assert torch.equal(xw, xa) and torch.equal(yw, ya)
     d.test.num_workers = 0
     batches = list(DeviceLoader(d.test, 256, pad_last=True))
     assert len(batches) == 4 and batches[-1][0].shape == (256, 3, 32, 32) and int(batches[-1][2].sum()) == 1010 - 768
+    x, y = d.test.get_batch(torch.tensor([0, 5]))  # random access for the evaluator, eval transform
+    assert torch.equal(x, batches[0][0][[0, 5]]) and y.tolist() == [0, 4]  # class 0 has two test images
     with pytest.raises(ConfigError, match="naturally long-tailed"):
         build_data(DataConfig(dataset="imagenet-lt", data_dir=str(imagenet_lt_root), profile="step"))
 

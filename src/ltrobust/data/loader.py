@@ -19,7 +19,6 @@ Example::
 from __future__ import annotations
 
 import math
-import random
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -28,6 +27,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError, DataError
 from .splits import ArraySplit, StreamSplit
+from .stream import StreamDataset, collate
 
 AUGMENTS = ("none", "crop", "crop_flip", "autoaugment", "randaugment")
 SAMPLERS = ("uniform", "class_balanced")
@@ -230,76 +230,12 @@ class DeviceLoader:
             g = torch.Generator().manual_seed(mix_seed(self.seed, epoch, b + 1))
             seeds = torch.randint(1 << 62, (len(batches[b]),), generator=g).tolist()
             keys.append(list(zip(batches[b].tolist(), seeds)))
-        ds = _StreamDataset(split, train=self.augment != "none", flip=self.flip, policy=self._policy)
-        dl = DataLoader(ds, batch_sampler=keys, num_workers=split.num_workers, collate_fn=_collate,
+        ds = StreamDataset(split.paths, split.labels.tolist(), split.image_size, train=self.augment != "none",
+                           flip=self.flip, policy=self._policy)
+        dl = DataLoader(ds, batch_sampler=keys, num_workers=split.num_workers, collate_fn=collate,
                         pin_memory=self.device.type == "cuda")
         for x, y in dl:
             yield x.to(self.device, non_blocking=True).float().div_(255.0), y.to(self.device, non_blocking=True)
-
-
-def _collate(items: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    return torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items], dtype=torch.int64)
-
-
-class _StreamDataset(torch.utils.data.Dataset):
-    """Decode one image per key ``(index, sample_seed)``: RandomResizedCrop + flip (train) or
-    resize + center crop (eval), uint8 (3, S, S)."""
-
-    def __init__(self, split: StreamSplit, train: bool, flip: bool, policy: Any = None) -> None:
-        self.paths, self.labels, self.size = split.paths, split.labels.tolist(), split.image_size
-        self.train, self.flip, self.policy = train, flip, policy
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int]:
-        from PIL import Image
-
-        i, seed = key
-        rng = random.Random(seed)
-        try:
-            with Image.open(self.paths[i]) as im:
-                im = im.convert("RGB")
-        except (OSError, ValueError, SyntaxError) as exc:
-            raise DataError(f"cannot read image file {self.paths[i]}: {exc}") from None
-        s = self.size
-        if self.train:
-            top, left, h, w = _rrc_params(im.height, im.width, rng)
-            im = im.resize((s, s), Image.BILINEAR, box=(left, top, left + w, top + h))
-            if self.flip and rng.random() < 0.5:
-                im = im.transpose(Image.FLIP_LEFT_RIGHT)
-        else:
-            short = int(s / 0.875)
-            scale = short / min(im.width, im.height)
-            im = im.resize((max(s, round(im.width * scale)), max(s, round(im.height * scale))), Image.BILINEAR)
-            left, top = (im.width - s) // 2, (im.height - s) // 2
-            im = im.crop((left, top, left + s, top + s))
-        x = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1)  # (3, S, S)
-        if self.train and self.policy is not None:
-            x = policy_augment(x[None], self.policy, seed)[0]
-        return x, self.labels[i]
-
-
-def _rrc_params(height: int, width: int, rng: random.Random, scale: tuple[float, float] = (0.08, 1.0),
-                ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
-    """torchvision's RandomResizedCrop.get_params with a seeded ``random.Random``: (top, left, h, w)."""
-    area = height * width
-    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
-    for _ in range(10):
-        target = area * rng.uniform(*scale)
-        aspect = math.exp(rng.uniform(*log_ratio))
-        w = int(round(math.sqrt(target * aspect)))
-        h = int(round(math.sqrt(target / aspect)))
-        if 0 < w <= width and 0 < h <= height:
-            return rng.randint(0, height - h), rng.randint(0, width - w), h, w
-    in_ratio = width / height
-    if in_ratio < ratio[0]:
-        w, h = width, int(round(width / ratio[0]))
-    elif in_ratio > ratio[1]:
-        h, w = height, int(round(height * ratio[1]))
-    else:
-        w, h = width, height
-    return (height - h) // 2, (width - w) // 2, h, w
 
 
 def train_loader(data: Any, batch_size: int, device: torch.device | str | None = None, seed: int = 0,

@@ -159,6 +159,9 @@ def build_data(cfg: DataConfig, device: torch.device | str = torch.device("cpu")
         ConfigError: an option that does not apply to the data set.
     """
     spec = get_spec(cfg.dataset)
+    if cfg.download and spec.name not in ("cifar10-lt", "cifar100-lt"):
+        log.warning("data.download=true only fetches CIFAR-10 / CIFAR-100; %s must be prepared by hand "
+                    "(docs/data.md)", cfg.dataset)
     raw = spec.reader(cfg)
     num_classes = len(raw.class_names) or spec.num_classes
     if num_classes != spec.num_classes:
@@ -206,6 +209,9 @@ def _select_lt(cfg: DataConfig, spec: DatasetSpec, raw: RawData, num_classes: in
         log.warning("%s: the smallest class has %d training images, not the official %d: n_max=%d (counts "
                     "differ from the published ones)", cfg.dataset, n_max, spec.n_max, n_max)
     counts = class_counts(cfg.profile, n_max, num_classes, cfg.imbalance)
+    if min(counts) < 1:
+        raise ConfigError(f"imbalance={cfg.imbalance:g} with n_max={n_max} leaves class {counts.index(0)} with no "
+                          f"training image (n_max / IR < 1): use imbalance <= {n_max}.")
     orders = class_orders(labels, cfg.selection_seed)
     v = _val_per_class(cfg, spec)
     train, val, overlap, removed = {}, {}, [], []
@@ -372,7 +378,8 @@ def data_info(cfg: DataConfig) -> str:
     for g in ("head", "body", "tail", "many", "medium", "few"):
         members = d.groups[g]
         n = sum(d.class_counts[k] for k in members)
-        lines.append(f"{g:<6} {len(members):>4} classes  {n:>9,} train images ({100.0 * n / total:5.1f}%)  "
+        noun = "class  " if len(members) == 1 else "classes"
+        lines.append(f"{g:<6} {len(members):>4} {noun}  {n:>9,} train images ({100.0 * n / total:5.1f}%)  "
                      f"classes {_ranges(members) or '-'}")
     lines.append("")
     if d.val is None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -84,5 +83,22 @@ class StreamSplit:
     def class_counts(self, num_classes: int) -> list[int]:
         return torch.bincount(self.labels, minlength=num_classes).tolist()
 
-    def root(self) -> Path:
-        return Path(self.paths[0]).parent if self.paths else Path(".")
+    def get_batch(self, index: Sequence[int] | np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images at ``index`` with the evaluation transform: float (B, 3, S, S) in [0, 1] and int64 (B,),
+        on the CPU; decoded by ``num_workers`` threads (random access for evaluation)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from .stream import decode_stream_image
+
+        idx = torch.as_tensor(index).cpu().tolist()
+        paths = [self.paths[i] for i in idx]
+
+        def one(p: str) -> torch.Tensor:
+            return decode_stream_image(p, self.image_size, train=False)
+
+        if self.num_workers > 1 and len(paths) > 1:
+            with ThreadPoolExecutor(self.num_workers) as pool:
+                images = list(pool.map(one, paths))
+        else:
+            images = [one(p) for p in paths]
+        return torch.stack(images).float().div_(255.0), self.labels[torch.as_tensor(idx, dtype=torch.int64)]

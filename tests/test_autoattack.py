@@ -23,6 +23,8 @@ from ltrobust.errors import ConfigError, DataError
 
 EPS = 0.08
 N_TEST = 24
+#: Square's budget in these tests (the standard is 5000); every other setting is AutoAttack standard's.
+SQUARE_QUERIES = 1000
 
 
 def _digits(num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,7 +83,8 @@ def digits10():
 def standard_run(digits10):
     model, x, y = digits10
     model.train()  # the adapter must switch to eval and back
-    x_adv, robust = run_autoattack(model, x, y, eps=EPS, version="standard", batch_size=16, seed=0)
+    x_adv, robust = run_autoattack(model, x, y, eps=EPS, version="standard", batch_size=16, seed=0,
+                                   square_queries=SQUARE_QUERIES)
     return x_adv, robust
 
 
@@ -93,6 +96,7 @@ def test_standard_equals_package_called_directly(digits10, standard_run):
     x_adv, robust = standard_run
     adversary = AutoAttack(model, norm="Linf", eps=EPS, seed=0, version="standard", device="cpu")
     assert adversary.apgd_targeted.n_target_classes == 9 and adversary.fab.n_target_classes == 9
+    adversary.square.n_queries = SQUARE_QUERIES  # the same settings on both sides
     x_ref, y_ref = adversary.run_standard_evaluation(x, y, batch_size=16)
     robust_ref = y_ref == y
     assert torch.equal(robust, robust_ref)
@@ -155,7 +159,8 @@ def test_few_classes_run(num_classes, attacks, caplog, tmp_path):
     plan = autoattack_plan(num_classes)
     assert plan["attacks"] == attacks and plan["n_target_classes"] == num_classes - 1
     with caplog.at_level(logging.WARNING, logger="ltrobust.attacks.autoattack"):
-        x_adv, robust = run_autoattack(model, x[:12], y[:12], eps=EPS, log_path=tmp_path / "aa.log")
+        x_adv, robust = run_autoattack(model, x[:12], y[:12], eps=EPS, log_path=tmp_path / "aa.log",
+                                       square_queries=300)
     assert ("left out" in caplog.text) == (num_classes == 3)
     ran = (tmp_path / "aa.log").read_text()
     assert robust.any()  # points survived every attack, so every attack of the plan ran

@@ -124,7 +124,8 @@ def autoattack_plan(num_classes: int, version: str = "standard",
 def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str = "Linf",
                    version: str = "standard", n_target_classes: int | None = None, batch_size: int = 256,
                    seed: int = 0, device: torch.device | str | None = None,
-                   log_path: str | Path | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                   log_path: str | Path | None = None, *,
+                   square_queries: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Run AutoAttack (Croce & Hein, ICML 2020, https://arxiv.org/abs/2003.01690) on a batch.
 
     Each attack runs on the points still robust after the previous ones (the package's evaluation
@@ -145,6 +146,8 @@ def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: floa
         seed: the package's seed (it reseeds before every attack). Default: 0.
         device: where the attack runs; default ``None``: ``x.device``. The model must live there.
         log_path: append the package's progress log (DEBUG level) to this file; ``None``: no file.
+        square_queries: Square's query budget; ``None``: the standard 5000. A smaller budget is for
+            quick checks only: it is not AutoAttack's standard setting.
 
     Returns:
         ``(x_adv, robust)``: adversarial images (N, C_in, H, W) on ``x.device`` (a point that no attack
@@ -161,6 +164,8 @@ def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: floa
         raise ConfigError(f"AutoAttack eps={eps} must be > 0 (pixel units, e.g. 8/255).")
     if batch_size < 1:
         raise ConfigError(f"AutoAttack batch_size={batch_size} must be >= 1.")
+    if square_queries is not None and square_queries < 1:
+        raise ConfigError(f"AutoAttack square_queries={square_queries} must be >= 1 (None: 5000).")
     if version not in VERSIONS:  # fail before the forward pass
         autoattack_plan(2, version)
     if x.shape[0] != y.shape[0]:
@@ -185,6 +190,8 @@ def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: floa
             log.warning("AutoAttack on a %d-class model: %s left out (the loss needs more classes).",
                         num_classes, ", ".join(plan["dropped"]))
         adversary = _build(AutoAttack, model, eps, norm, version, plan, seed, device)
+        if square_queries is not None:
+            adversary.square.n_queries = int(square_queries)
         log.info("AutoAttack %s (%s), eps=%.6g, %s, %d target classes, %d images", version,
                  ", ".join(plan["attacks"]), eps, norm, plan["n_target_classes"], x_run.shape[0])
         x_adv, y_adv = adversary.run_standard_evaluation(x_run, y_run, batch_size=batch_size)

@@ -237,7 +237,9 @@ def _attack_state(model: nn.Module, device: torch.device) -> Iterator[None]:
     """Eval mode and frozen parameters while attacking, the caller's RNG untouched; all restored after."""
     modes = [(m, m.training) for m in model.modules()]
     grads = [(p, p.requires_grad) for p in model.parameters()]
-    devices = [device] if device.type == "cuda" else []
+    devices = []
+    if device.type == "cuda":
+        devices = [device.index if device.index is not None else torch.cuda.current_device()]
     with torch.random.fork_rng(devices=devices):
         model.eval()
         for p, _ in grads:

@@ -1,0 +1,220 @@
+"""Long-tailed adversarial training with a balanced self-teacher and self-distillation (papers/002, ICLR 2025
+submission "Long-tailed adversarial training with self-distillation", Sec. 4.2 and 5.1).
+
+Two phases, both recorded in the run folder:
+
+1. Teacher (:meth:`SelfDistill.setup`): the same architecture, adversarially trained with PGD-AT (PGD-10 on
+   CE, CE outer loss) for ``teacher_epochs`` (30) epochs with batch ``teacher_batch_size`` (32) and lr
+   ``teacher_lr`` (0.1) on the balanced set D_B, resampled from the long-tailed training set with
+   ``gamma * n_min`` images per class, ``gamma = IR / 2`` (tail classes up-sampled, head classes
+   down-sampled; :func:`ltrobust.data.balanced_resample`, ``data.resample_gamma``). It is a second
+   :class:`~ltrobust.engine.trainer.Trainer` writing ``<run_dir>/teacher`` (config, metrics, checkpoints),
+   so it resumes like any run. ``method.teacher=PATH`` (a run folder or checkpoint) skips this phase.
+2. Student: AEs from PGD-10 on CE (as AT-BSL), loss (SPEC self_distill)::
+
+       L = BSL(z_s(x'), y) + alpha * [ KL(p_t(x') || p_s(x')) + lambda_e * IGDM ]
+
+   with IGDM (Lee et al. 2023) ``KL(softmax(t(x + d) - t(x - d)) || softmax(s(x + d) - s(x - d)))``,
+   ``d = x' - x`` (so ``x + d = x'``), and ``lambda_e`` ramped linearly to ``igdm_max`` over training
+   (:func:`ltrobust.losses.linear_ramp`). The teacher is frozen (eval mode, no gradient).
+
+002's algorithm box is not in its text: alpha, the ramp and its maximum are options (SPEC defaults alpha 1,
+IGDM maximum 10). With alpha = 0 no teacher is trained and the method is exactly AT-BSL.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..attacks.pgd import autocast
+from ..config import RunConfig, with_updates
+from ..errors import ConfigError
+from ..losses import igdm_loss, kd_kl, linear_ramp
+from ..registry import METHODS
+from .at_bsl import ATBSL, ATBSLOptions
+from .base import forward_train
+
+log = logging.getLogger(__name__)
+
+
+def parse_fractions(text: str) -> tuple[float, ...]:
+    """``"0.75,0.9"`` (or ``"[0.75, 0.9]"``) -> (0.75, 0.9); empty -> ()."""
+    parts = [p.strip() for p in str(text).strip().strip("[]()").split(",") if p.strip()]
+    try:
+        values = tuple(float(p) for p in parts)
+    except ValueError:
+        raise ConfigError(f"teacher_decay_at={text!r}: give fractions of the teacher's epochs, e.g. 0.75,0.9.") from None
+    if any(not 0.0 < v < 1.0 for v in values):
+        raise ConfigError(f"teacher_decay_at={text!r}: every fraction must lie in (0, 1), e.g. 0.75,0.9.")
+    return values
+
+
+@dataclass(frozen=True)
+class SelfDistillOptions(ATBSLOptions):
+    alpha: float = 1.0  #: weight of the distillation term (KD + IGDM)
+    igdm_max: float = 10.0  #: final weight of IGDM inside KD
+    ramp: str = "linear"  #: linear (igdm_max * (epoch + 1) / epochs) | none (igdm_max throughout)
+    teacher_epochs: int = 30  #: epochs of the balanced self-teacher
+    teacher_batch_size: int = 32
+    teacher_lr: float = 0.1
+    teacher_decay_at: str = "0.75,0.9"  #: teacher lr x0.1 at these fractions of teacher_epochs ("" constant)
+    teacher_checkpoint: str = "last"  #: last | best (by validation robustness) teacher weights
+
+    def __post_init__(self) -> None:
+        if self.alpha < 0 or self.igdm_max < 0:
+            raise ConfigError(f"alpha={self.alpha} and igdm_max={self.igdm_max} must be >= 0.")
+        if self.ramp not in ("linear", "none"):
+            raise ConfigError(f"ramp={self.ramp!r}: use linear or none.")
+        if self.teacher_epochs < 1 or self.teacher_batch_size < 1 or self.teacher_lr <= 0:
+            raise ConfigError("teacher_epochs and teacher_batch_size must be >= 1 and teacher_lr > 0.")
+        if self.teacher_checkpoint not in ("last", "best"):
+            raise ConfigError(f"teacher_checkpoint={self.teacher_checkpoint!r}: use last or best.")
+        parse_fractions(self.teacher_decay_at)
+
+
+def teacher_config(cfg: RunConfig, options: SelfDistillOptions) -> RunConfig:
+    """The teacher's run config: PGD-AT with CE on the student's data, model and attack settings."""
+    epochs = options.teacher_epochs
+    milestones = tuple(sorted({int(f * epochs) for f in parse_fractions(options.teacher_decay_at)} - {0}))
+    return with_updates(
+        cfg,
+        method={"name": "pgd_at", "loss": "ce", "args": {}, "loss_args": {}, "teacher": None},
+        train={"epochs": epochs, "batch_size": options.teacher_batch_size, "lr": options.teacher_lr,
+               "schedule": "step", "milestones": milestones, "warmup_epochs": 0, "sampler": "uniform",
+               "finetune": "none"},
+    )
+
+
+def teacher_data(data: Any, cfg: RunConfig) -> Any:
+    """The balanced set D_B (002 Sec. 4.2): ``int(gamma * n_min)`` images per class, gamma = IR / 2."""
+    from ..data import balanced_resample, resample_gamma
+    from ..data.profiles import class_groups
+
+    counts = [int(c) for c in data.class_counts]
+    gamma = resample_gamma(cfg.data, counts)
+    train = balanced_resample(data.train, counts, gamma, seed=cfg.data.selection_seed)
+    new_counts = [int(c) for c in train.class_counts(data.num_classes)]
+    manifest = dict(data.manifest)
+    manifest["teacher_resample"] = {"gamma": gamma, "per_class": new_counts, "seed": cfg.data.selection_seed,
+                                    "source_class_counts": counts,
+                                    "rule": "int(gamma * n_min) per class; head down-sampled, tail tiled"}
+    return dataclasses.replace(data, train=train, class_counts=new_counts, groups=class_groups(new_counts),
+                               manifest=manifest)
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """Eval mode and no parameter gradients (the frozen teacher)."""
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+@METHODS.register("self_distill")
+class SelfDistill(ATBSL):
+    """AT-BSL student distilled from a balanced, adversarially trained self-teacher (002).
+
+    Options (besides AT-BSL's ``tau``): alpha 1.0, igdm_max 10.0, ramp linear, teacher_epochs 30,
+    teacher_batch_size 32, teacher_lr 0.1, teacher_decay_at "0.75,0.9", teacher_checkpoint last.
+
+    Example::
+
+        cfg = resolve_config(["preset=self-distill-cifar10lt-resnet18", "data_dir=.data/cifar10"])
+        Trainer(cfg).fit()            # trains <run>/teacher first, then the student
+    """
+
+    name = "self_distill"
+    Options = SelfDistillOptions
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.teacher: nn.Module | None = None
+
+    # ------------------------------------------------------------------------------ teacher
+    def set_teacher(self, teacher: nn.Module) -> None:
+        """Use ``teacher`` (frozen here) for distillation."""
+        self.teacher = freeze(teacher)
+
+    def setup(self, context: Any) -> None:
+        """Train (or resume, or load from ``method.teacher``) the balanced self-teacher."""
+        if self.options.alpha == 0:
+            log.info("self_distill: alpha=0, no teacher (the student trains as AT-BSL)")
+            return
+        from ..engine.trainer import rng_state, set_rng_state
+
+        state = rng_state()  # the teacher phase must not change the student's random stream (exact resume)
+        try:
+            self.set_teacher(self._teacher_for(context))
+        finally:
+            set_rng_state(state)
+
+    def _teacher_for(self, trainer: Any) -> nn.Module:
+        path = trainer.cfg.method.teacher
+        if not path:
+            path = self.train_teacher(trainer)
+        return self.load_teacher(path, trainer.device, trainer.num_classes)
+
+    def train_teacher(self, trainer: Any) -> Path:
+        """Run (or resume) the teacher phase into ``<run_dir>/teacher``; returns that folder."""
+        from ..engine.trainer import Trainer
+
+        run_dir = Path(trainer.run_dir) / "teacher"
+        tcfg = teacher_config(trainer.cfg, self.options)
+        log.info("self_distill: balanced self-teacher -> %s (%d epochs, batch %d)", run_dir,
+                 tcfg.train.epochs, tcfg.train.batch_size)
+        Trainer(tcfg, run_dir=run_dir, data=teacher_data(trainer.data, trainer.cfg)).fit()
+        return run_dir
+
+    def load_teacher(self, path: str | Path, device: torch.device | str, num_classes: int) -> nn.Module:
+        """The deployed model of a teacher run folder / checkpoint, checked against the student's classes."""
+        from ..engine.runs import load_run
+
+        run = load_run(path, [f"checkpoint={self.options.teacher_checkpoint}"], device=device)
+        if len(run.class_counts) != num_classes:
+            raise ConfigError(f"teacher {path} has {len(run.class_counts)} classes but the student has "
+                              f"{num_classes}: use a teacher trained on the same data set.")
+        return run.deployed.to(device)
+
+    def _teacher_logits(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad(), autocast(x.device, self.amp_dtype):
+            return self.teacher(x).float()
+
+    # --------------------------------------------------------------------------------- loss
+    def igdm_weight(self) -> float:
+        """lambda_e: linear ramp to igdm_max (or igdm_max throughout with ramp=none)."""
+        if self.options.ramp == "none":
+            return float(self.options.igdm_max)
+        return linear_ramp(self.epoch, max(self.total_epochs, 1), self.options.igdm_max)
+
+    def compute_loss(self, model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor,
+                     y: torch.Tensor) -> dict[str, torch.Tensor]:
+        o = self.options
+        logits_adv = forward_train(model, x_adv, self.amp_dtype)  # (B, C) = s(x + d)
+        loss_bsl = self.balanced_softmax(logits_adv, y)
+        out: dict[str, Any] = {"loss_bsl": loss_bsl.detach(), "logits_adv": logits_adv.detach()}
+        loss = loss_bsl
+        if o.alpha > 0:
+            if self.teacher is None:
+                raise ConfigError("self_distill has no teacher: it is trained in setup(trainer) (or give "
+                                  "method.teacher=PATH, or call set_teacher(model)).")
+            t_adv = self._teacher_logits(x_adv)  # (B, C) = t(x + d)
+            kd = kd_kl(logits_adv, t_adv)
+            distill = kd
+            out["kd"] = kd.detach()
+            lam = self.igdm_weight()
+            if lam > 0:
+                x_minus = x - (x_adv - x)  # x - d (not clipped to [0, 1], as the IGDM code)
+                s_minus = forward_train(model, x_minus, self.amp_dtype)
+                igdm = igdm_loss(logits_adv, s_minus, t_adv, self._teacher_logits(x_minus))
+                distill = distill + lam * igdm
+                out["igdm"] = igdm.detach()
+            loss = loss + o.alpha * distill
+        out["loss"] = loss
+        return out

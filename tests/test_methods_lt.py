@@ -1,0 +1,478 @@
+"""The long-tailed AT methods (at_bsl, robal, reat, self_distill, taet) against their papers' equations.
+
+Each loss is recomputed here by hand (explicit loops over samples and classes, the papers' own form of
+the equation) on a tiny model with fixed weights and compared with the method's ``compute_loss``; then
+the identities (RoBal with every re-balancing term off is CE on ``s * cos``, TAET with beta = gamma = 0
+on one class is ``alpha * mean CE``, self-distillation with alpha 0 is AT-BSL, ...) and, at the end,
+every paper preset trains one tiny step on CPU.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ltrobust import io
+from ltrobust.attacks import pgd
+from ltrobust.attacks.threat import Linf
+from ltrobust.config import AttackConfig, list_presets, resolve_config
+from ltrobust.engine.trainer import Trainer
+from ltrobust.errors import ConfigError
+from ltrobust.registry import LOSSES, METHODS, MODELS
+
+COUNTS = [100, 20, 5]  # head, body, tail
+C = len(COUNTS)
+TINY = ["dataset=digits-lt", "model=mlp", "model.width=16", "train.batch_size=32", "train.progress=false",
+        "train.val_every=0", "train.precision=fp32", "attack.steps=2", "train.max_steps_per_epoch=2"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models: one intra-op thread is several times faster than two on the shared 2-core CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def make(name: str, loss: str = "ce", counts=COUNTS, attack: AttackConfig | None = None, total_epochs: int = 10,
+         loss_args: dict | None = None, **options):
+    cls = METHODS.get(name)
+    loss_obj = LOSSES.get(loss)(list(counts), options=loss_args or {}, total_epochs=total_epochs)
+    return cls(list(counts), attack or AttackConfig(), loss_obj, cls.Options(**options), total_epochs=total_epochs)
+
+
+def tiny_model(head: str = "linear", seed: int = 0, width: int = 8) -> nn.Module:
+    torch.manual_seed(seed)
+    return MODELS.build("mlp", num_classes=C, in_channels=1, width=width, image_size=4, head=head)
+
+
+def batch(seed: int = 1, n: int = 7):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 1, 4, 4, generator=g)
+    x_adv = (x + (torch.rand(x.shape, generator=g) * 2 - 1) * 8 / 255).clamp(0, 1)
+    y = torch.tensor([0, 0, 0, 1, 1, 2, 2][:n])
+    return x, x_adv, y
+
+
+def log_softmax_row(z: torch.Tensor) -> torch.Tensor:
+    return z - torch.log(torch.exp(z).sum())
+
+
+def kl_rows(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
+    """mean_i sum_c p_ic (log p_ic - log q_ic), p = softmax(p_logits), by hand."""
+    total = 0.0
+    for i in range(p_logits.shape[0]):
+        lp, lq = log_softmax_row(p_logits[i]), log_softmax_row(q_logits[i])
+        total = total + (lp.exp() * (lp - lq)).sum()
+    return total / p_logits.shape[0]
+
+
+def ce_by_hand(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return torch.stack([-log_softmax_row(z[i])[y[i]] for i in range(len(y))])
+
+
+def log_pi() -> torch.Tensor:
+    n = torch.tensor(COUNTS, dtype=torch.float64)
+    return torch.log(n / n.sum()).float()
+
+
+# ----------------------------------------------------------------------------------------- AT-BSL
+def test_at_bsl_loss_is_balanced_softmax_of_adversarial_logits():
+    model, (x, x_adv, y) = tiny_model(), batch()
+    m = make("at_bsl", tau=0.7)
+    out = m.compute_loss(model, x, x_adv, y)
+    z = model(x_adv).detach()
+    expected = ce_by_hand(z + 0.7 * log_pi(), y).mean()  # CE(z + tau log pi, y)
+    assert torch.allclose(out["loss"].detach(), expected, atol=1e-6)
+    assert m.attack_objective(x, y) == ("ce", {})
+
+
+def test_at_bsl_refuses_settings_it_would_ignore():
+    with pytest.raises(ConfigError, match="ldam"):
+        make("at_bsl", loss="ldam")
+    with pytest.raises(ConfigError, match="tau"):
+        make("at_bsl", loss="bsl", loss_args={"tau": 0.5}, tau=1.0)
+    with pytest.raises(ConfigError, match="loss_mode"):
+        make("at_bsl", attack=AttackConfig(loss_mode="inner"))
+    make("at_bsl", loss="bsl", loss_args={"tau": 0.5}, tau=0.5)  # consistent: fine
+
+
+# ------------------------------------------------------------------------------------------ RoBal
+def cosines_by_hand(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    f = model.features(x).detach()
+    w = model.head.weight.detach()
+    w = w / (w.norm(dim=1, keepdim=True) + model.head.gamma)
+    return (f / f.norm(dim=1, keepdim=True)) @ w.t()
+
+
+def robal_l1_by_hand(cos: torch.Tensor, y: torch.Tensor, s: float, m0: float, tau_b: float, tau_m: float):
+    """003 Eq. 9 (second line) with the pair margins of Eq. 10."""
+    n, n_min = COUNTS, min(COUNTS)
+    total = 0.0
+    for i in range(len(y)):
+        yi = int(y[i])
+        acc = 1.0
+        for c in range(C):
+            if c == yi:
+                continue
+            m_yc = tau_b / s * math.log(n[c] / n[yi]) + tau_m / s * math.log(n[yi] / n_min) + m0
+            acc = acc + torch.exp(s * (cos[i, c] - cos[i, yi] + m_yc))
+        total = total + torch.log(acc)
+    return total / len(y)
+
+
+def test_robal_loss_is_eq_9_10_plus_alpha_kl_eq_12():
+    model, (x, x_adv, y) = tiny_model("cosine"), batch()
+    o = dict(m0=0.1, tau_b=1.5, tau_m=0.3, alpha=6.0)
+    out = make("robal", **o).compute_loss(model, x, x_adv, y)
+    cos_adv, cos_nat = cosines_by_hand(model, x_adv), cosines_by_hand(model, x)
+    l1 = robal_l1_by_hand(cos_adv, y, 10.0, o["m0"], o["tau_b"], o["tau_m"])
+    kl = kl_rows(cos_nat, cos_adv)  # KL(p(cos(x)) || p(cos(x'))), scale 1
+    assert torch.allclose(out["loss_margin"], l1, atol=1e-5)
+    assert torch.allclose(out["kl"], kl, atol=1e-6)
+    assert torch.allclose(out["loss"].detach(), l1 + 6.0 * kl, atol=1e-5)
+
+
+def test_robal_without_rebalancing_is_ce_on_scaled_cosine():
+    model, (x, x_adv, y) = tiny_model("cosine"), batch()
+    out = make("robal", m0=0.0, tau_b=0.0, tau_m=0.0, alpha=0.0).compute_loss(model, x, x_adv, y)
+    expected = ce_by_hand(10.0 * cosines_by_hand(model, x_adv), y).mean()
+    assert torch.allclose(out["loss"].detach(), expected, atol=1e-5)
+    assert "kl" not in out
+
+
+def test_robal_training_aes_maximise_ce_of_scale_one_cosines():
+    model, (x, _, y) = tiny_model("cosine"), batch()
+    m = make("robal", attack_steps=3)
+
+    class ByHand(nn.Module):
+        def forward(self, z):
+            f = model.features(z)
+            w = model.head.weight / (model.head.weight.norm(dim=1, keepdim=True) + model.head.gamma)
+            return F.normalize(f, dim=1) @ w.t()
+
+    torch.manual_seed(5)
+    got = m.train_attack(model, x, y)
+    torch.manual_seed(5)
+    want = pgd(ByHand(), x, y, Linf(8 / 255), steps=3, step_size=2 / 255, objective="ce")
+    assert torch.equal(got, want)
+    # attack_steps (not attack.steps) sets the number of steps: 0 steps without a random start is x itself
+    m0 = make("robal", attack=AttackConfig(random_start=False, steps=10), attack_steps=0)
+    assert torch.equal(m0.train_attack(model, x, y), x)
+
+
+def test_robal_deployed_serves_and_is_attacked_through_the_adjusted_logits():
+    model, (x, _, y) = tiny_model("cosine"), batch()
+    m = make("robal", tau_p=1.5)
+    deployed = m.deployed(model)
+    expected = 10.0 * cosines_by_hand(model, x) - 1.5 * log_pi()  # 003 Eq. 11
+    assert torch.allclose(deployed(x).detach(), expected, atol=1e-5)
+    assert deployed.head is model.head and torch.equal(deployed.features(x), model.features(x))
+
+    def input_grad(fn):
+        xr = x.clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(F.cross_entropy(fn(xr), y), xr)
+        return g
+
+    by_hand = input_grad(lambda z: 10.0 * model.head.cosine(model.features(z)) - 1.5 * log_pi())
+    assert torch.allclose(input_grad(deployed), by_hand, atol=1e-6)
+    assert not torch.allclose(input_grad(model), by_hand, atol=1e-6)  # the adjustment changes the attack
+
+
+def test_robal_needs_a_cosine_head_and_its_own_loss():
+    model, (x, x_adv, y) = tiny_model("linear"), batch()
+    with pytest.raises(ConfigError, match="cosine"):
+        make("robal").compute_loss(model, x, x_adv, y)
+    with pytest.raises(ConfigError, match="loss="):
+        make("robal", loss="bsl")
+    assert METHODS.get("robal").required_head == "cosine"
+
+
+# ------------------------------------------------------------------------------------------- REAT
+def test_reat_rbl_weights_follow_eq_1_from_last_epochs_ae_predictions():
+    m = make("reat", rbl_smoothing=0.0)
+    assert m.ae_counts == [float(c) for c in COUNTS]  # first epoch: a_c = n_c (001 footnote 2)
+    a = [40, 70, 15]
+    m.on_epoch_end(0, {"ae_pred_counts": a})
+    inv = []
+    for n_c, a_c in zip(COUNTS, a):
+        beta = (n_c - 1) / n_c
+        inv.append(1.0 / ((1 - beta ** a_c) / (1 - beta)))  # 1 / E_c
+    expected = torch.tensor([C * v / sum(inv) for v in inv])
+    assert torch.allclose(m.attack_weights, expected, rtol=1e-6)
+    name, kw = m.attack_objective(torch.zeros(1), torch.zeros(1, dtype=torch.long))
+    assert name == "weighted_ce" and torch.allclose(kw["weights"], expected)
+    smoothed = make("reat")  # the authors' 1 / (E + 1e-5): same weights to ~1e-5 when every a_c > 0
+    smoothed.on_epoch_end(0, {"ae_pred_counts": a})
+    assert torch.allclose(smoothed.attack_weights, expected, rtol=1e-4)
+
+
+def test_reat_equal_class_and_ae_counts_give_uniform_weights():
+    for smoothing in (0.0, 1e-5):
+        m = make("reat", counts=[50, 50, 50, 50], rbl_smoothing=smoothing)
+        assert torch.allclose(m.attack_weights, torch.ones(4))
+        m.on_epoch_end(0, {"ae_pred_counts": [30, 30, 30, 30]})
+        assert torch.allclose(m.attack_weights, torch.ones(4))
+
+
+def test_reat_class_without_ae_predictions_keeps_every_sample_attacked():
+    m = make("reat")
+    m.on_epoch_end(0, {"ae_pred_counts": [120, 5, 0]})
+    w = m.attack_weights
+    assert (w > 0).all() and int(w.argmax()) == 2 and abs(float(w.sum()) - C) < 1e-5
+    exact = make("reat", rbl_smoothing=0.0)
+    exact.on_epoch_end(0, {"ae_pred_counts": [120, 5, 0]})
+    assert torch.equal(exact.attack_weights, torch.tensor([0.0, 0.0, 3.0]))  # the exact limit (SPEC option)
+
+
+def test_positive_class_weights_leave_linf_pgd_unchanged():
+    """Why the smoothing matters: sign-gradient steps ignore any positive per-sample factor, so RBL
+    changes l_inf AEs only through weights that are exactly zero."""
+    model, (x, _, y) = tiny_model(), batch()
+    torch.manual_seed(3)
+    a = pgd(model, x, y, Linf(8 / 255), steps=3, step_size=2 / 255, objective="weighted_ce",
+            objective_kwargs={"weights": torch.tensor([0.01, 1.0, 30.0])})
+    torch.manual_seed(3)
+    b = pgd(model, x, y, Linf(8 / 255), steps=3, step_size=2 / 255, objective="ce")
+    assert torch.equal(a, b)
+
+
+def tail_by_hand(f: torch.Tensor, y: torch.Tensor, tail: list[int]) -> torch.Tensor:
+    """001 Algorithm 1 with Eq. 3, literally."""
+    p = F.softmax(f, dim=1)
+    omega = [math.sqrt(sum(COUNTS) / n) for n in COUNTS]
+    r, s, b = 0.0, 0, len(y)
+    for i in range(b):
+        if int(y[i]) not in tail:
+            continue
+        s += 1
+        acc = 0.0
+        for j in range(b):
+            sgn = (-1.0) ** (1 if int(y[i]) == int(y[j]) else 0)
+            kl = (p[j] * torch.log(p[j] / p[i])).sum()
+            acc = acc + sgn * (omega[int(y[i])] + omega[int(y[j])]) * kl
+        r = r - acc / b
+    return r / s
+
+
+def test_reat_loss_is_bsl_plus_tail_eq_3():
+    model, (x, x_adv, y) = tiny_model(), batch()
+    out = make("reat", loss="bsl", tail_weight=0.5).compute_loss(model, x, x_adv, y)
+    z, f = model(x_adv).detach(), model.features(x_adv).detach()
+    bsl = ce_by_hand(z + log_pi(), y).mean()
+    tail = tail_by_hand(f, y, tail=[1, 2])  # paper: classes ceil(2C/3)..C of the count ranking = {1, 2}
+    assert torch.allclose(out["loss_lt"], bsl, atol=1e-6)
+    assert torch.allclose(out["tail"], tail, atol=1e-5)
+    assert torch.allclose(out["loss"].detach(), bsl + 0.5 * tail, atol=1e-5)
+
+
+def test_reat_base_loss_and_state_dict():
+    assert make("reat", base_loss="en").base_loss.name == "cb"  # EN: effective-number weights
+    assert make("reat", loss="ldam", base_loss="ldam").base_loss.name == "ldam"
+    with pytest.raises(ConfigError, match="base_loss"):
+        make("reat", loss="focal", base_loss="bsl")
+    m = make("reat")
+    m.on_epoch_end(3, {"ae_pred_counts": [10, 20, 30]})
+    m2 = make("reat")
+    m2.load_state_dict(m.state_dict())
+    assert m2.ae_counts == [10.0, 20.0, 30.0] and torch.equal(m2.attack_weights, m.attack_weights)
+
+
+# ------------------------------------------------------------------------------------------- TAET
+def harl_by_hand(l: torch.Tensor, y: torch.Tensor, alpha: float, beta: float, gamma: float):
+    present = sorted({int(v) for v in y})
+    lc = {c: torch.stack([l[i] for i in range(len(y)) if int(y[i]) == c]).mean() for c in present}
+    bcl = sum(lc.values()) / len(present)  # Eq. 6
+    hdl = sum((lc[c] - bcl) ** 2 for c in present) / len(present)  # Eq. 7
+    total_l = sum(lc.values())
+    rcel = sum((lc[c] / total_l) ** 2 for c in present)  # Eq. 8
+    return alpha * bcl + beta * hdl + gamma * rcel, bcl, hdl, rcel
+
+
+def test_taet_stage1_is_clean_ce_without_aes_then_harl():
+    model, (x, x_adv, y) = tiny_model(), batch()
+    m = make("taet", total_epochs=10)  # stage 1: 40% of 10 epochs = 4
+    assert m.stage1_epochs == 4 and m.adversarial is False
+    m.on_epoch_start(3)
+    assert m.adversarial is False and m.train_attack(model, x, y) is x
+    out = m.compute_loss(model, x, x_adv, y)
+    assert torch.allclose(out["loss"].detach(), ce_by_hand(model(x).detach(), y).mean(), atol=1e-6)
+    assert out["logits_adv"] is None
+    m.on_epoch_start(4)
+    assert m.adversarial is True
+    assert make("taet", total_epochs=100).stage1_epochs == 40
+    assert make("taet", total_epochs=100, stage1_epochs=0).adversarial is True
+
+
+@pytest.mark.parametrize("per_sample", ["ce", "bsl"])
+def test_taet_stage2_is_harl_eq_5_to_8(per_sample):
+    model, (x, x_adv, y) = tiny_model(), batch()
+    m = make("taet", total_epochs=10, alpha=0.3, beta=0.2, gamma=0.1, per_sample_loss=per_sample)
+    m.on_epoch_start(5)
+    out = m.compute_loss(model, x, x_adv, y)
+    z = model(x_adv).detach()
+    l = ce_by_hand(z + (log_pi() if per_sample == "bsl" else 0.0), y)
+    total, bcl, hdl, rcel = harl_by_hand(l, y, 0.3, 0.2, 0.1)
+    for got, want in ((out["loss"].detach(), total), (out["bcl"], bcl), (out["hdl"], hdl), (out["rcel"], rcel)):
+        assert torch.allclose(got, want, atol=1e-6)
+
+
+def test_taet_one_class_with_beta_gamma_zero_is_alpha_mean_ce():
+    model, (x, x_adv, _) = tiny_model(), batch()
+    y = torch.full((7,), 2)
+    m = make("taet", total_epochs=10, stage1_epochs=0, alpha=0.1, beta=0.0, gamma=0.0)
+    out = m.compute_loss(model, x, x_adv, y)
+    assert torch.allclose(out["loss"].detach(), 0.1 * ce_by_hand(model(x_adv).detach(), y).mean(), atol=1e-7)
+
+
+# ----------------------------------------------------------------------------------- self-distill
+def test_self_distill_loss_is_bsl_plus_alpha_kd_and_ramped_igdm():
+    student, teacher, (x, x_adv, y) = tiny_model(seed=0), tiny_model(seed=7), batch()
+    m = make("self_distill", total_epochs=4, alpha=2.0, igdm_max=10.0)
+    m.set_teacher(teacher)
+    m.on_epoch_start(1)
+    out = m.compute_loss(student, x, x_adv, y)
+    out["loss"].backward()
+    assert all(p.grad is None for p in teacher.parameters()) and not teacher.training  # frozen teacher
+    x_minus = 2 * x - x_adv  # x - d with d = x' - x
+    s_plus, s_minus = student(x_adv).detach(), student(x_minus).detach()
+    t_plus, t_minus = teacher(x_adv).detach(), teacher(x_minus).detach()
+    bsl = ce_by_hand(s_plus + log_pi(), y).mean()
+    kd = kl_rows(t_plus, s_plus)  # KL(p_t(x') || p_s(x'))
+    igdm = kl_rows(t_plus - t_minus, s_plus - s_minus)
+    lam = 10.0 * (1 + 1) / 4  # linear ramp at epoch 1 of 4
+    assert abs(m.igdm_weight() - lam) < 1e-12
+    assert torch.allclose(out["kd"], kd, atol=1e-6) and torch.allclose(out["igdm"], igdm, atol=1e-6)
+    assert torch.allclose(out["loss"].detach(), bsl + 2.0 * (kd + lam * igdm), atol=1e-5)
+
+
+def test_self_distill_needs_a_teacher_unless_alpha_is_zero():
+    model, (x, x_adv, y) = tiny_model(), batch()
+    with pytest.raises(ConfigError, match="teacher"):
+        make("self_distill").compute_loss(model, x, x_adv, y)
+    out = make("self_distill", alpha=0.0).compute_loss(model, x, x_adv, y)
+    assert torch.allclose(out["loss"].detach(), make("at_bsl").compute_loss(model, x, x_adv, y)["loss"].detach())
+
+
+def _run(tmp_path: Path, name: str, extra: list[str]) -> Trainer:
+    t = Trainer(resolve_config(TINY + [f"out={tmp_path}", f"name={name}"] + extra))
+    t.fit()
+    return t
+
+
+def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return io.load_checkpoint(run_dir / "checkpoints" / "last.pt")["model"]
+
+
+def test_self_distill_with_alpha_zero_trains_exactly_like_at_bsl(tmp_path):
+    a = _run(tmp_path, "bsl", ["method=at_bsl", "epochs=2"])
+    b = _run(tmp_path, "sd0", ["method=self_distill", "method.alpha=0", "epochs=2"])
+    assert not (tmp_path / "sd0" / "teacher").exists()  # no teacher needed
+    wa, wb = _weights(a.run_dir), _weights(b.run_dir)
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def _kill_after_epoch(monkeypatch, run_name: str, epoch: int):
+    real_save = io.save_checkpoint
+
+    class Killed(BaseException):
+        pass
+
+    def save_then_die(path, state):
+        real_save(path, state)
+        p = Path(path)
+        if p.name == "last.pt" and p.parent.parent.name == run_name and state["epoch"] == epoch:
+            raise Killed
+
+    monkeypatch.setattr(io, "save_checkpoint", save_then_die)
+    return Killed, real_save
+
+
+def test_self_distill_trains_a_recorded_resumable_teacher_then_resumes_exactly(tmp_path, monkeypatch):
+    over = ["preset=self-distill-digits", "model=mlp", "model.width=16", "epochs=2", "method.teacher_epochs=2",
+            "train.deterministic=true"]
+    straight = _run(tmp_path, "straight", over)
+    tdir = straight.run_dir / "teacher"
+    teacher_cfg = (tdir / "config.yaml").read_text()
+    assert "name: pgd_at" in teacher_cfg and "batch_size: 32" in teacher_cfg and "epochs: 2" in teacher_cfg
+    resample = io.read_json(tdir / "manifest.json")["teacher_resample"]
+    counts = straight.class_counts
+    assert resample["gamma"] == 5.0 and resample["per_class"] == [int(5.0 * min(counts))] * len(counts)
+    assert (tdir / "checkpoints" / "last.pt").exists()
+    # killed after the student's first epoch, then resumed: the teacher is not retrained, weights match
+    killed_exc, real_save = _kill_after_epoch(monkeypatch, "killed", 0)
+    with pytest.raises(killed_exc):
+        _run(tmp_path, "killed", over)
+    monkeypatch.setattr(io, "save_checkpoint", real_save)
+    _run(tmp_path, "killed", over)
+    assert len(io.read_jsonl(tmp_path / "killed" / "teacher" / "metrics.jsonl")) == 2
+    wa, wb = _weights(straight.run_dir), _weights(tmp_path / "killed")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    # method.teacher=PATH reuses a trained teacher: no teacher phase, the same frozen weights
+    reuse = _run(tmp_path, "reuse", ["preset=self-distill-digits", "model=mlp", "model.width=16", "epochs=1",
+                                     f"teacher={tdir}"])
+    assert not (reuse.run_dir / "teacher").exists()
+    t1, t2 = _weights(tdir), reuse.method.teacher.state_dict()
+    assert all(torch.equal(t1[k], t2[k]) for k in t1)
+
+
+def test_reat_resumes_exactly_with_its_rbl_counts(tmp_path, monkeypatch):
+    over = ["method=reat", "loss=bsl", "epochs=3", "train.deterministic=true"]
+    straight = _run(tmp_path, "straight", over)
+    killed_exc, real_save = _kill_after_epoch(monkeypatch, "killed", 1)
+    with pytest.raises(killed_exc):
+        _run(tmp_path, "killed", over)
+    monkeypatch.setattr(io, "save_checkpoint", real_save)
+    resumed = _run(tmp_path, "killed", over)
+    assert resumed.method.ae_counts == straight.method.ae_counts
+    wa, wb = _weights(straight.run_dir), _weights(tmp_path / "killed")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_robal_run_validates_and_evaluates_on_the_deployed_logits(tmp_path):
+    from ltrobust.engine.runs import evaluate_run, load_run
+
+    t = _run(tmp_path, "robal", ["preset=robal-digits", "model=mlp", "model.width=16", "epochs=1",
+                                 "train.val_every=1", "train.val_samples=30", "train.val_attack_steps=2"])
+    run = load_run(t.run_dir)
+    assert type(run.deployed).__name__ == "RoBalDeployed" and run.deployed.tau_p == 0.1
+    res = evaluate_run(t.run_dir, ["eval.n_samples=20", "eval.attacks=clean,pgd5"], device="cpu", progress=False)
+    assert res is not None
+
+
+# ----------------------------------------------------------------------------------------- presets
+PAPER_PRESETS = [p for p in list_presets() if p.split("-")[0] in ("at", "robal", "reat", "self", "taet")]
+
+
+def test_every_method_has_its_presets():
+    names = set(PAPER_PRESETS)
+    for p in ("at-bsl-cifar10lt-resnet18", "at-bsl-tinyimagenetlt-preact18", "robal-n-cifar10lt-resnet18",
+              "robal-r-cifar10lt-resnet18", "robal-r-cifar10lt-wrn34", "robal-n-cifar100lt-resnet18",
+              "robal-r-cifar100lt-resnet18", "reat-cifar10lt-resnet18", "reat-cifar100lt-resnet18",
+              "self-distill-cifar10lt-resnet18", "self-distill-cifar100lt-resnet18", "taet-cifar10lt-ir10-resnet18",
+              "at-bsl-digits", "robal-digits", "reat-digits", "self-distill-digits", "taet-digits"):
+        assert p in names, p
+
+
+@pytest.mark.parametrize("preset", PAPER_PRESETS)
+def test_preset_loads_validates_and_trains_one_tiny_step(preset, tmp_path):
+    from ltrobust.attacks.suite import parse_attacks
+
+    cfg = resolve_config([f"preset={preset}"])
+    parse_attacks(cfg.eval.attacks, eps=cfg.eval.eps, step_size=cfg.eval.step_size)  # eval names are real
+    paper = resolve_config([f"preset={preset}"])
+    over = [f"preset={preset}", "dataset=digits-lt", "data.imbalance=10", "model=smallcnn", "model.width=4",
+            "epochs=1", "train.max_steps_per_epoch=1", "train.batch_size=16", "train.val_samples=20",
+            "train.val_attack_steps=1", "train.progress=false", "eval.tail_group=0", f"out={tmp_path}", "name=run"]
+    if paper.method.name == "self_distill":
+        over += ["method.teacher_epochs=1", "method.teacher_batch_size=16"]
+    t = Trainer(resolve_config(over))
+    t.fit()
+    row = io.read_jsonl(tmp_path / "run" / "metrics.jsonl")[0]
+    assert math.isfinite(row["loss"]) and (tmp_path / "run" / "checkpoints" / "best.pt").exists()

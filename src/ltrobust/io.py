@@ -20,6 +20,8 @@ import json
 import logging
 import math
 import os
+import pickle
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -33,12 +35,26 @@ log = logging.getLogger(__name__)
 MAGIC = b"LTROBUST-CKPT v1\n"
 
 
-def _write_failure(path: Path, exc: OSError) -> CheckpointError:
-    reason = {errno.ENOSPC: "the disk is full", errno.EROFS: "the folder is on a read-only file system",
-              errno.EACCES: "permission denied", errno.EPERM: "permission denied",
-              errno.EDQUOT: "the disk quota is exceeded"}.get(exc.errno or 0, str(exc))
+#: errno values of a storage that refuses writes, with the words the error message uses
+STORAGE_ERRORS = {errno.ENOSPC: "the disk is full", errno.EROFS: "the folder is on a read-only file system",
+                  errno.EACCES: "permission denied", errno.EPERM: "permission denied",
+                  errno.EDQUOT: "the disk quota is exceeded"}
+
+
+def _write_failure(path: str | Path, exc: OSError) -> CheckpointError:
+    reason = STORAGE_ERRORS.get(exc.errno or 0, str(exc))
     return CheckpointError(f"cannot write {path}: {reason}. The previous file (if any) is intact; free space "
                            f"or choose a writable output folder (out=DIR).")
+
+
+def storage_error(exc: OSError) -> CheckpointError | None:
+    """The :class:`CheckpointError` for an ``OSError`` of a full or read-only disk (None for other errors).
+
+    The CLI uses it as a safety net for writes that do not go through this module (e.g. ``mkdir``).
+    """
+    if exc.errno not in STORAGE_ERRORS:
+        return None
+    return _write_failure(exc.filename if exc.filename is not None else "a file", exc)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -136,8 +152,8 @@ def read_json(path: str | Path, verify: bool = True) -> dict[str, Any]:
 def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
     """Append one JSON line and fsync (metrics logs; a torn last line is ignored on read)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a") as fh:
             fh.write(json.dumps(_jsonable(record)) + "\n")
             fh.flush()
@@ -186,18 +202,27 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
         header_end = len(MAGIC) + 64
         digest, payload = raw[len(MAGIC):header_end], raw[header_end + 1:]
         if hashlib.sha256(payload).hexdigest().encode() != digest:
-            raise CheckpointError(f"checkpoint {path} is truncated or corrupt (checksum mismatch); use another "
-                                  f"checkpoint (e.g. checkpoints/best.pt) or re-train.")
+            raise CheckpointError(f"checkpoint {path} is truncated or corrupt (checksum mismatch): it changed after "
+                                  f"it was written. {_OTHER_CHECKPOINT}")
     else:
         payload = raw
         log.warning("%s has no ltrobust checksum header; loading it with weights_only=True", path)
     try:
         return torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad pickle
-        kind = "is truncated or corrupt" if not raw.startswith(MAGIC) else "could not be unpickled safely"
-        raise CheckpointError(f"checkpoint {path} {kind} ({type(exc).__name__}: {str(exc)[:200]}). Only plain "
-                              f"tensors and containers are loaded (weights_only=True); use a state_dict "
-                              f"checkpoint.") from None
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for a damaged file
+        refused = re.search(r"GLOBAL ([\w.]+)", str(exc)) if isinstance(exc, pickle.UnpicklingError) else None
+        if refused:  # weights_only refused a global: the file asks to build Python objects
+            raise CheckpointError(f"checkpoint {path} was refused: it asks to build Python objects "
+                                  f"({refused.group(1)}), which could run code, and ltrobust loads checkpoints with "
+                                  f"weights_only=True (tensors, numbers, strings, lists and dicts only). Use a "
+                                  f"checkpoint written by ltrobust or a plain state_dict from a source you trust.") from None
+        reason = " ".join(str(exc).split())[:200]
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({type(exc).__name__}: {reason}). "
+                              f"{_OTHER_CHECKPOINT}") from None
+
+
+_OTHER_CHECKPOINT = ("Use the run's other checkpoint (checkpoint=best or checkpoint=last), or delete this file and "
+                     "re-run the command that wrote it (train resumes from last.pt, or starts over without it).")
 
 
 def sha256_file(path: str | Path) -> str:

@@ -197,19 +197,26 @@ def test_tinyimagenet_layout(tmp_path):
 # ------------------------------------------------------------------------------------- ImageNet-LT
 @pytest.fixture(scope="module")
 def imagenet_lt_root(tmp_path_factory):
+    """1000 classes: train/<wnid>/ images (3 for classes 0 and 1, else 1); val and test lists point at
+    a few shared files (labels come from the lists), to keep the file count small."""
     tmp_path = tmp_path_factory.mktemp("imagenet_lt")
     rng = np.random.RandomState(0)
     lists = {"train": [], "val": [], "test": []}
+    for split in ("val", "test"):
+        (tmp_path / split).mkdir()
+        for i in range(8):
+            Image.fromarray(rng.randint(0, 256, (40 + i, 30 + 2 * i, 3)).astype(np.uint8)).save(
+                tmp_path / split / f"ILSVRC2012_{split}_{i}.JPEG")
     for c in range(1000):
         w = f"n{c:08d}"
-        n_train = 3 if c < 2 else 1
-        for split, n in (("train", n_train), ("val", 1), ("test", 1 if c % 100 else 2)):
-            (tmp_path / split / w).mkdir(parents=True, exist_ok=True)
-            for i in range(n):
-                rel = f"{split}/{w}/{w}_{i}.JPEG"
-                size = (40 + c % 7, 30 + c % 5)
-                Image.fromarray(rng.randint(0, 256, size + (3,)).astype(np.uint8)).save(tmp_path / rel)
-                lists[split].append(f"{rel} {c}")
+        (tmp_path / "train" / w).mkdir(parents=True)
+        for i in range(3 if c < 2 else 1):
+            rel = f"train/{w}/{w}_{i}.JPEG"
+            Image.fromarray(rng.randint(0, 256, (40 + c % 7, 30 + c % 5, 3)).astype(np.uint8)).save(tmp_path / rel)
+            lists["train"].append(f"{rel} {c}")
+        lists["val"].append(f"val/ILSVRC2012_val_{c % 8}.JPEG {c}")
+        for i in range(2 if c % 100 == 0 else 1):
+            lists["test"].append(f"test/ILSVRC2012_test_{(c + i) % 8}.JPEG {c}")
     (tmp_path / "ImageNet_LT").mkdir()
     for split, lines in lists.items():
         (tmp_path / "ImageNet_LT" / f"ImageNet_LT_{split}.txt").write_text("\n".join(lines) + "\n")

@@ -134,7 +134,7 @@ class DeviceLoader:
             counts = torch.as_tensor(list(class_counts) if class_counts is not None else
                                      torch.bincount(self._labels_cpu).tolist(), dtype=torch.float64)
             if (counts[self._labels_cpu] <= 0).any():
-                raise DataError("class_counts give a class with samples a count of 0.")
+                raise DataError("class_counts gives 0 for a class that has samples: pass the split's own counts.")
             self._weights = 1.0 / counts[self._labels_cpu]
         self._policy = None
         if augment in ("autoaugment", "randaugment"):
@@ -231,7 +231,7 @@ class DeviceLoader:
             seeds = torch.randint(1 << 62, (len(batches[b]),), generator=g).tolist()
             keys.append(list(zip(batches[b].tolist(), seeds)))
         ds = StreamDataset(split.paths, split.labels.tolist(), split.image_size, train=self.augment != "none",
-                           flip=self.flip, policy=self._policy)
+                           flip=self.flip and self.augment != "crop", policy=self._policy)
         dl = DataLoader(ds, batch_sampler=keys, num_workers=split.num_workers, collate_fn=collate,
                         pin_memory=self.device.type == "cuda")
         for x, y in dl:

@@ -257,6 +257,9 @@ def _select_natural(cfg: DataConfig, spec: DatasetSpec, raw: RawData) -> _Select
     val = {c: np.where(raw.val.labels == c)[0] for c in range(num_classes)}
     if v > 0:
         val = {c: idx[:v] for c, idx in val.items()}
+    empty = [c for c, idx in train.items() if len(idx) == 0]
+    if empty:
+        raise DataError(f"{cfg.dataset}: classes {empty[:10]} have no training images: the files are incomplete.")
     n_max = max(len(i) for i in train.values())
     return _Selection(train, val if v else {}, np.arange(len(raw.test), dtype=np.int64), n_max,
                       order_by_class=False)

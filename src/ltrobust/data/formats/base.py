@@ -83,14 +83,16 @@ def decode_image(path: str | os.PathLike, mode: str) -> np.ndarray:
     return arr[:, :, None] if arr.ndim == 2 else arr
 
 
-def decode_images(paths: Sequence[Path], mode: str, cache_name: str, cache_dirs: Sequence[Path]) -> np.ndarray:
+def decode_images(paths: Sequence[Path], mode: str, cache_name: str, cache_dirs: Sequence[Path],
+                  root: Path | None = None) -> np.ndarray:
     """Decode image files once into uint8 (N, H, W, C); later calls load an ``.npz`` cache.
 
-    The cache key covers every path, size and modification time, so editing, adding or removing a
-    file rebuilds it. The cache is written to the first writable folder of ``cache_dirs``.
-    All images must share one size (the file with a different size is named otherwise).
+    The cache key covers every path (relative to ``root``, so a relative or absolute ``data_dir``
+    finds the same cache), size and modification time: editing, adding or removing a file rebuilds
+    it. The cache is written to the first writable folder of ``cache_dirs``. All images must share
+    one size (the file with a different size is named otherwise).
     """
-    key = _listing_key(paths, mode)
+    key = _listing_key(paths, mode, root)
     for folder in cache_dirs:
         f = Path(folder) / f"{cache_name}-{key[:16]}.npz"
         if f.is_file():
@@ -117,30 +119,39 @@ def decode_images(paths: Sequence[Path], mode: str, cache_name: str, cache_dirs:
     return images
 
 
-def _listing_key(paths: Sequence[Path], mode: str) -> str:
+def _listing_key(paths: Sequence[Path], mode: str, root: Path | None) -> str:
     h = hashlib.sha256(f"v{CACHE_VERSION}|{mode}|".encode())
+    prefix = str(root) + os.sep if root is not None else ""
     for p in paths:
         try:
             st = os.stat(p)
         except OSError as exc:
             raise DataError(f"cannot read image file {p}: {exc}") from None
-        h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        name = str(p)
+        name = name[len(prefix):] if prefix and name.startswith(prefix) else name
+        h.update(f"{name}|{st.st_size}|{st.st_mtime_ns}\n".encode())
     return h.hexdigest()
 
 
 def _write_cache(images: np.ndarray, key: str, cache_name: str, cache_dirs: Sequence[Path]) -> None:
+    """Write atomically (tmp + rename) to the first writable folder; drop older caches of the same name."""
     for folder in cache_dirs:
         folder = Path(folder)
+        tmp = None
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            for old in folder.glob(f"{cache_name}-*.npz"):
-                old.unlink()
-            fd, tmp = tempfile.mkstemp(suffix=".npz", dir=folder)
+            fd, tmp = tempfile.mkstemp(suffix=".npz.tmp", dir=folder)
             with os.fdopen(fd, "wb") as fh:
                 np.savez(fh, images=images, key=np.array(key))
-            os.replace(tmp, folder / f"{cache_name}-{key[:16]}.npz")
+            target = folder / f"{cache_name}-{key[:16]}.npz"
+            os.replace(tmp, target)
+            for old in folder.glob(f"{cache_name}-*.npz"):
+                if old != target:
+                    old.unlink(missing_ok=True)
             return
         except OSError as exc:
+            if tmp is not None and os.path.exists(tmp):
+                os.unlink(tmp)
             log.debug("cannot write image cache in %s: %s", folder, exc)
     log.warning("could not write the decoded-image cache in any of %s; the next build decodes again",
                 [str(f) for f in cache_dirs])

@@ -50,6 +50,6 @@ def read_image_folder(root: Path, mode: str = "RGB") -> tuple[dict[str, RawSplit
             labels += [c] * len(files)
         if not paths:
             raise DataError(f"{folder} holds no images. Expected layout:\n{LAYOUT}")
-        images = decode_images(paths, mode, f"imagefolder-{split}-{mode}", cache_dirs_for(root))
+        images = decode_images(paths, mode, f"imagefolder-{split}-{mode}", cache_dirs_for(root), root)
         splits[split] = RawSplit(np.array(labels, dtype=np.int64), images)
     return splits, classes

@@ -59,8 +59,8 @@ def read_tinyimagenet(cfg: DataConfig) -> RawData:
         test_paths.append(root / "val" / "images" / parts[0])
         test_labels.append(index[parts[1]])
     caches = cache_dirs_for(root)
-    train = RawSplit(np.array(train_labels), decode_images(train_paths, "RGB", "tinyimagenet-train", caches))
-    test = RawSplit(np.array(test_labels), decode_images(test_paths, "RGB", "tinyimagenet-val", caches))
+    train = RawSplit(np.array(train_labels), decode_images(train_paths, "RGB", "tinyimagenet-train", caches, root))
+    test = RawSplit(np.array(test_labels), decode_images(test_paths, "RGB", "tinyimagenet-val", caches, root))
     return RawData(train=train, test=test, class_names=_names(root, wnids),
                    source={"format": "tiny-imagenet-200", "path": str(root), "wnids": wnids})
 

@@ -197,6 +197,16 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def one_line(message: str) -> str:
+    """An error message on one line (data layouts and YAML error marks span several): lines joined by
+    ``; `` (or a space after ``:`` / ``,`` / ``or``), runs of spaces collapsed."""
+    out = ""
+    for part in (" ".join(line.split()) for line in message.splitlines()):
+        if part:
+            out = part if not out else out + (" " if out.endswith((":", ",", " or")) else "; ") + part
+    return out
+
+
 COMMANDS = {"data": _cmd_data, "train": _cmd_train, "eval": _cmd_eval, "audit": _cmd_audit,
             "analyze": _cmd_analyze, "report": _cmd_report, "sweep": _cmd_sweep, "demo": _cmd_demo,
             "list": _cmd_list}
@@ -210,7 +220,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except LtrobustError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {one_line(str(exc))}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a full or read-only disk hit by a write outside ltrobust.io (e.g. mkdir)
+        from .io import storage_error
+
+        err = storage_error(exc)
+        if err is None:
+            raise
+        print(f"error: {one_line(str(err))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; finished epochs and evaluation chunks are saved, re-run the same command to resume.",

@@ -167,6 +167,10 @@ class TrainConfig:
                f"train.finetune={self.finetune!r}: use none, crt, rw or lws.")
         _check(0.0 <= self.ema < 1.0, f"train.ema={self.ema} must be in [0, 1).")
         _check(all(m >= 0 for m in self.milestones), "train.milestones must be non-negative epochs.")
+        _check(self.val_attack_steps >= 0, f"train.val_attack_steps={self.val_attack_steps} is negative: use 0 or "
+               "more, e.g. train.val_attack_steps=10.")
+        _check(self.max_steps_per_epoch >= 0, f"train.max_steps_per_epoch={self.max_steps_per_epoch} is negative: "
+               "use 0 (every batch) or a positive cap.")
 
 
 @dataclass(frozen=True)

@@ -362,7 +362,7 @@ def load_preset(name: str) -> dict[str, Any]:
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"preset {path} is not valid YAML: {exc}") from None
+        raise yaml_error("preset", path, exc) from None
     if not isinstance(raw, dict):
         raise ConfigError(f"preset {path} must be a mapping of sections to keys.")
     flat: dict[str, Any] = {}
@@ -380,6 +380,23 @@ def load_preset(name: str) -> dict[str, Any]:
         else:
             flat[key] = value
     return flat
+
+
+def yaml_error(what: str, path: str | Path, exc: yaml.YAMLError) -> ConfigError:
+    """The error for a YAML file that ``yaml.safe_load`` rejects, naming the line and the fix.
+
+    A tag such as ``!!python/object/apply:os.system`` is refused (safe_load never builds Python objects,
+    so nothing runs); other problems are syntax errors.
+    """
+    mark = getattr(exc, "problem_mark", None)
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+    problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
+    if isinstance(exc, yaml.constructor.ConstructorError):
+        return ConfigError(f"{what} {path}{where} was refused: {problem}. ltrobust reads YAML with yaml.safe_load, "
+                           f"which never builds Python objects or runs code; remove the tag and write plain keys "
+                           f"and values.")
+    return ConfigError(f"{what} {path} is not valid YAML{where}: {problem}. Fix the file: `section:` lines with "
+                       f"indented `key: value` lines under them.")
 
 
 def list_presets() -> list[str]:
@@ -566,7 +583,9 @@ def load_run_config(path: str | Path) -> RunConfig:
     """Load a saved ``config.yaml`` (the resolved form written into a run folder)."""
     try:
         raw = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
+    except yaml.YAMLError as exc:
+        raise yaml_error("run config", path, exc) from None
+    except OSError as exc:
         raise ConfigError(f"cannot read run config {path}: {exc}") from None
     flat: dict[str, Any] = {}
     for key, value in raw.items():

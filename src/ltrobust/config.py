@@ -510,6 +510,10 @@ def validate_names(cfg: RunConfig) -> None:
     method_cls = METHODS.get(cfg.method.name)
     LOSSES.get(cfg.method.loss)
     method_options(cfg)
+    from .attacks.suite import parse_attack
+
+    for name in cfg.eval.attacks:  # an unknown attack fails now, not after hours of training
+        parse_attack(name, eps=cfg.eval.eps, step_size=cfg.eval.step_size, norm=cfg.eval.norm)
     loss_cls = LOSSES.get(cfg.method.loss)
     _build_options(getattr(loss_cls, "Options", None), cfg.method.loss_args, f"loss {cfg.method.loss!r}")
     del method_cls

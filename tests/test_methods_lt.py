@@ -103,6 +103,21 @@ def test_at_bsl_refuses_settings_it_would_ignore():
     make("at_bsl", loss="bsl", loss_args={"tau": 0.5}, tau=0.5)  # consistent: fine
 
 
+# ------------------------------------------------------------------------------------ all methods
+@pytest.mark.parametrize("name", ["at_bsl", "robal", "reat", "self_distill", "taet"])
+@pytest.mark.parametrize("training", [True, False])
+def test_training_aes_stay_in_the_ball_and_leave_the_model_mode(name, training):
+    model, (x, _, y) = tiny_model("cosine" if name == "robal" else "linear"), batch()
+    m = make(name, total_epochs=10, **({"stage1_epochs": 0} if name == "taet" else {}))
+    model.train(training)
+    x_adv = m.train_attack(model, x, y)
+    assert model.training is training and all(mod.training is training for mod in model.modules())
+    assert (x_adv - x).abs().max() <= 8 / 255 + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
+    assert not torch.equal(x_adv, x)
+    if name == "robal":
+        assert m.deployed(model).training is training
+
+
 # ------------------------------------------------------------------------------------------ RoBal
 def cosines_by_hand(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     f = model.features(x).detach()

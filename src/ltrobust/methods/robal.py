@@ -148,7 +148,8 @@ class RoBal(Method):
     def train_attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         cosine_head(model)
         a = self.attack_cfg
-        return pgd(ScaleOneCosine(model), x, y, self.threat, steps=self.options.attack_steps,
+        target = ScaleOneCosine(model).train(model.training)  # pgd restores the wrapper's mode onto the model
+        return pgd(target, x, y, self.threat, steps=self.options.attack_steps,
                    step_size=a.step_size, objective="ce", random_start=a.random_start, amp_dtype=self.amp_dtype)
 
     def _cosines(self, model: nn.Module, x: torch.Tensor, s: float) -> torch.Tensor:
@@ -176,4 +177,4 @@ class RoBal(Method):
     def deployed(self, model: nn.Module) -> nn.Module:
         """``s * cos - tau_p * log pi`` (003 Eq. 11), attacked as served at validation and evaluation."""
         cosine_head(model)
-        return RoBalDeployed(model, self.class_counts, self.options.tau_p)
+        return RoBalDeployed(model, self.class_counts, self.options.tau_p).train(model.training)

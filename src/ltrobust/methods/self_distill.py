@@ -80,7 +80,11 @@ class SelfDistillOptions(ATBSLOptions):
 
 
 def teacher_config(cfg: RunConfig, options: SelfDistillOptions) -> RunConfig:
-    """The teacher's run config: PGD-AT with CE on the student's data, model and attack settings."""
+    """The teacher's run config: PGD-AT with CE on the student's data, model and attack settings.
+
+    Changed from the student's: method (pgd_at, loss ce, no options), epochs, batch size, lr, a step
+    schedule at ``teacher_decay_at``, no warm-up, uniform sampling (D_B is already balanced), no
+    fine-tuning stage and no weight EMA (002 trains the teacher with plain PGD-AT)."""
     epochs = options.teacher_epochs
     milestones = tuple(sorted({int(f * epochs) for f in parse_fractions(options.teacher_decay_at)} - {0}))
     return with_updates(
@@ -88,7 +92,7 @@ def teacher_config(cfg: RunConfig, options: SelfDistillOptions) -> RunConfig:
         method={"name": "pgd_at", "loss": "ce", "args": {}, "loss_args": {}, "teacher": None},
         train={"epochs": epochs, "batch_size": options.teacher_batch_size, "lr": options.teacher_lr,
                "schedule": "step", "milestones": milestones, "warmup_epochs": 0, "sampler": "uniform",
-               "finetune": "none"},
+               "finetune": "none", "ema": 0.0},
     )
 
 

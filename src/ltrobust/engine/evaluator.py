@@ -1,16 +1,26 @@
 """The evaluation suite: per-sample robust flags, attacks in cascade, chunked and resumable (SPEC 4).
 
-AutoAttack's bookkeeping: every test image carries a robust flag; the attacks of the suite run in the
-order given, each on the images still robust after the previous ones (``mode=cascade``, the default;
-``mode=standalone`` runs each attack on every clean-correct image so each column is that attack alone),
-and the suite's robust accuracy is the per-sample worst case. The test set is processed in chunks; each
-finished chunk is written atomically, so a killed evaluation resumes without redoing finished chunks.
-Final evaluation always runs in float32 on the deployed logits (inference adjustments included).
+AutoAttack's bookkeeping (Croce & Hein 2020): every test image carries a robust flag; the attacks of
+the suite run in the order given, each on the images still robust after the previous ones
+(``mode=cascade``, the default), and the suite's robust accuracy is the per-sample worst case. In
+cascade mode the column of attack ``k`` is therefore the robust accuracy of the suite *up to* ``k``
+(non-increasing along the suite); ``mode=standalone`` runs each attack on every clean-correct image, so
+each column is that attack alone (the worst case is the same per-sample minimum).
+
+The test set (or a balanced sample of ``n_samples`` images) is processed in chunks of ``chunk_size``
+images. Each finished chunk is written atomically to ``<out_dir>/<tag>_chunks/chunk_NNNNN.json`` with a
+fingerprint of everything that determines it (the attacks and their settings, the mode, the seed, the
+sampled indices, the chunk size and a hash of the deployed model's weights, buffers and wrappers), so a
+killed evaluation resumes without redoing finished chunks, and a chunk that is corrupt, truncated or
+from other settings is recomputed. Final evaluation runs in float32 on the deployed logits (inference
+adjustments included), and writes one JSON result (``<tag>.json``), its markdown table (``<tag>.md``) and
+the per-sample flags and predictions (``<tag>_samples.npz``). Layout: ``docs/evaluation.md``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io as _bytes_io
 import json
 import logging
 import platform
@@ -23,12 +33,15 @@ import torch
 from torch import nn
 
 from .. import io
-from ..attacks.pgd import eval_mode
+from ..attacks.pgd import eval_mode, pgd
 from ..attacks.suite import AttackSpec, parse_attack, run_attack
 from ..attacks.threat import threat_model
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
+
+__all__ = ["Evaluation", "attack_flags", "balanced_subset", "column_title", "library_versions",
+           "markdown_table", "model_fingerprint", "predict", "quick_robustness"]
 
 
 # ------------------------------------------------------------------------------------ sampling
@@ -36,7 +49,7 @@ def balanced_subset(labels: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor
     """Indices of ``n`` images spread evenly over classes (round-robin over seeded per-class orders).
 
     ``n <= 0`` or ``n >= len(labels)`` returns every index. The order interleaves classes, so the first
-    ``k`` indices of a larger subset are themselves as balanced as possible.
+    ``k`` indices of a larger subset are themselves as balanced as possible. Returned sorted.
     """
     labels = torch.as_tensor(labels).cpu()
     if n <= 0 or n >= len(labels):
@@ -44,7 +57,7 @@ def balanced_subset(labels: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor
     gen = torch.Generator().manual_seed(seed)
     per_class = [torch.nonzero(labels == c).squeeze(1) for c in torch.unique(labels).tolist()]
     per_class = [idx[torch.randperm(len(idx), generator=gen)] for idx in per_class]
-    order = []
+    order: list[int] = []
     depth = max(len(p) for p in per_class)
     for i in range(depth):
         order.extend(int(p[i]) for p in per_class if i < len(p))
@@ -55,31 +68,56 @@ def balanced_subset(labels: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor
 
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """Predicted classes (N,) of images ``x`` (N, C, H, W), in eval mode (the model's mode restored)."""
     with eval_mode(model):
         return torch.cat([model(x[i:i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
 
 
-def _images(split: Any, idx: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Float images in [0, 1] and labels of ``split`` at ``idx`` on ``device``."""
+def images_of(split: Any, idx: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float32 images in [0, 1] (B, C, H, W) and labels (B,) of ``split`` at ``idx``, on ``device``."""
     if hasattr(split, "get_batch"):  # streaming split (ImageNet-LT)
         x, y = split.get_batch(idx)
-        return x.to(device), y.to(device)
+        return x.to(device, torch.float32), y.to(device)
     x = split.images[idx.to(split.images.device)].to(device).float() / 255.0
     return x, split.labels[idx.to(split.labels.device)].to(device)
 
 
+_images = images_of  # earlier name, kept for callers
+
+
+def derive_seed(*parts: Any) -> int:
+    """A seed in [0, 2**31) that is a pure function of ``parts`` (e.g. ``(seed, chunk, attack, batch)``)."""
+    digest = hashlib.sha256(json.dumps([str(p) for p in parts]).encode()).digest()
+    return int.from_bytes(digest[:8], "little") % (2 ** 31)
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """SHA-256 of a model's parameters, all buffers (non-persistent ones included, e.g. a logit
+    adjustment's offsets) and its ``repr`` (wrappers and their settings): chunks computed for other
+    weights are never reused."""
+    h = hashlib.sha256(repr(model).encode())
+    tensors = list(model.named_parameters()) + list(model.named_buffers())
+    for name, t in tensors:
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode() + str(t.dtype).encode())
+        h.update(t.detach().reshape(-1).contiguous().cpu().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def quick_robustness(model: nn.Module, split: Any, num_classes: int, attack_cfg: Any, steps: int = 10,
                      n_samples: int = 1000, seed: int = 0, batch_size: int = 256) -> dict[str, Any]:
-    """Clean and PGD-``steps`` accuracy on a balanced sample (per-epoch validation; fp32)."""
+    """Clean and PGD-``steps`` accuracy on a balanced sample (per-epoch validation; fp32).
+
+    Returns ``{"n", "clean", "rob", "clean_balanced", "rob_balanced", "per_class_rob", "steps"}``
+    (percentages; ``per_class_rob`` is ``None`` for a class absent from the sample).
+    """
     device = next(model.parameters()).device
     idx = balanced_subset(split.labels, n_samples, seed)
     threat = threat_model(attack_cfg.norm, attack_cfg.eps)
     clean_ok, rob_ok, labels = [], [], []
     gen = torch.Generator(device=device).manual_seed(seed)
     for i in range(0, len(idx), batch_size):
-        x, y = _images(split, idx[i:i + batch_size], device)
-        from ..attacks import pgd
-
+        x, y = images_of(split, idx[i:i + batch_size], device)
         x_adv = pgd(model, x, y, threat, steps=steps, step_size=attack_cfg.step_size, generator=gen)
         clean_ok.append(predict(model, x) == y)
         rob_ok.append(predict(model, x_adv) == y)
@@ -98,17 +136,78 @@ def quick_robustness(model: nn.Module, split: Any, num_classes: int, attack_cfg:
     }
 
 
-# ------------------------------------------------------------------------------------- the suite
-class Evaluation:
-    """Run an attack suite on a test split, chunk by chunk, resumably.
+# ------------------------------------------------------------------------------- one attack, flags
+def attack_flags(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torch.Tensor, todo: torch.Tensor,
+                 seed: int = 0, batch_size: int = 256,
+                 num_classes: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run one resolved attack on the images selected by ``todo``, in batches.
 
     Args:
-        model: the deployed model (inference adjustments applied), any device.
+        spec: an :class:`~ltrobust.attacks.suite.AttackSpec` (``parse_attack("pgd20")``).
+        model: the deployed model (attacked as served).
+        x: images (N, C, H, W) in [0, 1]; y: labels (N,).
+        todo: (N,) bool, the images to attack (e.g. those still robust).
+        seed: base seed; batch ``j`` uses ``derive_seed(seed, j)``.
+        batch_size: images per attack call.
+        num_classes: C (passed on to the attack).
+
+    Returns:
+        ``(correct, pred)``: (N,) bool, True where the image was attacked and its adversarial example is
+        still classified correctly (False where not attacked), and (N,) int64, the class predicted on the
+        adversarial example where attacked, -1 elsewhere.
+
+    Every adversarial example is checked to lie in its eps-ball and in [0, 1] (a bug otherwise).
+    """
+    correct = torch.zeros_like(todo, dtype=torch.bool)
+    pred = torch.full_like(y, -1)
+    idx = todo.nonzero().squeeze(1)
+    for j in range(0, len(idx), batch_size):
+        sel = idx[j:j + batch_size]
+        x_adv = run_attack(spec, model, x[sel], y[sel], seed=derive_seed(seed, j), num_classes=num_classes)
+        _check_ball(spec, x_adv, x[sel])
+        p = predict(model, x_adv, batch_size)
+        pred[sel] = p
+        correct[sel] = p == y[sel]
+    return correct, pred
+
+
+def _check_ball(spec: AttackSpec, x_adv: torch.Tensor, x: torch.Tensor) -> None:
+    """Guard: an attack must return images inside its ball and inside [0, 1]."""
+    d = (x_adv - x).flatten(1)
+    size = d.abs().amax(1) if spec.norm == "linf" else d.norm(dim=1)
+    if bool((size > spec.eps * (1 + 1e-4) + 1e-6).any()) or bool((x_adv < 0).any() | (x_adv > 1).any()):
+        raise RuntimeError(f"attack {spec.name} returned images outside its eps-ball or [0, 1]; this is a bug.")
+
+
+# ------------------------------------------------------------------------------------- the suite
+class Evaluation:
+    """Run an attack suite on a test split, chunk by chunk, resumably (SPEC 4).
+
+    Args:
+        model: the deployed model (inference adjustments applied), any device; attacked in eval mode.
         split: test split (``images`` uint8 (N, C, H, W), ``labels``) or a streaming split.
-        class_counts: training images per class (for head/body/tail groups).
-        attacks: attack names (``clean, fgsm, pgd20, pgd100, mim20, cw20, cw100, aa, apgd, adaptive``).
-        out_dir: folder for chunk files and the results (``<out_dir>/<tag>.json`` and ``.md``).
-        mode: ``cascade`` (each attack on the images still robust) or ``standalone``.
+        class_counts: training images per class (they define head / body / tail and the other groups).
+        attacks: attack names in cascade order (``clean, fgsm, pgd20, pgd100, mim20, cw20, cw100, aa,
+            apgd, square, adaptive``; ``-l2`` suffix for the l_2 ball). ``clean`` always comes first.
+        out_dir: folder of the chunk files and the results (``<out_dir>/<tag>.json``, ``.md``,
+            ``_samples.npz``).
+        tag: result name (``best``, ``last-logit_adjust1``, ...). Default: ``eval``.
+        eps, step_size, norm: threat model and PGD step of the suite (pixel units). Defaults: 8/255,
+            2/255, ``linf``.
+        batch_size: images per attack call. Default: 256.
+        chunk_size: images per resumable chunk. Default: 1000.
+        n_samples: evaluate a class-balanced sample of this many test images (0: all). Default: 0.
+        seed: seed of the sample and of every attack's randomness. Default: 0.
+        mode: ``cascade`` (each attack on the images still robust) or ``standalone``. Default: cascade.
+        tail_group: classes of the T-Clean / T-PGD tail group; ``None``: ``max(1, C // 10)``.
+        meta: extra keys copied into the result (run folder, config, audit flags, ...).
+        progress: show a progress bar (chunks x attacks). Default: True.
+
+    Example::
+
+        ev = Evaluation(deployed, data.test, data.class_counts, ["pgd20", "aa"], "runs/r/eval", tag="best")
+        result = ev.run()
+        result["results"]["worst_case"]["balanced_accuracy"]
     """
 
     def __init__(self, model: nn.Module, split: Any, class_counts: Sequence[int], attacks: Sequence[str],
@@ -116,11 +215,22 @@ class Evaluation:
                  norm: str = "linf", batch_size: int = 256, chunk_size: int = 1000, n_samples: int = 0,
                  seed: int = 0, mode: str = "cascade", tail_group: int | None = None,
                  meta: dict[str, Any] | None = None, progress: bool = True) -> None:
+        if mode not in ("cascade", "standalone"):
+            raise ConfigError(f"mode={mode!r}: use cascade or standalone.")
+        if batch_size < 1 or chunk_size < 1:
+            raise ConfigError("evaluation batch_size and chunk_size must be >= 1.")
         self.model = model
         self.split = split
-        self.class_counts = list(class_counts)
+        self.class_counts = [int(c) for c in class_counts]
         self.num_classes = len(self.class_counts)
-        names = ["clean"] + [a for a in attacks if a != "clean"]
+        names: list[str] = ["clean"]
+        for a in attacks:
+            a = a.strip().lower()
+            if a in names:
+                if a != "clean":
+                    log.warning("attack %s is listed twice; it runs once.", a)
+                continue
+            names.append(a)
         self.specs = [parse_attack(a, eps=eps, step_size=step_size, norm=norm) for a in names]
         self.out_dir = Path(out_dir)
         self.tag = tag
@@ -138,40 +248,60 @@ class Evaluation:
     def chunk_dir(self) -> Path:
         return self.out_dir / f"{self.tag}_chunks"
 
-    def _fingerprint(self) -> str:
-        desc = json.dumps({"attacks": [s.__dict__ for s in self.specs], "mode": self.mode, "seed": self.seed,
+    def chunk_path(self, k: int) -> Path:
+        return self.chunk_dir / f"chunk_{k:05d}.json"
+
+    def fingerprint(self) -> str:
+        """Hash of everything that determines a chunk's content (see the module docstring)."""
+        desc = json.dumps({"attacks": [_spec_dict(s) for s in self.specs], "mode": self.mode, "seed": self.seed,
                            "indices": hashlib.sha256(self.indices.numpy().tobytes()).hexdigest(),
-                           "chunk": self.chunk_size}, sort_keys=True, default=str)
+                           "chunk": self.chunk_size, "model": model_fingerprint(self.model)},
+                          sort_keys=True, default=str)
         return hashlib.sha256(desc.encode()).hexdigest()[:16]
 
+    _fingerprint = fingerprint
+
+    def chunks(self) -> list[tuple[int, int]]:
+        n = len(self.indices)
+        return [(s, min(s + self.chunk_size, n)) for s in range(0, n, self.chunk_size)]
+
     def run(self) -> dict[str, Any]:
+        """Evaluate every chunk not already on disk, then aggregate and write the result files."""
         from tqdm.auto import tqdm
 
-        fp = self._fingerprint()
-        n = len(self.indices)
-        chunks = [(s, min(s + self.chunk_size, n)) for s in range(0, n, self.chunk_size)]
-        results = []
+        fp = self.fingerprint()
+        chunks = self.chunks()
+        results, reused = [], 0
         t0 = time.perf_counter()
-        bar = tqdm(total=len(chunks) * len(self.specs), desc=f"eval {self.tag}", disable=not self.progress,
-                   leave=False, dynamic_ncols=True)
-        for k, (a, b) in enumerate(chunks):
-            path = self.chunk_dir / f"chunk_{k:05d}.json"
-            done = self._load_chunk(path, fp)
-            if done is None:
-                done = self._run_chunk(self.indices[a:b], chunk_seed=self.seed + k, bar=bar)
-                done["fingerprint"] = fp
-                io.write_json(path, done)
-            else:
-                bar.update(len(self.specs))
-            results.append(done)
-        bar.close()
+        bar = tqdm(total=len(chunks) * len(self.specs), desc=f"eval {self.tag}", unit="attack",
+                   disable=not self.progress, leave=False, dynamic_ncols=True)
+        try:
+            for k, (a, b) in enumerate(chunks):
+                path = self.chunk_path(k)
+                done = self._load_chunk(path, fp, self.indices[a:b])
+                if done is None:
+                    done = self._run_chunk(self.indices[a:b], k, bar)
+                    done["fingerprint"] = fp
+                    io.write_json(path, done)
+                else:
+                    reused += 1
+                    bar.update(len(self.specs))
+                results.append(done)
+        finally:
+            bar.close()
+        if reused:
+            log.info("eval %s: %d of %d chunks reused from %s", self.tag, reused, len(chunks), self.chunk_dir)
         out = self._aggregate(results)
-        out["seconds"] = time.perf_counter() - t0
+        out.update(fingerprint=fp, chunks=len(chunks), chunks_reused=reused,
+                   seconds=time.perf_counter() - t0, samples=f"{self.tag}_samples.npz")
+        self._write_samples(results)
         io.write_json(self.out_dir / f"{self.tag}.json", out)
         io.atomic_write_text(self.out_dir / f"{self.tag}.md", markdown_table(out))
         return out
 
-    def _load_chunk(self, path: Path, fp: str) -> dict[str, Any] | None:
+    # ------------------------------------------------------------------------------ chunks
+    def _load_chunk(self, path: Path, fp: str, idx: torch.Tensor) -> dict[str, Any] | None:
+        """A finished chunk from disk, or ``None`` when it is absent, corrupt or from other settings."""
         if not path.exists():
             return None
         try:
@@ -179,82 +309,118 @@ class Evaluation:
         except CheckpointError as exc:
             log.warning("redoing chunk %s: %s", path.name, exc)
             return None
-        return data if data.get("fingerprint") == fp else None
+        if data.get("fingerprint") != fp:
+            log.info("redoing chunk %s: it was computed with other settings or weights", path.name)
+            return None
+        names = [s.name for s in self.specs] + ["worst_case"]
+        n = len(idx)
+        ok = (data.get("indices") == idx.tolist() and len(data.get("labels", ())) == n
+              and all(len(data.get("flags", {}).get(k, ())) == n for k in names)
+              and all(len(data.get("preds", {}).get(k, ())) == n for k in names))
+        if not ok:
+            log.warning("redoing chunk %s: its content is incomplete", path.name)
+            return None
+        return data
 
-    def _run_chunk(self, idx: torch.Tensor, chunk_seed: int, bar: Any) -> dict[str, Any]:
+    def _run_chunk(self, idx: torch.Tensor, k: int, bar: Any) -> dict[str, Any]:
+        """Flags and predictions of every attack on the images ``idx`` (one chunk)."""
         flags: dict[str, list[bool]] = {}
         preds: dict[str, list[int]] = {}
-        seconds: dict[str, float] = {s.name: 0.0 for s in self.specs}
-        x_all, y_all = _images(self.split, idx, self.device)
-        labels = y_all.tolist()
-        clean_pred = predict(self.model, x_all, self.batch_size)
-        robust = clean_pred == y_all  # (n,) running worst case
-        clean_ok = robust.clone()
-        for spec in self.specs:
+        seconds: dict[str, float] = {}
+        x, y = images_of(self.split, idx, self.device)
+        x = x.float()
+        clean_pred = predict(self.model, x, self.batch_size)
+        clean_ok = clean_pred == y
+        robust = clean_ok.clone()  # (n,) running per-sample worst case
+        suite_pred = clean_pred.clone()  # (n,) prediction of the first AE that fooled the model, else clean
+        for a, spec in enumerate(self.specs):
             t = time.perf_counter()
+            bar.set_postfix_str(f"chunk {k} {spec.name}", refresh=False)
             if spec.family == "clean":
                 ok, pred = clean_ok, clean_pred
             else:
-                todo = (robust if self.mode == "cascade" else clean_ok).nonzero().squeeze(1)
-                pred = clean_pred.clone()
-                ok = torch.zeros_like(robust)
-                for j in range(0, len(todo), self.batch_size):
-                    sel = todo[j:j + self.batch_size]
-                    x_adv = run_attack(spec, self.model, x_all[sel], y_all[sel], seed=chunk_seed * 1000 + j,
-                                       num_classes=self.num_classes)
-                    _check_ball(spec, x_adv, x_all[sel])
-                    p = predict(self.model, x_adv, self.batch_size)
-                    pred[sel] = p
-                    ok[sel] = p == y_all[sel]
-                robust &= ok
+                todo = robust if self.mode == "cascade" else clean_ok
+                ok, ae_pred = attack_flags(spec, self.model, x, y, todo, seed=derive_seed(self.seed, k, spec.name),
+                                           batch_size=self.batch_size, num_classes=self.num_classes)
+                newly = robust & todo & ~ok  # fooled for the first time, by this attack
+                suite_pred = torch.where(newly, ae_pred, suite_pred)
+                robust = robust & ok
+                # cascade: the suite up to this attack; standalone: this attack alone on clean-correct images
+                pred = suite_pred.clone() if self.mode == "cascade" else torch.where(todo, ae_pred, clean_pred)
+                ok = robust.clone() if self.mode == "cascade" else ok
             flags[spec.name] = ok.tolist()
             preds[spec.name] = pred.tolist()
-            seconds[spec.name] += time.perf_counter() - t
+            seconds[spec.name] = time.perf_counter() - t
             bar.update(1)
         flags["worst_case"] = robust.tolist()
-        return {"indices": idx.tolist(), "labels": labels, "flags": flags, "preds": preds, "seconds": seconds}
+        preds["worst_case"] = suite_pred.tolist()
+        return {"indices": idx.tolist(), "labels": y.tolist(), "flags": flags, "preds": preds, "seconds": seconds}
 
+    def _write_samples(self, chunks: list[dict[str, Any]]) -> None:
+        """Per-sample flags and predictions as ``<tag>_samples.npz`` (rows in the order of ``names``)."""
+        names = [s.name for s in self.specs] + ["worst_case"]
+        arrays = {
+            "indices": np.concatenate([c["indices"] for c in chunks]).astype(np.int64),
+            "labels": np.concatenate([c["labels"] for c in chunks]).astype(np.int64),
+            "names": np.array(names),
+            "flags": np.stack([np.concatenate([c["flags"][m] for c in chunks]).astype(bool) for m in names]),
+            "preds": np.stack([np.concatenate([c["preds"][m] for c in chunks]).astype(np.int64) for m in names]),
+        }
+        buf = _bytes_io.BytesIO()
+        np.savez_compressed(buf, **arrays)
+        io.atomic_write_bytes(self.out_dir / f"{self.tag}_samples.npz", buf.getvalue())
+
+    # --------------------------------------------------------------------------- aggregate
     def _aggregate(self, chunks: list[dict[str, Any]]) -> dict[str, Any]:
         from .metrics import boundary_error, predicted_distribution, summarize
 
         y = np.concatenate([c["labels"] for c in chunks]).astype(np.int64)
         names = [s.name for s in self.specs] + ["worst_case"]
+        clean = np.concatenate([c["flags"]["clean"] for c in chunks]).astype(bool)
         per_attack = {}
         for name in names:
             correct = np.concatenate([c["flags"][name] for c in chunks]).astype(bool)
+            pred = np.concatenate([c["preds"][name] for c in chunks]).astype(np.int64)
             res = summarize(correct, y, self.class_counts, self.num_classes, tail_group=self.tail_group)
+            dist = predicted_distribution(pred, self.num_classes, y)
+            fooled = clean & ~correct
+            dist["fooled"] = predicted_distribution(pred[fooled], self.num_classes)["overall"] if fooled.any() else None
+            res["predicted_distribution"] = dist
             if name != "clean":
-                clean = np.concatenate([c["flags"]["clean"] for c in chunks]).astype(bool)
                 res["boundary_error"] = boundary_error(clean, correct)
-                if name != "worst_case":
-                    pred = np.concatenate([c["preds"][name] for c in chunks]).astype(np.int64)
-                    res["predicted_distribution"] = predicted_distribution(pred[~correct], self.num_classes) \
-                        if (~correct).any() else [0.0] * self.num_classes
-                    res["seconds"] = float(sum(c["seconds"].get(name, 0.0) for c in chunks))
+            if name != "worst_case":
+                res["seconds"] = float(sum(c["seconds"].get(name, 0.0) for c in chunks))
             per_attack[name] = res
-        return {
+        out: dict[str, Any] = {
             "tag": self.tag,
             "n": int(len(y)),
             "mode": self.mode,
-            "attacks": [s.__dict__ | {"objective_kwargs": dict(s.objective_kwargs)} for s in self.specs],
+            "attack_names": [s.name for s in self.specs],
+            "attacks": [_spec_dict(s) for s in self.specs],
             "results": per_attack,
             "class_counts": self.class_counts,
             "test_counts": np.bincount(y, minlength=self.num_classes).tolist(),
             "seed": self.seed,
+            "chunk_size": self.chunk_size,
             "versions": library_versions(),
-            **self.meta,
         }
+        aa_versions = sorted({s.aa_version for s in self.specs if s.aa_version})
+        if aa_versions:
+            from ..attacks.autoattack import autoattack_plan, autoattack_version
+
+            out["autoattack"] = {**autoattack_version(),
+                                 "plans": {v: autoattack_plan(self.num_classes, v) for v in aa_versions}}
+        return {**out, **self.meta}
 
 
-def _check_ball(spec: AttackSpec, x_adv: torch.Tensor, x: torch.Tensor) -> None:
-    """Guard: an attack must return images inside its ball and inside [0, 1]."""
-    d = (x_adv - x).flatten(1)
-    size = d.abs().amax(1) if spec.norm == "linf" else d.norm(dim=1)
-    if bool((size > spec.eps * (1 + 1e-4) + 1e-6).any()) or bool((x_adv < 0).any() | (x_adv > 1).any()):
-        raise RuntimeError(f"attack {spec.name} returned images outside its eps-ball or [0, 1]; this is a bug.")
+def _spec_dict(spec: AttackSpec) -> dict[str, Any]:
+    d = dict(spec.__dict__)
+    d["objective_kwargs"] = dict(spec.objective_kwargs)
+    return d
 
 
 def library_versions() -> dict[str, str]:
+    """Python, torch and the installed versions of ltrobust, torchvision, numpy and pyautoattack."""
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"python": platform.python_version(), "torch": torch.__version__}
@@ -272,42 +438,66 @@ COLUMN_TITLES = {"clean": "Clean", "fgsm": "FGSM", "worst_case": "Worst case", "
 
 
 def column_title(name: str) -> str:
+    """Table title of an attack name: ``pgd20`` -> ``PGD-20``, ``aa`` -> ``AA``, ``cw100-l2`` -> ``CW-100-l2``."""
     if name in COLUMN_TITLES:
         return COLUMN_TITLES[name]
-    for fam, title in (("pgd", "PGD"), ("mim", "MIM"), ("cw", "CW"), ("adaptive", "Adaptive x10-")):
+    for fam, title in (("pgd", "PGD"), ("mim", "MIM"), ("cw", "CW"), ("adaptive", "Adaptive x10")):
         if name.startswith(fam):
             return f"{title}-{name[len(fam):]}".replace("--", "-")
     return name
 
 
 def markdown_table(result: dict[str, Any]) -> str:
-    """The per-attack table (overall, balanced, head / body / tail, worst class) and per-class recall."""
+    """The result as markdown: per-attack table (overall, balanced, head / body / tail, many / medium /
+    few where present, tail group, worst class, boundary error), per-class recall, where adversarial
+    examples are sent, and the gradient-masking audit flags when the result carries them."""
     res = result["results"]
     names = list(res)
-    lines = [f"# Evaluation `{result.get('tag', '')}`: {result['n']} test images, mode {result['mode']}", "",
-             "| attack | overall | balanced | head | body | tail | tail group | worst class |",
-             "|---|---|---|---|---|---|---|---|"]
+    groups = [g for g in ("head", "body", "tail", "many", "medium", "few", "tail_group")
+              if any(g in res[n] for n in names)]
+    titles = {"tail_group": "tail group"}
+    mode = result.get("mode", "cascade")
+    lines = [f"# Evaluation `{result.get('tag', '')}`: {result['n']} test images, mode {mode}", ""]
+    if mode == "cascade":
+        lines += ["Cascade: each column is the suite up to that attack (each attack ran on the images still "
+                  "robust); the worst case is the per-sample minimum. Accuracies in %.", ""]
+    else:
+        lines += ["Standalone: each column is that attack alone on the clean-correct images; the worst case "
+                  "is the per-sample minimum. Accuracies in %.", ""]
+    head = ["attack", "overall", "balanced", *(titles.get(g, g) for g in groups), "worst class", "boundary err."]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name in names:
         r = res[name]
         worst = r.get("worst_class", {})
-        lines.append(f"| {column_title(name)} | {r['accuracy']:.2f} | {r['balanced_accuracy']:.2f} | "
-                     f"{_g(r, 'head')} | {_g(r, 'body')} | {_g(r, 'tail')} | {_g(r, 'tail_group')} | "
-                     f"{worst.get('class', '-')} ({_num(worst.get('recall'))}) |")
+        cells = [column_title(name), _num(r["accuracy"], 2), _num(r["balanced_accuracy"], 2),
+                 *(_num(r.get(g), 2) for g in groups), f"{worst.get('class', '-')} ({_num(worst.get('recall'))})",
+                 _num(r.get("boundary_error"), 2)]
+        lines.append("| " + " | ".join(cells) + " |")
+    counts = result["class_counts"]
     lines += ["", "Per-class recall (%), classes by training count:", "",
-              "| attack | " + " | ".join(str(c) for c in range(len(result["class_counts"]))) + " |",
-              "|---|" + "---|" * len(result["class_counts"]),
-              "| train count | " + " | ".join(str(c) for c in result["class_counts"]) + " |"]
+              "| attack | " + " | ".join(str(c) for c in range(len(counts))) + " |",
+              "|---|" + "---|" * len(counts),
+              "| train count | " + " | ".join(str(c) for c in counts) + " |"]
     for name in names:
-        lines.append(f"| {column_title(name)} | " + " | ".join(f"{v:.1f}" if v is not None else "-"
-                                                              for v in res[name]["per_class"]) + " |")
-    if result.get("audit"):
-        lines += ["", "Gradient-masking audit flags: " + (", ".join(result["audit"].get("flags", [])) or "none")]
+        lines.append(f"| {column_title(name)} | " + " | ".join(_num(v) for v in res[name]["per_class"]) + " |")
+    fooled = [(n, res[n].get("predicted_distribution") or {}) for n in names if n != "clean"]
+    fooled = [(n, d["fooled"]) for n, d in fooled if isinstance(d, dict) and d.get("fooled") is not None]
+    if fooled:
+        lines += ["", "Predicted classes of the adversarial examples that fool the model (% of them):", "",
+                  "| attack | " + " | ".join(str(c) for c in range(len(counts))) + " |",
+                  "|---|" + "---|" * len(counts)]
+        lines += [f"| {column_title(n)} | " + " | ".join(_num(v) for v in d) + " |" for n, d in fooled]
+    audit = result.get("audit")
+    if audit:
+        flags = audit.get("flags", [])
+        where = f" (audit of `{audit['tag']}`)" if audit.get("tag") else ""
+        lines += ["", f"Gradient-masking audit{where} flags: " + (", ".join(flags) or "none")]
+        for flag in flags:
+            msg = (audit.get("messages") or {}).get(flag)
+            if msg:
+                lines.append(f"- {flag}: {msg}")
     return "\n".join(lines) + "\n"
 
 
-def _g(groups: dict[str, Any], key: str) -> str:
-    return _num(groups.get(key), 2)
-
-
 def _num(v: Any, digits: int = 1) -> str:
-    return f"{v:.{digits}f}" if isinstance(v, (int, float)) else "-"
+    return f"{v:.{digits}f}" if isinstance(v, (int, float)) and not isinstance(v, bool) else "-"

@@ -1,7 +1,14 @@
-"""Load a trained run (a run folder or a checkpoint file) back into its deployed model."""
+"""Load a trained run (a run folder or a checkpoint file) back into its deployed model, and evaluate it.
+
+The *deployed* model is what is served and therefore what every attack targets: the trained network,
+then the method's inference rule (``method.deployed``, e.g. RoBal's ``s * cos - tau_p * log pi``), then the
+inference-stage adjustment of ``eval.adjust`` (``logit_adjust``, ``tau_norm``, ``cdt``, ``tde``;
+``engine/adjust.py``), each a module wrapper, so attacks differentiate through all of them.
+"""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
@@ -15,6 +22,8 @@ from ..config import RunConfig, from_flat, load_run_config, loss_options, method
 from ..errors import CheckpointError, ConfigError
 from ..registry import ADJUSTMENTS, LOSSES, METHODS
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class LoadedRun:
@@ -27,6 +36,13 @@ class LoadedRun:
     class_counts: list[int]
     epoch: int
     val: dict[str, Any]
+    data: Any = None  #: the built data set when loading needed it (``eval.adjust=tde``), else None
+
+    @property
+    def tag(self) -> str:
+        """Result name: the checkpoint file's stem, then the adjustment and its strength (``best``,
+        ``last-cdt0.3``; a checkpoint file ``epoch10.pt`` gives ``epoch10``)."""
+        return result_tag(self.cfg, self.checkpoint)
 
 
 def _config_from_checkpoint(state: dict[str, Any], path: Path) -> RunConfig:
@@ -67,9 +83,20 @@ def resolve_run_path(path: str | Path, checkpoint: str = "best") -> tuple[Path, 
     raise CheckpointError(f"{p} does not exist: pass a run folder (runs/NAME) or a checkpoint file (.pt).")
 
 
+def result_tag(cfg: RunConfig, checkpoint: str | Path | None = None) -> str:
+    """``<checkpoint>[-<adjust><tau>]``: the name of a deployed model's result files (``checkpoint``: the
+    checkpoint file, whose stem names it; default ``eval.checkpoint``)."""
+    name = Path(checkpoint).stem if checkpoint is not None else cfg.eval.checkpoint
+    return name + ("" if cfg.eval.adjust == "none" else f"-{cfg.eval.adjust}{cfg.eval.adjust_tau:g}")
+
+
 def build_deployed(cfg: RunConfig, model: nn.Module, class_counts: Sequence[int],
-                   method_state: dict[str, Any] | None = None) -> tuple[Any, nn.Module]:
-    """The method object and the deployed model: the method's inference rule, then ``eval.adjust``."""
+                   method_state: dict[str, Any] | None = None,
+                   adjust_options: dict[str, Any] | None = None) -> tuple[Any, nn.Module]:
+    """The method object and the deployed model: the method's inference rule, then ``eval.adjust``.
+
+    ``adjust_options`` go to the adjustment (``tde`` needs ``mean_feature``, see :func:`load_run`).
+    """
     loss = LOSSES.get(cfg.method.loss)(list(class_counts), options=loss_options(cfg), total_epochs=cfg.train.epochs)
     method = METHODS.get(cfg.method.name)(list(class_counts), cfg.attack, loss, method_options(cfg),
                                           total_epochs=cfg.train.epochs)
@@ -77,13 +104,37 @@ def build_deployed(cfg: RunConfig, model: nn.Module, class_counts: Sequence[int]
         method.load_state_dict(method_state)
     deployed = method.deployed(model)
     if cfg.eval.adjust != "none":
-        deployed = ADJUSTMENTS.get(cfg.eval.adjust)(deployed, list(class_counts), tau=cfg.eval.adjust_tau)
+        deployed = ADJUSTMENTS.get(cfg.eval.adjust)(deployed, list(class_counts), tau=cfg.eval.adjust_tau,
+                                                    **(adjust_options or {}))
     return method, deployed
 
 
-def load_run(path: str | Path, overrides: Sequence[str] = (), device: str | torch.device = "cpu") -> LoadedRun:
-    """Load a run folder or checkpoint; ``overrides`` (``checkpoint=last``, ``attacks=...``, ``data_dir=...``)
-    change the evaluation settings of the stored config, never the trained weights."""
+def _train_mean_feature(model: nn.Module, data: Any, batch_size: int) -> torch.Tensor:
+    """Mean penultimate feature of the (unaugmented) training images, for ``eval.adjust=tde``."""
+    from ..data.loader import DeviceLoader
+    from .adjust import mean_feature
+
+    device = next(model.parameters()).device
+    return mean_feature(model, DeviceLoader(data.train, batch_size, shuffle=False, augment="none", device=device))
+
+
+def load_run(path: str | Path, overrides: Sequence[str] = (), device: str | torch.device = "cpu",
+             data: Any = None) -> LoadedRun:
+    """Load a run folder or checkpoint into its deployed model.
+
+    Args:
+        path: a run folder (``runs/NAME``, loads ``checkpoints/<eval.checkpoint>.pt``) or a checkpoint file.
+        overrides: ``key=value`` settings (``checkpoint=last``, ``attacks=...``, ``eval.adjust=logit_adjust``,
+            ``data_dir=...``); they change the evaluation settings of the stored config, never the weights.
+        device: where the model lives. Default: cpu.
+        data: the built data set, when the caller has it; only ``eval.adjust=tde`` needs it (the mean
+            training feature) and builds it otherwise (then returned as ``run.data``).
+
+    Example::
+
+        run = load_run("runs/at_bsl", ["eval.adjust=logit_adjust", "eval.adjust_tau=1"])
+        run.deployed(x)   # z - log pi: the logits every attack of ltrobust eval targets
+    """
     flat_over = [o for o in overrides]
     which = "best"
     for o in flat_over:
@@ -112,10 +163,17 @@ def load_run(path: str | Path, overrides: Sequence[str] = (), device: str | torc
         raise CheckpointError(f"{ckpt} does not match the model of its config ({str(exc)[:300]}); was it trained "
                               f"with another model or class count?") from None
     model = model.to(device).eval()
-    method, deployed = build_deployed(cfg, model, counts, state.get("method_state"))
+    adjust_options: dict[str, Any] = {}
+    if cfg.eval.adjust == "tde":
+        if data is None:
+            from ..data import build_data
+
+            data = build_data(cfg.data, device)
+        adjust_options["mean_feature"] = _train_mean_feature(model, data, cfg.eval.batch_size)
+    method, deployed = build_deployed(cfg, model, counts, state.get("method_state"), adjust_options)
     return LoadedRun(cfg=cfg, run_dir=run_dir, checkpoint=ckpt, model=model, deployed=deployed.eval(),
                      method=method, class_counts=counts, epoch=int(state.get("epoch", -1)),
-                     val=dict(state.get("val") or {}))
+                     val=dict(state.get("val") or {}), data=data)
 
 
 def _input_spec(cfg: RunConfig, state: dict[str, Any]) -> tuple[int, Any, Any]:
@@ -144,10 +202,42 @@ def flat_config(cfg: RunConfig) -> dict[str, Any]:
     return to_flat(cfg)
 
 
+def audit_path(run_dir: str | Path, tag: str, suffix: str = ".json") -> Path:
+    """Where the gradient-masking audit of a deployed model lives: ``<run>/eval/audit.json`` for the
+    default deployed model (tag ``best``), ``<run>/eval/audit-<tag>.json`` for any other."""
+    return Path(run_dir) / "eval" / (("audit" if tag == "best" else f"audit-{tag}") + suffix)
+
+
+def audit_summary(run_dir: str | Path, tag: str) -> dict[str, Any] | None:
+    """``{"flags", "messages", "tag", "file", "n"}`` of the stored audit of ``tag``, or None when there is none."""
+    path = audit_path(run_dir, tag)
+    if not path.exists():
+        return None
+    try:
+        audit = io.read_json(path)
+    except CheckpointError as exc:
+        log.warning("ignoring the audit %s: %s", path, exc)
+        return None
+    checks = audit.get("checks", {})
+    flags = list(audit.get("flags", []))
+    return {"flags": flags, "messages": {f: checks.get(f, {}).get("message", "") for f in flags},
+            "tag": audit.get("tag", tag), "file": str(path), "n": audit.get("n")}
+
+
 def evaluate_run(path: str | Path, overrides: Sequence[str] = (), device: str | None = None,
                  progress: bool = True) -> dict[str, Any]:
-    """``ltrobust eval``: the attack suite of ``eval.attacks`` on the run's test set; writes
-    ``<run>/eval/<checkpoint>[-<adjust>].json`` and ``.md`` and returns the result dict."""
+    """``ltrobust eval``: the attack suite of ``eval.attacks`` on the run's test set.
+
+    Attacks target the deployed logits (:func:`load_run`). Writes ``<run>/eval/<tag>.json``, ``.md`` and
+    ``_samples.npz`` (tag: ``<checkpoint>[-<adjust><tau>]``), resuming from finished chunks, and returns
+    the result dict; when the run has an audit of the same deployed model (``ltrobust audit``), its flags
+    are embedded as ``result["audit"]`` and printed in the table.
+
+    Example::
+
+        res = evaluate_run("runs/r", ["attacks=clean,pgd20,aa", "eval.n_samples=1000"])
+        res["results"]["aa"]["balanced_accuracy"]
+    """
     from ..config import to_dict
     from ..data import build_data
     from .evaluator import Evaluation
@@ -156,18 +246,42 @@ def evaluate_run(path: str | Path, overrides: Sequence[str] = (), device: str | 
     dev = resolve_device(device or "auto")
     run = load_run(path, overrides, device=dev)
     cfg = run.cfg
-    data = build_data(cfg.data, dev)
+    data = run.data if run.data is not None else build_data(cfg.data, dev)
     if data.num_classes != len(run.class_counts):
         raise CheckpointError(f"{run.checkpoint} was trained with {len(run.class_counts)} classes but data set "
                               f"{cfg.data.dataset} has {data.num_classes}; evaluate it on the data set it was "
                               f"trained on.")
-    tag = cfg.eval.checkpoint + ("" if cfg.eval.adjust == "none" else f"-{cfg.eval.adjust}{cfg.eval.adjust_tau:g}")
+    tag = run.tag
     meta = {"run": str(run.run_dir), "checkpoint": str(run.checkpoint), "checkpoint_epoch": run.epoch,
             "val": run.val, "config": to_dict(cfg), "method": cfg.method.name, "loss": cfg.method.loss,
-            "dataset": cfg.data.dataset, "imbalance": cfg.data.imbalance, "train_seed": cfg.train.seed}
+            "dataset": cfg.data.dataset, "imbalance": cfg.data.imbalance, "train_seed": cfg.train.seed,
+            "eps": cfg.eval.eps, "norm": cfg.eval.norm, "step_size": cfg.eval.step_size,
+            "deployed": deployed_description(run.deployed), "device": str(dev)}
+    audit = audit_summary(run.run_dir, tag)
+    if audit is not None:
+        meta["audit"] = audit
     ev = Evaluation(run.deployed, data.test, run.class_counts, cfg.eval.attacks, run.run_dir / "eval", tag=tag,
                     eps=cfg.eval.eps, step_size=cfg.eval.step_size, norm=cfg.eval.norm,
                     batch_size=cfg.eval.batch_size, chunk_size=cfg.eval.chunk_size, n_samples=cfg.eval.n_samples,
                     seed=cfg.eval.seed, mode=cfg.eval.mode, tail_group=cfg.eval.tail_group or None, meta=meta,
                     progress=progress)
     return ev.run()
+
+
+def deployed_description(deployed: nn.Module) -> list[dict[str, Any]]:
+    """The chain of wrappers of a deployed model, outermost first (``[{"adjust": "logit_adjust", "tau": 1.0},
+    {"wrapper": "RoBalDeployed"}, {"model": "LTModel"}]``)."""
+    chain: list[dict[str, Any]] = []
+    m: Any = deployed
+    while True:
+        if callable(getattr(m, "describe", None)):
+            chain.append(dict(m.describe()))
+        elif isinstance(getattr(m, "model", None), nn.Module):
+            chain.append({"wrapper": type(m).__name__})
+        else:
+            chain.append({"model": type(m).__name__})
+            break
+        m = getattr(m, "model", None)
+        if not isinstance(m, nn.Module):
+            break
+    return chain

@@ -21,9 +21,9 @@ h2 { font-size: 1.35em; border-bottom: 1px solid #ddd; padding-bottom: .2em; mar
 h3 { font-size: 1.1em; margin-top: 1.6em; }
 h4 { font-size: 1em; margin: 1.2em 0 .3em; }
 p.meta, caption, .note { color: #555; font-size: .9em; }
-table { border-collapse: collapse; margin: .8em 0 1.2em; font-size: .88em; }
+table { border-collapse: collapse; margin: .8em 0 1.2em; font-size: .85em; }
 caption { caption-side: top; text-align: left; padding-bottom: .4em; }
-th, td { border: 1px solid #d8d8d8; padding: .28em .6em; vertical-align: top; }
+th, td { border: 1px solid #d8d8d8; padding: .25em .5em; vertical-align: top; }
 th { background: #f3f5f8; text-align: left; }
 td:first-child, td:nth-child(2) { white-space: nowrap; }
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }

@@ -132,6 +132,7 @@ def tradeoff_figure(groups: Sequence[Group], robust: str | None, metric: str = "
     ax.set_xlabel(f"clean {label} (%)")
     ax.set_ylabel(f"{attack_title(robust)} {label} (%)")
     ax.set_title(f"clean vs {attack_title(robust)} trade-off", fontsize=10)
+    ax.margins(0.15)  # room for the labels
     ax.grid(alpha=0.3)
     return fig
 

@@ -13,7 +13,7 @@ import pytest
 
 from ltrobust.engine import runs as runs_module
 from ltrobust.engine import trainer as trainer_module
-from ltrobust.errors import ConfigError
+from ltrobust.errors import ConfigError, LtrobustError
 from ltrobust.report import sweep
 from ltrobust.report.sweep import GRID_DIR, eval_overrides, load_grid, plan_runs, run_sweep, slot_env
 
@@ -185,6 +185,16 @@ def test_changed_evaluation_settings_reevaluate_without_retraining(smoke, tmp_pa
     assert fit.calls == 0 and res["n_trained"] == 0 and res["n_evaluated"] == 1 and res["n_runs"] == 1
     stored = json.loads((copy / "runs" / "digits-lt-ir10-mlp-pgd_at-s0" / "eval" / "best.json").read_text())
     assert list(stored["results"]) == ["clean", "fgsm", "worst_case"]
+
+
+def test_failed_jobs_are_collected_named_and_retried_on_the_next_run(tmp_path):
+    over = [f"out={tmp_path}", "dataset=cifar10-lt", "data.data_dir=/nonexistent/cifar10", "seed=0"]
+    with pytest.raises(LtrobustError, match=r"(?s)2 job\(s\) of the sweep failed.*re-run the same command"):
+        run_sweep(SMOKE, over)  # loss {ce, bsl} x seed 0: both trainings fail on the missing data
+    manifest = json.loads((tmp_path / "sweep.json").read_text())
+    assert [f["stage"] for f in manifest["failed"]] == ["train", "train"]
+    assert all("cifar" in f["error"].lower() for f in manifest["failed"])
+    assert not any((tmp_path / "runs").glob("*/train_summary.json"))
 
 
 def test_parallel_engine_runs_jobs_in_pinned_subprocesses(smoke, tmp_path, monkeypatch, caplog):

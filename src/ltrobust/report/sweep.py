@@ -17,8 +17,9 @@ A grid file (``docs/reports.md``; shipped grids in ``ltrobust/configs/grids/``):
 
 Each point is ``train defaults < base < eval < runs entry < grid values < command-line key=value``.
 Keys under ``eval.`` make evaluation variants of the same trained run (another eval tag), every other
-key makes another run. Runs live in ``<out>/runs/<name>``, where the name is the run's default name
-plus the grid keys it does not already show. A run is skipped when ``train_summary.json`` (same
+key makes another run. Runs live in ``<out>/runs/<name>``: the run's default name (data set, IR,
+model, method, loss, seed) plus ``key_value`` for each key in which runs of that default name differ,
+where this run departs from the default config. A run is skipped when ``train_summary.json`` (same
 config, same epochs) exists; an evaluation when ``eval/<tag>.json`` with the same evaluation settings
 exists. All trainings run first, then all evaluations (both through the same :func:`execute`, in
 process, in subprocesses or as Ray tasks), then one report over every run in ``<out>/report/``.
@@ -173,18 +174,25 @@ def load_grid(path: str | Path, overrides: Sequence[str] = ()) -> SweepSpec:
             except ConfigError as exc:
                 raise ConfigError(f"grid {path}, runs[{i}] {dict(zip(grid.keys(), combo))}: {exc}") from None
             points.append(Point(cfg=cfg, label=str(label) if label else None, pairs=pairs))
-    out = Path(str(sweep_over.get("out") or raw.get("out") or Path("runs") / "sweeps" / path.stem))
+    # absolute, so subprocesses and Ray workers (whose working folder may differ) find the runs
+    out = Path(str(sweep_over.get("out") or raw.get("out") or Path("runs") / "sweeps" / path.stem)).resolve()
     engine = str(sweep_over.get("engine") or raw.get("engine") or "local")
     if engine not in ("local", "ray"):
         raise ConfigError(f"engine={engine!r}: use local or ray.")
     try:
-        parallel = int(sweep_over.get("parallel") or raw.get("parallel") or 1)
+        parallel = int(next((v for v in (sweep_over.get("parallel"), raw.get("parallel")) if v is not None), 1))
     except (TypeError, ValueError):
         raise ConfigError("parallel must be a whole number of runs at once (e.g. parallel=4).") from None
     if parallel < 1:
         raise ConfigError(f"parallel={parallel} must be >= 1.")
-    return SweepSpec(path=path, points=points, out=out, engine=engine, parallel=parallel, ray=ray_cfg,
-                     report=dict(raw.get("report") or {}))
+    from .build import OPTIONS
+
+    report = dict(raw.get("report") or {})
+    bad = sorted(set(report) - set(OPTIONS) | ({"out"} & set(report)))
+    if bad:
+        raise ConfigError(f"grid {path}: unknown report option(s) {', '.join(bad)}; valid: "
+                          f"{', '.join(o for o in OPTIONS if o != 'out')} (the report goes to <out>/report).")
+    return SweepSpec(path=path, points=points, out=out, engine=engine, parallel=parallel, ray=ray_cfg, report=report)
 
 
 # -------------------------------------------------------------------------------------- run naming
@@ -548,11 +556,16 @@ def run_sweep(grid: str | Path, overrides: Sequence[str] = (),
               "n_failed": len(failed), "failed": failed, "out": str(spec.out), "report": index,
               "runs": [str(p.run_dir) for p in plans]}
     if failed:
-        lines = "; ".join(f"{Path(f['run']).name} ({f['stage']}): {f['error']}" for f in failed[:5])
-        raise LtrobustError(f"{len(failed)} job(s) of the sweep failed: {lines}. The report "
-                            f"{index or '(not written)'} shows the rest; fix the cause and re-run the same command "
-                            f"(finished runs are skipped).")
+        lines = "; ".join(f"{Path(f['run']).name} ({f['stage']}): {_short_error(f['error'])}" for f in failed[:5])
+        shown = f"The report {index} shows the runs that finished. " if index else "No report was written. "
+        raise LtrobustError(f"{len(failed)} job(s) of the sweep failed: {lines}. {shown}Fix the cause and re-run the "
+                            f"same command: finished runs are skipped (failures are listed in {spec.out / 'sweep.json'}).")
     return result
+
+
+def _short_error(text: str | None, n: int = 240) -> str:
+    one = " ".join((text or "").split())
+    return one if len(one) <= n else one[:n] + " ..."
 
 
 def _shutdown_ray_if_ours(spec: SweepSpec) -> None:

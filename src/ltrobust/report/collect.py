@@ -75,8 +75,10 @@ class RunFiles:
 
     def audit_file(self, tag: str) -> Path:
         """``eval/audit.json`` for the deployed model of tag ``best``, ``eval/audit-<tag>.json`` for any
-        other (the layout of ``ltrobust audit``, ``ltrobust.engine.runs.audit_path``)."""
-        return self.run_dir / "eval" / (("audit" if tag == "best" else f"audit-{tag}") + ".json")
+        other (where ``ltrobust audit`` writes it: :func:`ltrobust.engine.runs.audit_path`)."""
+        from ..engine.runs import audit_path
+
+        return audit_path(self.run_dir, tag)
 
     def audit(self, tag: str) -> dict[str, Any] | None:
         """The gradient-masking audit of the deployed model ``tag``, or None when there is none (or it is
@@ -296,10 +298,22 @@ def group_entries(entries: Sequence[Entry], seed_keys: Sequence[str] = ("train.s
     for i, key in enumerate(order, 1):
         ents = sorted(members[key], key=lambda e: (_hashable(e.seed), e.name, e.tag))
         g = Group(gid=f"g{i:02d}", key=key, entries=ents)
-        g.aggregate = aggregate_seeds([e.result["results"] for e in ents])
+        g.aggregate = aggregate_seeds([_slim(e.result["results"]) for e in ents])
         groups.append(g)
     _label(groups)
     return groups
+
+
+def _slim(results: dict[str, Any]) -> dict[str, Any]:
+    """Per-attack results without what is not aggregated over seeds: class-group memberships, timings,
+    and the C x C predicted distribution by true class (the overall distribution is kept)."""
+    out = {}
+    for attack, r in results.items():
+        r = {k: v for k, v in r.items() if k not in ("groups", "seconds")}
+        if isinstance(r.get("predicted_distribution"), dict):
+            r["predicted_distribution"] = {k: v for k, v in r["predicted_distribution"].items() if k == "overall"}
+        out[attack] = r
+    return out
 
 
 def short_key(key: str, all_keys: Iterable[str] = ()) -> str:
@@ -344,12 +358,22 @@ def data_label(flat: dict[str, Any]) -> str:
     return f"{profile} IR {ir_s}"
 
 
+def _default_flat() -> dict[str, Any]:
+    from ..config import RunConfig, to_dict
+
+    return flatten_config(to_dict(RunConfig()))
+
+
 def _label(groups: list[Group]) -> None:
+    """``setting``: the keys in which variants differ, where this one is not at the default config;
+    ``label``: the sweep's label, else method + loss + setting."""
     vary = [k for k in varying_keys(groups) if k not in MAIN_KEYS]
     all_keys = [k for g in groups for k, _ in g.key]
+    default = _default_flat()
     for g in groups:
         flat = g.config
-        parts = [f"{short_key(k, all_keys)}={fmt_value(flat[k])}" for k in vary if k in flat]
+        parts = [f"{short_key(k, all_keys)}={fmt_value(flat[k])}" for k in vary
+                 if k in flat and _hashable(flat[k]) != _hashable(default.get(k))]
         g.setting = ", ".join(parts)
         sweep_label = next((e.label for e in g.entries if e.label), None)
         method = f"{flat.get('method.name', '?')} + {flat.get('method.loss', '?')}"

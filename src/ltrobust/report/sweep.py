@@ -202,9 +202,11 @@ def train_flat(cfg: RunConfig) -> dict[str, Any]:
 
 
 def eval_tag(cfg: RunConfig) -> str:
-    """The tag :func:`ltrobust.engine.runs.evaluate_run` writes: ``best``, ``last-logit_adjust1``, ..."""
-    e = cfg.eval
-    return e.checkpoint + ("" if e.adjust == "none" else f"-{e.adjust}{e.adjust_tau:g}")
+    """The tag :func:`ltrobust.engine.runs.evaluate_run` writes for a run folder: ``best``,
+    ``last-logit_adjust1``, ... (:func:`ltrobust.engine.runs.result_tag`)."""
+    from ..engine.runs import result_tag
+
+    return result_tag(cfg)
 
 
 def _slug(text: str) -> str:
@@ -585,11 +587,17 @@ def _build_report(inputs: Sequence[str], **opts: Any) -> dict[str, Any]:
 
 def _write_manifest(spec: SweepSpec, plans: Sequence[RunPlan], failed: Sequence[dict[str, Any]]) -> None:
     """``<out>/sweep.json``: the grid, its (run, tag) entries in grid order with labels, and failures."""
-    entries = []
-    for p in plans:
-        for tag, pt in p.evals.items():
-            entries.append({"run": str(p.run_dir.relative_to(spec.out)), "tag": tag, "label": pt.label,
-                            "settings": {k: v for k, v in pt.pairs.items() if k not in SWEEP_DEFAULTS}})
+    by_train = {json.dumps(train_flat(p.cfg), sort_keys=True, default=str): p for p in plans}
+    entries, seen = [], set()
+    for point in spec.points:  # grid order: the report's row order
+        plan = by_train[json.dumps(train_flat(point.cfg), sort_keys=True, default=str)]
+        tag = eval_tag(point.cfg)
+        if (plan.name, tag) in seen:
+            continue
+        seen.add((plan.name, tag))
+        pt = plan.evals[tag]
+        entries.append({"run": str(plan.run_dir.relative_to(spec.out)), "tag": tag, "label": pt.label,
+                        "settings": {k: v for k, v in pt.pairs.items() if k not in SWEEP_DEFAULTS}})
     io.write_json(spec.out / "sweep.json", {
         "grid": str(spec.path.resolve()), "engine": spec.engine, "parallel": spec.parallel,
         "runs": [str(p.run_dir.relative_to(spec.out)) for p in plans], "entries": entries, "failed": list(failed)})

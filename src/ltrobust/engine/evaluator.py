@@ -438,10 +438,13 @@ COLUMN_TITLES = {"clean": "Clean", "fgsm": "FGSM", "worst_case": "Worst case", "
 
 
 def column_title(name: str) -> str:
-    """Table title of an attack name: ``pgd20`` -> ``PGD-20``, ``aa`` -> ``AA``, ``cw100-l2`` -> ``CW-100-l2``."""
+    """Table title of an attack name: ``pgd20`` -> ``PGD-20``, ``aa`` -> ``AA``, ``cw100-l2`` -> ``CW-100-l2``,
+    ``adaptive`` -> ``Adaptive x10``, ``adaptive50`` -> ``Adaptive x10 PGD-50``."""
     if name in COLUMN_TITLES:
         return COLUMN_TITLES[name]
-    for fam, title in (("pgd", "PGD"), ("mim", "MIM"), ("cw", "CW"), ("adaptive", "Adaptive x10")):
+    if name.startswith("adaptive"):
+        return f"Adaptive x10 PGD-{name[len('adaptive'):]}".replace("--", "-")
+    for fam, title in (("pgd", "PGD"), ("mim", "MIM"), ("cw", "CW")):
         if name.startswith(fam):
             return f"{title}-{name[len(fam):]}".replace("--", "-")
     return name

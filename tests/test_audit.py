@@ -171,15 +171,18 @@ def test_cli_audit_writes_files_and_every_eval_report_shows_the_flags(run_dir, c
     eval_over = ["attacks=clean,pgd5", "eval.n_samples=20", f"eval.eps={EPS}", f"eval.step_size={STEP}"]
     before = evaluate_run(run_dir, eval_over, device="cpu", progress=False)  # an eval written before the audit
     assert "audit" not in before
-    rc = cli.main(["audit", str(run_dir), "audit.n_samples=20", "audit.kappas=-2,0,2", f"eval.eps={EPS}",
-                   f"eval.step_size={STEP}"])  # default AutoAttack: standard
+    # audit.aa=apgd keeps this file fast on a shared CPU; standard AutoAttack runs in test_eval.py
+    rc = cli.main(["audit", str(run_dir), "audit.n_samples=20", "audit.kappas=-2,0,2", "audit.aa=apgd",
+                   f"eval.eps={EPS}", f"eval.step_size={STEP}"])
     out, err = capsys.readouterr()
     assert rc == 0, err
     audit = json.loads((run_dir / "eval" / "audit.json").read_text())
     assert (run_dir / "eval" / "audit.md").read_text() in out + "\n"
     assert audit["tag"] == "best" and audit["n"] == 20 and [r["kappa"] for r in audit["rescaling"]] == [-2, 0, 2]
-    assert audit["attacks"]["aa"]["plan"]["attacks"] == ["apgd-ce", "apgd-t", "fab-t", "square"]
-    assert audit["attacks"]["aa"]["plan"]["n_target_classes"] == 9
+    assert audit["attacks"]["aa"]["plan"]["attacks"] == ["apgd-ce", "apgd-t"]
+    assert audit["attacks"]["aa"]["plan"]["n_target_classes"] == 9 and audit["options"]["aa"] == "apgd"
+    assert audit["square"]["whitebox_robust"] == round(audit["robust"]["whitebox"] * 20 / 100)
+    assert len(audit["square"]["test_indices"]) == audit["square"]["broken"]
     assert set(audit["checks"]) == {"logit_rescaling", "rescaled_pgd_stronger", "rescaling_aa", "zero_gradients",
                                     "pgd_aa_gap", "adaptive_gap", "square_gain"}
     assert audit["robust"]["worst_case"] <= min(audit["robust"][k] for k in ("pgd", "aa", "adaptive"))
@@ -193,3 +196,35 @@ def test_cli_audit_writes_files_and_every_eval_report_shows_the_flags(run_dir, c
     # another deployed model (an inference adjustment) has no audit yet: no flags borrowed from `best`
     other = evaluate_run(run_dir, [*eval_over, "eval.adjust=logit_adjust"], device="cpu", progress=False)
     assert "audit" not in other
+
+
+def test_worst_case_and_white_box_bookkeeping(monkeypatch):
+    """Scripted attacks: which images each attack breaks is fixed, so the audit's bookkeeping is exact.
+    AutoAttack standard contains Square, so it does not count as white-box for check (e)."""
+    from ltrobust.engine import audit as audit_mod
+
+    n, c = 10, 10
+    y = torch.arange(n)
+    x = torch.eye(c)[y].view(n, 1, 1, c)  # the label drawn as a one-hot image
+    model = nn.Sequential(nn.Flatten(), nn.Linear(c, c))
+    with torch.no_grad():
+        model[1].weight.copy_(10 * torch.eye(c))
+        model[1].bias.zero_()
+    breaks = {("pgd20", 1.0): {0}, ("apgd", 100.0): {1}, ("adaptive", 1.0): {2}, ("aa", 1.0): {3},
+              ("square", 1.0): {3, 4}}
+    seen = {}
+
+    def scripted(spec, net, x_, y_, todo, **kw):
+        factor = getattr(net, "factor", 1.0)
+        seen.setdefault(spec.name, []).append(todo.nonzero().squeeze(1).tolist())
+        broken = torch.zeros(n, dtype=torch.bool)
+        broken[list(breaks.get((spec.name, factor), set()))] = True
+        return todo & ~broken, torch.where(todo, torch.where(broken, (y_ + 1) % c, y_), -1)
+
+    monkeypatch.setattr(audit_mod, "attack_flags", scripted)
+    res = audit_model(model, x, y, [100] * c, options=AuditOptions(kappas=(-2.0, 0.0)))
+    assert res["rescaling"][0]["pgd"] == 100 and res["rescaling"][0]["aa"] == 90  # kappa -2: apgd breaks image 1
+    assert res["robust"] == {"clean": 100, "pgd": 90, "aa": 90, "adaptive": 90, "whitebox": 70, "worst_case": 50}
+    assert seen["square"] == [[3, 4, 5, 6, 7, 8, 9]]  # white-box robust: not 0 (PGD), 1 (APGD at x100), 2 (x10)
+    assert res["square"]["broken"] == 2 and res["square"]["positions"] == [3, 4] and not res["aa_is_whitebox"]
+    assert set(res["flags"]) == {"logit_rescaling", "rescaling_aa", "square_gain"}  # PGD/APGD move with kappa

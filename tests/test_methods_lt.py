@@ -287,6 +287,15 @@ def test_reat_loss_is_bsl_plus_tail_eq_3():
     assert torch.allclose(out["loss"].detach(), bsl + 0.5 * tail, atol=1e-5)
 
 
+def test_reat_tail_class_conventions_and_official_reduction():
+    ten = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]  # CIFAR-10-LT IR 100
+    assert make("reat", counts=ten).tail_classes == [6, 7, 8, 9]  # ceil(2C/3) <= i <= C (1-based)
+    assert make("reat", counts=ten, tail_classes="official").tail_classes == [7, 8, 9]  # range(C//3*2+1, C)
+    model, (x, x_adv, y) = tiny_model(), batch()
+    out = make("reat", loss="bsl", tail_reduction="official").compute_loss(model, x, x_adv, y)
+    assert torch.isfinite(out["loss"]) and out["tail"].abs() > 0
+
+
 def test_reat_base_loss_and_state_dict():
     assert make("reat", base_loss="en").base_loss.name == "cb"  # EN: effective-number weights
     assert make("reat", loss="ldam", base_loss="ldam").base_loss.name == "ldam"

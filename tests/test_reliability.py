@@ -383,8 +383,6 @@ def test_untrusted_files_run_no_code(failures, name):
     assert not case.ctx["marker"].exists(), f"{name}: the payload ran"
 
 
-@pytest.mark.xfail(strict=True, reason="gap reported: engine/runs.py _config_from_checkpoint lets yaml.YAMLError out "
-                                       "(traceback, exit 1) instead of a ConfigError; nothing runs (safe_load)")
 def test_python_tag_in_a_checkpoints_embedded_config_gives_a_clear_error(failures):
     case, proc = failures["!!python tag in a checkpoint's config"]
     assert re.search(case.fix, error_line(proc))

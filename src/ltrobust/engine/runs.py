@@ -48,7 +48,16 @@ class LoadedRun:
 def _config_from_checkpoint(state: dict[str, Any], path: Path) -> RunConfig:
     text = state.get("config")
     if text:
-        raw = yaml.safe_load(text)
+        try:
+            raw = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            msg = " ".join(str(exc).split())
+            raise CheckpointError(f"the run config embedded in {path} was refused ({msg}). ltrobust reads YAML with "
+                                  f"yaml.safe_load, which never builds Python objects; use a checkpoint written "
+                                  f"by ltrobust train, or pass the run folder with its config.yaml.") from None
+        if not isinstance(raw, dict):
+            raise CheckpointError(f"the run config embedded in {path} is not a mapping; use a checkpoint written "
+                                  f"by ltrobust train.")
         flat: dict[str, Any] = {}
         for key, value in raw.items():
             if isinstance(value, dict):

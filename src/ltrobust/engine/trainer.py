@@ -430,24 +430,45 @@ class Trainer:
 
     # ------------------------------------------------------------------------------- AE drift
     def ae_drift(self) -> dict[str, Any]:
-        """Per-class mean l_2 / l_inf distance between this and last epoch's AEs of fixed training images."""
-        from .evaluator import balanced_subset
+        """How far this epoch's training AEs moved from last epoch's, for a fixed sample of training images.
+
+        REAT (Li et al., ICCV 2023) Fig. 3: the Euclidean distance between the AEs of the same clean image
+        in consecutive epochs (small: the new AEs overlap the old ones and teach little). The images are a
+        fixed balanced sample (``train.ae_drift_samples``, seeded by ``train.seed``); their AEs come from
+        the method's own training attack (``method.train_attack``, BatchNorm in eval mode) on the
+        end-of-epoch model, from the same random start every epoch (drawn inside a forked RNG, so the
+        training RNG streams, CPU and CUDA, are untouched), so the drift measures the model and the
+        method's attack weights, not the start noise. Distances are in pixel units of [0, 1] images.
+
+        Returns ``{"per_class_l2", "per_class_linf"}`` (per-class means; ``None`` for a class without a
+        sampled image, and both ``None`` in the first epoch), ``"n_per_class"``, and the per-sample
+        ``"l2"`` distances with their ``"labels"`` (the distribution REAT plots).
+        """
+        from .evaluator import balanced_subset, images_of
 
         idx = balanced_subset(self.data.train.labels, self.cfg.train.ae_drift_samples, seed=self.cfg.train.seed)
-        x = self.data.train.images[idx].to(self.device).float() / 255.0
-        y = self.data.train.labels[idx].to(self.device)
-        gen_state = torch.get_rng_state()
-        torch.manual_seed(self.cfg.train.seed + 7919)  # a fixed start: drift measures the model, not the noise
-        x_adv = self.method.train_attack(unwrap(self.model), x, y).detach()
-        torch.set_rng_state(gen_state)
-        prev, self._drift_prev = self._drift_prev, x_adv.cpu()
-        if prev is None:
-            return {"per_class_l2": None, "per_class_linf": None}
-        d = (x_adv.cpu() - prev).flatten(1)
-        l2, linf = d.norm(dim=1), d.abs().amax(dim=1)
+        x, y = images_of(self.data.train, idx, self.device)  # works for array and streaming splits
+        cuda = [self.device.index if self.device.index is not None else torch.cuda.current_device()] \
+            if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
+            torch.manual_seed(self.cfg.train.seed + 7919)  # the same start every epoch
+            x_adv = self.method.train_attack(unwrap(self.model), x, y).detach().float().cpu()
+        prev, self._drift_prev = self._drift_prev, x_adv
         yc = y.cpu()
-        return {"per_class_l2": [float(l2[yc == c].mean()) if (yc == c).any() else None for c in range(self.num_classes)],
-                "per_class_linf": [float(linf[yc == c].mean()) if (yc == c).any() else None for c in range(self.num_classes)]}
+        C = self.num_classes
+        n = torch.bincount(yc, minlength=C)
+        out: dict[str, Any] = {"per_class_l2": None, "per_class_linf": None, "n_per_class": n.tolist()}
+        if prev is None or prev.shape != x_adv.shape:  # first epoch (or a changed sample): nothing to compare
+            return out
+        d = (x_adv - prev.float()).flatten(1).double()  # (n, C*H*W)
+        l2, linf = d.norm(dim=1), d.abs().amax(dim=1)
+
+        def per_class(v: torch.Tensor) -> list[float | None]:
+            return [float(v[yc == c].mean()) if n[c] else None for c in range(C)]
+
+        out.update({"per_class_l2": per_class(l2), "per_class_linf": per_class(linf),
+                    "l2": [round(float(v), 6) for v in l2], "labels": yc.tolist()})
+        return out
 
 
 # ----------------------------------------------------------------------------------------- helpers

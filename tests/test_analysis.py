@@ -64,7 +64,10 @@ def test_every_analysis_is_registered():
 # ------------------------------------------------------------------------------------ feature-norm
 def test_feature_norm_ratios_and_weight_norms_match_direct_computation(run_dir, loaded, tmp_path):
     run, data = loaded
-    res = _outputs(run_analysis("feature-norm", [run_dir], ["n_per_class=5", "batch_size=512", f"out={tmp_path}"]))
+    # a larger ball than the run's 8/255 (a run setting passed through) so that the tiny model has both groups
+    over = ["n_per_class=5", "batch_size=512", "eval.eps=32/255", "eval.step_size=4/255", f"out={tmp_path}"]
+    res = _outputs(run_analysis("feature-norm", [run_dir], over))
+    assert res["attack"]["eps"] == pytest.approx(32 / 255)
     x_all, y_all = _images(data, _subset_all(data, 5))
     correct = predict(run.deployed, x_all) == y_all
     assert res["n_images"] == len(y_all) == 50 and res["n_correct"] == int(correct.sum()) > 0
@@ -73,7 +76,7 @@ def test_feature_norm_ratios_and_weight_norms_match_direct_computation(run_dir, 
     with torch.no_grad():
         n_clean = run.model.features(x).norm(dim=1)
     # the same attack, re-run here: one batch, seeded 0 (seed * 100003 + batch number)
-    spec = parse_attack("pgd20", eps=run.cfg.eval.eps, step_size=run.cfg.eval.step_size)
+    spec = parse_attack("pgd20", eps=32 / 255, step_size=4 / 255)
     x_adv = run_attack(spec, run.deployed, x, y, seed=0)
     with torch.no_grad():
         n_adv = run.model.features(x_adv).norm(dim=1)
@@ -186,9 +189,11 @@ def test_ae_drift_without_recording_names_the_fix(run_dir, tmp_path, capsys):
 # ----------------------------------------------------------------------------------- attack-budget
 def test_attack_budget_monotone_and_clean_at_zero(run_dir, loaded, tmp_path):
     run, data = loaded
-    over = ["steps=0,1,3", "eps=0,2/255,4/255,8/255", "eps_steps=3", "n_per_class=5", f"out={tmp_path}"]
+    over = ["steps=0,1,3", "eps=0,8/255,32/255,64/255", "eps_steps=3", "n_per_class=5", "eval.eps=32/255",
+            f"out={tmp_path}"]
     res = _outputs(run_analysis("attack-budget", [run_dir, run_dir / "checkpoints" / "last.pt"], over))
-    assert [len(res["runs_budget"]), res["steps_sweep"]["steps"], res["eps_sweep"]["eps"][-1]] == [2, [0, 1, 3], 8 / 255]
+    assert [len(res["runs_budget"]), res["steps_sweep"]["steps"], res["eps_sweep"]["eps"][-1]] == [2, [0, 1, 3], 64 / 255]
+    assert res["steps_sweep"]["eps"] == pytest.approx(32 / 255)
     x, y = _images(data, _subset_all(data, 5))
     clean = float((predict(run.deployed, x) == y).float().mean() * 100)  # best.pt
     for r in res["runs_budget"]:
@@ -198,6 +203,7 @@ def test_attack_budget_monotone_and_clean_at_zero(run_dir, loaded, tmp_path):
             assert all(row["worst_case"]["accuracy"] <= row["pgd"]["accuracy"] for row in r[key])
             assert r[key][0]["budget"] == 0 and r[key][0]["pgd"]["accuracy"] == r["clean"]["accuracy"]
             assert "tail" in r[key][-1]["worst_case"] and len(r[key][-1]["worst_case"]["per_class"]) == 10
+        assert r["by_eps"][-1]["worst_case"]["accuracy"] < r["clean"]["accuracy"]  # 64/255 breaks the tiny model
     assert res["runs_budget"][0]["clean"]["accuracy"] == pytest.approx(clean)
 
 

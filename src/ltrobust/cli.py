@@ -62,6 +62,19 @@ def _train_epilog() -> str:
                                presets=", ".join(list_presets()) or "(none)")
 
 
+def _analyze_epilog() -> str:
+    from .registry import ANALYSES
+
+    lines = ["analyses (KIND; options as key=value, see docs/analysis.md):"]
+    for name in ANALYSES.names():
+        cls = ANALYSES.get(name)
+        opts = getattr(cls, "Options", None)
+        fields = ", ".join(f"{f.name}={f.default}" for f in dataclasses.fields(opts)) if opts else ""
+        lines.append(f"  {name:<16} {_first_doc_line(cls)}" + (f"\n  {'':<16} options: {fields}" if fields else ""))
+    lines.append("example: ltrobust analyze feature-norm runs/NAME; ltrobust analyze gaussian-theory out=figures")
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ltrobust", description="Adversarial robustness under long-tailed data.",
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -91,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     au.add_argument("overrides", nargs="*", metavar="key=value")
 
     an = sub.add_parser("analyze", help="the papers' analyses: feature-norm, embedding, ae-drift, "
-                                        "attack-budget, gaussian-theory, confusion")
+                                        "attack-budget, gaussian-theory, confusion", formatter_class=raw,
+                        epilog=_analyze_epilog())
     an.add_argument("kind")
     an.add_argument("runs", nargs="*", metavar="RUN_OR_CHECKPOINT / key=value")
 

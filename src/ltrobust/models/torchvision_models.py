@@ -15,7 +15,6 @@ from collections import OrderedDict
 from typing import Any, Sequence
 
 from torch import nn
-from torchvision.models.resnet import Bottleneck, conv1x1
 
 from ..registry import MODELS
 from .base import LTModel, check_image_size, resolve_width
@@ -23,6 +22,8 @@ from .base import LTModel, check_image_size, resolve_width
 
 def _stage(in_planes: int, planes: int, blocks: int, stride: int) -> nn.Sequential:
     """One torchvision ResNet stage (mirrors ``torchvision.models.resnet.ResNet._make_layer``)."""
+    from torchvision.models.resnet import Bottleneck, conv1x1  # imported here: torchvision is slow to import
+
     out_planes = planes * Bottleneck.expansion
     downsample = None
     if stride != 1 or in_planes != out_planes:
@@ -40,6 +41,8 @@ def imagenet_resnet(blocks: Sequence[int], width: int = 64, in_channels: int = 3
         width: stem channels (64 in torchvision); stage outputs are (4w, 8w, 16w, 32w).
         in_channels: image channels.
     """
+    from torchvision.models.resnet import Bottleneck
+
     modules: OrderedDict[str, nn.Module] = OrderedDict(
         conv1=nn.Conv2d(in_channels, width, 7, stride=2, padding=3, bias=False),  # (B, w, H/2, W/2)
         bn1=nn.BatchNorm2d(width),

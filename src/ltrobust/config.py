@@ -189,6 +189,7 @@ class EvalConfig:
     adjust_tau: float = 1.0
     seed: int = 0
     mode: str = "cascade"  #: cascade (each attack on the images still robust) | standalone
+    tag: str = ""  #: suffix of the result files, for several evaluations of one checkpoint
     tail_group: int = 0  #: classes in the T-Clean / T-PGD tail group; 0: C // 10 (002's convention)
 
     def __post_init__(self) -> None:

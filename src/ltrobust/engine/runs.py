@@ -96,7 +96,8 @@ def result_tag(cfg: RunConfig, checkpoint: str | Path | None = None) -> str:
     """``<checkpoint>[-<adjust><tau>]``: the name of a deployed model's result files (``checkpoint``: the
     checkpoint file, whose stem names it; default ``eval.checkpoint``)."""
     name = Path(checkpoint).stem if checkpoint is not None else cfg.eval.checkpoint
-    return name + ("" if cfg.eval.adjust == "none" else f"-{cfg.eval.adjust}{cfg.eval.adjust_tau:g}")
+    name += "" if cfg.eval.adjust == "none" else f"-{cfg.eval.adjust}{cfg.eval.adjust_tau:g}"
+    return name + (f"-{cfg.eval.tag}" if cfg.eval.tag else "")
 
 
 def build_deployed(cfg: RunConfig, model: nn.Module, class_counts: Sequence[int],

@@ -19,6 +19,7 @@ the per-sample flags and predictions (``<tag>_samples.npz``). Layout: ``docs/eva
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io as _bytes_io
 import json
@@ -102,6 +103,18 @@ def model_fingerprint(model: nn.Module) -> str:
         h.update(str(tuple(t.shape)).encode() + str(t.dtype).encode())
         h.update(t.detach().reshape(-1).contiguous().cpu().view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
+
+
+@contextlib.contextmanager
+def strict_fp32():
+    """Switch TF32 off (cuDNN convolutions and CUDA matmuls) inside the block; restore it after."""
+    matmul = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, allow_tf32=False):
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = matmul
 
 
 def quick_robustness(model: nn.Module, split: Any, num_classes: int, attack_cfg: Any, steps: int = 10,
@@ -266,7 +279,14 @@ class Evaluation:
         return [(s, min(s + self.chunk_size, n)) for s in range(0, n, self.chunk_size)]
 
     def run(self) -> dict[str, Any]:
-        """Evaluate every chunk not already on disk, then aggregate and write the result files."""
+        """Evaluate every chunk not already on disk, then aggregate and write the result files.
+
+        Runs in true fp32: TF32 convolutions and matmuls are switched off for the evaluation.
+        """
+        with strict_fp32():
+            return self._run()
+
+    def _run(self) -> dict[str, Any]:
         from tqdm.auto import tqdm
 
         fp = self.fingerprint()

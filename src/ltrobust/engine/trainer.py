@@ -208,8 +208,10 @@ class Trainer:
                 self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
             self.train_model = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.attack_model: nn.Module = self.model  # attacks run on the plain module, never through DDP
         if cfg.train.compile:
             self.train_model = torch.compile(self.train_model)
+            self.attack_model = torch.compile(self.model)  # the attack is most of the FLOPs of AT
         params = list(self.model.parameters()) + list(self.method.parameters())
         self.optimizer = torch.optim.SGD(params, lr=cfg.train.lr, momentum=cfg.train.momentum,
                                          weight_decay=cfg.train.weight_decay, nesterov=cfg.train.nesterov)
@@ -346,7 +348,7 @@ class Trainer:
 
     def train_epoch(self, epoch: int) -> dict[str, Any]:
         cfg, method, model = self.cfg, self.method, self.train_model
-        attack_model = unwrap(self.model)
+        attack_model = self.attack_model
         method.on_epoch_start(epoch)
         self.loader.set_epoch(epoch)
         model.train()

@@ -163,3 +163,22 @@ def test_two_torchrun_processes_with_gloo_end_with_identical_weights(tmp_path):
     for k in r0:
         assert torch.equal(r0[k], r1[k]), k
     assert (tmp_path / "ddp" / "checkpoints" / "last.pt").exists()
+
+
+@pytest.mark.parametrize("kind", ["crt", "rw", "lws"])
+def test_finetune_stage_trains_only_the_head(tmp_path, kind):
+    """The fine-tuning stage leaves the backbone and BatchNorm statistics exactly as training left them."""
+    base = TINY + ["epochs=1", "train.max_steps_per_epoch=2", "train.val_every=0", "train.precision=fp32",
+                   "train.deterministic=true", f"out={tmp_path}"]
+    Trainer(resolve_config(base + ["name=plain"])).fit()
+    tr = Trainer(resolve_config(base + [f"name={kind}", f"train.finetune={kind}", "train.finetune_lr=0.05"]))
+    tr.fit()
+    a, b = _weights(tmp_path / "plain", "best"), _weights(tmp_path / kind, "best")
+    head = [k for k in a if k.startswith("head.")]
+    assert head and all(not torch.equal(a[k], b[k]) for k in head if a[k].is_floating_point())
+    for k in a:
+        if not k.startswith("head."):
+            assert torch.equal(a[k], b[k]), k
+    assert io.load_checkpoint(tmp_path / kind / "checkpoints" / "last.pt")["finetuned"] is True
+    rows = io.read_jsonl(tmp_path / kind / "metrics.jsonl")
+    assert rows[-1]["stage"] == f"finetune-{kind}"

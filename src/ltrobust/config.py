@@ -592,18 +592,31 @@ def load_run_config(path: str | Path) -> RunConfig:
         raise yaml_error("run config", path, exc) from None
     except OSError as exc:
         raise ConfigError(f"cannot read run config {path}: {exc}") from None
+    return from_dict(raw)
+
+
+def flatten_dict(nested: Mapping[str, Any]) -> dict[str, Any]:
+    """Nested config (the ``to_dict`` / config.yaml form) -> ``{"section.key": value}`` with method options as
+    ``method.args.NAME`` / ``method.loss_args.NAME`` (the ``to_flat`` form), without validation."""
     flat: dict[str, Any] = {}
-    for key, value in raw.items():
-        if key in SECTIONS and isinstance(value, dict):
+    for key, value in (nested or {}).items():
+        if isinstance(value, dict):
             for sub, v in value.items():
-                if key == "method" and sub in ("args", "loss_args"):
-                    for k2, v2 in (v or {}).items():
+                if key == "method" and sub in ("args", "loss_args") and isinstance(v, dict):
+                    for k2, v2 in v.items():
                         flat[f"method.{sub}.{k2}"] = v2
+                elif key == "method" and sub in ("args", "loss_args") and v is None:
+                    continue
                 else:
                     flat[f"{key}.{sub}"] = v
         else:
             flat[key] = value
-    return from_flat(flat)
+    return flat
+
+
+def from_dict(nested: Mapping[str, Any]) -> RunConfig:
+    """Build and validate a RunConfig from its nested form (a saved config.yaml)."""
+    return from_flat(flatten_dict(nested))
 
 
 def with_updates(cfg: RunConfig, **sections: Mapping[str, Any]) -> RunConfig:

@@ -36,7 +36,7 @@ def finetune(trainer: Any) -> dict[str, Any]:
     from ..losses import class_balanced_weights
     from .trainer import unwrap
 
-    cfg, t = trainer.cfg, trainer.cfg.train
+    t = trainer.cfg.train
     model = unwrap(trainer.model)
     last = trainer.ckpt_dir / "last.pt"
     if last.exists() and io.load_checkpoint(last).get("finetuned"):

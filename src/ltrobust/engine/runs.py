@@ -18,7 +18,7 @@ import yaml
 from torch import nn
 
 from .. import io
-from ..config import RunConfig, from_flat, load_run_config, loss_options, method_options, resolve_config, to_flat
+from ..config import RunConfig, from_dict, load_run_config, loss_options, method_options, resolve_config, to_flat
 from ..errors import CheckpointError, ConfigError
 from ..registry import ADJUSTMENTS, LOSSES, METHODS
 
@@ -58,18 +58,7 @@ def _config_from_checkpoint(state: dict[str, Any], path: Path) -> RunConfig:
         if not isinstance(raw, dict):
             raise CheckpointError(f"the run config embedded in {path} is not a mapping; use a checkpoint written "
                                   f"by ltrobust train.")
-        flat: dict[str, Any] = {}
-        for key, value in raw.items():
-            if isinstance(value, dict):
-                for sub, v in value.items():
-                    if key == "method" and sub in ("args", "loss_args"):
-                        for k2, v2 in (v or {}).items():
-                            flat[f"method.{sub}.{k2}"] = v2
-                    else:
-                        flat[f"{key}.{sub}"] = v
-            else:
-                flat[key] = value
-        return from_flat(flat)
+        return from_dict(raw)
     cfg_path = path.parent.parent / "config.yaml"
     if cfg_path.exists():
         return load_run_config(cfg_path)

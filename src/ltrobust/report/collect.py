@@ -152,20 +152,10 @@ def _read_optional_json(path: Path, verify: bool = True) -> dict[str, Any] | Non
 
 
 def flatten_config(cfg: dict[str, Any]) -> dict[str, Any]:
-    """Nested config dict (``to_dict`` form) -> ``{"section.key": value}``, method options as
-    ``method.args.NAME`` / ``method.loss_args.NAME`` (the ``to_flat`` form, without validation)."""
-    flat: dict[str, Any] = {}
-    for key, value in (cfg or {}).items():
-        if isinstance(value, dict):
-            for sub, v in value.items():
-                if key == "method" and sub in ("args", "loss_args") and isinstance(v, dict):
-                    for k2, v2 in v.items():
-                        flat[f"method.{sub}.{k2}"] = v2
-                else:
-                    flat[f"{key}.{sub}"] = v
-        else:
-            flat[key] = value
-    return flat
+    """Nested config dict (``to_dict`` form) -> ``{"section.key": value}`` (see :func:`ltrobust.config.flatten_dict`)."""
+    from ..config import flatten_dict
+
+    return flatten_dict(cfg)
 
 
 def eval_results(run_dir: Path) -> list[tuple[str, dict[str, Any]]]:

@@ -271,7 +271,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return bool(value)
             raise TypeError
         if tp == "str":
-            return str(value)
+            return "" if value is None else str(value)  # `key=` (empty) parses as None
         if tp == "str | None":
             return None if value in (None, "", "none", "null") else str(value)
         if tp.startswith("tuple[int"):

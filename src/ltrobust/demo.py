@@ -19,7 +19,6 @@ from typing import Any, Sequence
 
 from . import io
 from .config import resolve_config
-from .engine.evaluator import column_title
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ AT-BSL's LSA), ``aa`` (AutoAttack standard), ``apgd`` (APGD-CE + APGD-T, RoBal's
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
@@ -41,10 +41,6 @@ class AttackSpec:
     momentum: float = 0.0
     restarts: int = 1
     aa_version: str = ""
-
-    @property
-    def white_box_pgd(self) -> bool:
-        return not self.aa_version and self.family != "clean"
 
 
 @ATTACKS.register("clean")
@@ -131,6 +127,3 @@ def run_attack(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torch.Ten
                objective=spec.objective, random_start=spec.random_start, momentum=spec.momentum,
                restarts=spec.restarts, objective_kwargs=dict(spec.objective_kwargs), generator=gen)
 
-
-def with_steps(spec: AttackSpec, steps: int) -> AttackSpec:
-    return replace(spec, steps=steps)

@@ -18,7 +18,7 @@ import yaml
 from torch import nn
 
 from .. import io
-from ..config import RunConfig, from_dict, load_run_config, loss_options, method_options, resolve_config, to_flat
+from ..config import RunConfig, from_dict, load_run_config, loss_options, method_options, resolve_config
 from ..errors import CheckpointError, ConfigError
 from ..registry import ADJUSTMENTS, LOSSES, METHODS
 
@@ -196,9 +196,6 @@ def _image_size(cfg: RunConfig, state: dict[str, Any]) -> int:
     spec = get_spec(cfg.data.dataset)
     return int(cfg.data.image_size if cfg.data.image_size > 0 else spec.image_size)
 
-
-def flat_config(cfg: RunConfig) -> dict[str, Any]:
-    return to_flat(cfg)
 
 
 def audit_path(run_dir: str | Path, tag: str, suffix: str = ".json") -> Path:

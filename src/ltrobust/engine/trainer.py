@@ -196,7 +196,7 @@ class Trainer:
         self.model = build_model(replace(cfg.model, head=head), num_classes=self.num_classes,
                                  in_channels=self.data.channels, mean=self.data.mean, std=self.data.std,
                                  image_size=self.data.image_size).to(self.device)
-        if cfg.train.channels_last and self.device.type in ("cuda", "cpu") and self._spatial():
+        if cfg.train.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         loss_cls = LOSSES.get(cfg.method.loss)
         self.loss = loss_cls(self.class_counts, options=loss_options(cfg), total_epochs=cfg.train.epochs)
@@ -222,9 +222,6 @@ class Trainer:
             self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema), use_buffers=True)
         self.loader = self._make_loader()
         self._built = True
-
-    def _spatial(self) -> bool:
-        return int(getattr(self.data, "image_size", 32)) > 1
 
     def _make_loader(self):
         from ..data import train_loader

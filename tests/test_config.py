@@ -24,6 +24,20 @@ def test_fractions_lists_and_bools():
     assert cfg.train.milestones == (75, 90) and cfg.train.deterministic is True
 
 
+def test_optional_float_option_takes_none_numbers_and_fractions(tmp_path):
+    assert method_options(resolve_config(["method=reat"])).tail_margin == 1.0
+    for text, want in (("none", None), ("null", None), ("0.5", 0.5), ("1/2", 0.5), ("3", 3.0)):
+        cfg = resolve_config(["method=reat", f"method.tail_margin={text}"])
+        assert method_options(cfg).tail_margin == want
+    path = tmp_path / "config.yaml"
+    path.write_text(dump_yaml(cfg := resolve_config(["method=reat", "method.tail_margin=none"])))
+    assert method_options(load_run_config(path)).tail_margin is None
+    with pytest.raises(ConfigError, match="tail_margin='abc' is not a valid float"):
+        resolve_config(["method=reat", "method.tail_margin=abc"])
+    with pytest.raises(ConfigError, match="tail_margin=0.0: use a finite number of nats > 0"):
+        resolve_config(["method=reat", "method.tail_margin=0"])
+
+
 def test_ambiguous_leaf_asks_for_the_section():
     with pytest.raises(ConfigError, match="'eps' is ambiguous: write one of attack.eps, eval.eps"):
         resolve_config(["eps=0.1"])

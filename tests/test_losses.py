@@ -294,6 +294,56 @@ def test_tail_loss_official_by_hand():
     assert close(got, total / 2)
 
 
+def test_tail_loss_paper_margin_caps_pushed_pairs_by_hand():
+    p = [softmax(f) for f in FEATS]
+    w = [math.sqrt(10 / n) for n in COUNTS]
+    pushed = sorted(kl(p[j], p[i]) for i in (0, 1) for j in range(3) if FEAT_Y[i] != FEAT_Y[j])
+    margin = (pushed[0] + pushed[-1]) / 2  # caps one pushed pair, leaves the other
+    assert pushed[0] < margin < pushed[-1]
+    total = 0.0
+    for i in (0, 1):
+        for j in range(3):
+            d = kl(p[j], p[i])
+            if FEAT_Y[i] == FEAT_Y[j]:
+                total += (w[FEAT_Y[i]] + w[FEAT_Y[j]]) * d / 3  # pulled: uncapped
+            else:
+                total -= (w[FEAT_Y[i]] + w[FEAT_Y[j]]) * min(d, margin) / 3
+    got = tail_loss(t(FEATS), torch.tensor(FEAT_Y), COUNTS, [2], reduction="paper", margin=margin)
+    assert close(got, total / 2)
+    assert close(tail_loss(t(FEATS), torch.tensor(FEAT_Y), COUNTS, [2], margin=100.0),
+                 tail_loss(t(FEATS), torch.tensor(FEAT_Y), COUNTS, [2], margin=None))  # margin never reached
+
+
+@pytest.mark.parametrize("reduction, labels", [("paper", [2, 2, 0, 1, 0, 1]), ("official", [2, 2, 2, 2, 2, 0])])
+def test_tail_loss_with_margin_is_bounded_below_and_literal_is_not(reduction, labels):
+    """Minimise TAIL alone over free features: with a margin it stops at -2 max(omega) margin; without, it
+    falls without limit (the divergence the literal Eq. 3 showed on digits-LT: -391 after 15 epochs)."""
+    omega_max = max(math.sqrt(10 / n) for n in COUNTS)
+    y = torch.tensor(labels)  # official: a batch mostly of the anchor's class, so its coefficient is negative
+
+    def minimise(margin):
+        g = torch.Generator().manual_seed(0)
+        f = torch.randn(len(labels), 8, generator=g).requires_grad_()
+        opt = torch.optim.SGD([f], lr=10.0)
+        for _ in range(300):
+            opt.zero_grad()
+            loss = tail_loss(f, y, COUNTS, [2], reduction=reduction, margin=margin)
+            loss.backward()
+            opt.step()
+        return float(tail_loss(f.detach(), y, COUNTS, [2], reduction=reduction, margin=margin))
+
+    bound = -2 * omega_max * 1.0
+    capped = minimise(1.0)
+    assert bound - 1e-4 <= capped < 0  # pushed down to, not past, the bound
+    assert minimise(None) < 2 * bound  # unbounded: well past the bound a margin guarantees
+
+
+def test_tail_loss_margin_rejects_bad_values():
+    for bad in (0.0, -1.0, float("inf"), float("nan")):
+        with pytest.raises(ConfigError, match="margin"):
+            tail_loss(t(FEATS), torch.tensor(FEAT_Y), COUNTS, [2], margin=bad)
+
+
 def test_tail_loss_pulls_same_class_pairs_and_pushes_others():
     f = t([[1.0, 0.0], [0.0, 1.0]])
     assert float(tail_loss(f, torch.tensor([2, 2]), COUNTS, [2])) > 0  # minimising pulls them together

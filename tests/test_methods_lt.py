@@ -258,8 +258,8 @@ def test_positive_class_weights_leave_linf_pgd_unchanged():
     assert torch.equal(a, b)
 
 
-def tail_by_hand(f: torch.Tensor, y: torch.Tensor, tail: list[int]) -> torch.Tensor:
-    """001 Algorithm 1 with Eq. 3, literally."""
+def tail_by_hand(f: torch.Tensor, y: torch.Tensor, tail: list[int], margin: float | None = None) -> torch.Tensor:
+    """001 Algorithm 1 with Eq. 3, literally; ``margin`` caps the KL of other-class (pushed) pairs."""
     p = F.softmax(f, dim=1)
     omega = [math.sqrt(sum(COUNTS) / n) for n in COUNTS]
     r, s, b = 0.0, 0, len(y)
@@ -271,6 +271,8 @@ def tail_by_hand(f: torch.Tensor, y: torch.Tensor, tail: list[int]) -> torch.Ten
         for j in range(b):
             sgn = (-1.0) ** (1 if int(y[i]) == int(y[j]) else 0)
             kl = (p[j] * torch.log(p[j] / p[i])).sum()
+            if margin is not None and int(y[i]) != int(y[j]):
+                kl = kl.clamp(max=margin)
             acc = acc + sgn * (omega[int(y[i])] + omega[int(y[j])]) * kl
         r = r - acc / b
     return r / s
@@ -278,13 +280,18 @@ def tail_by_hand(f: torch.Tensor, y: torch.Tensor, tail: list[int]) -> torch.Ten
 
 def test_reat_loss_is_bsl_plus_tail_eq_3():
     model, (x, x_adv, y) = tiny_model(), batch()
-    out = make("reat", loss="bsl", tail_weight=0.5).compute_loss(model, x, x_adv, y)
     z, f = model(x_adv).detach(), model.features(x_adv).detach()
     bsl = ce_by_hand(z + log_pi(), y).mean()
-    tail = tail_by_hand(f, y, tail=[1, 2])  # paper: classes ceil(2C/3)..C of the count ranking = {1, 2}
-    assert torch.allclose(out["loss_lt"], bsl, atol=1e-6)
-    assert torch.allclose(out["tail"], tail, atol=1e-5)
-    assert torch.allclose(out["loss"].detach(), bsl + 0.5 * tail, atol=1e-5)
+    tails = []
+    for margin in (None, 1.0, 1e-3):  # literal Eq. 3, the default margin, a margin every pushed pair reaches
+        out = make("reat", loss="bsl", tail_weight=0.5, tail_margin=margin).compute_loss(model, x, x_adv, y)
+        tail = tail_by_hand(f, y, tail=[1, 2], margin=margin)  # paper: ceil(2C/3)..C of the count ranking
+        assert torch.allclose(out["loss_lt"], bsl, atol=1e-6)
+        assert torch.allclose(out["tail"], tail, atol=1e-5)
+        assert torch.allclose(out["loss"].detach(), bsl + 0.5 * tail, atol=1e-5)
+        tails.append(float(out["tail"]))
+    assert tails[2] > tails[0]  # the small margin was reached and changed the term
+    assert make("reat").options.tail_margin == 1.0
 
 
 def test_reat_tail_class_conventions_and_official_reduction():

@@ -272,6 +272,12 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise TypeError
         if tp == "str":
             return "" if value is None else str(value)  # `key=` (empty) parses as None
+        if tp == "float | None":
+            if value is None or (isinstance(value, str) and value.lower() in ("", "none", "null")):
+                return None
+            if isinstance(value, bool):
+                raise TypeError
+            return float(value)
         if tp == "str | None":
             return None if value in (None, "", "none", "null") else str(value)
         if tp.startswith("tuple[int"):

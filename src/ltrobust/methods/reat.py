@@ -13,6 +13,7 @@ papers/001 Sec. 4. Two pieces on top of PGD-AT with a long-tailed outer loss:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +36,9 @@ class REATOptions:
     base_loss: str = "bsl"  #: L_lt: bsl | focal (FL) | cb (EN, effective-number weights) | ldam | ce
     tail_weight: float = 1.0  #: lambda in L = L_lt + lambda * TAIL (the paper: 1)
     tail_reduction: str = "paper"  #: paper (Eq. 3, Algorithm 1) | official (the authors' code)
+    #: cap (nats) on every KL that TAIL pushes up, which bounds TAIL below; none: the literal (unbounded) Eq. 3.
+    #: Not in the paper: Eq. 3 as written diverges (docs/methods.md, "REAT's TAIL margin")
+    tail_margin: float | None = 1.0
     tail_classes: str = "paper"  #: tail classes: paper (ceil(2C/3) <= i <= C) | official (code's range)
     rbl_smoothing: float = 1e-5  #: w_c ∝ 1/(E_c + rbl_smoothing) as the authors' code; 0: the exact limit
 
@@ -43,6 +47,9 @@ class REATOptions:
             raise ConfigError(f"base_loss={self.base_loss!r}: use bsl, focal (FL), cb (EN), ldam or ce.")
         if self.tail_reduction not in ("paper", "official"):
             raise ConfigError(f"tail_reduction={self.tail_reduction!r}: use paper or official.")
+        if self.tail_margin is not None and not (self.tail_margin > 0 and math.isfinite(self.tail_margin)):
+            raise ConfigError(f"tail_margin={self.tail_margin}: use a finite number of nats > 0, or none for the "
+                              "literal (unbounded) Eq. 3.")
         if self.tail_classes not in ("paper", "official"):
             raise ConfigError(f"tail_classes={self.tail_classes!r}: use paper or official.")
         if self.rbl_smoothing < 0:
@@ -151,7 +158,8 @@ class REAT(Method):
         out = {"loss_lt": loss_lt.detach(), "logits_adv": logits.detach()}
         loss = loss_lt
         if self.options.tail_weight != 0:
-            tail = tail_loss(feats, y, self.class_counts, self.tail_classes, reduction=self.options.tail_reduction)
+            tail = tail_loss(feats, y, self.class_counts, self.tail_classes, reduction=self.options.tail_reduction,
+                             margin=self.options.tail_margin)
             loss = loss + self.options.tail_weight * tail
             out["tail"] = tail.detach()
         out["loss"] = loss

@@ -139,3 +139,41 @@ def test_jsonl_ignores_a_torn_last_line(tmp_path):
     assert io.read_jsonl(path) == [{"epoch": 0}]
 
 
+
+
+def test_run_lock_refuses_a_second_writer_and_names_the_holder(tmp_path):
+    from ltrobust.errors import RunInUse
+
+    lock = tmp_path / "run" / ".lock"
+    with io.run_lock(lock, "training"):
+        with pytest.raises(RunInUse, match=rf"{tmp_path / 'run'} is in use by another ltrobust process "
+                                           rf"\(pid {os.getpid()}, training since .*\); wait for it"):
+            with io.run_lock(lock, "training"):
+                pass
+    with io.run_lock(lock, "eval"):  # released on exit
+        assert "eval since" in lock.read_text()
+
+
+def test_run_lock_of_a_killed_process_is_released(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    lock = tmp_path / ".lock"
+    code = ("import os, signal; from ltrobust import io\n"
+            f"with io.run_lock({str(lock)!r}, 'training'):\n"
+            "    os.kill(os.getpid(), signal.SIGKILL)\n")
+    proc = subprocess.run([sys.executable, "-c", code], timeout=60)
+    assert proc.returncode == -signal.SIGKILL and "training since" in lock.read_text()
+    with io.run_lock(lock, "training"):  # no stale lock
+        pass
+
+
+def test_run_lock_on_a_read_only_folder_is_a_storage_error(tmp_path, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(tmp_path / ".lock"))
+
+    monkeypatch.setattr(io.os, "open", refuse)
+    with pytest.raises(CheckpointError, match=r"cannot write .*\.lock: the folder is on a read-only file system"):
+        with io.run_lock(tmp_path / ".lock", "training"):
+            pass

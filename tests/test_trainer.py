@@ -182,3 +182,22 @@ def test_finetune_stage_trains_only_the_head(tmp_path, kind):
     assert io.load_checkpoint(tmp_path / kind / "checkpoints" / "last.pt")["finetuned"] is True
     rows = io.read_jsonl(tmp_path / kind / "metrics.jsonl")
     assert rows[-1]["stage"] == f"finetune-{kind}"
+
+
+def test_a_second_trainer_on_the_same_run_folder_is_refused(tmp_path):
+    from ltrobust.errors import RunInUse
+
+    cfg = resolve_config(TINY + ["epochs=1", f"out={tmp_path}", "name=busy", "train.max_steps_per_epoch=1",
+                                 "train.val_every=0"])
+    with io.run_lock(tmp_path / "busy" / ".lock", "training"):  # as a concurrent `ltrobust train` would
+        with pytest.raises(RunInUse, match="busy is in use by another ltrobust process"):
+            Trainer(cfg).fit()
+        assert not (tmp_path / "busy" / "checkpoints").exists()  # nothing written by the refused run
+    Trainer(cfg).fit()  # free again
+    assert (tmp_path / "busy" / "checkpoints" / "last.pt").exists()
+    from ltrobust.engine.runs import evaluate_run
+
+    with io.run_lock(tmp_path / "busy" / "eval" / ".best.lock", "eval best"):  # a concurrent eval of one tag
+        with pytest.raises(RunInUse, match="eval is in use by another ltrobust process"):
+            evaluate_run(tmp_path / "busy", ["eval.attacks=clean", "eval.n_samples=20"], progress=False)
+    assert evaluate_run(tmp_path / "busy", ["eval.attacks=clean", "eval.n_samples=20"], progress=False)["n"] == 20

@@ -25,3 +25,7 @@ class CheckpointError(LtrobustError):
 
 class TrainingDiverged(LtrobustError):
     """The training loss became non-finite."""
+
+
+class RunInUse(LtrobustError):
+    """Another ltrobust process is writing the same run folder (or the same evaluation tag)."""

@@ -23,12 +23,19 @@ import os
 import pickle
 import re
 import tempfile
+import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
-from .errors import CheckpointError
+from .errors import CheckpointError, RunInUse
+
+try:  # POSIX advisory locks; elsewhere run_lock is a no-op
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
 
 log = logging.getLogger(__name__)
 
@@ -231,3 +238,43 @@ def sha256_file(path: str | Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+@contextmanager
+def run_lock(path: str | Path, what: str) -> Iterator[None]:
+    """Hold an exclusive lock on the lock file ``path`` while the block runs (one writer per run folder).
+
+    Two processes training into the same run folder (or evaluating the same tag) would interleave their
+    checkpoints, metrics and chunks; the second one fails at once with :class:`RunInUse` naming the
+    holder. The lock is an advisory ``flock`` on an open file, so the kernel releases it when the holder
+    exits in any way (SIGKILL included): a killed run never leaves a stale lock behind. The lock file
+    stays (it holds the last holder's pid and start time, for the message). No-op where ``fcntl`` is
+    missing (Windows).
+    """
+    path = Path(path)
+    if fcntl is None:  # pragma: no cover
+        yield
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        err = storage_error(exc)
+        if err is not None:
+            raise _write_failure(path, exc) from None
+        raise
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "unknown process"
+            raise RunInUse(f"{path.parent} is in use by another ltrobust process ({holder}); wait for it to "
+                           f"finish, or choose another name=... / out=... (eval: another eval.tag=...).") from None
+        try:  # who holds it, for the message of the next one (informational: a full disk does not stop the run)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()}, {what} since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode(), 0)
+        except OSError:
+            pass
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the flock

@@ -281,9 +281,10 @@ class Evaluation:
     def run(self) -> dict[str, Any]:
         """Evaluate every chunk not already on disk, then aggregate and write the result files.
 
-        Runs in true fp32: TF32 convolutions and matmuls are switched off for the evaluation.
+        Runs in true fp32: TF32 convolutions and matmuls are switched off for the evaluation. Holds
+        ``<out_dir>/.<tag>.lock`` meanwhile, so two processes never write the same tag's chunks.
         """
-        with strict_fp32():
+        with io.run_lock(self.out_dir / f".{self.tag}.lock", f"eval {self.tag}"), strict_fp32():
             return self._run()
 
     def _run(self) -> dict[str, Any]:

@@ -13,6 +13,8 @@ killed and resuming to 4 gives the same weights as 4 epochs straight (determinis
 
 from __future__ import annotations
 
+import contextlib
+
 import logging
 import math
 import os
@@ -303,8 +305,17 @@ class Trainer:
 
     # ---------------------------------------------------------------------------------- training
     def fit(self) -> dict[str, Any]:
-        """Train to ``train.epochs`` (resuming when possible); returns the summary dict."""
+        """Train to ``train.epochs`` (resuming when possible); returns the summary dict.
+
+        The main process holds ``<run_dir>/.lock`` meanwhile: a second process training into the same
+        folder fails at once with :class:`~ltrobust.errors.RunInUse` instead of interleaving checkpoints.
+        """
         self.build()
+        lock = io.run_lock(self.run_dir / ".lock", "training") if self.dist.main else contextlib.nullcontext()
+        with lock:
+            return self._fit()
+
+    def _fit(self) -> dict[str, Any]:
         self.best: dict[str, Any] = {"epoch": -1, "val_rob": -1.0}
         self._drift_prev = None
         start = self._prepare_run_dir()

@@ -4,7 +4,6 @@ chunked resume (after a kill, a deleted chunk, a corrupt chunk, new weights), de
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np

@@ -184,6 +184,26 @@ def test_finetune_stage_trains_only_the_head(tmp_path, kind):
     assert rows[-1]["stage"] == f"finetune-{kind}"
 
 
+def test_finetune_killed_before_its_checkpoint_is_redone_with_one_metrics_row(tmp_path, monkeypatch):
+    base = TINY + ["epochs=1", "train.max_steps_per_epoch=2", "train.val_every=0", "train.precision=fp32",
+                   "train.deterministic=true", f"out={tmp_path}", "train.finetune=rw", "train.finetune_lr=0.05"]
+    Trainer(resolve_config(base + ["name=straight"])).fit()
+
+    def killed(*args, **kwargs):  # the process dies after the metrics row, before best.pt / last.pt
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(Trainer, "save_weights", killed)
+        with pytest.raises(KeyboardInterrupt):
+            Trainer(resolve_config(base + ["name=killed"])).fit()
+    assert not io.load_checkpoint(tmp_path / "killed" / "checkpoints" / "last.pt").get("finetuned")
+    Trainer(resolve_config(base + ["name=killed"])).fit()  # resumes and redoes the stage
+    stages = [r.get("stage") for r in io.read_jsonl(tmp_path / "killed" / "metrics.jsonl")]
+    assert stages.count("finetune-rw") == 1
+    a, b = _weights(tmp_path / "straight", "best"), _weights(tmp_path / "killed", "best")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_a_second_trainer_on_the_same_run_folder_is_refused(tmp_path):
     from ltrobust.errors import RunInUse
 

@@ -169,6 +169,11 @@ def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
         raise _write_failure(path, exc) from None
 
 
+def write_jsonl(path: str | Path, rows: list[dict[str, Any]]) -> None:
+    """Replace a JSON-lines file atomically with ``rows`` (used to drop rows of work that is redone)."""
+    atomic_write_text(path, "".join(json.dumps(_jsonable(r)) + "\n" for r in rows))
+
+
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     path = Path(path)
     if not path.exists():

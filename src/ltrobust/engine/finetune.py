@@ -97,8 +97,11 @@ def finetune(trainer: Any) -> dict[str, Any]:
     epoch = t.epochs - 1
     val = trainer.validate(epoch) if trainer.data.val is not None and len(trainer.data.val.labels) else None
     if trainer.dist.main:
-        io.append_jsonl(trainer.run_dir / "metrics.jsonl", {"epoch": epoch, "stage": f"finetune-{kind}",
-                                                           "steps": steps, "val": val})
+        metrics = trainer.run_dir / "metrics.jsonl"
+        # a run killed after this row but before last.pt below redoes the stage: keep one row, not two
+        rows = [r for r in io.read_jsonl(metrics) if not str(r.get("stage", "")).startswith("finetune")]
+        rows.append({"epoch": epoch, "stage": f"finetune-{kind}", "steps": steps, "val": val})
+        io.write_jsonl(metrics, rows)
         trainer.save_weights(trainer.ckpt_dir / "best.pt", epoch, val)
         state = trainer.state(epoch)
         state["finetuned"] = True

@@ -253,7 +253,7 @@ class Trainer:
             log.info("resuming %s from epoch %d", self.run_dir, start)
             if self.dist.main:  # drop metrics of epochs that were not checkpointed
                 rows = [r for r in io.read_jsonl(self.run_dir / "metrics.jsonl") if r.get("epoch", -1) < start]
-                io.atomic_write_text(self.run_dir / "metrics.jsonl", "".join(_json_line(r) for r in rows))
+                io.write_jsonl(self.run_dir / "metrics.jsonl", rows)
             return start
         if self.dist.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -492,12 +492,6 @@ def _config_diffs(old: dict[str, Any], new: dict[str, Any], prefix: str = "") ->
         elif a != b and not any(key == d or (d.endswith(".") and key.startswith(d)) for d in _RESUMABLE_DIFFS):
             diffs.append(f"{key}: {a!r} -> {b!r}")
     return diffs
-
-
-def _json_line(row: dict[str, Any]) -> str:
-    import json
-
-    return json.dumps(row) + "\n"
 
 
 def _fmt_record(r: dict[str, Any]) -> str:

@@ -39,6 +39,19 @@ def mix_seed(*values: int) -> int:
     return int(state[0]) | (int(state[1]) & 0x7FFFFFFF) << 32
 
 
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Copy a small host tensor (indices, crop offsets, flip masks) to ``device`` without stalling CUDA.
+
+    A copy from pageable memory waits for the GPU queue to drain; from pinned memory with
+    ``non_blocking=True`` it is queued behind the work already issued (the caching host allocator keeps
+    the pinned buffer alive until the copy ran). On the CPU, or when the tensor is already there, plain
+    ``.to``.
+    """
+    if device.type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 def random_crop(x: torch.Tensor, padding: int, offsets: torch.Tensor) -> torch.Tensor:
     """Per-sample crop of ``x`` (B, C, H, W) zero-padded by ``padding``, top-left corners ``offsets``.
 
@@ -49,7 +62,7 @@ def random_crop(x: torch.Tensor, padding: int, offsets: torch.Tensor) -> torch.T
         return x
     b, c, h, w = x.shape
     xp = F.pad(x, (padding, padding, padding, padding))  # (B, C, H+2p, W+2p)
-    offsets = offsets.to(x.device)
+    offsets = to_device(offsets, x.device)
     rows = offsets[:, 0:1] + torch.arange(h, device=x.device)  # (B, H)
     cols = offsets[:, 1:2] + torch.arange(w, device=x.device)  # (B, W)
     xp = xp.gather(2, rows[:, None, :, None].expand(b, c, h, w + 2 * padding))  # (B, C, H, W+2p)
@@ -58,7 +71,7 @@ def random_crop(x: torch.Tensor, padding: int, offsets: torch.Tensor) -> torch.T
 
 def random_flip(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Flip the samples of ``x`` (B, C, H, W) where ``mask`` (B,) is True, left to right."""
-    return torch.where(mask.to(x.device)[:, None, None, None], x.flip(3), x)
+    return torch.where(to_device(mask, x.device)[:, None, None, None], x.flip(3), x)
 
 
 def _policy_transform(augment: str, image_size: int) -> Any:
@@ -193,7 +206,7 @@ class DeviceLoader:
                 x, y = next(stream)
                 if len(y) < len(idx):  # pad_last on a stream: repeat the decoded samples
                     rep = torch.arange(len(idx)) % len(y)
-                    x, y = x[rep.to(x.device)], y[rep.to(y.device)]
+                    x, y = x[to_device(rep, x.device)], y[to_device(rep, y.device)]
             else:
                 x, y = self._array_batch(idx, mix_seed(self.seed, epoch, b + 1))
             self._batch = b + 1
@@ -206,7 +219,7 @@ class DeviceLoader:
 
     def _array_batch(self, idx: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         split = self.split
-        dev_idx = idx.to(self.device, non_blocking=True)
+        dev_idx = to_device(idx, self.device)
         x = split.images[dev_idx]  # uint8 (B, C, H, W)
         y = split.labels[dev_idx]
         if self.augment != "none":

@@ -10,7 +10,7 @@ clean and PGD-20 on ``--n-eval`` images (1000), and the AutoAttack column (casca
 APGD-CE + APGD-T, AutoAttack's first two attacks, attack name ``apgd``) on ``--n-aa`` images (100):
 APGD-T alone costs about 900 forward-backward passes per still-robust image, so 1000 images would take
 about a quarter of an hour per method on 2 CPU cores. One table is printed (overall and tail-third
-accuracy, wall time per run) and the results are written to ``benchmarks/results/mini_study-cpu-<date>.json``.
+accuracy, wall time per run) and the results are written to ``benchmarks/results/mini_study-cpu-<date>-<epochs>x<steps>.json``.
 
 The budget is far below the papers' (100 epochs on a GPU): the numbers compare the methods at equal,
 tiny compute, they do not reproduce SPEC 5. Runs live in ``--out`` (default ``runs/mini_study``) and
@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
            "threads": args.threads, "torch": torch.__version__, "total_seconds": total,
            "settings": {k: v for k, v in vars(args).items()}, "attacks": ATTACKS.split(","),
            "milestones": milestones(args.epochs), "rows": rows, "table": text}
-    path = Path(args.results) / f"mini_study-cpu-{date}.json"
+    path = Path(args.results) / f"mini_study-cpu-{date}-{args.epochs}x{args.steps_per_epoch or 'all'}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     io.atomic_write_text(path, json.dumps(out, indent=2) + "\n")
     print(f"wrote {path}")

@@ -221,3 +221,19 @@ def test_a_second_trainer_on_the_same_run_folder_is_refused(tmp_path):
         with pytest.raises(RunInUse, match="eval is in use by another ltrobust process"):
             evaluate_run(tmp_path / "busy", ["eval.attacks=clean", "eval.n_samples=20"], progress=False)
     assert evaluate_run(tmp_path / "busy", ["eval.attacks=clean", "eval.n_samples=20"], progress=False)["n"] == 20
+
+
+def test_drop_last_follows_compile_unless_set(tmp_path):
+    def loader(*extra):
+        tr = Trainer(resolve_config(TINY + ["epochs=1", f"out={tmp_path}", "name=d", *extra]))
+        tr.build()
+        return tr, len(tr.data.train.labels)
+
+    tr, n = loader()
+    assert len(tr.loader) == -(-n // 64) and not tr.loader.drop_last  # ceil: the last batch is smaller
+    tr, n = loader("train.drop_last=true")
+    assert len(tr.loader) == n // 64 and tr.loader.drop_last
+    assert loader("train.compile=true")[0].loader.drop_last  # auto: static shapes for the compiled step
+    assert not loader("train.compile=true", "train.drop_last=false")[0].loader.drop_last
+    with pytest.raises(ConfigError, match="larger than the .* training images .* train.drop_last=false"):
+        loader("train.drop_last=true", "train.batch_size=100000")

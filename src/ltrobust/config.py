@@ -137,6 +137,8 @@ class TrainConfig:
     precision: str = "auto"  #: auto (bf16 where native) | bf16 | fp32
     channels_last: bool = True
     compile: bool = False
+    #: drop the last, smaller batch of each epoch (static shapes); none: only when train.compile is on
+    drop_last: bool | None = None
     ema: float = 0.0  #: weight EMA decay (0: off)
     sampler: str = "uniform"  #: uniform | class_balanced (re-sampling)
     finetune: str = "none"  #: none | crt | rw | lws (backbone frozen, finetune_epochs)
@@ -272,6 +274,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise TypeError
         if tp == "str":
             return "" if value is None else str(value)  # `key=` (empty) parses as None
+        if tp == "bool | None":
+            if value is None or (isinstance(value, str) and value.lower() in ("", "none", "null", "auto")):
+                return None
+            return _coerce(value, "bool", key)
         if tp == "float | None":
             if value is None or (isinstance(value, str) and value.lower() in ("", "none", "null")):
                 return None

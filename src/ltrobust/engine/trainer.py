@@ -229,8 +229,14 @@ class Trainer:
         from ..data import train_loader
 
         cfg = self.cfg
-        return train_loader(self.data, batch_size=cfg.train.batch_size, device=self.device,
-                            seed=cfg.train.seed, sampler=cfg.train.sampler)
+        drop_last = cfg.train.compile if cfg.train.drop_last is None else cfg.train.drop_last
+        loader = train_loader(self.data, batch_size=cfg.train.batch_size, device=self.device,
+                              seed=cfg.train.seed, sampler=cfg.train.sampler, drop_last=drop_last)
+        if len(loader) == 0:
+            raise ConfigError(f"train.batch_size={cfg.train.batch_size} is larger than the "
+                              f"{len(self.data.train.labels)} training images and the last batch is dropped "
+                              f"(train.drop_last): lower train.batch_size or set train.drop_last=false.")
+        return loader
 
     # ------------------------------------------------------------------------------------- paths
     @property

@@ -332,7 +332,7 @@ class Trainer:
             val = self.validate(epoch) if self._val_due(epoch) else None
             if val is not None:
                 record["val"] = val
-            if self.cfg.train.record_ae_drift:
+            if self.cfg.train.record_ae_drift and self.dist.main:  # forked RNG: other ranks need not run it
                 record["ae_drift"] = self.ae_drift()
             self.method.on_epoch_end(epoch, record)
             if self.dist.main:

@@ -18,7 +18,8 @@ resume: a finished run is not retrained and finished evaluation chunks are reuse
 
 Usage (from the project root)::
 
-    .venv/bin/python benchmarks/mini_study.py                       # ~20-30 min on 2 idle cores
+    .venv/bin/python benchmarks/mini_study.py                       # 10 x 40 steps: ~45-60 min on 2 cores
+    .venv/bin/python benchmarks/mini_study.py --epochs 3 --steps-per-epoch 15   # quick: 9 min, near chance
     .venv/bin/python benchmarks/mini_study.py --epochs 1 --steps-per-epoch 2 --n-eval 50 --n-aa 20   # smoke
 
 The data set is the shared JPEG copy of CIFAR-10 (``--data-dir``, default ``.data/cifar10``); when that
@@ -198,8 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", default=".data/cifar10", help="CIFAR-10 folder (relative to the project root)")
     p.add_argument("--out", default="runs/mini_study", help="parent folder of the run folders")
     p.add_argument("--methods", default=",".join(METHOD_PRESETS), help="comma-separated subset of the methods")
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--steps-per-epoch", type=int, default=15, help="batches per epoch (0: the whole epoch)")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--steps-per-epoch", type=int, default=40, help="batches per epoch (0: the whole epoch)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--model", default="resnet18", choices=["resnet18", "preact_resnet18"])
     p.add_argument("--width", type=int, default=16)

@@ -149,10 +149,15 @@ def test_validation_is_balanced_disjoint_from_test_and_records_overlap(digits):
     assert digits.val.labels[:10].tolist() == list(range(10))  # balanced (round-robin) order
 
 
-def test_overlap_is_logged(caplog):
-    with caplog.at_level(logging.WARNING, logger="ltrobust.data"):
+def test_overlap_is_logged_once_per_process(caplog, monkeypatch):
+    from ltrobust.data import lt
+
+    monkeypatch.setattr(lt, "_WARNED", set())
+    with caplog.at_level(logging.DEBUG, logger="ltrobust.data"):
         build_data(DataConfig(dataset="digits-lt"))
-    assert any("val_overlap" in r.getMessage() and "0 (0): 6" in r.getMessage() for r in caplog.records)
+        build_data(DataConfig(dataset="digits-lt"))  # the same data set again (a demo's next run)
+    hits = [r for r in caplog.records if "val_overlap" in r.getMessage() and "0 (0): 6" in r.getMessage()]
+    assert [r.levelno for r in hits] == [logging.WARNING, logging.DEBUG]
 
 
 def test_val_from_holdout_removes_overlap_from_training():

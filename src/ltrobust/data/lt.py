@@ -44,6 +44,7 @@ from .profiles import (balanced_order, balanced_resample_indices, class_counts, 
 from .splits import ArraySplit, StreamSplit
 
 log = logging.getLogger(__name__)
+_WARNED: set[str] = set()  #: warnings already given in this process
 
 Split = ArraySplit | StreamSplit
 
@@ -230,9 +231,12 @@ def _select_lt(cfg: DataConfig, spec: DatasetSpec, raw: RawData, num_classes: in
         removed.append(k if cfg.val_from == "holdout" else 0)
     if any(overlap):
         which = ", ".join(f"{c} ({raw.class_names[c]}): {k}" for c, k in enumerate(overlap) if k)
-        log.warning("%s: too few unselected training images for %d validation images per class; validation "
-                    "images that are also training images, per class: %s (manifest val_overlap; "
-                    "val_from=holdout removes them from training instead)", cfg.dataset, v, which)
+        msg = (f"{cfg.dataset}: too few unselected training images for {v} validation images per class; "
+               f"validation images that are also training images, per class: {which} (manifest val_overlap; "
+               f"val_from=holdout removes them from training instead)")
+        # once per process: a demo or sweep builds the same data set for every run and evaluation
+        log.log(logging.DEBUG if msg in _WARNED else logging.WARNING, msg)
+        _WARNED.add(msg)
     if cfg.test_profile == "lt":
         test_avail = np.bincount(raw.test.labels, minlength=num_classes)
         test_counts = class_counts(cfg.profile, int(test_avail.min()), num_classes, cfg.imbalance)

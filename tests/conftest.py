@@ -1,4 +1,4 @@
-"""Shared test fixtures about data (keep this file small)."""
+"""Shared test fixtures: one-thread torch for tiny models, the shared CIFAR-10 copy, a killed training run."""
 
 from __future__ import annotations
 
@@ -6,12 +6,24 @@ import hashlib
 import shutil
 import subprocess
 import tarfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_CIFAR10 = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models on the shared 2-core CPU: one intra-op thread is several times faster than two that
+    wait for each other. A module opts in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")
@@ -39,3 +51,33 @@ def cifar10_jpeg_dir() -> Path:
         tmp.rename(target)
         marker.touch()
     return target
+
+
+class Killed(BaseException):
+    """Stands in for a SIGKILL in in-process resume tests (a BaseException: no handler in ltrobust catches it)."""
+
+
+@pytest.fixture
+def die_after_checkpoint(monkeypatch):
+    """``with die_after_checkpoint(epoch): Trainer(cfg).fit()``: the run dies right after ``last.pt`` of
+    ``epoch`` is on disk, as a SIGKILL there would (the block expects it and fails if the run survives).
+    ``run_name`` limits it to ``<run_name>/checkpoints/last.pt`` (not a self-distillation teacher's).
+    The real ``io.save_checkpoint`` is back when the block ends."""
+    from ltrobust import io
+
+    @contextmanager
+    def arm(epoch: int, run_name: str | None = None):
+        real_save = io.save_checkpoint
+
+        def save_then_die(path, state):
+            real_save(path, state)
+            p = Path(path)
+            if p.name == "last.pt" and state["epoch"] == epoch and run_name in (None, p.parent.parent.name):
+                raise Killed
+
+        with monkeypatch.context() as m:
+            m.setattr(io, "save_checkpoint", save_then_die)
+            with pytest.raises(Killed):
+                yield
+
+    return arm

@@ -146,25 +146,13 @@ def test_ae_drift_fixed_start_and_untouched_rng(tmp_path):
     assert second["per_class_l2"] == [0.0] * 10 and second["per_class_linf"] == [0.0] * 10
 
 
-def test_ae_drift_recording_keeps_resume_exact(tmp_path, monkeypatch):
+def test_ae_drift_recording_keeps_resume_exact(tmp_path, die_after_checkpoint):
     """Killed after epoch 2 and resumed: same weights and same drift as training straight through."""
     over = TINY + ["epochs=3", "train.deterministic=true", "train.val_every=0", "train.max_steps_per_epoch=3",
                    f"out={tmp_path}"]
     Trainer(resolve_config(over + ["name=straight"])).fit()
-    real_save = io.save_checkpoint
-
-    class Killed(BaseException):
-        pass
-
-    def save_then_die(path, state):
-        real_save(path, state)
-        if Path(path).name == "last.pt" and state["epoch"] == 1:
-            raise Killed
-
-    monkeypatch.setattr(io, "save_checkpoint", save_then_die)
-    with pytest.raises(Killed):
+    with die_after_checkpoint(1):
         Trainer(resolve_config(over + ["name=killed"])).fit()
-    monkeypatch.setattr(io, "save_checkpoint", real_save)
     Trainer(resolve_config(over + ["name=killed"])).fit()
     a, b = (io.load_checkpoint(tmp_path / n / "checkpoints" / "last.pt")["model"] for n in ("straight", "killed"))
     assert all(torch.equal(a[k], b[k]) for k in a)

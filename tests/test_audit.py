@@ -23,13 +23,7 @@ from ltrobust.errors import ConfigError
 EPS, STEP = 16 / 255, 4 / 255  # 8x8 digits: at 8/255 PGD-20 barely moves this small model
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on a shared CPU: one intra-op thread is faster than several that wait for each other."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

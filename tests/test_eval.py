@@ -25,13 +25,7 @@ SPEC4_KEYS = {"n", "accuracy", "per_class", "balanced_accuracy", "head", "body",
               "tail_group", "worst_class", "groups", "predicted_distribution"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on a shared CPU: one intra-op thread is faster than several that wait for each other."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def without_seconds(obj):

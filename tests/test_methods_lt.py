@@ -31,13 +31,7 @@ TINY = ["dataset=digits-lt", "model=mlp", "model.width=16", "train.batch_size=32
         "train.val_every=0", "train.precision=fp32", "attack.steps=2", "train.max_steps_per_epoch=2"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one intra-op thread is several times faster than two on the shared 2-core CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def make(name: str, loss: str = "ce", counts=COUNTS, attack: AttackConfig | None = None, total_epochs: int = 10,
@@ -409,23 +403,7 @@ def test_self_distill_with_alpha_zero_trains_exactly_like_at_bsl(tmp_path):
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-def _kill_after_epoch(monkeypatch, run_name: str, epoch: int):
-    real_save = io.save_checkpoint
-
-    class Killed(BaseException):
-        pass
-
-    def save_then_die(path, state):
-        real_save(path, state)
-        p = Path(path)
-        if p.name == "last.pt" and p.parent.parent.name == run_name and state["epoch"] == epoch:
-            raise Killed
-
-    monkeypatch.setattr(io, "save_checkpoint", save_then_die)
-    return Killed, real_save
-
-
-def test_self_distill_trains_a_recorded_resumable_teacher_then_resumes_exactly(tmp_path, monkeypatch):
+def test_self_distill_trains_a_recorded_resumable_teacher_then_resumes_exactly(tmp_path, die_after_checkpoint):
     over = ["preset=self-distill-digits", "model=mlp", "model.width=16", "epochs=2", "method.teacher_epochs=2",
             "train.deterministic=true"]
     straight = _run(tmp_path, "straight", over)
@@ -437,10 +415,8 @@ def test_self_distill_trains_a_recorded_resumable_teacher_then_resumes_exactly(t
     assert resample["gamma"] == 5.0 and resample["per_class"] == [int(5.0 * min(counts))] * len(counts)
     assert (tdir / "checkpoints" / "last.pt").exists()
     # killed after the student's first epoch, then resumed: the teacher is not retrained, weights match
-    killed_exc, real_save = _kill_after_epoch(monkeypatch, "killed", 0)
-    with pytest.raises(killed_exc):
+    with die_after_checkpoint(0, run_name="killed"):
         _run(tmp_path, "killed", over)
-    monkeypatch.setattr(io, "save_checkpoint", real_save)
     _run(tmp_path, "killed", over)
     assert len(io.read_jsonl(tmp_path / "killed" / "teacher" / "metrics.jsonl")) == 2
     wa, wb = _weights(straight.run_dir), _weights(tmp_path / "killed")
@@ -453,13 +429,11 @@ def test_self_distill_trains_a_recorded_resumable_teacher_then_resumes_exactly(t
     assert all(torch.equal(t1[k], t2[k]) for k in t1)
 
 
-def test_reat_resumes_exactly_with_its_rbl_counts(tmp_path, monkeypatch):
+def test_reat_resumes_exactly_with_its_rbl_counts(tmp_path, die_after_checkpoint):
     over = ["method=reat", "loss=bsl", "epochs=3", "train.deterministic=true"]
     straight = _run(tmp_path, "straight", over)
-    killed_exc, real_save = _kill_after_epoch(monkeypatch, "killed", 1)
-    with pytest.raises(killed_exc):
+    with die_after_checkpoint(1, run_name="killed"):
         _run(tmp_path, "killed", over)
-    monkeypatch.setattr(io, "save_checkpoint", real_save)
     resumed = _run(tmp_path, "killed", over)
     assert resumed.method.ae_counts == straight.method.ae_counts
     wa, wb = _weights(straight.run_dir), _weights(tmp_path / "killed")

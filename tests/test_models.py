@@ -31,13 +31,7 @@ FIXED_INPUT_SIZE = {"mlp", "vit_b16"}  # input size fixed at build time
 MIN_INPUT_SIZE = {"resnet50": 32}  # ImageNet stem; the CIFAR-stem models take 8 px
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny models run fastest on one thread, above all on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def tiny_model(name: str, in_channels: int = 3, **kw) -> tuple[LTModel, int]:

@@ -25,27 +25,15 @@ def _weights(run_dir: Path, which: str = "last") -> dict[str, torch.Tensor]:
     return io.load_checkpoint(run_dir / "checkpoints" / f"{which}.pt")["model"]
 
 
-def test_resume_after_kill_gives_identical_weights(tmp_path, monkeypatch):
+def test_resume_after_kill_gives_identical_weights(tmp_path, die_after_checkpoint):
     over = TINY + ["epochs=4", "train.deterministic=true", "train.precision=fp32", "train.milestones=3",
                    f"out={tmp_path}"]
     straight = Trainer(resolve_config(over + ["name=straight"]))
     straight.fit()
 
     # Kill (in-process) right after the checkpoint of epoch 2 is on disk, then resume in a new trainer.
-    real_save = io.save_checkpoint
-
-    class Killed(BaseException):
-        pass
-
-    def save_then_die(path, state):
-        real_save(path, state)
-        if Path(path).name == "last.pt" and state["epoch"] == 1:
-            raise Killed
-
-    monkeypatch.setattr(io, "save_checkpoint", save_then_die)
-    with pytest.raises(Killed):
+    with die_after_checkpoint(1):
         Trainer(resolve_config(over + ["name=killed"])).fit()
-    monkeypatch.setattr(io, "save_checkpoint", real_save)
     assert io.load_checkpoint(tmp_path / "killed" / "checkpoints" / "last.pt")["epoch"] == 1
     resumed = Trainer(resolve_config(over + ["name=killed"]))
     resumed.fit()

@@ -36,10 +36,7 @@ import logging
 import math
 import os
 import platform
-import shutil
-import subprocess
 import sys
-import tarfile
 import time
 from pathlib import Path
 from typing import Any
@@ -76,18 +73,8 @@ def ensure_data(data_dir: Path) -> Path:
     if not SHARED_TAR.is_file():
         sys.exit(f"{data_dir} holds no CIFAR-10 (train/ and test/) and {SHARED_TAR} is absent: "
                  f"pass --data-dir PATH to a CIFAR-10 image folder or the official python release.")
-    tmp = data_dir.with_name(data_dir.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     print(f"extracting {SHARED_TAR} -> {data_dir} ...", flush=True)
-    if shutil.which("tar"):
-        subprocess.run(["tar", "-xzf", str(SHARED_TAR), "-C", str(tmp)], check=True)
-    else:
-        with tarfile.open(SHARED_TAR) as tar:
-            tar.extractall(tmp, filter="data")
-    shutil.rmtree(data_dir, ignore_errors=True)
-    tmp.rename(data_dir)
-    return data_dir
+    return io.extract_tar(SHARED_TAR, data_dir)
 
 
 def milestones(epochs: int) -> str:

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import shutil
-import subprocess
-import tarfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -39,16 +36,9 @@ def cifar10_jpeg_dir() -> Path:
     target = ROOT / ".data" / "cifar10"
     marker = target / f".extracted-{tag[:12]}"
     if not marker.is_file():
-        tmp = ROOT / ".data" / "cifar10.partial"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        if shutil.which("tar"):  # GNU tar is several times faster than tarfile on 60,000 small files
-            subprocess.run(["tar", "-xzf", str(SHARED_CIFAR10), "-C", str(tmp)], check=True)
-        else:
-            with tarfile.open(SHARED_CIFAR10) as tar:
-                tar.extractall(tmp, filter="data")
-        shutil.rmtree(target, ignore_errors=True)
-        tmp.rename(target)
+        from ltrobust.io import extract_tar
+
+        extract_tar(SHARED_CIFAR10, target)
         marker.touch()
     return target
 

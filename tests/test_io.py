@@ -177,3 +177,20 @@ def test_run_lock_on_a_read_only_folder_is_a_storage_error(tmp_path, monkeypatch
     with pytest.raises(CheckpointError, match=r"cannot write .*\.lock: the folder is on a read-only file system"):
         with io.run_lock(tmp_path / ".lock", "training"):
             pass
+
+
+def test_extract_tar_is_atomic_and_replaces_the_target(tmp_path):
+    import tarfile
+
+    src = tmp_path / "src"
+    (src / "train" / "cat").mkdir(parents=True)
+    (src / "train" / "cat" / "0.txt").write_text("x")
+    archive = tmp_path / "a.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(src / "train", arcname="train")
+    target = tmp_path / "out"
+    (target / "stale").mkdir(parents=True)  # a previous, different copy
+    (tmp_path / "out.partial").mkdir()  # left by a killed extraction
+    assert io.extract_tar(archive, target) == target
+    assert (target / "train" / "cat" / "0.txt").read_text() == "x"
+    assert not (target / "stale").exists() and not (tmp_path / "out.partial").exists()

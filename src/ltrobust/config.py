@@ -253,6 +253,10 @@ def parse_value(text: str) -> Any:
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Coerce a parsed value to the dataclass field type ``tp`` (given as a string annotation)."""
     tp = str(tp)
+    if tp.endswith(" | None"):  # optional: `key=`, none or null give None, anything else the base type
+        if value is None or (isinstance(value, str) and value.lower() in ("", "none", "null")):
+            return None
+        return _coerce(value, tp[: -len(" | None")], key)
     if isinstance(value, str) and _FRACTION.match(value):
         value = parse_value(value)
     try:
@@ -274,18 +278,6 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise TypeError
         if tp == "str":
             return "" if value is None else str(value)  # `key=` (empty) parses as None
-        if tp == "bool | None":
-            if value is None or (isinstance(value, str) and value.lower() in ("", "none", "null", "auto")):
-                return None
-            return _coerce(value, "bool", key)
-        if tp == "float | None":
-            if value is None or (isinstance(value, str) and value.lower() in ("", "none", "null")):
-                return None
-            if isinstance(value, bool):
-                raise TypeError
-            return float(value)
-        if tp == "str | None":
-            return None if value in (None, "", "none", "null") else str(value)
         if tp.startswith("tuple[int"):
             if value in (None, "", "none"):
                 return ()

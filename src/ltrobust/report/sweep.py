@@ -46,6 +46,7 @@ import yaml
 from .. import io
 from ..config import PRESET_DIR, RunConfig, from_flat, load_run_config, parse_value, resolve_config, to_dict, to_flat
 from ..errors import ConfigError, LtrobustError
+from .collect import fmt_value
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +245,7 @@ def plan_runs(spec: SweepSpec) -> list[RunPlan]:
             named = NAMED_KEYS if cfg.data.profile == "exp" else tuple(k for k in NAMED_KEYS if k != "data.imbalance")
             varying = [k for k in dict.fromkeys(k for f in mates for k in f) if k not in named
                        and len({json.dumps(f.get(k), default=str) for f in mates}) > 1]
-            parts = [_slug(f"{_short(k)}_{_fmt(flat[k])}") for k in varying
+            parts = [_slug(f"{_short(k)}_{fmt_value(flat[k])}") for k in varying
                      if k in flat and json.dumps(flat[k], default=str) != json.dumps(default.get(k), default=str)]
             name = "-".join([cfg.run_name()] + parts)
             if len(name) > 120:
@@ -267,14 +268,6 @@ def plan_runs(spec: SweepSpec) -> list[RunPlan]:
             if tag not in plan.evals or (p.label and not plan.evals[tag].label):
                 plan.evals[tag] = p
     return plans
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:g}"
-    if isinstance(v, (list, tuple)):
-        return ",".join(_fmt(x) for x in v)
-    return str(v)
 
 
 def _eval_settings(cfg: RunConfig) -> dict[str, Any]:

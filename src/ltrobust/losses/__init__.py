@@ -12,7 +12,8 @@ from .longtail import (BalancedSoftmaxLoss, BSLOptions, CATOptions, CBOptions, C
                        balanced_softmax_loss, class_aware_temperature_loss, class_balanced_loss,
                        class_balanced_weights, class_temperatures, cross_entropy, drw_weights, focal_loss,
                        inverse_frequency_weights, ldam_loss, ldam_margins, log_prior, reweighted_loss)
-from .reat import rbl_loss, rbl_weights, reat_tail_classes, tail_class_weights, tail_loss
+from .reat import (rbl_loss, rbl_weights, reat_tail_classes, tail_class_weights, tail_loss, tail_loss_from_terms,
+                   tail_terms)
 from .robal import robal_inference_logits, robal_kl, robal_loss, robal_margins
 from .taet import harl_loss
 
@@ -30,7 +31,8 @@ __all__ = [
     # RoBal (robal.py)
     "robal_margins", "robal_loss", "robal_kl", "robal_inference_logits",
     # REAT (reat.py)
-    "rbl_weights", "rbl_loss", "reat_tail_classes", "tail_class_weights", "tail_loss",
+    "rbl_weights", "rbl_loss", "reat_tail_classes", "tail_class_weights", "tail_loss", "tail_loss_from_terms",
+    "tail_terms",
     # TAET (taet.py)
     "harl_loss",
     # self-distillation (distill.py)

@@ -171,15 +171,32 @@ def tail_loss(features: torch.Tensor, targets: torch.Tensor, class_counts: Seque
     Returns:
         Scalar float32 tensor.
     """
+    omega, tails = tail_terms(class_counts, tail_classes, features.device)
+    return tail_loss_from_terms(features, targets, omega, tails, reduction, margin)
+
+
+def tail_terms(class_counts: Sequence[float] | torch.Tensor, tail_classes: Sequence[int] | torch.Tensor,
+               device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """The per-class inputs of TAIL on ``device``: ``omega`` (C,) float32 and the tail-class mask (C,) bool.
+
+    Build them once per run (a training step then copies nothing from the host) and pass them to
+    :func:`tail_loss_from_terms`.
+    """
+    omega = tail_class_weights(class_counts).to(device)  # (C,)
+    tails = torch.zeros(omega.numel(), dtype=torch.bool)  # (C,)
+    idx = tail_classes.cpu() if isinstance(tail_classes, torch.Tensor) else list(tail_classes)
+    tails[torch.as_tensor(idx, dtype=torch.long)] = True
+    return omega, tails.to(device)
+
+
+def tail_loss_from_terms(features: torch.Tensor, targets: torch.Tensor, omega: torch.Tensor, tails: torch.Tensor,
+                         reduction: str = "paper", margin: float | None = None) -> torch.Tensor:
+    """:func:`tail_loss` with ``omega`` and the tail mask from :func:`tail_terms` (on the features' device)."""
     if reduction not in _TAIL_REDUCTIONS:
         raise ConfigError(f"tail reduction {reduction!r}: use paper or official.")
     if margin is not None and not (margin > 0 and math.isfinite(margin)):
         raise ConfigError(f"tail margin={margin}: use a finite number of nats > 0, or None for the literal Eq. 3.")
     device = features.device
-    omega = tail_class_weights(class_counts).to(device)  # (C,)
-    tails = torch.zeros(omega.numel(), dtype=torch.bool, device=device)  # (C,)
-    idx = tail_classes if isinstance(tail_classes, torch.Tensor) else list(tail_classes)
-    tails[torch.as_tensor(idx, dtype=torch.long, device=device)] = True
     with torch.autocast(device_type=device.type, enabled=False):
         f = features.float()  # (B, D)
         log_p = F.log_softmax(f, dim=1)  # (B, D)

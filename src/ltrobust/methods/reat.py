@@ -22,7 +22,7 @@ from torch import nn
 
 from ..attacks.pgd import autocast
 from ..errors import ConfigError
-from ..losses import rbl_weights, reat_tail_classes, tail_loss
+from ..losses import rbl_weights, reat_tail_classes, tail_loss_from_terms, tail_terms
 from ..registry import LOSSES, METHODS
 from .at_bsl import require_outer_loss_mode
 from .base import Method
@@ -106,6 +106,7 @@ class REAT(Method):
         self.ae_counts: list[float] = self.class_counts.tolist()  # a_c; first epoch: n_c (footnote 2)
         self._weights = smoothed_rbl_weights(self.ae_counts, self.class_counts, self.options.rbl_smoothing)
         self._weights_dev: dict[torch.device, torch.Tensor] = {}
+        self._tail_terms: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def _build_base_loss(self) -> Any:
         wanted = _LOSS_ALIASES[self.options.base_loss.lower()]
@@ -158,8 +159,11 @@ class REAT(Method):
         out = {"loss_lt": loss_lt.detach(), "logits_adv": logits.detach()}
         loss = loss_lt
         if self.options.tail_weight != 0:
-            tail = tail_loss(feats, y, self.class_counts, self.tail_classes, reduction=self.options.tail_reduction,
-                             margin=self.options.tail_margin)
+            terms = self._tail_terms.get(feats.device)
+            if terms is None:  # omega and the tail mask, copied to the device once
+                terms = self._tail_terms[feats.device] = tail_terms(self.class_counts, self.tail_classes, feats.device)
+            tail = tail_loss_from_terms(feats, y, *terms, reduction=self.options.tail_reduction,
+                                        margin=self.options.tail_margin)
             loss = loss + self.options.tail_weight * tail
             out["tail"] = tail.detach()
         out["loss"] = loss

@@ -99,8 +99,8 @@ def verdict(diff: float, se: float | None) -> str:
 def train_and_eval(args: argparse.Namespace, precision: str, seed: int, data: Any, device: torch.device,
                    work: Path) -> dict[str, Any]:
     from ltrobust.config import resolve_config
-    from ltrobust.engine.evaluator import Evaluation
-    from ltrobust.engine.trainer import Trainer
+    from ltrobust.evaluation.evaluator import Evaluation
+    from ltrobust.training.trainer import Trainer
 
     milestones = f"{max(int(args.epochs * 0.75), 1)},{max(int(args.epochs * 0.9), 1)}"
     over = [f"method={args.method}", f"model={args.model}", f"model.width={args.width}", f"dataset={args.dataset}",
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         torch.set_num_threads(args.threads)
     from ltrobust.config import DataConfig
     from ltrobust.data import build_data
-    from ltrobust.engine.trainer import cpu_has_native_bf16, resolve_device
+    from ltrobust.training.trainer import cpu_has_native_bf16, resolve_device
 
     device = resolve_device(args.device)
     resolve_defaults(args, device)

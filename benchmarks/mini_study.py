@@ -5,7 +5,7 @@ preset for its options, attack and weight decay), with a small ResNet-18 (``--wi
 budget for all: ``--epochs`` epochs of at most ``--steps-per-epoch`` batches of ``--batch-size``, lr 0.1
 decayed x0.1 at 75% and 90% of the epochs (TAET's clean stage: 40% of the epochs; the self-distillation
 teacher gets 002's share of training images). Each run is then evaluated on its last checkpoint with
-``ltrobust.engine.runs.evaluate_run`` on class-balanced subsets of the test set, eps 8/255, step 2/255:
+``ltrobust.evaluation.runs.evaluate_run`` on class-balanced subsets of the test set, eps 8/255, step 2/255:
 clean and PGD-20 on ``--n-eval`` images (1000), and the AutoAttack column (cascade clean -> PGD-20 ->
 APGD-CE + APGD-T, AutoAttack's first two attacks, attack name ``apgd``) on ``--n-aa`` images (100):
 APGD-T alone costs about 900 forward-backward passes per still-robust image, so 1000 images would take
@@ -49,8 +49,8 @@ import torch  # noqa: E402
 
 from ltrobust import io  # noqa: E402
 from ltrobust.config import resolve_config  # noqa: E402
-from ltrobust.engine.runs import evaluate_run  # noqa: E402
-from ltrobust.engine.trainer import Trainer  # noqa: E402
+from ltrobust.evaluation.runs import evaluate_run  # noqa: E402
+from ltrobust.experiments import train  # noqa: E402
 
 #: method -> the preset its options come from (pgd_at: plain Madry AT with CE, no preset)
 METHOD_PRESETS: dict[str, list[str]] = {
@@ -139,7 +139,7 @@ def run_method(method: str, args: argparse.Namespace) -> dict[str, Any]:
     run_dir = Path(args.out) / method
     reused = finished(run_dir, args.epochs)
     t0 = time.perf_counter()
-    Trainer(cfg, run_dir=run_dir).fit()
+    train(cfg, run_dir=run_dir)
     train_s = recorded_seconds(run_dir) if reused else time.perf_counter() - t0
     row: dict[str, Any] = {"method": method, "preset": METHOD_PRESETS[method][0], "run_dir": str(run_dir),
                            "reused": reused, "train_seconds": train_s}

@@ -6,7 +6,7 @@ and data:
 
 - training images/s per method (``--methods``; every METHODS entry works on the ltrobust side, the
   reference loop of ``reference_loop.py`` exists for natural, pgd_at, trades, at_bsl), ltrobust through
-  its real :class:`~ltrobust.engine.trainer.Trainer` (``train_epoch``: device-resident loader, bf16
+  its real :class:`~ltrobust.training.trainer.Trainer` (``train_epoch``: device-resident loader, bf16
   autocast where native, channels_last, optional ``torch.compile``), warm-up batches excluded;
 - evaluation images/s: PGD-20 on every image (ltrobust's ``run_attack`` + ``predict`` as the evaluator
   calls them, fp32) against the reference PGD-20 loop, and AutoAttack standard through ltrobust's adapter
@@ -77,7 +77,7 @@ def device_name(device: torch.device) -> str:
 
 
 def versions() -> dict[str, str]:
-    from ltrobust.engine.evaluator import library_versions
+    from ltrobust.evaluation.evaluator import library_versions
 
     out = library_versions()
     out["cuda"] = str(torch.version.cuda)
@@ -245,7 +245,7 @@ def make_config(args: argparse.Namespace, method: str, device: torch.device) -> 
 
 
 def build_trainer(args: argparse.Namespace, method: str, data: Any, device: torch.device, run_dir: Path) -> Any:
-    from ltrobust.engine.trainer import Trainer
+    from ltrobust.training.trainer import Trainer
 
     trainer = Trainer(make_config(args, method, device), run_dir=run_dir / method, data=data, resume=False)
     trainer.build()
@@ -258,7 +258,7 @@ def build_trainer(args: argparse.Namespace, method: str, data: Any, device: torc
 
 def ltrobust_step_flops(trainer: Any, x: torch.Tensor, y: torch.Tensor) -> float:
     """FLOPs per image of one real ltrobust training step (attack + loss + backward) of ``trainer``."""
-    from ltrobust.engine.trainer import unwrap
+    from ltrobust.training.trainer import unwrap
 
     model = unwrap(trainer.model)
     method = trainer.method
@@ -325,9 +325,9 @@ def interleave(runners: dict[str, Callable[[int], dict[str, Any]]], warmup: int,
 # ===================================================================================== evaluation
 def eval_model(args: argparse.Namespace, data: Any, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
     """The model the evaluation benchmark attacks: ``--checkpoint``'s deployed model (a run folder or a
-    checkpoint file, loaded by ``ltrobust.engine.runs.load_run``), else the initial weights of ``--model``."""
+    checkpoint file, loaded by ``ltrobust.evaluation.runs.load_run``), else the initial weights of ``--model``."""
     if args.checkpoint:
-        from ltrobust.engine.runs import load_run
+        from ltrobust.evaluation.runs import load_run
 
         run = load_run(args.checkpoint, device=device)
         return run.deployed.eval(), {"weights": str(run.checkpoint), "model": run.cfg.model.name,
@@ -362,7 +362,7 @@ class LtrobustPGDEval:
 
     def run(self, n: int) -> dict[str, Any]:
         from ltrobust.attacks.suite import run_attack
-        from ltrobust.engine.evaluator import _check_ball, predict
+        from ltrobust.evaluation.evaluator import _check_ball, predict
 
         sync(self.device)
         t0 = time.perf_counter()
@@ -396,7 +396,7 @@ def time_ltrobust_aa(model: nn.Module, x: torch.Tensor, y: torch.Tensor, bs: int
     _, robust = run_autoattack(model, x, y, eps=8 / 255, version="standard", batch_size=bs, seed=0)
     sync(device)
     seconds = time.perf_counter() - t0
-    from ltrobust.engine.evaluator import predict
+    from ltrobust.evaluation.evaluator import predict
 
     clean = float((predict(model, x, bs) == y).float().mean()) * 100
     return {"seconds": seconds, "images": int(len(y)), "images_per_s": len(y) / seconds, "clean": clean,
@@ -480,8 +480,8 @@ def _profile(fn: Callable[[], Any], device: torch.device, top: int = 12) -> dict
 def fast_path_checks(trainer: Any, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     """Inspect a built ltrobust Trainer for the fast path of issue 9 (cheap; --profile adds profiles)."""
     from ltrobust.attacks.suite import parse_attack, run_attack
-    from ltrobust.engine.evaluator import quick_robustness
-    from ltrobust.engine.trainer import unwrap
+    from ltrobust.evaluation.evaluator import quick_robustness
+    from ltrobust.training.trainer import unwrap
 
     out: dict[str, Any] = {}
     loader, method = trainer.loader, trainer.method
@@ -612,7 +612,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     log.setLevel(logging.INFO)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from ltrobust.engine.trainer import resolve_amp, resolve_device
+    from ltrobust.training.trainer import resolve_amp, resolve_device
     from ltrobust.registry import METHODS
 
     device = resolve_device(args.device)
@@ -790,7 +790,7 @@ def run_eval(args: argparse.Namespace, data: Any, device: torch.device, out: dic
     save()
     if args.aa_n:
         n = min(args.aa_n, len(data.test))
-        from ltrobust.engine.evaluator import balanced_subset
+        from ltrobust.evaluation.evaluator import balanced_subset
 
         idx = balanced_subset(data.test.labels, n, args.seed)
         x = data.test.images[idx.to(data.test.images.device)].to(device).float() / 255.0

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ltrobust.engine.adjust import cdt, logit_adjust, mean_feature, none, tau_norm, tde
+from ltrobust.evaluation.adjust import cdt, logit_adjust, mean_feature, none, tau_norm, tde
 from ltrobust.errors import ConfigError
 from ltrobust.registry import ADJUSTMENTS
 

@@ -20,10 +20,10 @@ from ltrobust.attacks import parse_attack, run_attack
 from ltrobust.cli import main
 from ltrobust.config import resolve_config
 from ltrobust.data import build_data
-from ltrobust.engine.evaluator import predict
-from ltrobust.engine.metrics import confusion_matrix
-from ltrobust.engine.runs import load_run
-from ltrobust.engine.trainer import Trainer
+from ltrobust.evaluation.evaluator import predict
+from ltrobust.evaluation.metrics import confusion_matrix
+from ltrobust.evaluation.runs import load_run
+from ltrobust.training.trainer import Trainer
 from ltrobust.errors import ConfigError
 from ltrobust.registry import ANALYSES
 

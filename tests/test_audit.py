@@ -13,11 +13,11 @@ from torch import nn
 from ltrobust import cli
 from ltrobust.config import resolve_config
 from ltrobust.data import build_data
-from ltrobust.engine.audit import (AuditOptions, LogitScaled, audit_checks, audit_markdown, audit_model,
+from ltrobust.evaluation.audit import (AuditOptions, LogitScaled, audit_checks, audit_markdown, audit_model,
                                    zero_gradient_mask)
-from ltrobust.engine.evaluator import balanced_subset, images_of
-from ltrobust.engine.runs import evaluate_run, load_run
-from ltrobust.engine.trainer import Trainer
+from ltrobust.evaluation.evaluator import balanced_subset, images_of
+from ltrobust.evaluation.runs import evaluate_run, load_run
+from ltrobust.training.trainer import Trainer
 from ltrobust.errors import ConfigError
 
 EPS, STEP = 16 / 255, 4 / 255  # 8x8 digits: at 8/255 PGD-20 barely moves this small model
@@ -195,7 +195,7 @@ def test_cli_audit_writes_files_and_every_eval_report_shows_the_flags(run_dir, c
 def test_worst_case_and_white_box_bookkeeping(monkeypatch):
     """Scripted attacks: which images each attack breaks is fixed, so the audit's bookkeeping is exact.
     AutoAttack standard contains Square, so it does not count as white-box for check (e)."""
-    from ltrobust.engine import audit as audit_mod
+    from ltrobust.evaluation import audit as audit_mod
 
     n, c = 10, 10
     y = torch.arange(n)

@@ -14,11 +14,11 @@ import torch.nn.functional as F
 from ltrobust import cli
 from ltrobust.config import resolve_config
 from ltrobust.data import build_data
-from ltrobust.engine import evaluator
-from ltrobust.engine.evaluator import Evaluation, column_title, markdown_table, predict
-from ltrobust.engine.metrics import summarize
-from ltrobust.engine.runs import evaluate_run, load_run
-from ltrobust.engine.trainer import Trainer
+from ltrobust.evaluation import evaluator
+from ltrobust.evaluation.evaluator import Evaluation, column_title, markdown_table, predict
+from ltrobust.evaluation.metrics import summarize
+from ltrobust.evaluation.runs import evaluate_run, load_run
+from ltrobust.training.trainer import Trainer
 
 SUITE = ["clean", "fgsm", "pgd20", "pgd100", "mim20", "cw20", "cw100", "aa", "adaptive"]
 SPEC4_KEYS = {"n", "accuracy", "per_class", "balanced_accuracy", "head", "body", "tail", "many", "medium", "few",

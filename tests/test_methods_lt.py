@@ -21,7 +21,8 @@ from ltrobust import io
 from ltrobust.attacks import pgd
 from ltrobust.attacks.threat import Linf
 from ltrobust.config import AttackConfig, list_presets, resolve_config
-from ltrobust.engine.trainer import Trainer
+from ltrobust.experiments import train
+from ltrobust.training.trainer import Trainer
 from ltrobust.errors import ConfigError
 from ltrobust.registry import LOSSES, METHODS, MODELS
 
@@ -386,9 +387,7 @@ def test_self_distill_needs_a_teacher_unless_alpha_is_zero():
 
 
 def _run(tmp_path: Path, name: str, extra: list[str]) -> Trainer:
-    t = Trainer(resolve_config(TINY + [f"out={tmp_path}", f"name={name}"] + extra))
-    t.fit()
-    return t
+    return train(resolve_config(TINY + [f"out={tmp_path}", f"name={name}"] + extra))
 
 
 def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -441,7 +440,7 @@ def test_reat_resumes_exactly_with_its_rbl_counts(tmp_path, die_after_checkpoint
 
 
 def test_robal_run_validates_and_evaluates_on_the_deployed_logits(tmp_path):
-    from ltrobust.engine.runs import evaluate_run, load_run
+    from ltrobust.evaluation.runs import evaluate_run, load_run
 
     t = _run(tmp_path, "robal", ["preset=robal-digits", "model=mlp", "model.width=16", "epochs=1",
                                  "train.val_every=1", "train.val_samples=30", "train.val_attack_steps=2"])
@@ -477,7 +476,6 @@ def test_preset_loads_validates_and_trains_one_tiny_step(preset, tmp_path):
             "train.val_attack_steps=1", "train.progress=false", "eval.tail_group=0", f"out={tmp_path}", "name=run"]
     if paper.method.name == "self_distill":
         over += ["method.teacher_epochs=1", "method.teacher_batch_size=16"]
-    t = Trainer(resolve_config(over))
-    t.fit()
+    train(resolve_config(over))
     row = io.read_jsonl(tmp_path / "run" / "metrics.jsonl")[0]
     assert math.isfinite(row["loss"]) and (tmp_path / "run" / "checkpoints" / "best.pt").exists()

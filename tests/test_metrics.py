@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from ltrobust.engine.metrics import (
+from ltrobust.evaluation.metrics import (
     aggregate_seeds,
     boundary_error,
     class_groups,

@@ -38,7 +38,7 @@ import torch
 
 from ltrobust import io
 from ltrobust.config import resolve_config
-from ltrobust.engine.trainer import Trainer
+from ltrobust.training.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src" / "ltrobust"
@@ -541,7 +541,7 @@ def test_evaluation_killed_three_times_resumes_to_identical_numbers(tmp_path, ba
 
 def test_an_edited_result_chunk_fails_its_checksum_and_is_redone(tmp_path, base_run):
     """Result files carry a checksum checked on load: a tampered chunk is recomputed, not trusted."""
-    from ltrobust.engine.runs import evaluate_run
+    from ltrobust.evaluation.runs import evaluate_run
 
     run = copy_run(base_run, tmp_path / "run")
     over = ["attacks=clean,pgd2", "eval.chunk_size=100", "eval.n_samples=200"]
@@ -574,7 +574,7 @@ ALLOWED = {  # (file relative to src/ltrobust, pattern): why
     ("io.py", r"\btorch\.load\("): "the one loader, weights_only=True",
     ("io.py", r"\bopen\([^)]*['\"][wax]b?\+?['\"]"): "append_jsonl: fsynced appends, a torn last line is skipped",
     ("data/formats/cifar.py", r"\bpickle\.loads?\("): "the official CIFAR release is a pickle (see docs/reliability.md)",
-    ("report/sweep.py", r"\bopen\([^)]*['\"][wax]b?\+?['\"]"): "the log stream of a sweep's subprocess, not a result",
+    ("experiments/sweep.py", r"\bopen\([^)]*['\"][wax]b?\+?['\"]"): "the log stream of a sweep's subprocess, not a result",
 }
 
 

@@ -16,8 +16,8 @@ import pytest
 
 from ltrobust import io
 from ltrobust.config import resolve_config
-from ltrobust.engine.runs import evaluate_run
-from ltrobust.engine.trainer import Trainer
+from ltrobust.evaluation.runs import evaluate_run
+from ltrobust.training.trainer import Trainer
 from ltrobust.errors import ConfigError
 from ltrobust.report import build_report
 from ltrobust.report.plots import audit_curves, audit_flags
@@ -27,7 +27,7 @@ TINY = ["dataset=digits-lt", "imbalance=10", "model=mlp", "method=pgd_at", "epoc
         "train.val_attack_steps=2", "train.progress=false"]
 EVAL = ["eval.attacks=clean,fgsm,pgd5", "eval.n_samples=50"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-# an audit in the layout `ltrobust audit` writes (engine/audit.py): the re-scaling sweep, checks, flags
+# an audit in the layout `ltrobust audit` writes (evaluation/audit.py): the re-scaling sweep, checks, flags
 AUDIT = {
     "n": 50, "flags": ["logit_rescaling"],
     "rescaling": [{"kappa": float(k), "factor": 10.0 ** -k, "clean": 40.0, "pgd": 20.0 + 5 * abs(k), "aa": 18.0,

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from ltrobust.engine import runs as runs_module
-from ltrobust.engine import trainer as trainer_module
+from ltrobust.evaluation import runs as runs_module
+from ltrobust.training import trainer as trainer_module
 from ltrobust.errors import ConfigError, LtrobustError
-from ltrobust.report import sweep
-from ltrobust.report.sweep import GRID_DIR, eval_overrides, load_grid, plan_runs, run_sweep, slot_env
+from ltrobust.experiments import sweep
+from ltrobust.report import OPTIONS, build_report
+from ltrobust.experiments.sweep import GRID_DIR, eval_overrides, load_grid, plan_runs, run_sweep, slot_env
 
 SMOKE = GRID_DIR / "digits-smoke.yaml"
 ATTACKS = ("clean", "fgsm", "pgd5", "worst_case")
@@ -41,7 +42,7 @@ def _no_report(inputs, **opts):
 def smoke(tmp_path_factory):
     """The digits-smoke grid (loss {ce, bsl} x seed {0, 1}) run once into a temporary folder."""
     out = tmp_path_factory.mktemp("smoke")
-    result = run_sweep(SMOKE, [f"out={out}"])
+    result = run_sweep(SMOKE, [f"out={out}"], report=build_report, report_options=OPTIONS)
     return out, result
 
 
@@ -136,7 +137,7 @@ def test_sweep_trains_each_run_once_and_reports_seed_mean_std(smoke, monkeypatch
     evaluate = Counter(runs_module.evaluate_run)
     monkeypatch.setattr(trainer_module.Trainer, "fit", lambda self: fit(self))
     monkeypatch.setattr(runs_module, "evaluate_run", evaluate)
-    again = run_sweep(SMOKE, [f"out={out}"])
+    again = run_sweep(SMOKE, [f"out={out}"], report=build_report)
     assert fit.calls == 0 and evaluate.calls == 0  # the rerun trained and evaluated nothing
     assert (again["n_trained"], again["n_evaluated"], again["n_skipped"]) == (0, 0, 4)
 
@@ -203,7 +204,7 @@ def test_parallel_engine_runs_jobs_in_pinned_subprocesses(smoke, tmp_path, monke
     shutil.copytree(out, copy, ignore=shutil.ignore_patterns("report"))
     (copy / "runs" / "digits-lt-ir10-mlp-pgd_at-bsl-s1" / "eval" / "best.json").unlink()
     monkeypatch.setattr(sweep, "visible_gpus", lambda: ["7"])  # pretend GPU 7 is visible: the slot is pinned to it
-    with caplog.at_level("INFO", logger="ltrobust.report.sweep"):
+    with caplog.at_level("INFO", logger="ltrobust.experiments.sweep"):
         res = run_sweep(SMOKE, [f"out={copy}", "parallel=2", "train.device=cpu"], report=_no_report)
     assert (res["n_trained"], res["n_evaluated"]) == (0, 1)
     assert "GPU 7" in caplog.text
@@ -223,7 +224,7 @@ def test_ray_engine_runs_each_job_as_a_ray_task(smoke, tmp_path):
     shutil.rmtree(gone)  # the one run left for Ray to train and evaluate
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        res = run_sweep(SMOKE, [f"out={copy}", "engine=ray"])
+        res = run_sweep(SMOKE, [f"out={copy}", "engine=ray"], report=build_report)
         assert ray.is_initialized()  # a Ray instance the caller started is left running
     finally:
         ray.shutdown()

@@ -13,8 +13,8 @@ import torch
 
 from ltrobust import io
 from ltrobust.config import resolve_config
-from ltrobust.engine.evaluator import predict
-from ltrobust.engine.trainer import Trainer, lr_at
+from ltrobust.evaluation.evaluator import predict
+from ltrobust.training.trainer import Trainer, lr_at
 from ltrobust.errors import ConfigError, TrainingDiverged
 
 TINY = ["dataset=digits-lt", "model=smallcnn", "model.width=8", "train.batch_size=64", "train.progress=false",
@@ -128,7 +128,7 @@ def test_metrics_log_every_loss_part_and_ae_distribution(tmp_path):
 DDP_SCRIPT = """
 import sys, torch
 from ltrobust.config import resolve_config
-from ltrobust.engine.trainer import Trainer
+from ltrobust.training.trainer import Trainer
 import torch.distributed as dist
 cfg = resolve_config(sys.argv[2:])
 tr = Trainer(cfg)
@@ -203,7 +203,7 @@ def test_a_second_trainer_on_the_same_run_folder_is_refused(tmp_path):
         assert not (tmp_path / "busy" / "checkpoints").exists()  # nothing written by the refused run
     Trainer(cfg).fit()  # free again
     assert (tmp_path / "busy" / "checkpoints" / "last.pt").exists()
-    from ltrobust.engine.runs import evaluate_run
+    from ltrobust.evaluation.runs import evaluate_run
 
     with io.run_lock(tmp_path / "busy" / "eval" / ".best.lock", "eval best"):  # a concurrent eval of one tag
         with pytest.raises(RunInUse, match="eval is in use by another ltrobust process"):

@@ -134,10 +134,10 @@ def _cmd_data(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from .config import resolve_config
-    from .engine.trainer import Trainer
+    from .experiments import train
 
     cfg = resolve_config(args.overrides)
-    summary = Trainer(cfg).fit()
+    summary = train(cfg).summary
     print(f"run folder: {summary['run_dir']}")
     best = summary["best"]
     if best.get("epoch", -1) >= 0:
@@ -147,8 +147,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from .engine.runs import evaluate_run
-    from .engine.evaluator import markdown_table
+    from .evaluation.runs import evaluate_run
+    from .evaluation.evaluator import markdown_table
 
     result = evaluate_run(args.run, args.overrides)
     print(markdown_table(result))
@@ -157,7 +157,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_audit(args: argparse.Namespace) -> int:
-    from .engine.audit import audit_run, audit_markdown
+    from .evaluation.audit import audit_run, audit_markdown
 
     result = audit_run(args.run, args.overrides)
     print(audit_markdown(result))
@@ -186,17 +186,19 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from .report.sweep import run_sweep
+    from .experiments.sweep import run_sweep
+    from .report import OPTIONS, build_report
 
-    out = run_sweep(args.grid, args.overrides)
+    out = run_sweep(args.grid, args.overrides, report=build_report, report_options=OPTIONS)
     print(f"sweep finished: {out['n_runs']} runs ({out['n_skipped']} already done); report: {out['report']}")
     return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from .experiments.demo import run_demo
+    from .report import build_report
 
-    run_demo(args.overrides)
+    run_demo(args.overrides, report=build_report)
     return 0
 
 

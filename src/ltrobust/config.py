@@ -507,7 +507,10 @@ def from_flat(flat: Mapping[str, Any]) -> RunConfig:
 
 
 def validate_names(cfg: RunConfig) -> None:
-    """Check registry names and method / loss options (close matches in the message)."""
+    """Check registry names and method / loss options (close matches in the message).
+
+    Attack names (``eval.attacks``) are checked where attacks live: :func:`ltrobust.attacks.check_attacks`,
+    called by the trainer before any training and by the sweep before any run."""
     from .registry import DATASETS, LOSSES, METHODS, MODELS
 
     DATASETS.get(cfg.data.dataset)
@@ -515,10 +518,6 @@ def validate_names(cfg: RunConfig) -> None:
     method_cls = METHODS.get(cfg.method.name)
     LOSSES.get(cfg.method.loss)
     method_options(cfg)
-    from .attacks.suite import parse_attack
-
-    for name in cfg.eval.attacks:  # an unknown attack fails now, not after hours of training
-        parse_attack(name, eps=cfg.eval.eps, step_size=cfg.eval.step_size, norm=cfg.eval.norm)
     loss_cls = LOSSES.get(cfg.method.loss)
     _build_options(getattr(loss_cls, "Options", None), cfg.method.loss_args, f"loss {cfg.method.loss!r}")
     del method_cls
@@ -626,3 +625,12 @@ def from_dict(nested: Mapping[str, Any]) -> RunConfig:
 def with_updates(cfg: RunConfig, **sections: Mapping[str, Any]) -> RunConfig:
     """A copy of ``cfg`` with some fields of some sections replaced (``train={"epochs": 2}``)."""
     return replace(cfg, **{sec: replace(getattr(cfg, sec), **vals) for sec, vals in sections.items()})
+
+
+def fmt_value(v: Any) -> str:
+    """A config value as it is written in run names and tables: ``0.1``, ``8,16``, ``bsl``."""
+    if isinstance(v, float):
+        return f"{v:g}"
+    if isinstance(v, (list, tuple)):
+        return ",".join(fmt_value(x) for x in v)
+    return str(v)

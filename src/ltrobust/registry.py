@@ -95,7 +95,7 @@ def _load_builtin_entries() -> None:
         import importlib
         import importlib.util
 
-        for pkg in ("data", "models", "attacks", "losses", "methods", "engine.adjust", "analysis"):
+        for pkg in ("data", "models", "attacks", "losses", "methods", "evaluation.adjust", "analysis"):
             if importlib.util.find_spec(f"ltrobust.{pkg}") is not None:
                 importlib.import_module(f"ltrobust.{pkg}")
         _loaded = True

@@ -8,7 +8,7 @@ re-balancing loss increases the distance for the tail classes.
 The numbers are recorded *during training* (``train.record_ae_drift=true``): at the end of every epoch the
 trainer re-crafts the AEs of a fixed balanced sample of training images with the method's own training
 attack, from the same random start, and stores per-class mean l_2 / l_inf distances to last epoch's AEs
-(plus the per-sample l_2 distances) in ``metrics.jsonl`` (:meth:`ltrobust.engine.trainer.Trainer.ae_drift`).
+(plus the per-sample l_2 distances) in ``metrics.jsonl`` (:meth:`ltrobust.training.trainer.Trainer.ae_drift`).
 This analysis reads them (no model is loaded) and plots, per run: the per-class mean over the chosen
 epochs, the distribution of per-sample distances of the head and tail classes, and the group means per
 epoch. Epochs are the 0-based ``epoch`` of ``metrics.jsonl``; the drift at epoch ``k`` compares the AEs of
@@ -30,7 +30,7 @@ import numpy as np
 
 from .. import io
 from ..config import load_run_config
-from ..engine.metrics import class_groups
+from ..evaluation.metrics import class_groups
 from ..errors import ConfigError
 from ..registry import ANALYSES
 from .base import Analysis, CommonOptions, RunContext, new_figure

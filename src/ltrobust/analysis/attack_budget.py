@@ -32,7 +32,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..engine.metrics import summarize
+from ..evaluation.metrics import summarize
 from ..errors import ConfigError
 from ..registry import ANALYSES
 from .base import (Analysis, CommonOptions, RunContext, adversarial, attack_spec, batch_seed, iter_test_batches, logits,

@@ -159,8 +159,8 @@ class RunContext:
 
     @cached_property
     def loaded(self):
-        """The :class:`~ltrobust.engine.runs.LoadedRun` (weights, deployed model, config)."""
-        from ..engine.runs import load_run
+        """The :class:`~ltrobust.evaluation.runs.LoadedRun` (weights, deployed model, config)."""
+        from ..evaluation.runs import load_run
 
         return load_run(self.path, self.overrides, device=self.device)
 
@@ -188,7 +188,7 @@ class RunContext:
     @cached_property
     def groups(self) -> dict[str, list[int]]:
         """head / body / tail thirds, many / medium / few and the tail group (``metrics.class_groups``)."""
-        from ..engine.metrics import class_groups
+        from ..evaluation.metrics import class_groups
 
         return class_groups(self.class_counts, self.loaded.cfg.eval.tail_group or None)
 
@@ -236,7 +236,7 @@ def run_analysis(kind: str, runs: Sequence[str | Path] = (), overrides: Sequence
         runs: run folders or checkpoint files (none for ``gaussian-theory``; several for
             ``attack-budget`` and ``ae-drift``).
         overrides: ``key=value`` strings: the analysis' options (``n_per_class=50``, ``out=DIR``) and run
-            settings passed to :func:`~ltrobust.engine.runs.load_run` (``checkpoint=last``, ``data_dir=...``).
+            settings passed to :func:`~ltrobust.evaluation.runs.load_run` (``checkpoint=last``, ``data_dir=...``).
 
     Returns:
         ``{"png": Path, "json": Path}``, by default ``<first run>/analysis/<kind>.{png,json}``.
@@ -245,8 +245,8 @@ def run_analysis(kind: str, runs: Sequence[str | Path] = (), overrides: Sequence
 
         run_analysis("feature-norm", ["runs/at-bsl"], ["n_per_class=100"])
     """
-    from ..engine.evaluator import library_versions
-    from ..engine.trainer import resolve_device
+    from ..evaluation.evaluator import library_versions
+    from ..device import resolve_device
 
     cls = ANALYSES.get(kind)
     analysis = cls()
@@ -356,7 +356,7 @@ def per_class_subset(labels: torch.Tensor, n_per_class: int, seed: int = 0,
 
 def load_test_images(ctx: RunContext, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Float test images in [0, 1] (B, C, H, W) and labels (B,) of ``ctx``'s run, on its device."""
-    from ..engine.evaluator import images_of  # handles array and streaming splits alike
+    from ..evaluation.evaluator import images_of  # handles array and streaming splits alike
 
     return images_of(ctx.data.test, idx, ctx.device)
 

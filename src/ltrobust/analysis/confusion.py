@@ -6,7 +6,7 @@ analysis attacks every selected test image (PGD-20 on the deployed logits by def
 clean prediction was right, so both matrices count every image) and reports
 
 - ``clean`` and ``adversarial``: ``M[i, j]`` = test images of true class ``i`` predicted as ``j``
-  (:func:`ltrobust.engine.metrics.confusion_matrix`; rows sum to the test counts),
+  (:func:`ltrobust.evaluation.metrics.confusion_matrix`; rows sum to the test counts),
 - per-class recall for both,
 - ``tail_destinations``: for the tail classes (``tail=tail``: the rarest third by training count,
   ``tail=tail_group``: 002's tail group, or indices such as ``tail=7,8,9``), the percentage of their
@@ -26,7 +26,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..engine.metrics import confusion_matrix, per_class_recall
+from ..evaluation.metrics import confusion_matrix, per_class_recall
 from ..registry import ANALYSES
 from .base import (Analysis, CommonOptions, RunContext, adversarial, attack_spec, batch_seed, iter_test_batches, logits,
                    new_figure, parse_classes, per_class_subset)

@@ -2,8 +2,8 @@
 
 from .objectives import OBJECTIVES, get_objective
 from .pgd import eval_mode, fgsm, pgd
-from .suite import AttackSpec, parse_attack, parse_attacks, run_attack
+from .suite import AttackSpec, check_attacks, parse_attack, parse_attacks, run_attack
 from .threat import L2, Linf, ThreatModel, threat_model
 
-__all__ = ["OBJECTIVES", "get_objective", "eval_mode", "fgsm", "pgd", "AttackSpec", "parse_attack",
+__all__ = ["OBJECTIVES", "get_objective", "eval_mode", "fgsm", "pgd", "AttackSpec", "check_attacks", "parse_attack",
            "parse_attacks", "run_attack", "L2", "Linf", "ThreatModel", "threat_model"]

@@ -111,6 +111,12 @@ def parse_attacks(names: Sequence[str], **kw: Any) -> list[AttackSpec]:
     return [parse_attack(n, **kw) for n in names]
 
 
+def check_attacks(eval_cfg: Any) -> list[AttackSpec]:
+    """Resolve every attack of an ``EvalConfig`` (``attacks``, ``eps``, ``step_size``, ``norm``): an unknown
+    name fails with a close match before hours of training, not at the evaluation after them."""
+    return parse_attacks(eval_cfg.attacks, eps=eval_cfg.eps, step_size=eval_cfg.step_size, norm=eval_cfg.norm)
+
+
 def run_attack(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int = 0,
                num_classes: int | None = None) -> torch.Tensor:
     """Run one resolved attack on a batch; returns adversarial images (clean images for ``clean``)."""

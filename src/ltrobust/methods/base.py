@@ -11,19 +11,36 @@ The trainer owns the optimiser; methods never call ``zero_grad``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import torch
 from torch import nn
 
 from ..attacks import pgd, threat_model
 from ..attacks.pgd import eval_mode
-from ..config import AttackConfig
+from ..config import AttackConfig, RunConfig
+from ..errors import ConfigError
 
 
 @dataclass(frozen=True)
 class NoOptions:
     """A method without options of its own."""
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A training run that a method needs before its own, declared as data (the self-distillation teacher).
+
+    The method never runs it: the orchestration (:func:`ltrobust.experiments.train`) trains ``config`` into
+    ``<run_dir>/<name>`` (resumable like any run), or loads ``path`` when given, and hands the stage's
+    deployed model to :meth:`Method.use_stage` before the method's own training.
+    """
+
+    name: str  #: sub-folder of the run folder, and the key passed to ``use_stage``
+    config: RunConfig  #: the stage's own run config
+    data: Callable[[Any], Any] | None = None  #: the stage's training data from the method's (None: the same)
+    checkpoint: str = "last"  #: which checkpoint of the stage the method receives (last | best)
+    path: str | None = None  #: an already trained run folder / checkpoint to use instead of training
 
 
 class Method:
@@ -86,6 +103,20 @@ class Method:
     def compute_loss(self, model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor,
                      y: torch.Tensor) -> dict[str, torch.Tensor]:
         raise NotImplementedError
+
+    # ------------------------------------------------------------------------------------ stages
+    @classmethod
+    def stages(cls, cfg: RunConfig, options: Any) -> list[Stage]:
+        """Runs this method needs before its own training (none by default); see :class:`Stage`."""
+        return []
+
+    def use_stage(self, name: str, model: nn.Module) -> None:
+        """Receive the deployed model of the stage ``name`` (called before training)."""
+        raise ConfigError(f"method {self.name!r} declares no stage {name!r}.")
+
+    def missing_stages(self) -> list[str]:
+        """Names of declared stages whose model has not been handed over yet (training refuses to start)."""
+        return []
 
     # ------------------------------------------------------------------------------------- hooks
     def setup(self, context: Any) -> None:

@@ -7,8 +7,9 @@ Two phases, both recorded in the run folder:
    CE, CE outer loss) for ``teacher_epochs`` (30) epochs with batch ``teacher_batch_size`` (32) and lr
    ``teacher_lr`` (0.1) on the balanced set D_B, resampled from the long-tailed training set with
    ``gamma * n_min`` images per class, ``gamma = IR / 2`` (tail classes up-sampled, head classes
-   down-sampled; :func:`ltrobust.data.balanced_resample`, ``data.resample_gamma``). It is a second
-   :class:`~ltrobust.engine.trainer.Trainer` writing ``<run_dir>/teacher`` (config, metrics, checkpoints),
+   down-sampled; :func:`ltrobust.data.balanced_resample`, ``data.resample_gamma``). The method declares it
+   as a :class:`~ltrobust.methods.base.Stage` (:meth:`SelfDistill.stages`); the orchestration
+   (:func:`ltrobust.experiments.train`) trains it into ``<run_dir>/teacher`` (config, metrics, checkpoints),
    so it resumes like any run. ``method.teacher=PATH`` (a run folder or checkpoint) skips this phase.
 2. Student: AEs from PGD-10 on CE (as AT-BSL), loss (SPEC self_distill)::
 
@@ -27,7 +28,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -39,7 +39,7 @@ from ..errors import ConfigError
 from ..losses import igdm_loss, kd_kl, linear_ramp
 from ..registry import METHODS
 from .at_bsl import ATBSL, ATBSLOptions
-from .base import forward_train
+from .base import Stage, forward_train
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ class SelfDistill(ATBSL):
     Example::
 
         cfg = resolve_config(["preset=self-distill-cifar10lt-resnet18", "data_dir=.data/cifar10"])
-        Trainer(cfg).fit()            # trains <run>/teacher first, then the student
+        ltrobust.experiments.train(cfg)   # trains <run>/teacher first, then the student
     """
 
     name = "self_distill"
@@ -146,45 +146,23 @@ class SelfDistill(ATBSL):
         """Use ``teacher`` (frozen here) for distillation."""
         self.teacher = freeze(teacher)
 
-    def setup(self, context: Any) -> None:
-        """Train (or resume, or load from ``method.teacher``) the balanced self-teacher."""
-        if self.options.alpha == 0:
-            log.info("self_distill: alpha=0, no teacher (the student trains as AT-BSL)")
-            return
-        from ..engine.trainer import rng_state, set_rng_state
+    @classmethod
+    def stages(cls, cfg: RunConfig, options: SelfDistillOptions) -> list[Stage]:
+        """The balanced self-teacher, trained into ``<run_dir>/teacher`` unless ``method.teacher=PATH`` names
+        one; none with ``alpha=0`` (the student then trains exactly as AT-BSL)."""
+        if options.alpha == 0:
+            return []
+        return [Stage(name="teacher", config=teacher_config(cfg, options),
+                      data=lambda data: teacher_data(data, cfg), checkpoint=options.teacher_checkpoint,
+                      path=cfg.method.teacher or None)]
 
-        state = rng_state()  # the teacher phase must not change the student's random stream (exact resume)
-        try:
-            self.set_teacher(self._teacher_for(context))
-        finally:
-            set_rng_state(state)
+    def use_stage(self, name: str, model: nn.Module) -> None:
+        if name != "teacher":
+            super().use_stage(name, model)
+        self.set_teacher(model)
 
-    def _teacher_for(self, trainer: Any) -> nn.Module:
-        path = trainer.cfg.method.teacher
-        if not path:
-            path = self.train_teacher(trainer)
-        return self.load_teacher(path, trainer.device, trainer.num_classes)
-
-    def train_teacher(self, trainer: Any) -> Path:
-        """Run (or resume) the teacher phase into ``<run_dir>/teacher``; returns that folder."""
-        from ..engine.trainer import Trainer
-
-        run_dir = Path(trainer.run_dir) / "teacher"
-        tcfg = teacher_config(trainer.cfg, self.options)
-        log.info("self_distill: balanced self-teacher -> %s (%d epochs, batch %d)", run_dir,
-                 tcfg.train.epochs, tcfg.train.batch_size)
-        Trainer(tcfg, run_dir=run_dir, data=teacher_data(trainer.data, trainer.cfg)).fit()
-        return run_dir
-
-    def load_teacher(self, path: str | Path, device: torch.device | str, num_classes: int) -> nn.Module:
-        """The deployed model of a teacher run folder / checkpoint, checked against the student's classes."""
-        from ..engine.runs import load_run
-
-        run = load_run(path, [f"checkpoint={self.options.teacher_checkpoint}"], device=device)
-        if len(run.class_counts) != num_classes:
-            raise ConfigError(f"teacher {path} has {len(run.class_counts)} classes but the student has "
-                              f"{num_classes}: use a teacher trained on the same data set.")
-        return run.deployed.to(device)
+    def missing_stages(self) -> list[str]:
+        return ["teacher"] if self.options.alpha > 0 and self.teacher is None else []
 
     def _teacher_logits(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad(), autocast(x.device, self.amp_dtype):
@@ -206,8 +184,8 @@ class SelfDistill(ATBSL):
         loss = loss_bsl
         if o.alpha > 0:
             if self.teacher is None:
-                raise ConfigError("self_distill has no teacher: it is trained in setup(trainer) (or give "
-                                  "method.teacher=PATH, or call set_teacher(model)).")
+                raise ConfigError("self_distill has no teacher: train with ltrobust.experiments.train (it runs the "
+                                  "teacher stage), give method.teacher=PATH, or call set_teacher(model).")
             t_adv = self._teacher_logits(x_adv)  # (B, C) = t(x + d)
             kd = kd_kl(logits_adv, t_adv)
             distill = kd

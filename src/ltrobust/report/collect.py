@@ -12,7 +12,7 @@ already holds (``docs/reports.md``):
 
 Entries whose configs differ only in the seed (``train.seed``) and bookkeeping keys (paths, progress
 bars, batch sizes of the evaluation) form one :class:`Group`; its numbers are the mean and sample
-standard deviation over the entries (:func:`ltrobust.engine.metrics.aggregate_seeds`).
+standard deviation over the entries (:func:`ltrobust.evaluation.metrics.aggregate_seeds`).
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from .. import io
-from ..engine.metrics import aggregate_seeds
+from ..config import fmt_value  # noqa: F401 (re-exported for the tables)
+from ..evaluation.metrics import aggregate_seeds
 from ..errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -75,8 +76,8 @@ class RunFiles:
 
     def audit_file(self, tag: str) -> Path:
         """``eval/audit.json`` for the deployed model of tag ``best``, ``eval/audit-<tag>.json`` for any
-        other (where ``ltrobust audit`` writes it: :func:`ltrobust.engine.runs.audit_path`)."""
-        from ..engine.runs import audit_path
+        other (where ``ltrobust audit`` writes it: :func:`ltrobust.evaluation.runs.audit_path`)."""
+        from ..evaluation.runs import audit_path
 
         return audit_path(self.run_dir, tag)
 
@@ -313,14 +314,6 @@ def short_key(key: str, all_keys: Iterable[str] = ()) -> str:
     leaf = key.rsplit(".", 1)[-1]
     clashes = [k for k in all_keys if k != key and k.rsplit(".", 1)[-1] == leaf]
     return key if clashes else leaf
-
-
-def fmt_value(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:g}"
-    if isinstance(v, (list, tuple)):
-        return ",".join(fmt_value(x) for x in v)
-    return str(v)
 
 
 def varying_keys(groups: Sequence[Group]) -> list[str]:

@@ -26,7 +26,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from .. import io
-from ..engine.metrics import class_order
+from ..evaluation.metrics import class_order
 from .collect import Group, RunFiles, data_label
 from .tables import attack_title
 

@@ -8,7 +8,7 @@
 - :func:`per_class_table`: per-class recall of one variant with the training counts.
 
 Numbers are percentages with two decimals; ``mean ± std`` uses the sample standard deviation (ddof 1)
-of :func:`ltrobust.engine.metrics.aggregate_seeds`; a single run shows its value alone.
+of :func:`ltrobust.evaluation.metrics.aggregate_seeds`; a single run shows its value alone.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import html
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from ..engine.evaluator import column_title
-from ..engine.metrics import class_order
+from ..evaluation.evaluator import column_title
+from ..evaluation.metrics import class_order
 from .collect import Group, data_label, fmt_value, ordered_attacks
 
 DASH = "-"
@@ -162,7 +162,7 @@ def paper_table(groups: Sequence[Group], metric: str = "accuracy", robust: str |
 
 def _gap(g: Group, robust: str, metric: str) -> str:
     """Clean minus robust of ``metric`` per run, then mean ± std (for balanced accuracy)."""
-    from ..engine.metrics import aggregate_seeds
+    from ..evaluation.metrics import aggregate_seeds
 
     diffs = []
     for e in g.entries:

@@ -31,10 +31,10 @@ def _head_params(model: nn.Module) -> list[nn.Parameter]:
 
 
 def finetune(trainer: Any) -> dict[str, Any]:
-    """Run the fine-tuning stage of ``trainer`` (a :class:`~ltrobust.engine.trainer.Trainer`)."""
+    """Run the fine-tuning stage of ``trainer`` (a :class:`~ltrobust.training.trainer.Trainer`)."""
     from ..data import train_loader
     from ..losses import class_balanced_weights
-    from .trainer import unwrap
+    from ..device import unwrap
 
     t = trainer.cfg.train
     model = unwrap(trainer.model)

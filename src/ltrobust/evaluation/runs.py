@@ -3,7 +3,7 @@
 The *deployed* model is what is served and therefore what every attack targets: the trained network,
 then the method's inference rule (``method.deployed``, e.g. RoBal's ``s * cos - tau_p * log pi``), then the
 inference-stage adjustment of ``eval.adjust`` (``logit_adjust``, ``tau_norm``, ``cdt``, ``tde``;
-``engine/adjust.py``), each a module wrapper, so attacks differentiate through all of them.
+``evaluation/adjust.py``), each a module wrapper, so attacks differentiate through all of them.
 """
 
 from __future__ import annotations
@@ -237,7 +237,7 @@ def evaluate_run(path: str | Path, overrides: Sequence[str] = (), device: str | 
     from ..config import to_dict
     from ..data import build_data
     from .evaluator import Evaluation
-    from .trainer import resolve_device
+    from ..device import resolve_device
 
     dev = resolve_device(device or "auto")
     run = load_run(path, overrides, device=dev)

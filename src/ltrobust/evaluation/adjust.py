@@ -318,7 +318,7 @@ def tde(model: nn.Module, class_counts: Sequence[int] | None = None, tau: float 
         _linear_head(model, "tde")
     if mean_feature is None:
         raise ConfigError("tde needs mean_feature=(D,) tensor, the mean training feature: compute it with "
-                          "ltrobust.engine.adjust.mean_feature(model, train_images).")
+                          "ltrobust.evaluation.adjust.mean_feature(model, train_images).")
     m = torch.as_tensor(mean_feature).detach().reshape(-1).float()
     norm = float(m.norm())
     if not math.isfinite(norm) or norm == 0.0:

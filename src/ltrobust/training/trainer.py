@@ -16,123 +16,29 @@ from __future__ import annotations
 import contextlib
 
 import logging
-import math
 import os
-import random
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from .. import io
+from ..attacks import check_attacks
 from ..config import RunConfig, dump_yaml, load_run_config, loss_options, method_options, to_dict
 from ..errors import CheckpointError, ConfigError, TrainingDiverged
+from ..device import resolve_amp, resolve_device, unwrap  # noqa: F401 (re-exported)
 from ..registry import LOSSES, METHODS
+from .schedules import lr_at
+from .state import rng_state, set_determinism, set_rng_state  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
 #: config keys that may differ when resuming a run folder
 _RESUMABLE_DIFFS = ("train.epochs", "train.progress", "train.device", "train.max_steps_per_epoch", "eval.", "name", "out")
-
-
-# ------------------------------------------------------------------------------------ environment
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"train.device={name!r} is not a device: use auto, cpu, cuda or cuda:N.") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device=cuda but no CUDA GPU is visible; use train.device=cpu.")
-    return device
-
-
-def cpu_has_native_bf16() -> bool:
-    """True on CPUs with AMX or AVX512-BF16, where bf16 autocast is fast."""
-    try:
-        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
-    except AttributeError:  # older torch
-        return False
-
-
-def resolve_amp(precision: str, device: torch.device) -> torch.dtype | None:
-    """bf16 for the training-time attack and step where it is native; None (fp32) otherwise."""
-    if precision == "fp32":
-        return None
-    native = device.type == "cuda" and torch.cuda.is_bf16_supported() or device.type == "cpu" and cpu_has_native_bf16()
-    if precision == "bf16" or native:
-        return torch.bfloat16
-    return None
-
-
-def set_determinism(seed: int, deterministic: bool) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=False)
-        torch.backends.cudnn.benchmark = False
-    else:
-        torch.backends.cudnn.benchmark = True
-
-
-def rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": _np_state_to_tensors(np.random.get_state()),
-             "python": repr(random.getstate())}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _np_state_to_tensors(st: tuple) -> dict[str, Any]:
-    return {"name": st[0], "keys": torch.from_numpy(st[1].astype(np.int64)), "pos": int(st[2]),
-            "has_gauss": int(st[3]), "gauss": float(st[4])}
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    import ast
-
-    torch.set_rng_state(state["torch"])
-    n = state["numpy"]
-    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
-    random.setstate(_to_tuple(ast.literal_eval(state["python"])))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _to_tuple(v: Any) -> Any:
-    return tuple(_to_tuple(x) for x in v) if isinstance(v, (list, tuple)) else v
-
-
-def lr_at(cfg: RunConfig, epoch: float) -> float:
-    """Learning rate at (fractional) epoch: warmup, then step / cosine / constant (a pure function)."""
-    t = cfg.train
-    if t.warmup_epochs and epoch < t.warmup_epochs:
-        return t.lr * (epoch + 1e-8) / t.warmup_epochs
-    if t.schedule == "cosine":
-        total = max(t.epochs - t.warmup_epochs, 1)
-        return 0.5 * t.lr * (1 + math.cos(math.pi * min(epoch - t.warmup_epochs, total) / total))
-    if t.schedule == "step":
-        return t.lr * t.lr_decay ** sum(1 for m in t.milestones if int(epoch) >= m)
-    return t.lr
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The plain module under DDP / torch.compile wrappers (attacks run on it)."""
-    while True:
-        if isinstance(model, nn.parallel.DistributedDataParallel):
-            model = model.module
-        elif hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        else:
-            return model
 
 
 @dataclass
@@ -167,6 +73,7 @@ class Trainer:
 
     def __init__(self, cfg: RunConfig, run_dir: str | Path | None = None, data: Any = None,
                  resume: bool = True) -> None:
+        check_attacks(cfg.eval)  # an unknown evaluation attack fails now, not after the training
         self.cfg = cfg
         self.run_dir = Path(run_dir) if run_dir is not None else Path(cfg.out) / cfg.run_name()
         self.device = resolve_device(cfg.train.device)
@@ -324,6 +231,11 @@ class Trainer:
     def _fit(self) -> dict[str, Any]:
         self.best: dict[str, Any] = {"epoch": -1, "val_rob": -1.0}
         self._drift_prev = None
+        missing = self.method.missing_stages()
+        if missing:
+            raise ConfigError(f"method {self.cfg.method.name!r} needs its {', '.join(missing)} stage first: train with "
+                              f"ltrobust.experiments.train(cfg) (what `ltrobust train` runs), which trains or loads it "
+                              f"into {self.run_dir}/{missing[0]}.")
         start = self._prepare_run_dir()
         self.method.setup(self)
         epochs = self.cfg.train.epochs
@@ -437,7 +349,7 @@ class Trainer:
 
     def validate(self, epoch: int) -> dict[str, Any]:
         """Clean and PGD accuracy on a balanced sample of the validation split (fp32)."""
-        from .evaluator import quick_robustness
+        from ..evaluation.evaluator import quick_robustness
 
         t = self.cfg.train
         return quick_robustness(self.eval_model(), self.data.val, self.num_classes, self.cfg.attack,
@@ -460,7 +372,7 @@ class Trainer:
         sampled image, and both ``None`` in the first epoch), ``"n_per_class"``, and the per-sample
         ``"l2"`` distances with their ``"labels"`` (the distribution REAT plots).
         """
-        from .evaluator import balanced_subset, images_of
+        from ..evaluation.evaluator import balanced_subset, images_of
 
         idx = balanced_subset(self.data.train.labels, self.cfg.train.ae_drift_samples, seed=self.cfg.train.seed)
         x, y = images_of(self.data.train, idx, self.device)  # works for array and streaming splits

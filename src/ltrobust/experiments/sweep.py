@@ -39,14 +39,15 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Collection, Mapping, Sequence
 
 import yaml
 
 from .. import io
 from ..config import PRESET_DIR, RunConfig, from_flat, load_run_config, parse_value, resolve_config, to_dict, to_flat
 from ..errors import ConfigError, LtrobustError
-from .collect import fmt_value
+from ..attacks import check_attacks
+from ..config import fmt_value
 
 log = logging.getLogger(__name__)
 
@@ -134,8 +135,12 @@ def _update(target: dict[str, Any], new: Mapping[str, Any]) -> None:
         target[k] = v
 
 
-def load_grid(path: str | Path, overrides: Sequence[str] = ()) -> SweepSpec:
-    """Read a grid file and expand it into resolved points (no training)."""
+def load_grid(path: str | Path, overrides: Sequence[str] = (),
+              report_options: Collection[str] | None = None) -> SweepSpec:
+    """Read a grid file and expand it into resolved points (no training).
+
+    ``report_options``: the option names the report builder takes; the grid's ``report:`` section is checked
+    against them (the CLI passes ``ltrobust.report.OPTIONS``; this layer does not import the report)."""
     path = grid_path(path)
     try:
         raw = yaml.safe_load(path.read_text()) or {}
@@ -186,13 +191,12 @@ def load_grid(path: str | Path, overrides: Sequence[str] = ()) -> SweepSpec:
         raise ConfigError("parallel must be a whole number of runs at once (e.g. parallel=4).") from None
     if parallel < 1:
         raise ConfigError(f"parallel={parallel} must be >= 1.")
-    from .build import OPTIONS
-
     report = dict(raw.get("report") or {})
-    bad = sorted(set(report) - set(OPTIONS) | ({"out"} & set(report)))
-    if bad:
-        raise ConfigError(f"grid {path}: unknown report option(s) {', '.join(bad)}; valid: "
-                          f"{', '.join(o for o in OPTIONS if o != 'out')} (the report goes to <out>/report).")
+    if report_options is not None:
+        bad = sorted(set(report) - set(report_options) | ({"out"} & set(report)))
+        if bad:
+            raise ConfigError(f"grid {path}: unknown report option(s) {', '.join(bad)}; valid: "
+                              f"{', '.join(o for o in report_options if o != 'out')} (the report goes to <out>/report).")
     return SweepSpec(path=path, points=points, out=out, engine=engine, parallel=parallel, ray=ray_cfg, report=report)
 
 
@@ -203,9 +207,9 @@ def train_flat(cfg: RunConfig) -> dict[str, Any]:
 
 
 def eval_tag(cfg: RunConfig) -> str:
-    """The tag :func:`ltrobust.engine.runs.evaluate_run` writes for a run folder: ``best``,
-    ``last-logit_adjust1``, ... (:func:`ltrobust.engine.runs.result_tag`)."""
-    from ..engine.runs import result_tag
+    """The tag :func:`ltrobust.evaluation.runs.evaluate_run` writes for a run folder: ``best``,
+    ``last-logit_adjust1``, ... (:func:`ltrobust.evaluation.runs.result_tag`)."""
+    from ..evaluation.runs import result_tag
 
     return result_tag(cfg)
 
@@ -226,6 +230,7 @@ def plan_runs(spec: SweepSpec) -> list[RunPlan]:
     """Group points into training runs, name the run folders, check for clashes."""
     by_train: dict[str, tuple[dict[str, Any], list[Point]]] = {}
     for p in spec.points:
+        check_attacks(p.cfg.eval)  # a typo in eval.attacks fails before any run of the grid
         flat = train_flat(p.cfg)
         key = json.dumps(flat, sort_keys=True, default=str)
         by_train.setdefault(key, (flat, []))[1].append(p)
@@ -305,7 +310,7 @@ def training_done(run_dir: Path, cfg: RunConfig) -> bool:
     except LtrobustError:
         return False
     if (run_dir / "config.yaml").is_file():
-        from ..engine.trainer import _config_diffs
+        from ..training.trainer import _config_diffs
 
         diffs = _config_diffs(to_dict(load_run_config(run_dir / "config.yaml")), to_dict(cfg))
         if diffs:
@@ -332,7 +337,7 @@ def evaluation_done(run_dir: Path, cfg: RunConfig) -> bool:
 def execute(job: dict[str, Any]) -> dict[str, Any]:
     """Run one job (train a run, or evaluate one tag of it), skipping it when already done.
 
-    The same function runs in process, in a subprocess (``python -m ltrobust.report.sweep JOB.json``)
+    The same function runs in process, in a subprocess (``python -m ltrobust.experiments.sweep JOB.json``)
     and as a Ray task. ``job``: ``{"stage": "train" | "eval", "run_dir", "config" (flat run config),
     "overrides" (eval), "fresh" (eval: drop chunks of an older model)}``. Returns
     ``{"stage", "run_dir", "tag", "ran", "seconds"}``.
@@ -343,16 +348,16 @@ def execute(job: dict[str, Any]) -> dict[str, Any]:
     ran = False
     if job["stage"] == "train":
         if not training_done(run_dir, cfg):
-            from ..engine.trainer import Trainer
+            from .recipe import train
 
-            Trainer(cfg, run_dir=run_dir).fit()
+            train(cfg, run_dir=run_dir)
             ran = True
     elif job["stage"] == "eval":
         ecfg = resolve_config(job["overrides"], base=cfg)
         if job.get("fresh"):
             shutil.rmtree(run_dir / "eval" / f"{eval_tag(ecfg)}_chunks", ignore_errors=True)
         if job.get("fresh") or not evaluation_done(run_dir, ecfg):
-            from ..engine.runs import evaluate_run
+            from ..evaluation.runs import evaluate_run
 
             evaluate_run(run_dir, job["overrides"], device=cfg.train.device, progress=False)
             ran = True
@@ -428,7 +433,7 @@ def _run_subprocesses(jobs: Sequence[dict[str, Any]], spec: SweepSpec) -> list[O
             io.write_json(job_path, job, checksum=False)
             env = os.environ | slot_env(slot, gpus, spec.parallel)
             logf = open(log_dir / f"{stem}.log", "w")
-            proc = subprocess.Popen([sys.executable, "-m", "ltrobust.report.sweep", str(job_path)], env=env,
+            proc = subprocess.Popen([sys.executable, "-m", "ltrobust.experiments.sweep", str(job_path)], env=env,
                                     stdout=logf, stderr=subprocess.STDOUT)
             log.info("started %s (slot %d%s), log %s", stem, slot,
                      f", GPU {env['CUDA_VISIBLE_DEVICES']}" if gpus else "", log_dir / f"{stem}.log")
@@ -494,13 +499,18 @@ def _dispatch(jobs: Sequence[dict[str, Any]], spec: SweepSpec) -> list[Outcome]:
 
 # --------------------------------------------------------------------------------------- the sweep
 def run_sweep(grid: str | Path, overrides: Sequence[str] = (),
-              report: Callable[..., dict[str, Any]] | None = None) -> dict[str, Any]:
+              report: Callable[..., dict[str, Any]] | None = None,
+              report_options: Collection[str] | None = None) -> dict[str, Any]:
     """Train, evaluate and report every point of a grid file, skipping what is already done.
 
     Args:
         grid: a grid YAML path or a shipped grid's name (``digits-smoke``).
         overrides: ``key=value`` for every run (win over the file), or sweep settings ``out=``,
             ``engine=``, ``parallel=``, ``ray.address=``.
+        report: ``build(inputs, out=..., **options) -> {"index": path}`` called once at the end over every
+            finished run (``ltrobust.report.build_report``; None: no report). Reports read stored results
+            only, so this layer takes the builder as an argument instead of importing it.
+        report_options: the builder's option names, to check the grid's ``report:`` section up front.
 
     Returns:
         ``{"n_runs", "n_skipped" (runs whose training and evaluations were all done before),
@@ -508,9 +518,10 @@ def run_sweep(grid: str | Path, overrides: Sequence[str] = (),
 
     Example::
 
-        run_sweep("digits-smoke", ["out=/tmp/smoke"])
+        from ltrobust.report import OPTIONS, build_report
+        run_sweep("digits-smoke", ["out=/tmp/smoke"], report=build_report, report_options=OPTIONS)
     """
-    spec = load_grid(grid, overrides)
+    spec = load_grid(grid, overrides, report_options)
     plans = plan_runs(spec)
     spec.out.mkdir(parents=True, exist_ok=True)
     before = {p.name: training_done(p.run_dir, p.cfg) and all(evaluation_done(p.run_dir, pt.cfg)
@@ -543,9 +554,8 @@ def run_sweep(grid: str | Path, overrides: Sequence[str] = (),
 
     index = None
     n_entries = sum(1 for p in plans for pt in p.evals.values() if evaluation_done(p.run_dir, pt.cfg))
-    if n_entries:
-        build = report or _build_report
-        index = build([str(spec.out)], out=str(spec.out / "report"), **spec.report)["index"]
+    if n_entries and report is not None:
+        index = report([str(spec.out)], out=str(spec.out / "report"), **spec.report)["index"]
     result = {"n_runs": len(plans), "n_skipped": sum(before.values()),
               "n_trained": len(trained), "n_evaluated": sum(1 for o in eval_out if o.result and o.result.get("ran")),
               "n_failed": len(failed), "failed": failed, "out": str(spec.out), "report": index,
@@ -572,12 +582,6 @@ def _shutdown_ray_if_ours(spec: SweepSpec) -> None:
         spec.ray["_started"] = False
 
 
-def _build_report(inputs: Sequence[str], **opts: Any) -> dict[str, Any]:
-    from .build import build_report
-
-    return build_report(inputs, **opts)
-
-
 def _write_manifest(spec: SweepSpec, plans: Sequence[RunPlan], failed: Sequence[dict[str, Any]]) -> None:
     """``<out>/sweep.json``: the grid, its (run, tag) entries in grid order with labels, and failures."""
     by_train = {json.dumps(train_flat(p.cfg), sort_keys=True, default=str): p for p in plans}
@@ -598,7 +602,7 @@ def _write_manifest(spec: SweepSpec, plans: Sequence[RunPlan], failed: Sequence[
 
 # ------------------------------------------------------------------------------------ subprocess
 def _main(argv: Sequence[str]) -> int:
-    """``python -m ltrobust.report.sweep JOB.json``: run one job, write ``JOB.result.json``."""
+    """``python -m ltrobust.experiments.sweep JOB.json``: run one job, write ``JOB.result.json``."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     job_path = Path(argv[0])
     job = io.read_json(job_path, verify=False)

@@ -15,10 +15,10 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
-from . import io
-from .config import resolve_config
+from .. import io
+from ..config import resolve_config
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +45,14 @@ def _slug(label: str) -> str:
     return label.split(" ")[0]
 
 
-def run_demo(overrides: Sequence[str] = (), out: str | None = None) -> dict[str, Any]:
-    """Train, evaluate and report the demo runs; returns ``{"rows": [...], "report": path}``."""
-    from .engine.runs import evaluate_run
-    from .engine.trainer import Trainer
+def run_demo(overrides: Sequence[str] = (), out: str | None = None,
+             report: Callable[..., dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Train, evaluate and report the demo runs; returns ``{"rows": [...], "report": path}``.
+
+    ``report``: the report builder (``ltrobust.report.build_report``, which the CLI passes; None: no HTML
+    report, the tables are printed all the same)."""
+    from ..evaluation.runs import evaluate_run
+    from .recipe import train
 
     overrides = list(overrides)
     out_dir = Path(out or next((o.split("=", 1)[1] for o in overrides if o.startswith("out=")), "runs/demo"))
@@ -62,7 +66,7 @@ def run_demo(overrides: Sequence[str] = (), out: str | None = None) -> dict[str,
         t0 = time.perf_counter()
         if not (run_dir / "train_summary.json").exists():
             print(f"training {label:<14} ({cfg.method.name}, loss {cfg.method.loss}) ...", flush=True)
-            Trainer(cfg).fit()
+            train(cfg)
         train_s = time.perf_counter() - t0
         result = evaluate_run(run_dir, EVAL, progress=False)
         aa = evaluate_run(run_dir, EVAL_AA, progress=False)
@@ -72,26 +76,22 @@ def run_demo(overrides: Sequence[str] = (), out: str | None = None) -> dict[str,
         result["aa_n"] = aa["n"]
         rows.append({"label": label, "run": str(run_dir), "result": result, "train_seconds": train_s,
                      "seconds": time.perf_counter() - t0})
-    report = _report(out_dir, [r["run"] for r in rows])
+    index = _report(report, out_dir, [r["run"] for r in rows]) if report else None
     print()
     print(demo_table(rows))
     print()
     print(per_class_table(rows, "pgd_at (CE)", "at_bsl"))
     print()
     print(f"total {time.perf_counter() - start:.0f} s; run folders under {out_dir}/")
-    if report:
-        print(f"report: {report}")
+    if index:
+        print(f"report: {index}")
     io.write_json(out_dir / "demo.json", {"rows": [{k: v for k, v in r.items() if k != "result"} | {
         "results": {a: {"accuracy": x["accuracy"], "tail": x.get("tail")} for a, x in r["result"]["results"].items()}}
         for r in rows]})
-    return {"rows": rows, "report": report}
+    return {"rows": rows, "report": index}
 
 
-def _report(out_dir: Path, runs: list[str]) -> str | None:
-    try:
-        from .report import build_report
-    except ImportError:  # reports are optional for the demo's table
-        return None
+def _report(build_report: Callable[..., dict[str, Any]], out_dir: Path, runs: list[str]) -> str:
     # one evaluation per run in the report: clean, PGD-20 and AA in one cascade on the same 100 images
     return str(build_report(runs, out=str(out_dir / "report"), tag="best-aa100",
                             title="ltrobust demo: digits-LT (IR 10), 100 balanced test images")["index"])

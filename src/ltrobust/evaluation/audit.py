@@ -29,7 +29,7 @@ adjustments included); every attack runs *standalone* on the clean-correct image
 Thresholds, their reasons and the JSON layout: ``docs/evaluation.md``. :func:`audit_model` works on any
 model and tensors; :func:`audit_run` (``ltrobust audit RUN``) loads a run, audits its deployed model and
 writes ``<run>/eval/audit.json`` and ``audit.md`` (``audit-<tag>.json`` for a deployed model other than
-``best``); :func:`~ltrobust.engine.runs.evaluate_run` embeds the flags in every later result of the same
+``best``); :func:`~ltrobust.evaluation.runs.evaluate_run` embeds the flags in every later result of the same
 deployed model, and :func:`audit_run` adds them to the results already there.
 """
 
@@ -445,7 +445,7 @@ def audit_run(path: str | Path, overrides: Sequence[str] = (), device: str | Non
     from ..data import build_data
     from .evaluator import balanced_subset, images_of, markdown_table
     from .runs import audit_path, audit_summary, deployed_description, load_run
-    from .trainer import resolve_device
+    from ..device import resolve_device
 
     audit_over = [o for o in overrides if o.startswith("audit.")]
     run_over = [o for o in overrides if not o.startswith("audit.")]

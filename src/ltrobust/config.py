@@ -68,6 +68,10 @@ class DataConfig:
                f"val_from={self.val_from!r}: use unselected or holdout.")
         _check(self.augment in _AUGMENTS, f"augment={self.augment!r} is not one of {_AUGMENTS}.")
         _check(self.val_per_class >= -1, "val_per_class must be >= 0 (or -1 for the default).")
+        _check(self.selection_seed >= 0, f"data.selection_seed={self.selection_seed} is negative: use a seed >= 0, "
+               "e.g. data.selection_seed=0.")
+        _check(self.crop_padding >= -1, f"data.crop_padding={self.crop_padding} is negative: use 0 (no crop), a "
+               "padding in pixels, or -1 for the data set's default.")
 
 
 @dataclass(frozen=True)
@@ -156,9 +160,26 @@ class TrainConfig:
     max_steps_per_epoch: int = 0  #: >0 caps steps per epoch (smoke tests)
 
     def __post_init__(self) -> None:
-        _check(self.epochs >= 0, f"train.epochs={self.epochs} must be >= 0.")
+        _check(self.epochs >= 1, f"train.epochs={self.epochs} trains nothing (no checkpoint to evaluate): use "
+               "train.epochs=1 or more.")
         _check(self.batch_size >= 1, f"train.batch_size={self.batch_size} must be >= 1.")
         _check(self.lr > 0, f"train.lr={self.lr} must be > 0.")
+        _check(0.0 <= self.momentum < 1.0, f"train.momentum={self.momentum} is outside [0, 1): SGD momentum is a "
+               "decay factor, e.g. train.momentum=0.9 (0: none).")
+        _check(self.weight_decay >= 0, f"train.weight_decay={self.weight_decay} is negative: use 0 (none) or a "
+               "positive value, e.g. train.weight_decay=5e-4.")
+        _check(self.lr_decay > 0, f"train.lr_decay={self.lr_decay} must be > 0 (a negative factor turns descent "
+               "into ascent): the step schedule multiplies lr by it at each milestone, e.g. train.lr_decay=0.1.")
+        _check(self.warmup_epochs >= 0, f"train.warmup_epochs={self.warmup_epochs} is negative: use 0 (no warm-up) "
+               "or more.")
+        _check(self.val_samples >= 0, f"train.val_samples={self.val_samples} is negative: use 0 (every validation "
+               "image) or a sample size, e.g. train.val_samples=1000.")
+        _check(self.val_every >= 0, f"train.val_every={self.val_every} is negative: use 0 (no validation) or a "
+               "period in epochs.")
+        _check(self.finetune_lr > 0, f"train.finetune_lr={self.finetune_lr} must be > 0, e.g. train.finetune_lr=0.01.")
+        _check(self.finetune_epochs >= 1, f"train.finetune_epochs={self.finetune_epochs} must be >= 1 (turn "
+               "fine-tuning off with train.finetune=none).")
+        _check(self.ae_drift_samples >= 1, f"train.ae_drift_samples={self.ae_drift_samples} must be >= 1.")
         _check(self.schedule in ("step", "cosine", "constant"),
                f"train.schedule={self.schedule!r}: use step, cosine or constant.")
         _check(self.precision in ("auto", "bf16", "fp32"),
@@ -201,6 +222,11 @@ class EvalConfig:
             _check_eps("eval.eps", self.eps)
         _check(self.checkpoint in ("best", "last"), f"eval.checkpoint={self.checkpoint!r}: use best or last.")
         _check(self.chunk_size >= 1 and self.batch_size >= 1, "eval batch and chunk sizes must be >= 1.")
+        _check(self.n_samples >= 0, f"eval.n_samples={self.n_samples} is negative: use 0 (the whole test set) or "
+               "a sample size, e.g. eval.n_samples=1000.")
+        _check(self.step_size >= 0, f"eval.step_size={self.step_size} must be >= 0, e.g. eval.step_size=2/255.")
+        _check(self.tail_group >= 0, f"eval.tail_group={self.tail_group} is negative: use 0 (C // 10) or a class "
+               "count.")
 
 
 @dataclass(frozen=True)
@@ -241,6 +267,9 @@ def parse_value(text: str) -> Any:
     """Parse a command-line value: YAML scalars and lists, plus fractions such as ``8/255``."""
     m = _FRACTION.match(text)
     if m:
+        if float(m.group(2)) == 0:
+            raise ConfigError(f"{text.strip()} divides by zero: write a fraction with a non-zero denominator, "
+                              "e.g. 8/255.")
         return float(m.group(1)) / float(m.group(2))
     if "," in text and not text.strip().startswith("["):
         return [parse_value(part) for part in text.split(",") if part != ""]
@@ -263,7 +292,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if tp in ("float",):
             if isinstance(value, bool):
                 raise TypeError
-            return float(value)
+            number = float(value)
+            if number != number:
+                raise ConfigError(f"{key}=nan is not a number: give a finite value.")
+            return number
         if tp == "int":
             if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise TypeError
@@ -290,6 +322,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             if not isinstance(value, Mapping):
                 raise TypeError
             return dict(value)
+    except ConfigError:
+        raise
     except (TypeError, ValueError):
         raise ConfigError(f"{key}={value!r} is not a valid {tp}.") from None
     return value
@@ -423,7 +457,10 @@ def resolve_config(overrides: Sequence[str] | Mapping[str, Any] = (), base: RunC
             if "=" not in item:
                 raise ConfigError(f"expected key=value, got {item!r} (e.g. imbalance=50).")
             k, v = item.split("=", 1)
-            pairs.append((k.strip(), parse_value(v)))
+            try:
+                pairs.append((k.strip(), parse_value(v)))
+            except ConfigError as exc:
+                raise ConfigError(f"{k.strip()}={v}: {exc}") from None
     flat: dict[str, Any] = {}
     if base is not None:
         flat.update(to_flat(base))

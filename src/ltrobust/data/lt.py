@@ -171,6 +171,7 @@ def build_data(cfg: DataConfig, device: torch.device | str = torch.device("cpu")
     for name, split in (("train", raw.train), ("test", raw.test), ("val", raw.val)):
         if split is not None and len(split) and (split.labels.min() < 0 or split.labels.max() >= num_classes):
             raise DataError(f"{cfg.dataset}: {name} labels outside 0..{num_classes - 1}.")
+    _check_test_split(cfg, raw, num_classes)
     sel = _select_natural(cfg, spec, raw) if spec.natural else _select_lt(cfg, spec, raw, num_classes)
     train_idx = np.concatenate([sel.train[c] for c in range(num_classes)])
     if not sel.order_by_class:
@@ -194,6 +195,23 @@ def build_data(cfg: DataConfig, device: torch.device | str = torch.device("cpu")
                   num_classes=num_classes, channels=channels, image_size=image_size, mean=tuple(spec.mean),
                   std=tuple(spec.std), groups=class_groups(counts), manifest=manifest, crop_padding=padding,
                   flip=spec.flip, augment=cfg.augment, config=cfg)
+
+
+def _check_test_split(cfg: DataConfig, raw: RawData, num_classes: int) -> None:
+    """The test split must match the training images' size and hold every class (else per-class and
+    balanced accuracies are undefined or measured on other inputs than the model was trained on)."""
+    where = f" in {cfg.data_dir}" if cfg.data_dir else ""
+    if raw.train.images is not None and raw.test.images is not None and len(raw.test):
+        a, b = raw.train.images.shape[1:], raw.test.images.shape[1:]
+        if a != b:
+            raise DataError(f"{cfg.dataset}: the test images{where} are {'x'.join(map(str, b))} (H x W x C) but the "
+                            f"training images are {'x'.join(map(str, a))}: use a test split of the same image size "
+                            "and channels as the training split.")
+    missing = np.flatnonzero(np.bincount(raw.test.labels, minlength=num_classes) == 0)
+    if len(missing):
+        names = ", ".join(f"{c} ({raw.class_names[c]})" if c < len(raw.class_names) else str(c) for c in missing[:10])
+        raise DataError(f"{cfg.dataset}: the test split{where} has no image of class {names}: every class needs "
+                        "test images (per-class and balanced accuracies); use the complete test split.")
 
 
 def _val_per_class(cfg: DataConfig, spec: DatasetSpec) -> int:

@@ -10,7 +10,8 @@ each column is that attack alone (the worst case is the same per-sample minimum)
 The test set (or a balanced sample of ``n_samples`` images) is processed in chunks of ``chunk_size``
 images. Each finished chunk is written atomically to ``<out_dir>/<tag>_chunks/chunk_NNNNN.json`` with a
 fingerprint of everything that determines it (the attacks and their settings, the mode, the seed, the
-sampled indices, the chunk size and a hash of the deployed model's weights, buffers and wrappers), so a
+sampled indices, the data's identity -- its resolved location and a hash of the selected test images and
+labels --, the chunk size and a hash of the deployed model's weights, buffers and wrappers), so a
 killed evaluation resumes without redoing finished chunks, and a chunk that is corrupt, truncated or
 from other settings is recomputed. Final evaluation runs in float32 on the deployed logits (inference
 adjustments included), and writes one JSON result (``<tag>.json``), its markdown table (``<tag>.md``) and
@@ -41,7 +42,7 @@ from ..errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Evaluation", "attack_flags", "balanced_subset", "column_title", "library_versions",
+__all__ = ["Evaluation", "attack_flags", "balanced_subset", "column_title", "data_identity", "library_versions",
            "markdown_table", "model_fingerprint", "predict", "quick_robustness"]
 
 
@@ -90,6 +91,29 @@ def derive_seed(*parts: Any) -> int:
     """A seed in [0, 2**31) that is a pure function of ``parts`` (e.g. ``(seed, chunk, attack, batch)``)."""
     digest = hashlib.sha256(json.dumps([str(p) for p in parts]).encode()).digest()
     return int.from_bytes(digest[:8], "little") % (2 ** 31)
+
+
+def data_identity(split: Any, idx: torch.Tensor, source: Any = None) -> dict[str, Any]:
+    """What identifies the evaluated test data: ``source`` (the data set's record, e.g. ``{"format": ...,
+    "path": ...}``, with the path resolved) and the SHA-256 of the selected images and labels (in-memory
+    splits; a streamed split hashes its file paths, sizes and modification times instead of decoding
+    every image)."""
+    src = dict(source) if isinstance(source, dict) else ({"name": str(source)} if source is not None else {})
+    if src.get("path"):
+        src["path"] = str(Path(src["path"]).expanduser().resolve())
+    h = hashlib.sha256()
+    labels = split.labels[idx.to(split.labels.device)].cpu()
+    h.update(labels.numpy().astype(np.int64).tobytes())
+    if hasattr(split, "paths"):  # streaming split (ImageNet-LT)
+        for i in idx.tolist():
+            p = Path(split.paths[i])
+            st = p.stat() if p.exists() else None
+            h.update(f"{p.resolve()}|{st.st_size if st else -1}|{st.st_mtime_ns if st else -1}\n".encode())
+        what = "paths, sizes and mtimes"
+    else:
+        h.update(split.images[idx.to(split.images.device)].contiguous().cpu().numpy().tobytes())
+        what = "images and labels"
+    return {"source": src, "sha256": h.hexdigest(), "hashed": what}
 
 
 def model_fingerprint(model: nn.Module) -> str:
@@ -215,6 +239,9 @@ class Evaluation:
         tail_group: classes of the T-Clean / T-PGD tail group; ``None``: ``max(1, C // 10)``.
         meta: extra keys copied into the result (run folder, config, audit flags, ...).
         progress: show a progress bar (chunks x attacks). Default: True.
+        data_source: where the test data came from (the data set's ``manifest["source"]``); with a hash of
+            the selected images it is part of the chunk fingerprint, so other data is never served old
+            numbers. Default: None (the image hash alone).
 
     Example::
 
@@ -227,7 +254,7 @@ class Evaluation:
                  out_dir: str | Path, tag: str = "eval", eps: float = 8 / 255, step_size: float = 2 / 255,
                  norm: str = "linf", batch_size: int = 256, chunk_size: int = 1000, n_samples: int = 0,
                  seed: int = 0, mode: str = "cascade", tail_group: int | None = None,
-                 meta: dict[str, Any] | None = None, progress: bool = True) -> None:
+                 meta: dict[str, Any] | None = None, progress: bool = True, data_source: Any = None) -> None:
         if mode not in ("cascade", "standalone"):
             raise ConfigError(f"mode={mode!r}: use cascade or standalone.")
         if batch_size < 1 or chunk_size < 1:
@@ -256,6 +283,7 @@ class Evaluation:
         self.progress = progress
         self.indices = balanced_subset(split.labels, n_samples, seed)
         self.device = next(model.parameters()).device
+        self.data = data_identity(split, self.indices, data_source)
 
     @property
     def chunk_dir(self) -> Path:
@@ -264,11 +292,16 @@ class Evaluation:
     def chunk_path(self, k: int) -> Path:
         return self.chunk_dir / f"chunk_{k:05d}.json"
 
+    def settings(self) -> dict[str, Any]:
+        """What the numbers were computed with, apart from the weights: attacks (threat model included),
+        mode, seed, the sample and the data's identity (stored in the result as ``settings``)."""
+        return {"attacks": [_spec_dict(s) for s in self.specs], "mode": self.mode, "seed": self.seed,
+                "n": len(self.indices), "indices": hashlib.sha256(self.indices.numpy().tobytes()).hexdigest(),
+                "data": self.data}
+
     def fingerprint(self) -> str:
         """Hash of everything that determines a chunk's content (see the module docstring)."""
-        desc = json.dumps({"attacks": [_spec_dict(s) for s in self.specs], "mode": self.mode, "seed": self.seed,
-                           "indices": hashlib.sha256(self.indices.numpy().tobytes()).hexdigest(),
-                           "chunk": self.chunk_size, "model": model_fingerprint(self.model)},
+        desc = json.dumps({**self.settings(), "chunk": self.chunk_size, "model": model_fingerprint(self.model)},
                           sort_keys=True, default=str)
         return hashlib.sha256(desc.encode()).hexdigest()[:16]
 
@@ -313,7 +346,7 @@ class Evaluation:
         if reused:
             log.info("eval %s: %d of %d chunks reused from %s", self.tag, reused, len(chunks), self.chunk_dir)
         out = self._aggregate(results)
-        out.update(fingerprint=fp, chunks=len(chunks), chunks_reused=reused,
+        out.update(fingerprint=fp, settings=self.settings(), chunks=len(chunks), chunks_reused=reused,
                    seconds=time.perf_counter() - t0, samples=f"{self.tag}_samples.npz")
         self._write_samples(results)
         io.write_json(self.out_dir / f"{self.tag}.json", out)
@@ -482,6 +515,8 @@ def markdown_table(result: dict[str, Any]) -> str:
     titles = {"tail_group": "tail group"}
     mode = result.get("mode", "cascade")
     lines = [f"# Evaluation `{result.get('tag', '')}`: {result['n']} test images, mode {mode}", ""]
+    if (result.get("collapse") or {}).get("collapsed"):
+        lines += [f"**COLLAPSED RUN**: {result['collapse'].get('message', '')}", ""]
     if mode == "cascade":
         lines += ["Cascade: each column is the suite up to that attack (each attack ran on the images still "
                   "robust); the worst case is the per-sample minimum. Accuracies in %.", ""]

@@ -9,7 +9,7 @@ inference-stage adjustment of ``eval.adjust`` (``logit_adjust``, ``tau_norm``, `
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -18,7 +18,7 @@ import yaml
 from torch import nn
 
 from .. import io
-from ..config import RunConfig, from_dict, load_run_config, loss_options, method_options, resolve_config
+from ..config import EvalConfig, RunConfig, from_dict, load_run_config, loss_options, method_options, resolve_config
 from ..errors import CheckpointError, ConfigError
 from ..registry import ADJUSTMENTS, LOSSES, METHODS
 
@@ -64,6 +64,36 @@ def _config_from_checkpoint(state: dict[str, Any], path: Path) -> RunConfig:
         return load_run_config(cfg_path)
     raise CheckpointError(f"{path} carries no run config and no config.yaml was found next to it; evaluate "
                           f"the run folder instead, or a checkpoint written by ltrobust train.")
+
+
+def eval_overrides(overrides: Sequence[str]) -> list[str]:
+    """Overrides of an evaluation: a bare key that names an ``eval.`` setting means that setting
+    (``eps=4/255`` is ``eval.eps``, ``seed=1`` is ``eval.seed``), never the training attack's or the
+    training seed, which an evaluation does not use."""
+    keys = {f.name for f in fields(EvalConfig)}
+    out = []
+    for o in overrides:
+        k, sep, v = o.partition("=")
+        out.append(f"eval.{k.strip()}={v}" if sep and k.strip() in keys else o)
+    return out
+
+
+def _with_data_location(cfg: RunConfig, run_dir: Path, ckpt: Path, overrides: Sequence[str]) -> RunConfig:
+    """``cfg`` with its data location from the command line or the run's ``config.yaml``, never from the
+    config embedded in the checkpoint (a file handed around can point anywhere); logs which was used.
+
+    Without either, ``data_dir`` is unset: data sets that need one say so."""
+    given = [o.partition("=")[2] for o in overrides if o.partition("=")[0] in ("data_dir", "data.data_dir")]
+    cfg_path = run_dir / "config.yaml"
+    if given:
+        where, data_dir = "the command line", given[-1] or None
+    elif ckpt.parent == run_dir / "checkpoints" and cfg_path.is_file():
+        where, data_dir = str(cfg_path), load_run_config(cfg_path).data.data_dir
+    else:
+        where, data_dir = "nowhere (pass data_dir=PATH if the data set needs one)", None
+    if data_dir is not None or cfg.data.data_dir is not None:
+        log.info("data location %s: from %s", data_dir, where)
+    return replace(cfg, data=replace(cfg.data, data_dir=data_dir))
 
 
 def resolve_run_path(path: str | Path, checkpoint: str = "best") -> tuple[Path, Path]:
@@ -134,7 +164,7 @@ def load_run(path: str | Path, overrides: Sequence[str] = (), device: str | torc
         run = load_run("runs/at_bsl", ["eval.adjust=logit_adjust", "eval.adjust_tau=1"])
         run.deployed(x)   # z - log pi: the logits every attack of ltrobust eval targets
     """
-    flat_over = [o for o in overrides]
+    flat_over = eval_overrides(overrides)
     which = "best"
     for o in flat_over:
         k, _, v = o.partition("=")
@@ -146,7 +176,7 @@ def load_run(path: str | Path, overrides: Sequence[str] = (), device: str | torc
     state = io.load_checkpoint(ckpt, map_location="cpu")
     if "model" not in state:
         raise CheckpointError(f"{ckpt} holds no model weights ('model' key); is it an ltrobust checkpoint?")
-    base_cfg = _config_from_checkpoint(state, ckpt)
+    base_cfg = _with_data_location(_config_from_checkpoint(state, ckpt), run_dir, ckpt, flat_over)
     cfg = resolve_config(flat_over, base=base_cfg) if flat_over else base_cfg
     from ..models import build_model
 
@@ -220,6 +250,17 @@ def audit_summary(run_dir: str | Path, tag: str) -> dict[str, Any] | None:
             "tag": audit.get("tag", tag), "file": str(path), "n": audit.get("n")}
 
 
+def training_collapse(run_dir: str | Path) -> dict[str, Any] | None:
+    """The collapse verdict of the run's training (``train_summary.json``) when it collapsed, else None."""
+    path = Path(run_dir) / "train_summary.json"
+    try:
+        verdict = io.read_json(path).get("collapse") if path.is_file() else None
+    except CheckpointError as exc:
+        log.warning("ignoring %s: %s", path, exc)
+        return None
+    return verdict if isinstance(verdict, dict) and verdict.get("collapsed") else None
+
+
 def evaluate_run(path: str | Path, overrides: Sequence[str] = (), device: str | None = None,
                  progress: bool = True) -> dict[str, Any]:
     """``ltrobust eval``: the attack suite of ``eval.attacks`` on the run's test set.
@@ -256,12 +297,47 @@ def evaluate_run(path: str | Path, overrides: Sequence[str] = (), device: str | 
     audit = audit_summary(run.run_dir, tag)
     if audit is not None:
         meta["audit"] = audit
+    collapse = training_collapse(run.run_dir)
+    if collapse is not None:
+        meta["collapse"] = collapse
     ev = Evaluation(run.deployed, data.test, run.class_counts, cfg.eval.attacks, run.run_dir / "eval", tag=tag,
                     eps=cfg.eval.eps, step_size=cfg.eval.step_size, norm=cfg.eval.norm,
                     batch_size=cfg.eval.batch_size, chunk_size=cfg.eval.chunk_size, n_samples=cfg.eval.n_samples,
                     seed=cfg.eval.seed, mode=cfg.eval.mode, tail_group=cfg.eval.tail_group or None, meta=meta,
-                    progress=progress)
+                    progress=progress, data_source={"dataset": cfg.data.dataset, **data.manifest.get("source", {})})
+    refuse_overwrite(ev)
     return ev.run()
+
+
+def refuse_overwrite(ev: Any) -> None:
+    """Refuse to replace ``<tag>.json`` by a result computed with other settings (attacks, threat model,
+    mode, seed, sample or test data; see ``Evaluation.settings``). The same settings with new weights (a
+    re-trained checkpoint) replace it; a result that fails its checksum is replaced."""
+    path = ev.out_dir / f"{ev.tag}.json"
+    if not path.exists():
+        return
+    try:
+        old = io.read_json(path)
+    except CheckpointError:
+        return
+    new = ev.settings()
+    before = old.get("settings") or {"attacks": old.get("attacks"), "mode": old.get("mode"), "seed": old.get("seed"),
+                                     "n": old.get("n")}
+    diffs = [k for k in new if k in before and before[k] != new[k]]
+    if not diffs:
+        return
+    names = "-".join(s.name for s in ev.specs if s.name != "clean") or "clean"
+    shown = {"attacks": lambda v: ",".join(a.get("name", "?") for a in v or []) + _threat(v),
+             "data": lambda v: (v or {}).get("source", {}).get("path") or (v or {}).get("sha256", "?")[:12]}
+    what = "; ".join(f"{k} {shown.get(k, str)(before[k])} -> {shown.get(k, str)(new[k])}" for k in diffs)
+    raise ConfigError(f"{path} holds a result computed with other settings ({what}); it is kept. Give this "
+                      f"evaluation its own name with eval.tag=NAME (e.g. eval.tag={names}), or delete {path} "
+                      f"to replace it.")
+
+
+def _threat(attacks: Any) -> str:
+    first = next((a for a in attacks or [] if a.get("name") != "clean"), None)
+    return f" (eps {first.get('eps', 0):.4g}, {first.get('norm', '?')})" if first else ""
 
 
 def deployed_description(deployed: nn.Module) -> list[dict[str, Any]]:

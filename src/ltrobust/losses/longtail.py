@@ -353,6 +353,10 @@ class LongTailLoss:
         if total_epochs is not None:
             self.total_epochs = int(total_epochs)
 
+    def run_length_terms(self) -> list[str]:
+        """What in this loss depends on the length of training (``train.epochs``); none by default."""
+        return []
+
     def state_dict(self) -> dict[str, Any]:
         """Epoch state for exact resume (everything else follows from the counts and options)."""
         return {"epoch": self.epoch, "total_epochs": self.total_epochs}
@@ -490,6 +494,9 @@ class LDAMLoss(LongTailLoss):
     def drw_start_epoch(self) -> int:
         """First epoch (counting from 0) with DRW weights: ``floor(drw_start * total_epochs)``."""
         return int(math.floor(self.options.drw_start * self.total_epochs + 1e-9))
+
+    def run_length_terms(self) -> list[str]:
+        return [f"loss ldam's DRW starts at drw_start={self.options.drw_start:g} of train.epochs"] if self.options.drw else []
 
     def on_epoch_start(self, epoch: int, total_epochs: int | None = None) -> None:
         super().on_epoch_start(epoch, total_epochs)

@@ -8,6 +8,7 @@ and backward pass, and removed after the optimiser step (:meth:`AWP.after_step`)
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +29,18 @@ class AWPOptions:
     proxy_lr: float = 0.01
     warmup_epochs: int = 0  #: epochs before AWP switches on
     beta: float = 6.0  #: TRADES beta when base=trades
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.gamma) and (self.gamma >= 0 or self.gamma == -1)):
+            raise ConfigError(f"awp gamma={self.gamma}: use a weight perturbation size >= 0 (e.g. gamma=0.01), "
+                              "or -1 for the paper's default.")
+        if not (math.isfinite(self.proxy_lr) and self.proxy_lr > 0):
+            raise ConfigError(f"awp proxy_lr={self.proxy_lr} must be > 0, e.g. proxy_lr=0.01.")
+        if self.warmup_epochs < 0:
+            raise ConfigError(f"awp warmup_epochs={self.warmup_epochs} is negative: use 0 or more.")
+        if self.base == "pgd_at" and self.beta != AWPOptions.beta:
+            raise ConfigError(f"awp beta={self.beta} is TRADES' weight and base=pgd_at has none: drop beta=, or "
+                              "use base=trades.")
 
 
 def _weight_diff(model: nn.Module, proxy: nn.Module) -> dict[str, torch.Tensor]:
@@ -67,6 +80,9 @@ class AWP(Method):
         self.gamma = self.options.gamma if self.options.gamma >= 0 else (0.01 if self.options.base == "pgd_at" else 0.005)
         self._proxy: nn.Module | None = None
         self._diff: dict[str, torch.Tensor] | None = None
+
+    def run_length_terms(self) -> list[str]:
+        return self.base.run_length_terms()
 
     def train_attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.base.train_attack(model, x, y)

@@ -141,6 +141,14 @@ class Method:
         """Extra trainable parameters owned by the method (none by default)."""
         return []
 
+    def run_length_terms(self) -> list[str]:
+        """What in this method (and its loss) depends on ``train.epochs``: stage switches, ramps, DRW.
+
+        A run is extended (resumed with another ``train.epochs``) only when this is empty, since only then
+        are its finished epochs those of a straight run of the new length. Default: the loss's terms."""
+        terms = getattr(self.loss, "run_length_terms", None)
+        return list(terms()) if callable(terms) else []
+
     # ---------------------------------------------------------------------------------- resume
     def state_dict(self) -> dict[str, Any]:
         return {"epoch": self.epoch}

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from ..registry import METHODS
 from .base import Method, forward_train
 
@@ -15,6 +18,13 @@ class Natural(Method):
 
     name = "natural"
     adversarial = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.attack_cfg.loss_mode != "outer":
+            raise ConfigError(f"method 'natural' crafts no adversarial examples, so attack.loss_mode="
+                              f"{self.attack_cfg.loss_mode} would only replace loss={getattr(self.loss, 'name', '?')} "
+                              "by CE: leave attack.loss_mode=outer.")
 
     def compute_loss(self, model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor,
                      y: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -118,6 +118,9 @@ class REAT(Method):
                               f"set base_loss={given} (REAT's long-tailed loss is the method option base_loss).")
         return LOSSES.get(wanted)(self.class_counts.tolist(), total_epochs=self.total_epochs)
 
+    def run_length_terms(self) -> list[str]:
+        return self.base_loss.run_length_terms()
+
     # --------------------------------------------------------------------------------- RBL
     @property
     def attack_weights(self) -> torch.Tensor:

@@ -169,6 +169,11 @@ class SelfDistill(ATBSL):
             return self.teacher(x).float()
 
     # --------------------------------------------------------------------------------- loss
+    def run_length_terms(self) -> list[str]:
+        if self.options.ramp == "linear" and self.options.alpha > 0 and self.options.igdm_max > 0:
+            return ["self_distill's IGDM weight ramps over train.epochs (ramp=none holds it constant)"]
+        return []
+
     def igdm_weight(self) -> float:
         """lambda_e: linear ramp to igdm_max (or igdm_max throughout with ramp=none)."""
         if self.options.ramp == "none":

@@ -74,6 +74,11 @@ class TAET(Method):
         self.stage1_epochs = int(round(STAGE1_FRACTION * self.total_epochs)) if s1 < 0 else int(s1)
         self.adversarial = self.stage1_epochs <= 0
 
+    def run_length_terms(self) -> list[str]:
+        if self.options.stage1_epochs < 0:
+            return ["taet's stage 1 is a fraction of train.epochs (set stage1_epochs=N to fix its length)"]
+        return []
+
     def in_stage1(self, epoch: int | None = None) -> bool:
         return (self.epoch if epoch is None else epoch) < self.stage1_epochs
 

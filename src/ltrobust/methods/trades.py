@@ -10,6 +10,7 @@ from torch import nn
 
 from ..losses.at import trades_loss_terms
 from ..registry import METHODS
+from .at_bsl import require_outer_loss_mode
 from .base import Method, clean_logits_eval, forward_train
 
 
@@ -22,12 +23,17 @@ class TradesOptions:
 class Trades(Method):
     """Inner: maximise KL(p(x) || p(x')) from the clean prediction; outer: L(z(x), y) + beta * KL.
 
-    The long-tailed loss replaces the natural CE term (``loss=bsl``); with ``attack.loss_mode=inner``
-    the natural term stays CE.
+    The long-tailed loss replaces the natural CE term (``loss=bsl``). The attack always maximises the KL
+    term, so ``attack.loss_mode`` inner / both (a long-tailed loss inside the attack) would be ignored and
+    is refused.
     """
 
     name = "trades"
     Options = TradesOptions
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        require_outer_loss_mode(self.attack_cfg, self.name, "PGD on KL(p(x) || p(x'))")
 
     def attack_objective(self, x: torch.Tensor, y: torch.Tensor) -> tuple[Any, dict[str, Any]]:
         # The attack needs the model's clean logits; train_attack fills them in.

@@ -59,6 +59,14 @@ class Entry:
     def name(self) -> str:
         return self.run_dir.name
 
+    @property
+    def collapsed(self) -> bool:
+        """Training collapsed to chance (the verdict ``ltrobust eval`` copies from ``train_summary.json``)."""
+        verdict = self.result.get("collapse")
+        if verdict is None:
+            verdict = (_read_optional_json(self.run_dir / "train_summary.json") or {}).get("collapse")
+        return bool((verdict or {}).get("collapsed"))
+
 
 @dataclass(eq=False)
 class RunFiles:

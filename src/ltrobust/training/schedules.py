@@ -7,6 +7,12 @@ import math
 from ..config import RunConfig
 
 
+def schedule_length_terms(cfg: RunConfig) -> list[str]:
+    """What in the learning-rate schedule depends on ``train.epochs`` (the cosine curve); [] for step,
+    constant and warm-up, which are functions of the epoch alone (so a run of them can be extended)."""
+    return ["the cosine learning-rate schedule spans train.epochs"] if cfg.train.schedule == "cosine" else []
+
+
 def lr_at(cfg: RunConfig, epoch: float) -> float:
     """Learning rate at (fractional) epoch: warmup, then step / cosine / constant (a pure function)."""
     t = cfg.train

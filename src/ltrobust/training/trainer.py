@@ -28,11 +28,11 @@ from torch import nn
 
 from .. import io
 from ..attacks import check_attacks
-from ..config import RunConfig, dump_yaml, load_run_config, loss_options, method_options, to_dict
+from ..config import RunConfig, dump_yaml, load_run_config, loss_options, method_options, to_dict, with_updates
 from ..errors import CheckpointError, ConfigError, TrainingDiverged
 from ..device import resolve_amp, resolve_device, unwrap  # noqa: F401 (re-exported)
 from ..registry import LOSSES, METHODS
-from .schedules import lr_at
+from .schedules import lr_at, schedule_length_terms
 from .state import rng_state, set_determinism, set_rng_state  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
@@ -161,9 +161,15 @@ class Trainer:
                 raise ConfigError(f"run folder {self.run_dir} holds a run with a different config ({'; '.join(diffs[:5])}). "
                                   f"Choose another name=..., or delete the folder to start over.")
             state = io.load_checkpoint(last, map_location=self.device)
-            self._load_state(state)
             start = int(state["epoch"]) + 1
+            if old.train.epochs != self.cfg.train.epochs:
+                self._check_new_length(old, start)
+            self._load_state(state, last)
             log.info("resuming %s from epoch %d", self.run_dir, start)
+            if old.train.epochs != self.cfg.train.epochs and self.dist.main:  # config.yaml says what was run
+                io.atomic_write_text(cfg_path, dump_yaml(with_updates(old, train={"epochs": self.cfg.train.epochs})))
+                log.info("%s: train.epochs %d -> %d (extended: the finished epochs are those of a straight run "
+                         "of %d)", self.run_dir, old.train.epochs, self.cfg.train.epochs, self.cfg.train.epochs)
             if self.dist.main:  # drop metrics of epochs that were not checkpointed
                 rows = [r for r in io.read_jsonl(self.run_dir / "metrics.jsonl") if r.get("epoch", -1) < start]
                 io.write_jsonl(self.run_dir / "metrics.jsonl", rows)
@@ -193,12 +199,39 @@ class Trainer:
             "ltrobust_version": _version(),
         }
 
-    def _load_state(self, state: dict[str, Any]) -> None:
+    def _check_new_length(self, old: RunConfig, done: int) -> None:
+        """Resuming with another ``train.epochs`` extends (or shortens) the run, allowed only when its
+        ``done`` finished epochs are exactly those of a straight run of the new length (docs/reliability.md)."""
+        new = self.cfg.train.epochs
+        fix = (f"Resume with train.epochs={old.train.epochs}, or train a new run of {new} epochs (another name=..., "
+               f"or delete {self.run_dir}).")
+        if done > new:
+            raise ConfigError(f"run folder {self.run_dir} already holds {done} trained epochs, more than "
+                              f"train.epochs={new}: evaluate checkpoints/last.pt as it is, or train a new run of "
+                              f"{new} epochs (another name=...).")
+        terms = schedule_length_terms(old) + self.method.run_length_terms()
+        t = old.train
+        if t.finetune != "none":
+            terms.append(f"train.finetune={t.finetune} ran after the last epoch")
+        if t.val_every > 1 and done == t.epochs and t.epochs % t.val_every:
+            terms.append(f"epoch {t.epochs} was validated as the last one (train.val_every={t.val_every})")
+        if terms:
+            raise ConfigError(f"run folder {self.run_dir} was trained for train.epochs={old.train.epochs}; continuing "
+                              f"it to {new} would not match a straight run of {new} epochs ({'; '.join(terms)}). {fix}")
+
+    def _load_state(self, state: dict[str, Any], path: Path | None = None) -> None:
         if int(state.get("num_classes", self.num_classes)) != self.num_classes:
             raise CheckpointError(f"checkpoint has {state.get('num_classes')} classes but the data set has "
                                   f"{self.num_classes}; use a checkpoint trained on this data set.")
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            where = path or "the checkpoint"
+            first = " ".join(str(exc).split())[:200]
+            raise CheckpointError(f"{where} does not fit this run's model {self.cfg.model.name} (width "
+                                  f"{self.cfg.model.width}): it holds another architecture or width ({first}). "
+                                  f"Delete {where} to start the run over, or train under another name=...") from None
         self.method.load_state_dict(state.get("method", {}))
         if hasattr(self.loss, "load_state_dict") and state.get("loss"):
             self.loss.load_state_dict(state["loss"])
@@ -263,6 +296,11 @@ class Trainer:
             self.save_weights(self.ckpt_dir / "best.pt", epochs - 1, None)
         summary = {"run_dir": str(self.run_dir), "epochs": epochs, "best": self.best,
                    "method": self.cfg.method.name, "loss": self.cfg.method.loss}
+        if self.dist.main:
+            summary["collapse"] = collapse_verdict(io.read_jsonl(self.run_dir / "metrics.jsonl"), self.num_classes,
+                                                   self.cfg)
+            if summary["collapse"]["collapsed"]:
+                log.warning("%s: %s", self.run_dir, summary["collapse"]["message"])
         if self.dist.main:
             io.write_json(self.run_dir / "train_summary.json", summary)
         return summary
@@ -400,6 +438,37 @@ class Trainer:
 
 
 # ----------------------------------------------------------------------------------------- helpers
+#: a run is collapsed when no validation's clean balanced accuracy beats chance (100 / C %) by more than this factor
+COLLAPSE_FACTOR = 1.25
+
+
+def collapse_verdict(rows: list[dict[str, Any]], num_classes: int, cfg: RunConfig) -> dict[str, Any]:
+    """Whether training collapsed: every validation's clean balanced accuracy at chance level (at most
+    ``COLLAPSE_FACTOR x 100 / C`` %), i.e. the model predicts (about) one class whatever the input, so its
+    "robust" accuracy and clean-robust gap mean nothing. Stored in ``train_summary.json`` as
+    ``{"collapsed", "best_val_clean_balanced", "chance", "message"}`` for reports to mark the run."""
+    vals = [float(r["val"]["clean_balanced"]) for r in rows if isinstance(r.get("val"), dict)]
+    chance = 100.0 / max(num_classes, 1)
+    best = max(vals) if vals else None
+    collapsed = best is not None and best <= COLLAPSE_FACTOR * chance
+    message = ""
+    if collapsed:
+        losses = [float(r["loss"]) for r in rows if isinstance(r.get("loss"), (int, float))]
+        if cfg.method.loss == "ldam":
+            s = dict(cfg.method.loss_args).get("s", 30.0)
+            cause = (f"loss=ldam scales the logits by s={s:g}, tuned for a cosine head; on a linear head that makes "
+                     "the loss huge (try loss.s=1 or model.head=cosine)")
+        elif len(losses) > 1 and losses[-1] >= losses[0]:
+            cause = f"the training loss did not fall ({losses[0]:.3g} -> {losses[-1]:.3g}): train.lr={cfg.train.lr:g} is likely too high"
+        else:
+            cause = (f"train.lr={cfg.train.lr:g} too high, too few training steps, or a loss too large for the "
+                     "model")
+        message = (f"training collapsed: validation clean balanced accuracy never beat chance ({best:.1f}% vs "
+                   f"{chance:.1f}% for {num_classes} classes), so the model predicts about one class and its "
+                   f"robust accuracy and gap are meaningless. Likely cause: {cause}.")
+    return {"collapsed": bool(collapsed), "best_val_clean_balanced": best, "chance": chance, "message": message}
+
+
 def _config_diffs(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
     diffs = []
     for k in sorted(set(old) | set(new)):

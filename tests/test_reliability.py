@@ -219,6 +219,7 @@ class Case:
     argv: list[str] = field(default_factory=list)
     env: dict[str, str] | None = None
     ctx: dict[str, Any] = field(default_factory=dict)
+    setup: Callable[[], Any] | None = None  #: prepares the files this case reads (run only when it is selected)
 
 
 class _Evil:
@@ -334,7 +335,137 @@ def build_cases(work: Path, base: Path) -> list[Case]:
         ckpts = {p.name: p.read_bytes() for p in (under.parent if under.name == "checkpoints" else under).rglob("*.pt")}
         cases.append(Case(name, fix, [*train_tiny, "epochs=3", *extra], env=fault_env(work, under, err),
                           ctx={"checkpoints": ckpts, "under": under}))
-    return cases
+    return cases + integrity_cases(work, base)
+
+
+# ------------------------------------------------------------------ integrity cases (issue 15)
+def _evil_cifar_folder(root: Path, marker: Path) -> Path:
+    """A CIFAR-10 python-release folder whose every file, once unpickled, runs ``touch marker``."""
+    import pickle
+
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]:
+        (folder / name).write_bytes(pickle.dumps({"data": _Evil(f"touch {marker}"), "labels": []}, protocol=2))
+    return root
+
+
+def _with_config(base: Path, target: Path, **sections: dict[str, Any]) -> Path:
+    """A copy of ``base`` whose config.yaml and checkpoints' embedded configs carry these changes."""
+    import yaml
+
+    run = copy_run(base, target)
+    raw = yaml.safe_load((run / "config.yaml").read_text())
+    for sec, values in sections.items():
+        raw[sec].update(values)
+    text = yaml.safe_dump(raw, sort_keys=False)
+    (run / "config.yaml").write_text(text)
+    for which in ("best.pt", "last.pt"):
+        state = io.load_checkpoint(run / "checkpoints" / which)
+        if "config" in state:
+            state["config"] = text
+            io.save_checkpoint(run / "checkpoints" / which, state)
+    return run
+
+
+def _png_tree(root: Path, train_size: int, test_size: int, test_classes: int = 10) -> Path:
+    """An image-folder CIFAR-10 (one image per class) whose test images are ``test_size`` px."""
+    from PIL import Image
+
+    for split, size, n in (("train", train_size, 10), ("test", test_size, test_classes)):
+        for c in range(n):
+            folder = root / split / f"class{c}"
+            folder.mkdir(parents=True)
+            Image.new("RGB", (size, size), (20 * c, 80, 120)).save(folder / "0000.png")
+    return root
+
+
+def _other_architecture(base: Path, target: Path) -> Path:
+    """A run folder whose last.pt holds a wider first layer than its config.yaml describes."""
+    run = copy_run(base, target)
+    state = io.load_checkpoint(run / "checkpoints" / "last.pt")
+    key = next(k for k, v in state["model"].items() if v.dim() == 4 and k.endswith("weight"))  # the first conv
+    state["model"][key] = torch.cat([state["model"][key]] * 2)
+    io.save_checkpoint(run / "checkpoints" / "last.pt", state)
+    return run
+
+
+def _evaluated(base: Path, target: Path) -> Path:
+    from ltrobust.evaluation.runs import evaluate_run
+
+    run = copy_run(base, target)
+    evaluate_run(run, ["attacks=clean,pgd2", "eval.n_samples=20"], device="cpu", progress=False)
+    return run
+
+
+def integrity_cases(work: Path, base: Path) -> list[Case]:
+    """Issue 15: data files that would run code, results that would be lost, options that would be ignored,
+    bad data and bad values."""
+    train_tiny = ["train", *TINY, f"out={work}"]
+    marker_direct, marker_shared = work / "PWNED-cifar", work / "PWNED-cifar-shared"
+    return [
+        Case("crafted CIFAR pickles (data info)", r"CIFAR file .*evil_cifar/cifar-10-batches-py/data_batch_1 was "
+             r"refused: it asks to build Python objects \(posix\.system\).*unpack the official archive",
+             ["data", "info", "cifar10-lt", f"data_dir={work / 'evil_cifar'}"], ctx={"marker": marker_direct},
+             setup=lambda: _evil_cifar_folder(work / "evil_cifar", marker_direct)),
+        Case("crafted CIFAR pickles named by a shared run folder (eval)", r"CIFAR file .*shared_evil_cifar.*was "
+             r"refused: it asks to build Python objects \(posix\.system\)", ["eval", str(work / "shared_run")],
+             ctx={"marker": marker_shared},
+             setup=lambda: (_evil_cifar_folder(work / "shared_evil_cifar", marker_shared),
+                            _with_config(base, work / "shared_run",
+                                         data={"dataset": "cifar10-lt", "data_dir": str(work / "shared_evil_cifar")}))),
+        Case("eval over a result of other settings", r"best\.json holds a result computed with other settings "
+             r"\(attacks clean,pgd2 .* -> clean,fgsm .*\); it is kept\. .*eval\.tag=fgsm",
+             ["eval", str(work / "evaluated_run"), "attacks=clean,fgsm", "eval.n_samples=20"],
+             setup=lambda: _evaluated(base, work / "evaluated_run")),
+        Case("resume with another train.epochs (cosine schedule)", r"trained for train\.epochs=2; continuing it to 3 "
+             r"would not match a straight run of 3 epochs \(the cosine learning-rate schedule.*Resume with "
+             r"train\.epochs=2", [*train_tiny, "name=cosine_run", "epochs=3", "train.schedule=cosine"],
+             setup=lambda: _with_config(base, work / "cosine_run", train={"schedule": "cosine"})),
+        Case("trades with attack.loss_mode=inner", r"method 'trades' crafts its training AEs with PGD on KL.*"
+             r"attack\.loss_mode='inner' does not apply: leave attack\.loss_mode=outer",
+             [*train_tiny, "name=trades_inner", "epochs=1", "method=trades", "loss=bsl", "attack.loss_mode=inner"]),
+        Case("awp gamma=nan", r"gamma=nan is not a number: give a finite value", ["train", "method=awp", "gamma=nan"]),
+        Case("test images of another size", r"the test images in .*odd_size.* are 28x28x3 \(H x W x C\) but the "
+             r"training images are 32x32x3: use a test split of the same image size",
+             ["train", "dataset=cifar10-lt", f"data_dir={work / 'odd_size'}", "model=smallcnn", "model.width=4"],
+             setup=lambda: _png_tree(work / "odd_size", 32, 28)),
+        Case("test split missing a class", r"the test split in .*class_missing has no image of class 9 \(class9\): "
+             r"every class needs test images",
+             ["train", "dataset=cifar10-lt", f"data_dir={work / 'class_missing'}", "model=smallcnn", "model.width=4"],
+             setup=lambda: _png_tree(work / "class_missing", 32, 32, test_classes=9)),
+        Case("negative lr_decay", r"train\.lr_decay=-0\.1 must be > 0 .*e\.g\. train\.lr_decay=0\.1",
+             ["train", "train.lr_decay=-0.1"]),
+        Case("negative warmup_epochs", r"train\.warmup_epochs=-1 is negative: use 0", ["train", "train.warmup_epochs=-1"]),
+        Case("negative val_samples", r"train\.val_samples=-5 is negative: use 0 \(every validation image\)",
+             ["train", "train.val_samples=-5"]),
+        Case("negative n_samples (eval)", r"eval\.n_samples=-1 is negative: use 0 \(the whole test set\)",
+             ["eval", str(work / "n_samples_run"), "eval.n_samples=-1"], setup=lambda: copy_run(base, work / "n_samples_run")),
+        Case("momentum > 1", r"train\.momentum=1\.5 is outside \[0, 1\).*train\.momentum=0\.9", ["train", "train.momentum=1.5"]),
+        Case("negative crop_padding", r"data\.crop_padding=-2 is negative: use 0 \(no crop\)", ["train", "data.crop_padding=-2"]),
+        Case("epochs=0", r"train\.epochs=0 trains nothing.*use train\.epochs=1 or more", ["train", "epochs=0"]),
+        Case("division by zero in a fraction", r"attack\.eps=8/0: 8/0 divides by zero.*e\.g\. 8/255", ["train", "attack.eps=8/0"]),
+        Case("negative weight_decay", r"train\.weight_decay=-1\.0 is negative: use 0 \(none\)", ["train", "train.weight_decay=-1"]),
+        Case("negative momentum", r"train\.momentum=-1\.0 is outside \[0, 1\)", ["train", "train.momentum=-1"]),
+        Case("negative finetune_lr (before training)", r"train\.finetune_lr=-1\.0 must be > 0",
+             [*train_tiny, "name=finetune_lr_run", "epochs=1", "train.finetune=crt", "train.finetune_lr=-1"]),
+        Case("negative selection_seed", r"data\.selection_seed=-1 is negative: use a seed >= 0",
+             ["train", "data.selection_seed=-1"]),
+        Case("resume with another architecture in last.pt", r"last\.pt does not fit this run's model smallcnn \(width "
+             r"4\): it holds another architecture or width.*Delete .*last\.pt to start the run over",
+             [*train_tiny, "name=other_arch_run", "epochs=3"],
+             setup=lambda: _other_architecture(base, work / "other_arch_run")),
+    ]
+
+
+INTEGRITY_INPUTS = ["crafted CIFAR pickles (data info)", "crafted CIFAR pickles named by a shared run folder (eval)",
+                    "eval over a result of other settings", "resume with another train.epochs (cosine schedule)",
+                    "trades with attack.loss_mode=inner", "awp gamma=nan", "test images of another size",
+                    "test split missing a class", "negative lr_decay", "negative warmup_epochs",
+                    "negative val_samples", "negative n_samples (eval)", "momentum > 1", "negative crop_padding",
+                    "epochs=0", "division by zero in a fraction", "negative weight_decay", "negative momentum",
+                    "negative finetune_lr (before training)", "negative selection_seed",
+                    "resume with another architecture in last.pt"]
 
 
 #: the cases read by tests that are not parametrised by case name
@@ -352,6 +483,9 @@ def failures(request, tmp_path_factory, base_run) -> dict[str, tuple[Case, subpr
         wanted.update([params["name"]] if "name" in params else NEEDS.get(item.originalname, []))
     work = tmp_path_factory.mktemp("bad_input")
     cases = [c for c in build_cases(work, base_run) if c.name in wanted]
+    for c in cases:
+        if c.setup is not None:
+            c.setup()
     with cf.ThreadPoolExecutor(max_workers=2) as pool:
         procs = pool.map(lambda c: run_cli(c.argv, cwd=work, env=c.env), cases)
         results = {c.name: (c, p) for c, p in zip(cases, procs)}
@@ -365,7 +499,7 @@ BAD_INPUTS = ["unknown data set", "unknown model", "unknown method", "unknown at
               "negative validation attack steps", "checkpoint class count != data set's", "missing data folder",
               "unreadable image", "truncated checkpoint (eval)", "corrupt checkpoint (resume)",
               "malicious pickle checkpoint", "!!python tag in a preset", "!!python tag in a run's config.yaml",
-              "!!python tag in a checkpoint's config", "non-finite loss"]
+              "!!python tag in a checkpoint's config", "non-finite loss", *INTEGRITY_INPUTS]
 
 
 @pytest.mark.parametrize("name", BAD_INPUTS)
@@ -377,7 +511,9 @@ def test_bad_input_exits_2_with_one_line_naming_the_fix(failures, name):
 
 
 @pytest.mark.parametrize("name", ["malicious pickle checkpoint", "!!python tag in a preset",
-                                  "!!python tag in a run's config.yaml", "!!python tag in a checkpoint's config"])
+                                  "!!python tag in a run's config.yaml", "!!python tag in a checkpoint's config",
+                                  "crafted CIFAR pickles (data info)",
+                                  "crafted CIFAR pickles named by a shared run folder (eval)"])
 def test_untrusted_files_run_no_code(failures, name):
     case, proc = failures[name]
     assert proc.returncode != 0
@@ -573,7 +709,6 @@ ALLOWED = {  # (file relative to src/ltrobust, pattern): why
     ("io.py", r"\btorch\.save\("): "serialises into memory; the bytes go through atomic_write_bytes",
     ("io.py", r"\btorch\.load\("): "the one loader, weights_only=True",
     ("io.py", r"\bopen\([^)]*['\"][wax]b?\+?['\"]"): "append_jsonl: fsynced appends, a torn last line is skipped",
-    ("data/formats/cifar.py", r"\bpickle\.loads?\("): "the official CIFAR release is a pickle (see docs/reliability.md)",
     ("experiments/sweep.py", r"\bopen\([^)]*['\"][wax]b?\+?['\"]"): "the log stream of a sweep's subprocess, not a result",
 }
 
@@ -595,3 +730,163 @@ def test_docs_describe_the_guarantees():
     for needle in ("epoch", "chunk", "atomic", "checksum", "weights_only", "safe_load", "ENOSPC", "EROFS",
                    "sitecustomize", "not guaranteed"):
         assert needle in text, needle
+
+
+# ------------------------------------------------------------------- integrity in-process (issue 15)
+def test_data_location_comes_from_the_command_line_or_config_yaml_never_the_checkpoint(base_run, tmp_path, caplog):
+    """A checkpoint's embedded config may point anywhere: eval / audit / analyze (all through load_run) take
+    data_dir from the command line or the run's config.yaml, and log which."""
+    import logging
+
+    from ltrobust.evaluation.runs import load_run
+
+    run = _with_config(base_run, tmp_path / "run")
+    state = io.load_checkpoint(run / "checkpoints" / "best.pt")
+    state["config"] = state["config"].replace("data_dir: null", f"data_dir: {tmp_path / 'elsewhere'}")
+    assert "elsewhere" in state["config"]
+    io.save_checkpoint(run / "checkpoints" / "best.pt", state)
+    assert load_run(run).cfg.data.data_dir is None  # config.yaml's (none), not the checkpoint's
+    with caplog.at_level(logging.INFO, logger="ltrobust.evaluation.runs"):
+        assert load_run(run, [f"data_dir={tmp_path / 'given'}"]).cfg.data.data_dir == str(tmp_path / "given")
+    assert any("from the command line" in r.getMessage() for r in caplog.records)
+    loose = tmp_path / "loose.pt"  # a checkpoint outside a run folder: no config.yaml, so no data location
+    shutil.copy(run / "checkpoints" / "best.pt", loose)
+    assert load_run(loose).cfg.data.data_dir is None
+    raw = (run / "config.yaml").read_text().replace("data_dir: null", f"data_dir: {tmp_path / 'from_yaml'}")
+    (run / "config.yaml").write_text(raw)
+    with caplog.at_level(logging.INFO, logger="ltrobust.evaluation.runs"):
+        assert load_run(run).cfg.data.data_dir == str(tmp_path / "from_yaml")
+    assert any(f"from {run / 'config.yaml'}" in r.getMessage() for r in caplog.records)
+
+
+def test_other_test_data_recomputes_every_chunk(base_run, tmp_path):
+    """The chunk fingerprint covers the data: other images (same labels, same indices) or another location
+    are never served the old numbers."""
+    from ltrobust.data import ArraySplit, build_data
+    from ltrobust.evaluation.evaluator import Evaluation
+    from ltrobust.evaluation.runs import load_run
+
+    run = load_run(base_run)
+    test = build_data(run.cfg.data).test
+    other = ArraySplit(255 - test.images, test.labels)  # another test set with the same labels
+
+    def evaluate(split, out, source=None):
+        return Evaluation(run.deployed, split, run.class_counts, ["pgd2"], out, tag="t", n_samples=40, chunk_size=20,
+                          progress=False, data_source=source).run()
+
+    first = evaluate(test, tmp_path / "shared")
+    again = evaluate(other, tmp_path / "shared")
+    fresh = evaluate(other, tmp_path / "fresh")
+    assert again["chunks_reused"] == 0
+    assert without_timing(again["results"]) == without_timing(fresh["results"])
+    assert again["settings"]["data"]["sha256"] != first["settings"]["data"]["sha256"]
+    assert again["fingerprint"] != first["fingerprint"]
+    moved = evaluate(other, tmp_path / "shared", {"format": "x", "path": str(tmp_path / "copy")})
+    assert moved["chunks_reused"] == 0 and moved["settings"]["data"]["source"]["path"] == str(tmp_path / "copy")
+
+
+def test_evaluations_with_other_settings_never_overwrite_each_other(base_run, tmp_path):
+    from ltrobust.errors import ConfigError
+    from ltrobust.evaluation.runs import evaluate_run, load_run
+
+    run = copy_run(base_run, tmp_path / "run")
+    over = ["eval.n_samples=20"]
+    first = evaluate_run(run, ["attacks=clean,pgd2", *over], device="cpu", progress=False)
+    stored = (run / "eval" / "best.json").read_bytes()
+    with pytest.raises(ConfigError, match=r"other settings \(attacks clean,pgd2.*-> clean,fgsm.*eval\.tag=fgsm"):
+        evaluate_run(run, ["attacks=fgsm", *over], device="cpu", progress=False)
+    with pytest.raises(ConfigError, match=r"other settings \(attacks .*eps 0\.03137.* -> .*eps 0\.01569"):
+        evaluate_run(run, ["attacks=clean,pgd2", "eps=4/255", *over], device="cpu", progress=False)
+    assert (run / "eval" / "best.json").read_bytes() == stored
+    fgsm = evaluate_run(run, ["attacks=fgsm", "eval.tag=fgsm", *over], device="cpu", progress=False)
+    assert fgsm["tag"] == "best-fgsm" and io.read_json(run / "eval" / "best.json")["attack_names"] == ["clean", "pgd2"]
+    again = evaluate_run(run, ["attacks=clean,pgd2", *over], device="cpu", progress=False)  # same settings: fine
+    assert without_timing(again["results"]) == without_timing(first["results"])
+    # inside an evaluation a bare eval key means the evaluation's setting, not the training attack's
+    cfg = load_run(run, ["eps=4/255", "norm=linf", "step_size=1/255"]).cfg
+    assert (cfg.eval.eps, cfg.eval.step_size) == (4 / 255, 1 / 255) and cfg.attack.eps == 8 / 255
+
+
+def test_extending_a_run_equals_a_straight_run_and_keeps_its_records_consistent(base_run, tmp_path):
+    """train.epochs=3 on a finished 2-epoch run (step schedule, nothing that depends on the length) trains
+    epoch 3 only and ends where a straight 3-epoch run ends; config.yaml and train_summary.json say 3."""
+    import yaml
+
+    from ltrobust.errors import ConfigError
+
+    run = copy_run(base_run, tmp_path / "base")
+    was = torch.are_deterministic_algorithms_enabled()
+    try:
+        extended = Trainer(resolve_config(TINY + [f"out={tmp_path}", "name=base", "epochs=3"])).fit()
+        Trainer(resolve_config(TINY + [f"out={tmp_path}", "name=straight", "epochs=3"])).fit()
+        with pytest.raises(ConfigError, match=r"already holds 3 trained epochs, more than train\.epochs=2"):
+            Trainer(resolve_config(TINY + [f"out={tmp_path}", "name=base", "epochs=2"])).fit()
+        with pytest.raises(ConfigError, match=r"loss ldam's DRW starts at drw_start=0\.8 of train\.epochs"):
+            ldam = _with_config(base_run, tmp_path / "ldam", method={"loss": "ldam"})
+            Trainer(resolve_config(TINY + [f"out={tmp_path}", f"name={ldam.name}", "epochs=3", "loss=ldam"])).fit()
+    finally:
+        torch.use_deterministic_algorithms(was)
+    for which in ("last.pt", "best.pt"):
+        assert_same_weights(tmp_path / "straight" / "checkpoints" / which, run / "checkpoints" / which)
+    assert yaml.safe_load((run / "config.yaml").read_text())["train"]["epochs"] == 3
+    assert io.read_json(run / "train_summary.json")["epochs"] == extended["epochs"] == 3
+    assert [r["epoch"] for r in io.read_jsonl(run / "metrics.jsonl")] == [0, 1, 2]
+
+
+def test_methods_refuse_options_they_would_ignore():
+    from ltrobust.config import AttackConfig
+    from ltrobust.errors import ConfigError
+    from ltrobust.methods.awp import AWPOptions
+    from ltrobust.registry import LOSSES, METHODS
+
+    counts = [50, 20, 5]
+    bsl = LOSSES.get("bsl")(counts)
+    for name in ("trades", "natural"):
+        for mode in ("inner", "both"):
+            with pytest.raises(ConfigError, match="attack.loss_mode"):
+                METHODS.get(name)(counts, AttackConfig(loss_mode=mode), bsl)
+    with pytest.raises(ConfigError, match="attack.loss_mode"):  # awp over trades inherits the refusal
+        METHODS.get("awp")(counts, AttackConfig(loss_mode="inner"), bsl, AWPOptions(base="trades"))
+    for bad in ({"gamma": float("nan")}, {"gamma": -0.5}, {"proxy_lr": 0.0}, {"beta": 3.0}):
+        with pytest.raises(ConfigError):
+            AWPOptions(**bad)
+    AWPOptions(base="trades", beta=3.0)  # TRADES' beta is used with base=trades
+
+
+def test_collapse_verdict_is_hand_computable():
+    from ltrobust.training.trainer import collapse_verdict
+
+    cfg = resolve_config(["loss=ldam"])
+    rows = [{"epoch": e, "loss": loss, "val": {"clean_balanced": 10.0}} for e, loss in enumerate((205.0, 75.0))]
+    v = collapse_verdict(rows, 10, cfg)
+    assert v["collapsed"] and v["chance"] == 10.0 and v["best_val_clean_balanced"] == 10.0
+    assert "loss=ldam scales the logits by s=30" in v["message"]
+    rows[1]["val"]["clean_balanced"] = 12.6  # above 1.25 x chance: learning
+    assert not collapse_verdict(rows, 10, cfg)["collapsed"]
+    assert not collapse_verdict([{"epoch": 0, "loss": 1.0}], 10, cfg)["collapsed"]  # no validation: no verdict
+    up = [{"epoch": e, "loss": loss, "val": {"clean_balanced": 1.0}} for e, loss in enumerate((4.0, 9.0))]
+    assert "train.lr=0.1 is likely too high" in collapse_verdict(up, 100, resolve_config([]))["message"]
+
+
+def test_a_collapsed_run_is_flagged_in_training_eval_and_report(tmp_path, caplog):
+    """pgd_at loss=ldam (s=30) on a linear-head small CNN: validation sits at chance (issue 15's example)."""
+    import logging
+
+    from ltrobust.evaluation.evaluator import markdown_table
+    from ltrobust.evaluation.runs import evaluate_run
+    from ltrobust.report import build_report
+
+    was = torch.are_deterministic_algorithms_enabled()
+    try:
+        with caplog.at_level(logging.WARNING, logger="ltrobust.training.trainer"):
+            summary = Trainer(resolve_config(TINY + [f"out={tmp_path}", "name=ldam", "epochs=2", "loss=ldam",
+                                                     "train.lr=0.2"])).fit()
+    finally:
+        torch.use_deterministic_algorithms(was)
+    assert summary["collapse"]["collapsed"], summary["collapse"]
+    assert any("training collapsed" in r.getMessage() and "loss=ldam" in r.getMessage() for r in caplog.records)
+    assert io.read_json(tmp_path / "ldam" / "train_summary.json")["collapse"]["collapsed"]
+    res = evaluate_run(tmp_path / "ldam", ["attacks=clean,pgd2", "eval.n_samples=20"], device="cpu", progress=False)
+    assert res["collapse"]["collapsed"] and "COLLAPSED RUN" in markdown_table(res)
+    out = build_report([str(tmp_path / "ldam")], out=str(tmp_path / "report"))
+    assert "collapsed (validation at chance)" in out["markdown_table"]

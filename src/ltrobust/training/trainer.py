@@ -228,7 +228,8 @@ class Trainer:
             self.optimizer.load_state_dict(state["optimizer"])
         except (RuntimeError, ValueError, KeyError) as exc:
             where = path or "the checkpoint"
-            first = " ".join(str(exc).split())[:200]
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            first = (lines[1] if len(lines) > 1 else lines[0] if lines else type(exc).__name__)[:300]
             raise CheckpointError(f"{where} does not fit this run's model {self.cfg.model.name} (width "
                                   f"{self.cfg.model.width}): it holds another architecture or width ({first}). "
                                   f"Delete {where} to start the run over, or train under another name=...") from None

@@ -496,7 +496,9 @@ class LDAMLoss(LongTailLoss):
         return int(math.floor(self.options.drw_start * self.total_epochs + 1e-9))
 
     def run_length_terms(self) -> list[str]:
-        return [f"loss ldam's DRW starts at drw_start={self.options.drw_start:g} of train.epochs"] if self.options.drw else []
+        if not self.options.drw:
+            return []
+        return [f"loss ldam's DRW starts at drw_start={self.options.drw_start:g} of train.epochs"]
 
     def on_epoch_start(self, epoch: int, total_epochs: int | None = None) -> None:
         super().on_epoch_start(epoch, total_epochs)

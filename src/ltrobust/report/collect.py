@@ -37,6 +37,8 @@ BOOKKEEPING_KEYS = ("name", "out", "preset", "data.data_dir", "data.download", "
                     "eval.chunk_size")
 #: keys shown as their own table columns rather than in "Setting"
 MAIN_KEYS = ("method.name", "method.loss", "data.dataset", "data.profile", "data.imbalance")
+#: the mark of a variant whose training collapsed to chance (train_summary.json): its numbers are meaningless
+COLLAPSED = " ⚠ collapsed (validation at chance)"
 #: files under ``eval/`` that are not evaluation results
 NON_RESULT_FILES = ("audit.json",)  #: and audit-<tag>.json
 
@@ -130,6 +132,11 @@ class Group:
     @property
     def seeds(self) -> list[Any]:
         return [e.seed for e in self.entries]
+
+    @property
+    def collapsed(self) -> bool:
+        """Some seed's training collapsed to chance (its label carries :data:`COLLAPSED`)."""
+        return any(e.collapsed for e in self.entries)
 
     @property
     def attacks(self) -> list[str]:
@@ -369,6 +376,7 @@ def _label(groups: list[Group]) -> None:
         sweep_label = next((e.label for e in g.entries if e.label), None)
         method = f"{flat.get('method.name', '?')} + {flat.get('method.loss', '?')}"
         g.label = sweep_label or " ".join(p for p in (method, f"[{g.setting}]" if g.setting else "") if p)
+        g.label += COLLAPSED if g.collapsed else ""
 
 
 # ------------------------------------------------------------------------------------------- attacks

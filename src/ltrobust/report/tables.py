@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 from ..evaluation.evaluator import column_title
 from ..evaluation.metrics import class_order
-from .collect import Group, data_label, fmt_value, ordered_attacks
+from .collect import COLLAPSED, Group, data_label, fmt_value, ordered_attacks
 
 DASH = "-"
 GROUP_COLUMNS = (("head", "Head"), ("body", "Body"), ("tail", "Tail"), ("many", "Many"), ("medium", "Medium"),
@@ -83,10 +83,6 @@ def table_attacks(groups: Sequence[Group]) -> list[str]:
     return [a for a in names if a != "worst_case" or n_attacks >= 2]
 
 
-#: the mark of a variant whose training collapsed to chance (train_summary.json): its numbers are meaningless
-COLLAPSED = " ⚠ collapsed (validation at chance)"
-
-
 def _id_columns(groups: Sequence[Group]) -> tuple[list[str], list[list[str]]]:
     """Leading columns naming each variant: label (or method), data set / profile when they vary, seeds."""
     labelled = any(e.label for g in groups for e in g.entries)
@@ -105,7 +101,7 @@ def _id_columns(groups: Sequence[Group]) -> tuple[list[str], list[list[str]]]:
     rows = []
     for g in groups:
         method = f"{g.config.get('method.name', '?')} + {g.config.get('method.loss', '?')}"
-        row = [(g.label if labelled else method) + (COLLAPSED if any(e.collapsed for e in g.entries) else "")]
+        row = [g.label if labelled else method + (COLLAPSED if g.collapsed else "")]
         if labelled:
             row.append(method + (f" ({g.setting})" if g.setting else ""))
         if len(datasets) > 1:

@@ -302,7 +302,6 @@ class Trainer:
                                                    self.cfg)
             if summary["collapse"]["collapsed"]:
                 log.warning("%s: %s", self.run_dir, summary["collapse"]["message"])
-        if self.dist.main:
             io.write_json(self.run_dir / "train_summary.json", summary)
         return summary
 
@@ -460,7 +459,8 @@ def collapse_verdict(rows: list[dict[str, Any]], num_classes: int, cfg: RunConfi
             cause = (f"loss=ldam scales the logits by s={s:g}, tuned for a cosine head; on a linear head that makes "
                      "the loss huge (try loss.s=1 or model.head=cosine)")
         elif len(losses) > 1 and losses[-1] >= losses[0]:
-            cause = f"the training loss did not fall ({losses[0]:.3g} -> {losses[-1]:.3g}): train.lr={cfg.train.lr:g} is likely too high"
+            cause = (f"the training loss did not fall ({losses[0]:.3g} -> {losses[-1]:.3g}): train.lr={cfg.train.lr:g} "
+                     "is likely too high")
         else:
             cause = (f"train.lr={cfg.train.lr:g} too high, too few training steps, or a loss too large for the "
                      "model")

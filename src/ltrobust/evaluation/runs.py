@@ -262,7 +262,7 @@ def training_collapse(run_dir: str | Path) -> dict[str, Any] | None:
 
 
 def evaluate_run(path: str | Path, overrides: Sequence[str] = (), device: str | None = None,
-                 progress: bool = True) -> dict[str, Any]:
+                 progress: bool = True, replace: bool = False) -> dict[str, Any]:
     """``ltrobust eval``: the attack suite of ``eval.attacks`` on the run's test set.
 
     Attacks target the deployed logits (:func:`load_run`). Writes ``<run>/eval/<tag>.json``, ``.md`` and
@@ -305,14 +305,15 @@ def evaluate_run(path: str | Path, overrides: Sequence[str] = (), device: str | 
                     batch_size=cfg.eval.batch_size, chunk_size=cfg.eval.chunk_size, n_samples=cfg.eval.n_samples,
                     seed=cfg.eval.seed, mode=cfg.eval.mode, tail_group=cfg.eval.tail_group or None, meta=meta,
                     progress=progress, data_source={"dataset": cfg.data.dataset, **data.manifest.get("source", {})})
-    refuse_overwrite(ev)
+    refuse_overwrite(ev, replace)
     return ev.run()
 
 
-def refuse_overwrite(ev: Any) -> None:
+def refuse_overwrite(ev: Any, replace: bool = False) -> None:
     """Refuse to replace ``<tag>.json`` by a result computed with other settings (attacks, threat model,
     mode, seed, sample or test data; see ``Evaluation.settings``). The same settings with new weights (a
-    re-trained checkpoint) replace it; a result that fails its checksum is replaced."""
+    re-trained checkpoint) replace it; a result that fails its checksum is replaced. ``replace=True`` (a
+    sweep, whose grid defines what each tag holds) replaces it with a warning instead."""
     path = ev.out_dir / f"{ev.tag}.json"
     if not path.exists():
         return
@@ -330,6 +331,9 @@ def refuse_overwrite(ev: Any) -> None:
     shown = {"attacks": lambda v: ",".join(a.get("name", "?") for a in v or []) + _threat(v),
              "data": lambda v: (v or {}).get("source", {}).get("path") or (v or {}).get("sha256", "?")[:12]}
     what = "; ".join(f"{k} {shown.get(k, str)(before[k])} -> {shown.get(k, str)(new[k])}" for k in diffs)
+    if replace:
+        log.warning("replacing %s, computed with other settings (%s)", path, what)
+        return
     raise ConfigError(f"{path} holds a result computed with other settings ({what}); it is kept. Give this "
                       f"evaluation its own name with eval.tag=NAME (e.g. eval.tag={names}), or delete {path} "
                       f"to replace it.")

@@ -359,7 +359,8 @@ def execute(job: dict[str, Any]) -> dict[str, Any]:
         if job.get("fresh") or not evaluation_done(run_dir, ecfg):
             from ..evaluation.runs import evaluate_run
 
-            evaluate_run(run_dir, job["overrides"], device=cfg.train.device, progress=False)
+            # the grid defines what each tag holds: a changed grid replaces the tag's result (with a warning)
+            evaluate_run(run_dir, job["overrides"], device=cfg.train.device, progress=False, replace=True)
             ran = True
     else:
         raise ConfigError(f"unknown sweep job stage {job['stage']!r}")

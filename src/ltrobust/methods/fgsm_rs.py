@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
 from ..attacks import pgd
+from ..errors import ConfigError
 from ..registry import METHODS
 from .pgd_at import PGDAT
 
@@ -23,6 +25,13 @@ class FGSMRS(PGDAT):
 
     name = "fgsm_rs"
     Options = FGSMRSOptions
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if not self.attack_cfg.random_start:
+            raise ConfigError("method 'fgsm_rs' always starts from a uniform random point (the RS of its name), so "
+                              "attack.random_start=false would be ignored: drop it, or use method=pgd_at "
+                              "attack.steps=1 for FGSM without a random start.")
 
     def train_attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         objective, kwargs = self.attack_objective(x, y)

@@ -1,0 +1,134 @@
+"""The seeds' baseline defenses (he, mma, avmixup, gairat) against their papers' equations.
+
+Each method's loss or AE rule is recomputed here by hand on a tiny model with fixed weights; then the
+identities with PGD-AT (GAIRAT with equal weights, AVmixup with gamma 1 and no smoothing, MMA with a fixed
+eps, HE with margin 0), the refused option combinations, and one tiny training step of each through the CLI.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ltrobust import io
+from ltrobust.attacks import pgd
+from ltrobust.attacks.threat import Linf
+from ltrobust.config import AttackConfig, resolve_config
+from ltrobust.errors import ConfigError
+from ltrobust.registry import LOSSES, METHODS, MODELS
+from ltrobust.training.trainer import Trainer
+
+COUNTS = [100, 20, 5]  # head, body, tail
+C = len(COUNTS)
+NEW_METHODS = ["he", "mma", "avmixup", "gairat"]
+TINY = ["dataset=digits-lt", "model=smallcnn", "model.width=4", "train.batch_size=32", "train.progress=false",
+        "train.val_every=0", "train.precision=fp32", "train.deterministic=true", "attack.steps=2",
+        "train.max_steps_per_epoch=2", "epochs=1"]
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
+
+def make(name: str, loss: str = "ce", attack: AttackConfig | None = None, total_epochs: int = 10,
+         loss_args: dict | None = None, **options):
+    cls = METHODS.get(name)
+    loss_obj = LOSSES.get(loss)(list(COUNTS), options=loss_args or {}, total_epochs=total_epochs)
+    return cls(list(COUNTS), attack or AttackConfig(), loss_obj, cls.Options(**options), total_epochs=total_epochs)
+
+
+def tiny_model(head: str = "linear", seed: int = 0, **kw) -> nn.Module:
+    torch.manual_seed(seed)
+    return MODELS.build("mlp", num_classes=C, in_channels=1, width=8, image_size=4, head=head, **kw)
+
+
+def batch(seed: int = 1, n: int = 7):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 1, 4, 4, generator=g)
+    x_adv = (x + (torch.rand(x.shape, generator=g) * 2 - 1) * 8 / 255).clamp(0, 1)
+    y = torch.tensor([0, 0, 0, 1, 1, 2, 2][:n])
+    return x, x_adv, y
+
+
+def ce_rows(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-sample -log softmax(z_i)_{y_i}, written out."""
+    return torch.stack([-(z[i, y[i]] - torch.log(torch.exp(z[i]).sum())) for i in range(len(y))])
+
+
+def train_weights(over: list[str], tmp_path, name: str) -> dict[str, torch.Tensor]:
+    cfg = resolve_config(TINY + [f"out={tmp_path}", f"name={name}"] + over)
+    Trainer(cfg).fit()
+    return io.load_checkpoint(tmp_path / name / "checkpoints" / "last.pt")["model"]
+
+
+def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], atol: float = 0.0) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k].float(), b[k].float(), atol=atol, rtol=0), k
+
+
+# ------------------------------------------------------------------------------------------ GAIRAT
+def test_gairat_kappa_counts_correct_iterates_and_weights_follow_sec_3_3():
+    from ltrobust.methods.gairat import gair_weights
+
+    model, (x, _, y) = tiny_model(), batch()
+    m = make("gairat", attack=AttackConfig(steps=4), begin_epoch=1)
+    torch.manual_seed(3)
+    x_adv = m.train_attack(model, x, y)
+    # kappa by hand: replay the same PGD, counting the iterates x^(0..K-1) classified as y.
+    torch.manual_seed(3)
+    kappa = torch.zeros(len(y))
+
+    def counting_ce(logits, yy):
+        kappa.add_((logits.detach().argmax(1) == yy).float())
+        return F.cross_entropy(logits, yy, reduction="none")
+
+    replay = pgd(model, x, y, Linf(8 / 255), steps=4, step_size=2 / 255, objective=counting_ce)
+    assert torch.equal(replay, x_adv) and torch.equal(m._kappa, kappa)
+
+    # the paper's weight (1 + tanh(lam + 5 (1 - 2 kappa / K))) / 2 for even K, normalised to mean 1
+    k = torch.tensor([0.0, 1.0, 2.0, 3.0, 4.0])
+    w = torch.tensor([(1 + math.tanh(-1.0 + 5 * (1 - 2 * ki / 4))) / 2 for ki in k.tolist()])
+    assert torch.allclose(gair_weights(k, 4, -1.0), w * 5 / w.sum(), atol=1e-6)
+    s = torch.sigmoid(-1.0 + 5 * (1 - 2 * k / 4))
+    assert torch.allclose(gair_weights(k, 4, -1.0, "sigmoid"), s * 5 / s.sum(), atol=1e-6)
+    d = (5 - k) / 5
+    assert torch.allclose(gair_weights(k, 4, 0.0, "discrete"), d * 5 / d.sum(), atol=1e-6)
+
+    # the loss: mean_i w_i CE_i on the AEs
+    out = m.compute_loss(model, x, x_adv, y)
+    wts = gair_weights(kappa, 4, -1.0)
+    expected = (ce_rows(model(x_adv).detach(), y) * wts).mean()
+    assert torch.allclose(out["loss"].detach(), expected, atol=1e-6)
+
+
+def test_gairat_with_all_weights_equal_is_pgd_at(tmp_path):
+    model, (x, x_adv, y) = tiny_model(), batch()
+    for loss in ("ce", "bsl"):
+        g, p = make("gairat", loss=loss, begin_epoch=1), make("pgd_at", loss=loss)
+        g._kappa = torch.full((len(y),), 3.0)  # equal geometry values: every weight is 1
+        assert torch.allclose(g.compute_loss(model, x, x_adv, y)["loss"], p.compute_loss(model, x, x_adv, y)["loss"],
+                              atol=1e-7)
+    # the burn-in (lam = +inf: all weights 1) trains exactly like pgd_at, through the trainer
+    a = train_weights(["method=gairat", "method.begin_epoch=2", "loss=bsl"], tmp_path, "gairat")
+    b = train_weights(["method=pgd_at", "loss=bsl"], tmp_path, "pgd_at")
+    assert_same_weights(a, b)
+
+
+def test_gairat_schedule_and_refusals():
+    m = make("gairat", lam_schedule="linear", lam=-1.0, lam_max=1.0, begin_epoch=3, total_epochs=10)
+    m.on_epoch_start(1)
+    assert m.lam() == math.inf  # burn-in: 1-based epoch 2 < 3
+    m.on_epoch_start(4)
+    assert m.lam() == pytest.approx(1.0 - 5 / 10 * 2.0)
+    assert make("gairat", total_epochs=120).begin_epoch == 60
+    with pytest.raises(ConfigError, match="lam_max"):
+        make("gairat", lam_schedule="linear")
+    with pytest.raises(ConfigError, match="lam_max"):
+        make("gairat", lam_max=2.0)
+    with pytest.raises(ConfigError, match="steps"):
+        make("gairat", attack=AttackConfig(steps=1))
+    with pytest.raises(ConfigError, match="weight_fn"):
+        make("gairat", weight_fn="exp")

@@ -132,3 +132,61 @@ def test_gairat_schedule_and_refusals():
         make("gairat", attack=AttackConfig(steps=1))
     with pytest.raises(ConfigError, match="weight_fn"):
         make("gairat", weight_fn="exp")
+
+
+# ----------------------------------------------------------------------------------------- AVmixup
+def test_avmixup_vertex_mixup_and_smoothed_labels_follow_algorithm_1():
+    model, (x, _, y) = tiny_model(), batch()
+    m = make("avmixup", gamma=2.0, lambda1=0.9, lambda2=0.1)
+    torch.manual_seed(5)
+    x_mix = m.train_attack(model, x, y)
+    torch.manual_seed(5)  # replay: PGD, then alpha ~ U(0, 1) per sample
+    x_pgd = pgd(model, x, y, Linf(8 / 255), steps=10, step_size=2 / 255)
+    alpha = torch.rand(len(y))
+    vertex = (x + 2.0 * (x_pgd - x)).clamp(0, 1)
+    a = alpha.view(-1, 1, 1, 1)
+    assert torch.allclose(x_mix, a * x + (1 - a) * vertex, atol=1e-7)
+    assert (vertex - x).abs().max() > 8 / 255 + 1e-4  # the vertex leaves the eps-ball (gamma 2)
+
+    out = m.compute_loss(model, x, x_mix, y)
+    z = model(x_mix).detach()
+    total = 0.0
+    for i in range(len(y)):
+        for c in range(C):
+            phi1 = 0.9 if c == y[i] else 0.1 / (C - 1)
+            phi2 = 0.1 if c == y[i] else 0.9 / (C - 1)
+            t = alpha[i] * phi1 + (1 - alpha[i]) * phi2
+            total = total - t * (z[i, c] - torch.log(torch.exp(z[i]).sum()))
+    assert torch.allclose(out["loss"].detach(), total / len(y), atol=1e-6)
+
+    # with loss=bsl the soft labels meet the balanced-softmax logits z + tau log pi
+    b = make("avmixup", loss="bsl", gamma=1.0, lambda1=1.0, lambda2=1.0)
+    b._alpha = torch.zeros(len(y))
+    log_pi = torch.log(torch.tensor(COUNTS, dtype=torch.float64) / sum(COUNTS)).float()
+    assert torch.allclose(b.compute_loss(model, x, x_mix, y)["loss"].detach(), ce_rows(z + log_pi, y).mean(),
+                          atol=1e-6)
+
+
+def test_avmixup_with_gamma_one_and_no_smoothing_is_pgd_at(tmp_path, monkeypatch):
+    from ltrobust.methods.avmixup import AVmixup
+
+    model, (x, x_adv, y) = tiny_model(), batch()
+    m = make("avmixup", gamma=1.0, lambda1=1.0, lambda2=1.0)
+    m._alpha = torch.rand(len(y))  # any mixing weights: the labels stay one-hot, the loss is CE
+    assert torch.allclose(m.compute_loss(model, x, x_adv, y)["loss"],
+                          make("pgd_at").compute_loss(model, x, x_adv, y)["loss"], atol=1e-7)
+    # with every alpha 0 the training input is the PGD AE itself: the run is pgd_at's, weight for weight
+    monkeypatch.setattr(AVmixup, "mix_weights", lambda self, n, device: torch.zeros(n, device=device))
+    a = train_weights(["method=avmixup", "method.gamma=1", "method.lambda1=1", "method.lambda2=1"], tmp_path, "av")
+    b = train_weights(["method=pgd_at"], tmp_path, "pgd_at")
+    assert_same_weights(a, b)
+
+
+def test_avmixup_refuses_losses_without_a_soft_label_form():
+    for loss in ("ldam", "rw", "focal", "cb"):
+        with pytest.raises(ConfigError, match="soft"):
+            make("avmixup", loss=loss)
+    make("avmixup", loss="cat")
+    make("avmixup", loss="ldam", attack=AttackConfig(loss_mode="inner"))  # LDAM only inside the attack: fine
+    with pytest.raises(ConfigError, match="lambda2"):
+        make("avmixup", lambda2=1.5)

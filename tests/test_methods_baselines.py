@@ -190,3 +190,73 @@ def test_avmixup_refuses_losses_without_a_soft_label_form():
     make("avmixup", loss="ldam", attack=AttackConfig(loss_mode="inner"))  # LDAM only inside the attack: fine
     with pytest.raises(ConfigError, match="lambda2"):
         make("avmixup", lambda2=1.5)
+
+
+# ---------------------------------------------------------------------------------------------- HE
+def he_model(seed: int = 0) -> nn.Module:
+    return tiny_model("cosine", seed=seed, cosine_scale=15.0, cosine_gamma=0.0)
+
+
+def normalised_cosines(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """<f/||f||, W_c/||W_c||> written out (FN and WN)."""
+    f = model.features(x).detach()
+    w = model.head.weight.detach()
+    return torch.stack([torch.stack([f[i] @ w[c] / (f[i].norm() * w[c].norm()) for c in range(C)])
+                        for i in range(f.shape[0])])
+
+
+def he_loss_by_hand(cos: torch.Tensor, y: torch.Tensor, s: float, m: float) -> torch.Tensor:
+    """The HE loss: -log(e^{s(cos_y - m)} / (e^{s(cos_y - m)} + sum_{j != y} e^{s cos_j})), batch mean."""
+    rows = []
+    for i in range(len(y)):
+        num = s * (cos[i, y[i]] - m)
+        others = sum(torch.exp(s * cos[i, j]) for j in range(C) if j != y[i])
+        rows.append(-(num - torch.log(torch.exp(num) + others)))
+    return torch.stack(rows).mean()
+
+
+def test_he_outer_loss_is_the_margin_loss_on_normalised_cosines():
+    model, (x, x_adv, y) = he_model(), batch()
+    out = make("he", m=0.2).compute_loss(model, x, x_adv, y)
+    cos_adv = normalised_cosines(model, x_adv)
+    assert torch.allclose(model(x_adv).detach(), 15.0 * cos_adv, atol=1e-5)  # served logits: s cos
+    assert torch.allclose(out["loss"].detach(), he_loss_by_hand(cos_adv, y, 15.0, 0.2), atol=1e-5)
+
+    # TRADES-HE: margin loss on the clean cosines + beta KL(softmax(s cos(x)) || softmax(s cos(x')))
+    out = make("he", m=0.3, base="trades", beta=2.0).compute_loss(model, x, x_adv, y)
+    cos_nat = normalised_cosines(model, x)
+    p, q = F.softmax(15 * cos_nat, 1), F.softmax(15 * cos_adv, 1)
+    kl = sum((p[i] * (p[i].log() - q[i].log())).sum() for i in range(len(y))) / len(y)
+    assert torch.allclose(out["loss"].detach(), he_loss_by_hand(cos_nat, y, 15.0, 0.3) + 2.0 * kl, atol=1e-5)
+
+
+def test_he_attacks_ce_of_scaled_cosines_without_margin():
+    model, (x, _, y) = he_model(), batch()
+    torch.manual_seed(2)
+    x_adv = make("he", m=0.5).train_attack(model, x, y)
+    torch.manual_seed(2)
+    assert torch.equal(x_adv, pgd(model, x, y, Linf(8 / 255), steps=10, step_size=2 / 255, objective="ce"))
+
+
+@pytest.mark.parametrize("base", ["pgd_at", "trades"])
+def test_he_with_margin_zero_is_its_base_on_a_scaled_cosine_head(base, tmp_path):
+    head = ["model.cosine_scale=15", "model.cosine_gamma=0"]
+    a = train_weights(head + ["method=he", "method.m=0", f"method.base={base}"], tmp_path, "he")
+    b = train_weights(head + [f"method={base}", "model.head=cosine"], tmp_path, base)
+    assert_same_weights(a, b)
+    # and the margin changes the training
+    c = train_weights(head + ["method=he", "method.m=0.2", f"method.base={base}"], tmp_path, "he_m")
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_he_refuses_what_it_would_ignore_or_change(tmp_path):
+    with pytest.raises(ConfigError, match="beta"):
+        make("he", beta=3.0)
+    with pytest.raises(ConfigError, match="base"):
+        make("he", base="mart")
+    with pytest.raises(ConfigError, match="cosine_gamma=0"):  # RoBal's W/(||W|| + gamma) is not HE's WN
+        Trainer(resolve_config(TINY + ["method=he", f"out={tmp_path}", "name=g"])).fit()
+    model, (x, x_adv, y) = tiny_model("linear"), batch()
+    with pytest.raises(ConfigError, match="cosine head"):
+        make("he").train_attack(model, x, y)
+    assert METHODS.get("he").required_head == "cosine"

@@ -260,3 +260,93 @@ def test_he_refuses_what_it_would_ignore_or_change(tmp_path):
     with pytest.raises(ConfigError, match="cosine head"):
         make("he").train_attack(model, x, y)
     assert METHODS.get("he").required_head == "cosine"
+
+
+# --------------------------------------------------------------------------------------------- MMA
+def slm_by_hand(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """log sum_{j != y} e^{z_j} - z_y per row."""
+    return torch.stack([torch.log(sum(torch.exp(z[i, j]) for j in range(C) if j != y[i])) - z[i, y[i]]
+                        for i in range(len(y))])
+
+
+def test_mma_an_pgd_and_bisection_follow_algorithm_1_by_hand():
+    model, (x, _, y) = tiny_model(seed=1), batch(n=7)
+    model.eval()
+    with torch.no_grad():  # a more confident model: three points correct with a negative soft logit margin
+        model.head.weight.mul_(2)
+        model.head.bias.mul_(2)
+    eps0, d_max, steps, halvings = 0.1, 0.2, 3, 6
+    m = make("mma", attack=AttackConfig(steps=steps), d_max=d_max, eps_min=eps0, search_steps=halvings)
+    torch.manual_seed(4)
+    x_adv = m.train_attack(model, x, y)
+
+    torch.manual_seed(4)  # replay: PGD on the soft logit margin in the eps0-ball, step 2.5 eps0 / steps
+    with torch.no_grad():
+        correct = slm_by_hand(model(x), y) < 0
+    assert 0 < int(correct.sum()) < len(y)  # both kinds of point in the batch
+    xa = (x + (torch.rand(x.shape) * 2 - 1) * eps0).clamp(0, 1)
+    for _ in range(steps):
+        xa.requires_grad_(True)
+        (g,) = torch.autograd.grad(slm_by_hand(model(xa), y).sum(), xa)
+        xa = torch.min(torch.max(xa.detach() + 2.5 * eps0 / steps * g.sign(), x - eps0), x + eps0).clamp(0, 1)
+    unit = (xa - x) / eps0
+
+    def margin(i: int, e: float) -> float:
+        with torch.no_grad():
+            return float(slm_by_hand(model((x[i:i + 1] + e * unit[i:i + 1]).clamp(0, 1)), y[i:i + 1])[0])
+
+    eps = []
+    for i in range(len(y)):  # bisection in [0, 1.05 d_max] from eps0
+        lo, hi, e = 0.0, 1.05 * d_max, eps0
+        mg = margin(i, e)
+        for _ in range(halvings):
+            lo, hi = (max(e, lo), hi) if mg < 0 else (lo, min(e, hi))
+            e = (lo + hi) / 2
+            mg = margin(i, e)
+        eps.append(e if correct[i] else 0.0)
+    eps = torch.tensor(eps)
+    assert torch.allclose(m._eps, eps, atol=1e-6)
+    assert torch.allclose(x_adv, (x + eps.view(-1, 1, 1, 1) * unit).clamp(0, 1), atol=1e-6)
+    assert torch.equal(x_adv[~correct], x[~correct])  # misclassified points train on the clean image
+    found = eps[correct]
+    assert (found < d_max).any() and (found >= d_max).any()  # margins found inside and beyond d_max
+    assert float(m._eps0) == pytest.approx(float(eps[correct].mean()), abs=1e-6)  # next batch's eps0
+
+    # loss: (1 - c) (1/B) sum_i [eps_i < d_max or wrong] CE(z(x'_i)) + c mean CE(z(x)), c = 1/3
+    keep = (~correct) | (eps < d_max)
+    out = m.compute_loss(model, x, x_adv, y)
+    expected = (2 / 3) * (ce_rows(model(x_adv).detach(), y) * keep).mean() + (1 / 3) * ce_rows(model(x).detach(),
+                                                                                                 y).mean()
+    assert torch.allclose(out["loss"].detach(), expected, atol=1e-6)
+    assert not keep.all()  # the hinge dropped the point whose margin reached d_max
+    m2 = make("mma", clean_coeff=0.0)
+    m2._eps, m2._keep = eps, torch.tensor([True, False, True, True, False, True, True])
+    assert torch.allclose(m2.compute_loss(model, x, x_adv, y)["loss"].detach(),
+                          (ce_rows(model(x_adv).detach(), y) * m2._keep).mean(), atol=1e-6)
+
+
+def test_mma_with_a_fixed_eps_is_pgd_at_on_that_eps(tmp_path):
+    over = ["attack.eps=0.1", "attack.step_size=0.03"]
+    a = train_weights(over + ["method=mma", "method.adaptive=false", "method.clean_coeff=0", "method.attack_loss=ce"],
+                      tmp_path, "mma")
+    b = train_weights(over + ["method=pgd_at"], tmp_path, "pgd_at")
+    assert_same_weights(a, b)
+
+
+def test_mma_resumes_its_starting_radius_and_refuses_what_it_would_ignore():
+    m = make("mma")
+    assert m.d_max == pytest.approx(32 / 255) and m.eps_min == 0.005
+    l2 = make("mma", attack=AttackConfig(norm="l2", eps=0.5, step_size=0.1))
+    assert l2.d_max == 2.0 and l2.eps_min == 0.5
+    m._eps0 = torch.tensor(0.07)
+    n = make("mma")
+    n.load_state_dict(m.state_dict())
+    assert float(n._eps0) == pytest.approx(0.07)
+    with pytest.raises(ConfigError, match="d_max"):
+        make("mma", adaptive=False, d_max=0.1)
+    with pytest.raises(ConfigError, match="loss_mode"):
+        make("mma", attack=AttackConfig(loss_mode="both"))
+    with pytest.raises(ConfigError, match="eps_min"):
+        make("mma", d_max=0.01, eps_min=0.1)
+    with pytest.raises(ConfigError, match="attack_loss"):
+        make("mma", attack_loss="cw")

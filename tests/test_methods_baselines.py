@@ -269,12 +269,18 @@ def slm_by_hand(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
                         for i in range(len(y))])
 
 
-def test_mma_an_pgd_and_bisection_follow_algorithm_1_by_hand():
-    model, (x, _, y) = tiny_model(seed=1), batch(n=7)
-    model.eval()
-    with torch.no_grad():  # a more confident model: three points correct with a negative soft logit margin
+def confident_model() -> nn.Module:
+    """A tiny model with three of batch()'s points correct with a negative soft logit margin."""
+    model = tiny_model(seed=1)
+    with torch.no_grad():
         model.head.weight.mul_(2)
         model.head.bias.mul_(2)
+    return model
+
+
+def test_mma_an_pgd_and_bisection_follow_algorithm_1_by_hand():
+    model, (x, _, y) = confident_model(), batch(n=7)
+    model.eval()
     eps0, d_max, steps, halvings = 0.1, 0.2, 3, 6
     m = make("mma", attack=AttackConfig(steps=steps), d_max=d_max, eps_min=eps0, search_steps=halvings)
     torch.manual_seed(4)
@@ -350,3 +356,38 @@ def test_mma_resumes_its_starting_radius_and_refuses_what_it_would_ignore():
         make("mma", d_max=0.01, eps_min=0.1)
     with pytest.raises(ConfigError, match="attack_loss"):
         make("mma", attack_loss="cw")
+
+
+# ------------------------------------------------------------------------------------ all four methods
+@pytest.mark.parametrize("name", NEW_METHODS)
+def test_new_method_trains_one_tiny_step_through_the_cli_from_its_preset(name, tmp_path):
+    from ltrobust.cli import main
+
+    assert name in METHODS.names()
+    rc = main(["train", f"preset={name}-digits", "model.width=4", "epochs=1", "train.max_steps_per_epoch=1",
+               "train.batch_size=16", "train.val_samples=20", "train.val_attack_steps=1", "attack.steps=2",
+               "train.progress=false", f"out={tmp_path}", "name=run"])
+    assert rc == 0
+    row = io.read_jsonl(tmp_path / "run" / "metrics.jsonl")[0]
+    assert math.isfinite(row["loss"]) and (tmp_path / "run" / "checkpoints" / "best.pt").exists()
+
+
+@pytest.mark.parametrize("name", NEW_METHODS)
+@pytest.mark.parametrize("training", [True, False])
+def test_new_method_keeps_the_model_mode_and_the_box(name, training):
+    model = {"he": he_model, "mma": confident_model}.get(name, tiny_model)()
+    x, _, y = batch()
+    model.train(training)
+    x_adv = make(name).train_attack(model, x, y)
+    assert model.training is training and all(mod.training is training for mod in model.modules())
+    assert x_adv.min() >= 0 and x_adv.max() <= 1 and not torch.equal(x_adv, x)
+    assert not any(p.grad is not None for p in model.parameters())  # the attack never touches parameter grads
+
+
+@pytest.mark.parametrize("name", NEW_METHODS)
+def test_new_method_refuses_an_unknown_option_in_one_line(name, tmp_path):
+    from ltrobust.cli import main
+
+    with pytest.raises(ConfigError, match="has no option"):
+        Trainer(resolve_config(TINY + [f"preset={name}-digits", "method.nonsense=1", f"out={tmp_path}"])).fit()
+    assert main(["train", f"preset={name}-digits", "method.nonsense=1", f"out={tmp_path}"]) == 2

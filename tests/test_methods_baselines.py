@@ -132,6 +132,9 @@ def test_gairat_schedule_and_refusals():
         make("gairat", attack=AttackConfig(steps=1))
     with pytest.raises(ConfigError, match="weight_fn"):
         make("gairat", weight_fn="exp")
+    with pytest.raises(ConfigError, match="no lambda"):
+        make("gairat", weight_fn="discrete", lam=-1.0)
+    make("gairat", weight_fn="discrete", attack=AttackConfig(steps=1))  # discrete weights work for K = 1
 
 
 # ----------------------------------------------------------------------------------------- AVmixup

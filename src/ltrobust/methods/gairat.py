@@ -41,7 +41,7 @@ class GAIRATOptions:
     """Defaults: the authors' CIFAR-10 settings (``--Lambda -1 --Lambda_schedule fixed --begin_epoch 60``
     of 120 epochs, ``--weight_assignment_function Tanh``)."""
 
-    lam: float = -1.0  #: lambda of the weight function once re-weighting is on
+    lam: float | None = None  #: lambda of tanh / sigmoid once re-weighting is on; None: -1.0
     lam_schedule: str = "fixed"  #: fixed | linear (from lam_max towards lam)
     lam_max: float | None = None  #: start of the linear schedule (required by, and only used with, linear)
     weight_fn: str = "tanh"  #: tanh | sigmoid | discrete
@@ -54,6 +54,9 @@ class GAIRATOptions:
             raise ConfigError(f"gairat lam_schedule={self.lam_schedule!r}: use fixed or linear.")
         if self.lam_schedule == "linear" and (self.lam_max is None or not math.isfinite(self.lam_max)):
             raise ConfigError("gairat lam_schedule=linear needs a finite lam_max (e.g. method.lam_max=0).")
+        if self.weight_fn == "discrete" and (self.lam is not None or self.lam_schedule != "fixed"):
+            raise ConfigError("gairat weight_fn=discrete, (K + 1 - kappa) / (K + 1), has no lambda: drop lam / "
+                              "lam_schedule, or use weight_fn=tanh or sigmoid.")
         if self.lam_schedule == "fixed" and self.lam_max is not None:
             raise ConfigError(f"gairat lam_max={self.lam_max} is only used by lam_schedule=linear: drop lam_max "
                               f"or set lam_schedule=linear.")
@@ -133,9 +136,10 @@ class GAIRAT(Method):
         if not self.active():
             return math.inf
         o = self.options
+        lam = -1.0 if o.lam is None else o.lam
         if o.lam_schedule == "linear":
-            return o.lam_max - (self.epoch + 1) / self.total_epochs * (o.lam_max - o.lam)
-        return o.lam
+            return o.lam_max - (self.epoch + 1) / self.total_epochs * (o.lam_max - lam)
+        return lam
 
     def train_attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         a = self.attack_cfg

@@ -262,6 +262,8 @@ def test_he_refuses_what_it_would_ignore_or_change(tmp_path):
     model, (x, x_adv, y) = tiny_model("linear"), batch()
     with pytest.raises(ConfigError, match="cosine head"):
         make("he").train_attack(model, x, y)
+    with pytest.raises(ConfigError, match="cosine head"):
+        make("he").compute_loss(model, x, x_adv, y)
     assert METHODS.get("he").required_head == "cosine"
 
 

@@ -26,7 +26,7 @@ from torch import nn
 
 from ..device import unwrap
 from ..errors import ConfigError
-from ..losses import kl_div_logits
+from ..losses import trades_loss_terms
 from ..registry import METHODS
 from .base import Method, forward_train
 from .robal import cosine_head
@@ -100,8 +100,8 @@ class HE(Method):
             return {"loss": loss, "loss_rob": loss.detach(), "logits_adv": logits_adv.detach()}
         logits_nat = forward_train(model, x, self.amp_dtype)  # s cos(x)
         logits_adv = forward_train(model, x_adv, self.amp_dtype)  # s cos(x')
-        loss_nat = self.outer_loss(self.margin_logits(logits_nat, y, s), y)
-        kl = kl_div_logits(logits_nat, logits_adv).mean()
+        loss_nat, kl = trades_loss_terms(logits_nat, logits_adv, y,
+                                         base_loss=lambda z, t: self.outer_loss(self.margin_logits(z, t, s), t))
         loss = loss_nat + self.beta * kl
         return {"loss": loss, "loss_nat": loss_nat.detach(), "kl": kl.detach(), "logits_adv": logits_adv.detach()}
 

@@ -121,6 +121,11 @@ class GAIRAT(Method):
                               f"(attack.steps={self.attack_cfg.steps}); use more steps or weight_fn=discrete.")
         self._kappa: torch.Tensor | None = None
 
+    def run_length_terms(self) -> list[str]:
+        o = self.options
+        return ((["gairat's burn-in is half of train.epochs (set begin_epoch=N to fix it)"] if o.begin_epoch < 0 else [])
+                + (["gairat's linear lambda schedule spans train.epochs"] if o.lam_schedule == "linear" else []))
+
     @property
     def begin_epoch(self) -> int:
         """1-based epoch from which the weights apply."""

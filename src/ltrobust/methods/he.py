@@ -76,6 +76,9 @@ class HE(Method):
     def beta(self) -> float:
         return self.base.options.beta
 
+    def run_length_terms(self) -> list[str]:
+        return self.base.run_length_terms()
+
     def setup(self, context: Any) -> None:
         head = cosine_head(unwrap(context.model), "HE")
         if head.gamma != 0:

@@ -386,6 +386,25 @@ def test_self_distill_needs_a_teacher_unless_alpha_is_zero():
     assert torch.allclose(out["loss"].detach(), make("at_bsl").compute_loss(model, x, x_adv, y)["loss"].detach())
 
 
+def test_self_distill_teacher_config_drops_what_belongs_to_the_student():
+    """The teacher inherits the data, model and threat model, never the student's inference adjustment
+    (cdt would divide the teacher's logits by n_c^tau and flatten the distillation targets)."""
+    from ltrobust.methods.self_distill import SelfDistillOptions, teacher_config
+
+    student = resolve_config(["preset=self-distill-digits", "eval.adjust=cdt", "eval.adjust_tau=0.3",
+                              "eval.tag=post", "attack.loss_mode=both", "train.record_ae_drift=true",
+                              "train.ema=0.99", "train.sampler=class_balanced", "train.finetune=crt"])
+    teacher = teacher_config(student, SelfDistillOptions(teacher_epochs=3, teacher_batch_size=32))
+    assert (teacher.eval.adjust, teacher.eval.adjust_tau, teacher.eval.tag) == ("none", 1.0, "")
+    assert teacher.attack.loss_mode == "outer" and not teacher.train.record_ae_drift
+    assert (teacher.train.ema, teacher.train.sampler, teacher.train.finetune) == (0.0, "uniform", "none")
+    assert (teacher.method.name, teacher.method.loss, dict(teacher.method.args)) == ("pgd_at", "ce", {})
+    # shared with the student: data, model, threat model, evaluation attacks
+    assert (teacher.data, teacher.model) == (student.data, student.model)
+    assert (teacher.attack.eps, teacher.eval.eps, teacher.eval.attacks) == (
+        student.attack.eps, student.eval.eps, student.eval.attacks)
+
+
 def _run(tmp_path: Path, name: str, extra: list[str]) -> Trainer:
     return train(resolve_config(TINY + [f"out={tmp_path}", f"name={name}"] + extra))
 

@@ -483,6 +483,20 @@ def test_every_method_has_its_presets():
         assert p in names, p
 
 
+def test_reat_paper_presets_use_the_authors_tail_reduction_without_margin():
+    """001's numbers come from the authors' code: the official TAIL reduction, no margin; the paper form
+    with the 1-nat margin stays the option default (and the digits smoke preset's)."""
+    from ltrobust.config import method_options
+
+    for p in ("reat-cifar10lt-resnet18", "reat-cifar100lt-resnet18"):
+        opts = method_options(resolve_config([f"preset={p}"]))
+        assert (opts.tail_reduction, opts.tail_margin) == ("official", None), p
+    opts = method_options(resolve_config(["preset=reat-cifar10lt-resnet18", "tail_reduction=paper", "tail_margin=1"]))
+    assert (opts.tail_reduction, opts.tail_margin) == ("paper", 1.0)
+    opts = method_options(resolve_config(["preset=reat-digits"]))
+    assert (opts.tail_reduction, opts.tail_margin) == ("paper", 1.0)
+
+
 @pytest.mark.parametrize("preset", PAPER_PRESETS)
 def test_preset_loads_validates_and_trains_one_tiny_step(preset, tmp_path):
     from ltrobust.attacks.suite import parse_attacks

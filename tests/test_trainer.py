@@ -112,6 +112,13 @@ def test_lr_schedules():
     cfg = resolve_config(["train.lr=0.1", "epochs=100", "train.milestones=75,90"])
     assert lr_at(cfg, 0) == 0.1 and lr_at(cfg, 74.9) == 0.1
     assert lr_at(cfg, 75) == pytest.approx(0.01) and lr_at(cfg, 95) == pytest.approx(0.001)
+    # the AT-BSL / RoBal authors' convention counts epochs from 1: the 75th epoch (index 74) already decays
+    one = resolve_config(["train.lr=0.1", "epochs=100", "train.milestones=75,90", "train.milestone_base=1"])
+    assert lr_at(one, 73.9) == 0.1 and lr_at(one, 74) == pytest.approx(0.01) and lr_at(one, 89) == pytest.approx(0.001)
+    assert resolve_config(["preset=at-bsl-cifar10lt-resnet18"]).train.milestone_base == 1
+    assert resolve_config(["preset=robal-r-cifar100lt-resnet18"]).train.milestone_base == 1
+    with pytest.raises(ConfigError, match="milestone_base"):
+        resolve_config(["train.milestone_base=2"])
     cos = resolve_config(["train.lr=0.1", "epochs=10", "train.schedule=cosine"])
     assert lr_at(cos, 0) == pytest.approx(0.1) and lr_at(cos, 5) == pytest.approx(0.05) and lr_at(cos, 10) == pytest.approx(0)
 

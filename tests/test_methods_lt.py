@@ -483,6 +483,18 @@ def test_every_method_has_its_presets():
         assert p in names, p
 
 
+def test_loss_label_names_the_loss_each_method_actually_trains_with():
+    """Result rows say the loss used: at_bsl and self_distill train BSL whatever loss= says, RoBal its
+    own margin-and-bias CE, REAT its base loss + TAIL, TAET HARL; the others their configured loss."""
+    assert make("pgd_at", loss="bsl").loss_label == "bsl" and make("trades").loss_label == "ce"
+    assert make("at_bsl").loss_label == "bsl"
+    assert make("self_distill").loss_label == "bsl + kd" and make("self_distill", alpha=0.0).loss_label == "bsl"
+    assert make("robal").loss_label == "margin-bias ce + kl" and make("robal", alpha=0.0).loss_label == "margin-bias ce"
+    assert make("reat").loss_label == "bsl + tail" and make("reat", base_loss="focal", tail_weight=0.0).loss_label == "focal"
+    assert make("taet").loss_label == "harl (ce)"
+    assert make("awp", base="pgd_at").loss_label == "ce"
+
+
 def test_reat_paper_presets_use_the_authors_tail_reduction_without_margin():
     """001's numbers come from the authors' code: the official TAIL reduction, no margin; the paper form
     with the 1-nat margin stays the option default (and the digits smoke preset's)."""

@@ -99,10 +99,14 @@ def _report(build_report: Callable[..., dict[str, Any]], out_dir: Path, runs: li
 
 def demo_table(rows: list[dict[str, Any]]) -> str:
     """Method x (clean, PGD-20 on every test image; PGD-20 and AA on the AA subset), overall and tail third."""
+    from ..evaluation.evaluator import column_title
+
     first = rows[0]["result"]
-    cols = [("clean", "Clean"), ("pgd20", "PGD-20"), ("pgd20_100", "PGD-20"), ("apgd", "AA")]
+    cols = [(k, column_title(a)) for k, a in (("clean", "clean"), ("pgd20", "pgd20"), ("pgd20_100", "pgd20"),
+                                              ("apgd", "apgd"))]
+    aa = column_title("apgd")  # the report's name of the same column
     lines = [f"digits-LT (IR 10), smallcnn, accuracy in %: Clean and PGD-20 on all {first['n']} balanced test images; "
-             f"PGD-20 and AA (AutoAttack APGD-CE + APGD-T, in cascade after PGD-20) on a balanced subset of "
+             f"PGD-20 and {aa} (AutoAttack's APGD-CE + APGD-T, in cascade after PGD-20) on a balanced subset of "
              f"{first['aa_n']}. tail = the 3 rarest classes.", "",
              f"| method | {' | '.join(t for _, t in cols)} | {' | '.join('tail ' + t for _, t in cols)} | time (s) |",
              f"|---|{'---|' * (2 * len(cols) + 1)}",

@@ -179,6 +179,11 @@ class RoBal(Method):
         out["loss"] = loss
         return out
 
+    @property
+    def loss_label(self) -> str:
+        """Eq. 10's margin-and-bias CE, plus the KL term when alpha > 0."""
+        return "margin-bias ce + kl" if self.options.alpha > 0 else "margin-bias ce"
+
     def deployed(self, model: nn.Module) -> nn.Module:
         """``s * cos - tau_p * log pi`` (003 Eq. 11), attacked as served at validation and evaluation."""
         cosine_head(model)

@@ -171,6 +171,10 @@ class SelfDistill(ATBSL):
             super().use_stage(name, model)
         self.set_teacher(model)
 
+    @property
+    def loss_label(self) -> str:
+        return "bsl + kd" if self.options.alpha > 0 else "bsl"
+
     def missing_stages(self) -> list[str]:
         return ["teacher"] if self.options.alpha > 0 and self.teacher is None else []
 

@@ -22,9 +22,11 @@ from ..config import resolve_config
 
 log = logging.getLogger(__name__)
 
-#: (label, preset, extra overrides) of each demo run; presets live in configs/<name>.yaml
+#: (label, preset, extra overrides) of each demo run; presets live in configs/<name>.yaml. Natural training is
+#: the reference without attacks: no validation, so its checkpoint is the last epoch (selection on robust
+#: validation accuracy would pick an early, under-trained epoch of a model never trained against attacks)
 DEMO_RUNS: list[tuple[str, str, list[str]]] = [
-    ("natural", "at-bsl-digits", ["method=natural", "loss=ce"]),
+    ("natural", "at-bsl-digits", ["method=natural", "loss=ce", "train.val_every=0"]),
     ("pgd_at (CE)", "at-bsl-digits", ["method=pgd_at", "loss=ce"]),
     ("at_bsl", "at-bsl-digits", []),
     ("robal", "robal-digits", []),

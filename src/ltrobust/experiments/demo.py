@@ -1,10 +1,10 @@
 """``ltrobust demo``: the whole toolkit on digits-LT in a few minutes on a laptop CPU (no download).
 
 Trains natural, pgd_at, at_bsl, robal, reat, taet and self_distill with a small CNN on the embedded
-long-tailed digits (scikit-learn's bundled 8x8 digits, IR 10), evaluates each on the balanced test set
-(clean and PGD-20 on all 500 images; AutoAttack's APGD-CE + APGD-T on a balanced subset of 100), writes the
-report, and prints the table (overall
-and tail third) plus the per-class comparison of PGD-AT with CE against PGD-AT with balanced softmax.
+long-tailed digits (scikit-learn's bundled 8x8 digits, IR 10) against l_inf eps 32/255 (step 8/255, the
+``*-digits`` presets' threat model), evaluates each on the balanced test set (clean and PGD-20 on all 500
+images; AutoAttack's APGD-CE + APGD-T on a balanced subset of 100), writes the report, and prints the table
+(overall and tail third) plus the per-class comparison of PGD-AT with CE against PGD-AT with balanced softmax.
 
 Every run is a normal run folder under ``out`` (default ``runs/demo``): re-running the demo skips
 finished trainings and evaluations. Overrides apply to every run (``ltrobust demo epochs=30``).

@@ -79,6 +79,10 @@ class TAET(Method):
             return ["taet's stage 1 is a fraction of train.epochs (set stage1_epochs=N to fix its length)"]
         return []
 
+    @property
+    def loss_label(self) -> str:
+        return f"harl ({self.options.per_sample_loss})"
+
     def in_stage1(self, epoch: int | None = None) -> bool:
         return (self.epoch if epoch is None else epoch) < self.stage1_epochs
 

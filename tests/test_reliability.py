@@ -447,7 +447,7 @@ def integrity_cases(work: Path, base: Path) -> list[Case]:
         Case("division by zero in a fraction", r"attack\.eps=8/0: 8/0 divides by zero.*e\.g\. 8/255", ["train", "attack.eps=8/0"]),
         Case("negative weight_decay", r"train\.weight_decay=-1\.0 is negative: use 0 \(none\)", ["train", "train.weight_decay=-1"]),
         Case("negative momentum", r"train\.momentum=-1\.0 is outside \[0, 1\)", ["train", "train.momentum=-1"]),
-        Case("negative finetune_lr (before training)", r"train\.finetune_lr=-1\.0 must be > 0",
+        Case("negative finetune_lr (before training)", r"train\.finetune_lr=-1\.0 is negative.*e\.g\. train\.finetune_lr=0\.01",
              [*train_tiny, "name=finetune_lr_run", "epochs=1", "train.finetune=crt", "train.finetune_lr=-1"]),
         Case("negative selection_seed", r"data\.selection_seed=-1 is negative: use a seed >= 0",
              ["train", "data.selection_seed=-1"]),

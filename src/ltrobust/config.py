@@ -179,7 +179,8 @@ class TrainConfig:
                "image) or a sample size, e.g. train.val_samples=1000.")
         _check(self.val_every >= 0, f"train.val_every={self.val_every} is negative: use 0 (no validation) or a "
                "period in epochs.")
-        _check(self.finetune_lr > 0, f"train.finetune_lr={self.finetune_lr} must be > 0, e.g. train.finetune_lr=0.01.")
+        _check(self.finetune_lr >= 0, f"train.finetune_lr={self.finetune_lr} is negative (gradient ascent): use a "
+               "learning rate >= 0, e.g. train.finetune_lr=0.01.")
         _check(self.finetune_epochs >= 1, f"train.finetune_epochs={self.finetune_epochs} must be >= 1 (turn "
                "fine-tuning off with train.finetune=none).")
         _check(self.ae_drift_samples >= 1, f"train.ae_drift_samples={self.ae_drift_samples} must be >= 1.")

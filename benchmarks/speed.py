@@ -239,7 +239,7 @@ def run_train(args: argparse.Namespace, method: str, data: Any, device: torch.de
         # a full epoch: ltrobust's train_epoch(max_steps=0) against len(loader) reference batches
         runners["reference"] = reference_side(args, lambda n, r=ref_runner, k=len(loader): r.run(n or k))
     rounds = 1 if args.batches == 0 else args.rounds
-    warmup = 0 if args.batches == 0 else args.warmup
+    warmup = args.warmup
     print(f"[{method}] {' and '.join(runners)}, alternating: {warmup} untimed batches each, then {rounds} "
           f"timed round(s) of {args.batches or 'one epoch of'} batches ...", flush=True)
     row.update(H.interleave(runners, warmup, args.batches, rounds))

@@ -38,8 +38,8 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, n: int, reps: int, tf3
         torch.backends.cuda.matmul.allow_tf32 = old
 
 
-def measure_peaks(device: torch.device) -> dict[str, float]:
-    n, reps = (8192, 20) if device.type == "cuda" else (2048, 5)
+def measure_peaks(device: torch.device, n: int = 0) -> dict[str, float]:
+    n, reps = (n or 8192, 20) if device.type == "cuda" else (n or 2048, 5)
     peaks = {"fp32": matmul_peak(device, torch.float32, n, reps), "bf16": matmul_peak(device, torch.bfloat16, n, reps)}
     if device.type == "cuda":
         peaks["tf32"] = matmul_peak(device, torch.float32, n, reps, tf32=True)

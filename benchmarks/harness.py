@@ -292,13 +292,17 @@ class LtrobustPGDEval:
         return {"clean": 100.0 * float(self.clean_ok) / n, "robust": 100.0 * float(self.rob_ok) / n}
 
 
-def time_ltrobust_aa(model: nn.Module, x: torch.Tensor, y: torch.Tensor, bs: int) -> dict[str, Any]:
+def time_ltrobust_aa(model: nn.Module, x: torch.Tensor, y: torch.Tensor, bs: int,
+                     square_queries: int | None = None, n_target_classes: int | None = None) -> dict[str, Any]:
+    """AutoAttack standard through ltrobust's adapter (``square_queries`` / ``n_target_classes``: a smaller
+    attack, for dry runs only)."""
     from ltrobust.attacks.autoattack import run_autoattack
 
     device = x.device
     sync(device)
     t0 = time.perf_counter()
-    _, robust = run_autoattack(model, x, y, eps=8 / 255, version="standard", batch_size=bs, seed=0)
+    _, robust = run_autoattack(model, x, y, eps=8 / 255, version="standard", batch_size=bs, seed=0,
+                                 square_queries=square_queries, n_target_classes=n_target_classes)
     sync(device)
     seconds = time.perf_counter() - t0
     from ltrobust.evaluation.evaluator import predict

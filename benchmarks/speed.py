@@ -93,6 +93,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--profile", action="store_true", help="torch.profiler tables of one attack and one step")
     p.add_argument("--no-checks", action="store_true", help="skip the fast-path checks")
     p.add_argument("--no-flops", action="store_true")
+    p.add_argument("--peak-n", type=int, default=0, help="matmul size of the peak measurement (0: 8192 on CUDA, 2048 on CPU)")
     p.add_argument("--flops-batch", type=int, default=16, help="batch for FlopCounterMode (FLOPs scale with it)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
@@ -143,7 +144,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"DATA: {args.dataset} IR {args.imbalance:g} from {data_info['data_dir']} "
               f"({data_info['train_images']} training images)")
 
-    peaks = measure_peaks(device)
+    peaks = measure_peaks(device, args.peak_n)
     result["peak_flops"] = peaks
     print("measured matmul peak: " + ", ".join(f"{k} {v / 1e12:.3f} TFLOP/s" for k, v in peaks.items() if k != "matmul_n")
           + f" (n={peaks['matmul_n']})")

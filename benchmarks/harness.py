@@ -199,10 +199,12 @@ def interleave(runners: dict[str, Callable[[int], dict[str, Any]]], warmup: int,
         done += n
     per: dict[str, list[dict[str, Any]]] = {k: [] for k in runners}
     loads: list[float] = []
-    for _ in range(rounds):
+    for i in range(rounds):
         for name, run in runners.items():
             per[name].append(run(batches))
         loads.append(os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan"))
+        print(f"  round {i + 1}/{rounds}: " + ", ".join(f"{k} {v[-1]['images'] / max(v[-1]['seconds'], 1e-9):.1f} img/s"
+                                                    for k, v in per.items()) + f" (load {loads[-1]:.1f})", flush=True)
     out = {}
     for name, rs in per.items():
         ips = sorted(r["images"] / max(r["seconds"], 1e-9) for r in rs)

@@ -14,12 +14,14 @@ one H100 / H200, into one JSON and one log in ``--out``.
    Targets, evaluated in the JSON: ResNet-18 epoch <= 3 s and >= 8x the papers-style loop; WRN-34-10
    <= 20 s per epoch; AutoAttack on 10,000 images <= 5 minutes.
 
-What it needs on the GPU machine (about 20 MiB, within the device tool's 64 MiB): this repository, torch
-and torchvision (a stock PyTorch image has them), the CIFAR-10 JPEG tarball
-(``--data-tar .data/cifar10-jpeg.tar.gz``, a copy of ``../shared/data/cifar10-jpeg.tar.gz``, 19.6 MB) and
-the pyautoattack wheel (``--wheels wheels/``, from ``pip download pyautoattack==0.2.0 --no-deps -d
-wheels/``, installed with ``--no-index --no-deps`` when the package is missing). docs/speed.md gives the
-exact command.
+What it needs on the GPU machine (about 61 MiB in all, within the device tool's 64 MiB: the repository
+~1.5 MB, the tarball 19.6 MB, the wheels 43 MB, 42 of them pyautoattack's, which ships a 45 MB example
+model): this repository (run
+with ``PYTHONPATH=src``), torch, torchvision, numpy, pillow and pyyaml (a stock PyTorch image has them),
+the CIFAR-10 JPEG tarball (``--data-tar .data/cifar10-jpeg.tar.gz``, a copy of
+``../shared/data/cifar10-jpeg.tar.gz``, 19.6 MB) and the pure-Python wheels of ``NEEDED``
+(``--wheels wheels/``, about 1 MiB, filled by ``WHEELS_COMMAND``; each missing one is installed with
+``--no-index --no-deps``). docs/speed.md gives the exact command.
 
 ``--dry-run`` runs every part with tiny sizes on CPU and synthetic data in seconds (the CUDA tests then
 skip): the test suite runs it, so the script cannot rot.
@@ -69,7 +71,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", required=True, help="folder for device_check.json and device_check.log")
     p.add_argument("--data-dir", default=None, help="CIFAR-10 folder (default: speed.py's search, or --data-tar)")
     p.add_argument("--data-tar", default=None, help="CIFAR-10 JPEG tarball to extract into a temporary folder")
-    p.add_argument("--wheels", default=None, help="folder holding the pyautoattack wheel (installed if missing)")
+    p.add_argument("--wheels", default=None, help="folder of the wheels in NEEDED (each installed if missing)")
     p.add_argument("--wrn-batches", type=int, default=20, help="timed WRN-34-10 steps (projected to an epoch)")
     p.add_argument("--aa-n", type=int, default=1000, help="AutoAttack test images (projected to 10,000)")
     p.add_argument("--aa-train-epochs", type=int, default=5, help="epochs of the briefly trained ResNet-18")
@@ -80,17 +82,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def ensure_autoattack(wheels: str | None) -> str:
+#: import name -> distribution that the GPU machine may lack (a stock PyTorch image has torch, torchvision,
+#: numpy, pillow, pyyaml); pure-Python wheels, so one download serves any Python version
+NEEDED = {"pyautoattack": "pyautoattack", "pytest": "pytest", "pluggy": "pluggy", "iniconfig": "iniconfig",
+          "tqdm": "tqdm", "packaging": "packaging"}
+WHEELS_COMMAND = ("pip download --no-deps -d wheels/ pyautoattack==0.2.0 pytest pluggy iniconfig tqdm packaging")
+
+
+def ensure_packages(wheels: str | None) -> dict[str, str]:
+    """Install each missing package of NEEDED from the ``--wheels`` folder (no index: the machine is offline)."""
     import importlib.util
 
-    if importlib.util.find_spec("pyautoattack") is not None:
-        return "installed"
-    if not wheels:
-        return "missing (pass --wheels with the pyautoattack wheel)"
-    cmd = [sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", "--find-links", wheels, "pyautoattack"]
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    print(done.stdout[-2000:] + done.stderr[-2000:])
-    return "installed from " + wheels if done.returncode == 0 else f"install failed (rc {done.returncode})"
+    status = {}
+    for module, dist in NEEDED.items():
+        if importlib.util.find_spec(module) is not None:
+            status[dist] = "present"
+        elif not wheels:
+            status[dist] = f"missing (pass --wheels, filled by: {WHEELS_COMMAND})"
+        else:
+            cmd = [sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", "--find-links", wheels, dist]
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            print(done.stdout[-1000:] + done.stderr[-1000:])
+            status[dist] = "installed from " + wheels if done.returncode == 0 else f"install failed (rc {done.returncode})"
+    return status
 
 
 def run_pytest(out: Path) -> dict[str, Any]:
@@ -254,7 +268,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             result["errors"]["device"] = "no CUDA GPU visible"
             save()
             return result
-        result["autoattack"] = ensure_autoattack(a.wheels)
+        result["packages"] = ensure_packages(a.wheels)
         data_dir = a.data_dir
         if a.data_tar and not a.dry_run:
             from ltrobust.io import extract_tar

@@ -11,8 +11,9 @@ runs them first); every test skips, saying why, where no CUDA GPU is visible.
 
 from __future__ import annotations
 
-import os
 import socket
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -28,12 +29,27 @@ from ltrobust.training.trainer import Trainer, unwrap
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU visible (CUDA-only check)")]
 
-TINY = ["dataset=digits-lt", "model=resnet18", "model.width=8", "train.batch_size=64", "train.progress=false",
-        "train.val_every=0", "attack.steps=3", "method=pgd_at", "train.device=cuda", "train.seed=0"]
+TINY = ["dataset=cifar10-lt", "imbalance=50", "model=resnet18", "model.width=8", "train.batch_size=64",
+        "train.progress=false", "train.val_every=0", "attack.steps=3", "method=pgd_at", "train.device=cuda",
+        "train.seed=0"]
+_DATA = {}
+
+
+def _data():
+    """Random uint8 images with CIFAR-10-LT IR 50's shapes and class counts, on the GPU (no download, no
+    scikit-learn: the GPU machine has a stock PyTorch image)."""
+    if not _DATA:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+        try:
+            from harness import synthetic_data
+        finally:
+            sys.path.pop(0)
+        _DATA["d"] = synthetic_data("cifar10-lt", 50.0, torch.device("cuda"))
+    return _DATA["d"]
 
 
 def _trainer(tmp_path, name, over=()):
-    tr = Trainer(resolve_config(TINY + [f"out={tmp_path}", f"name={name}"] + list(over)), resume=False)
+    tr = Trainer(resolve_config(TINY + [f"out={tmp_path}", f"name={name}"] + list(over)), data=_data(), resume=False)
     tr.build()
     tr.method.setup(tr)
     return tr

@@ -189,7 +189,10 @@ def interleave(runners: dict[str, Callable[[int], dict[str, Any]]], warmup: int,
     ``--warmup 16 --batches 8`` the first timed round is steps 17-24 of each side: after the first steps'
     one-off costs and after the slow-down that subnormal floats cause within a few dozen steps, which
     timing the first batches never sees. images/s is the median over rounds (the best round, every
-    round and the 1-minute load average after each round are kept)."""
+    round and the 1-minute load average after each round are kept). On CPU each round also records
+    this process's CPU seconds (``time.process_time``: every thread of it, not the reference's loader
+    workers, whose PIL crop / flip is under 1% of a PGD-10 step): images per CPU-second is the figure
+    that other jobs on a busy machine disturb least."""
     chunk = batches or warmup
     done = 0
     while done < warmup:
@@ -201,19 +204,29 @@ def interleave(runners: dict[str, Callable[[int], dict[str, Any]]], warmup: int,
     loads: list[float] = []
     for i in range(rounds):
         for name, run in runners.items():
+            cpu = time.process_time()
             per[name].append(run(batches))
+            per[name][-1]["cpu_seconds"] = time.process_time() - cpu
         loads.append(os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan"))
-        print(f"  round {i + 1}/{rounds}: " + ", ".join(f"{k} {v[-1]['images'] / max(v[-1]['seconds'], 1e-9):.1f} img/s"
-                                                    for k, v in per.items()) + f" (load {loads[-1]:.1f})", flush=True)
+        print(f"  round {i + 1}/{rounds}: " + ", ".join(
+            f"{k} {v[-1]['images'] / max(v[-1]['seconds'], 1e-9):.1f} img/s "
+            f"({v[-1]['images'] / max(v[-1]['cpu_seconds'], 1e-9):.1f} per CPU-s)" for k, v in per.items())
+            + f" (load {loads[-1]:.1f})", flush=True)
     out = {}
     for name, rs in per.items():
         ips = sorted(r["images"] / max(r["seconds"], 1e-9) for r in rs)
-        out[name] = {"images_per_s": ips[len(ips) // 2] if len(ips) % 2 else (ips[len(ips) // 2 - 1] + ips[len(ips) // 2]) / 2,
+        cps = sorted(r["images"] / max(r["cpu_seconds"], 1e-9) for r in rs)
+        out[name] = {"images_per_s": _median(ips), "images_per_cpu_s": _median(cps),
+                     "rounds_images_per_cpu_s": [r["images"] / max(r["cpu_seconds"], 1e-9) for r in rs],
                      "best_images_per_s": ips[-1], "rounds_images_per_s": [r["images"] / r["seconds"] for r in rs],
                      "seconds": sum(r["seconds"] for r in rs), "images": sum(r["images"] for r in rs),
                      "warmup_batches": warmup, "batches_per_round": batches, "rounds": rounds,
                      "load_average_after_rounds": loads}
     return out
+
+
+def _median(v: list[float]) -> float:
+    return v[len(v) // 2] if len(v) % 2 else (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2
 
 
 def build_reference_model(trainer: Any, data: Any, device: torch.device) -> nn.Module:

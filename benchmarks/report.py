@@ -40,7 +40,9 @@ def print_train_row(method: str, row: dict[str, Any]) -> None:
     rounds = lambda d: ", ".join(f"{v:.1f}" for v in d["rounds_images_per_s"])  # noqa: E731
     msg = f"[{method}] ltrobust {l['images_per_s']:.1f} img/s (rounds {rounds(l)})"
     if r:
-        msg += f" | reference {r['images_per_s']:.1f} img/s (rounds {rounds(r)}) | speedup x{row['speedup']:.2f}"
+        msg += (f" | reference {r['images_per_s']:.1f} img/s (rounds {rounds(r)}) | speedup x{row['speedup']:.2f}; "
+                f"per CPU-second: ltrobust {l['images_per_cpu_s']:.1f}, reference {r['images_per_cpu_s']:.1f} "
+                f"images, x{row['speedup_per_cpu_s']:.2f}")
     print(msg, flush=True)
 
 

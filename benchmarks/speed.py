@@ -253,6 +253,7 @@ def run_train(args: argparse.Namespace, method: str, data: Any, device: torch.de
             row[side]["share_of_peak"] = row[side]["achieved_flops"] / peaks[side]
     if "reference" in row:
         row["speedup"] = row["ltrobust"]["images_per_s"] / row["reference"]["images_per_s"]
+        row["speedup_per_cpu_s"] = row["ltrobust"]["images_per_cpu_s"] / row["reference"]["images_per_cpu_s"]
         row["speedup_best"] = row["ltrobust"]["best_images_per_s"] / row["reference"]["best_images_per_s"]
     print_train_row(method, row)
     return trainer

@@ -22,10 +22,15 @@ Data: CIFAR-10-LT IR 50 read by ltrobust's own ``build_data`` from ``--data-dir`
 ``.data/cifar10``, ``data/cifar10``, ``.data`` that holds CIFAR-10), else synthetic uint8 images of the
 same shapes and class counts (said in the output and the JSON).
 
-Example (the issue's CPU target)::
+Example (the CPU target, fp32 forced, sustained: 16 untimed steps per side, then 3 rounds of 8, the sides
+alternating)::
 
-    python benchmarks/speed.py --device cpu --model resnet18 --width 16 --batch-size 128 --steps 10 \\
-        --methods pgd_at --batches 2 --warmup 1
+    python benchmarks/speed.py --device cpu --threads 1 --model resnet18 --width 16 --batch-size 128 \\
+        --steps 10 --methods pgd_at --precision fp32 --warmup 16 --batches 8 --rounds 3 --skip-eval --no-checks
+
+Layout: this file holds the options and the measurements of one run; ``harness.py`` the machine, the
+data, the runners and the alternation; ``reference_loop.py`` the papers-style loop; ``report.py`` what is
+printed; ``flops.py`` FLOP counting and peaks; ``fastpath.py`` the fast-path checks.
 
 Every figure, the library versions, the device and the command line go to ``--out`` (JSON).
 """

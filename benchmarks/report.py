@@ -55,7 +55,7 @@ def print_summary(result: dict[str, Any], args: argparse.Namespace) -> None:
     print(f"== {result['device_name']}: {args.model} width {args.width}, batch {args.batch_size}, "
           f"PGD-{args.steps} training, {src}{load}")
     print(f"bf16 native on this CPU: {'yes' if m0['cpu_native_bf16'] else 'no'}; ltrobust {result['ltrobust_amp_dtype']} "
-          f"(None = fp32), reference fp32; subnormals flushed: ltrobust yes, reference "
+          f"(None = fp32), reference fp32; subnormals flushed on CPU: ltrobust yes, reference "
           f"{'yes' if result['reference']['flush_denormal'] else 'no (as the papers code)'}; load average at start "
           f"{fmt_load(m0)}, at end {fmt_load(m1)} ({os.cpu_count()} CPUs)")
     for m in (m0, m1):

@@ -276,8 +276,8 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu", refused_advice:
             raise CheckpointError(f"checkpoint {path} was refused: it asks to build Python objects "
                                   f"({refused.group(1)}), which could run code, and ltrobust loads checkpoints with "
                                   f"weights_only=True (tensors, numbers, strings, lists and dicts only). "
-                                  + (refused_advice or "Use a checkpoint written by ltrobust or a plain state_dict "
-                                     "from a source you trust.")) from None
+                                  + (refused_advice or "Use a checkpoint written by ltrobust; for other weights, "
+                                     "save model.state_dict() and run `ltrobust eval weights=PATH model=ARCH ...`.")) from None
         reason = " ".join(str(exc).split())[:200]
         raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({type(exc).__name__}: {reason}). "
                               f"{_OTHER_CHECKPOINT}") from None

@@ -43,7 +43,7 @@ STATE_KEYS = ("state_dict", "model_state_dict", "model", "net", "network", "stat
 PREFIXES = ("module.", "_orig_mod.")
 
 PICKLED_MODEL_ADVICE = (
-    "ltrobust never unpickles a whole model object (that can run arbitrary code). Where the model's class is "
+    "A whole pickled model is never loaded. Where the model's class is "
     "defined, save its weights: torch.save(model.state_dict(), 'weights.pt'); then evaluate them with "
     "`ltrobust eval weights=weights.pt model=mypkg.module:build_model dataset=... data_dir=...` (or call "
     "ltrobust.evaluate(model, data) in Python).")

@@ -65,8 +65,15 @@ def cosine_head(model: nn.Module) -> CosineHead:
         else:
             break
     head = getattr(inner, "head", None)
-    if not isinstance(head, CosineHead):
-        raise ConfigError(f"RoBal needs a cosine head (model.head=cosine), got {type(head).__name__}.")
+    if not isinstance(head, CosineHead) or not callable(getattr(inner, "features", None)):
+        found = (f"its head is a {type(head).__name__}" if head is not None else "it has no `head` attribute")
+        if not callable(getattr(inner, "features", None)):
+            found += " and no `features(x)` method"
+        raise ConfigError(
+            f"RoBal needs a scale-invariant cosine classifier, but {type(inner).__name__} does not have one: {found}. "
+            "Build an ltrobust model with head='cosine' (MODELS.build('resnet18', num_classes=C, head='cosine'); "
+            "in the CLI model.head=cosine), or give your network a `features(x)` method returning (B, D) and "
+            "`self.head = ltrobust.models.CosineHead(D, C)` with `forward(x) = self.head(self.features(x))`.")
     return head
 
 

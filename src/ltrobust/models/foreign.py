@@ -117,14 +117,15 @@ def _callable(spec: str) -> Any:
     return obj
 
 
-def _robustbench(arch: str, weights: Path) -> nn.Module:
-    """A RobustBench zoo model built by RobustBench's ``load_model`` from a local checkpoint file."""
+def robustbench_entry(arch: str) -> tuple[str, str, str, dict[str, Any]]:
+    """``(dataset, threat, name, zoo entry)`` of ``robustbench.<dataset>.<threat>.<name>``; the entry's
+    ``"model"`` builds RobustBench's own architecture (random weights)."""
     parts = arch.split(".", 3)
-    if len(parts) != 4:
+    if len(parts) != 4 or parts[0] != "robustbench":
         raise ConfigError(f"model={arch}: write robustbench.<dataset>.<threat>.<name>, e.g. "
                           "robustbench.cifar10.Linf.Standard.")
     _, dataset, threat, name = parts
-    if "autoattack" not in sys.modules:  # robustbench imports `autoattack`; the PyPI packaging is pyautoattack
+    if "autoattack" not in sys.modules:  # robustbench imports `autoattack`; its PyPI packaging is pyautoattack
         try:
             importlib.import_module("autoattack")
         except ImportError:
@@ -134,7 +135,6 @@ def _robustbench(arch: str, weights: Path) -> nn.Module:
     try:
         from robustbench.model_zoo import model_dicts
         from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
-        from robustbench.utils import load_model
     except ImportError as exc:
         raise ConfigError(f"model={arch} needs RobustBench: pip install 'ltrobust[robustbench]' ({exc}).") from None
     try:
@@ -145,7 +145,15 @@ def _robustbench(arch: str, weights: Path) -> nn.Module:
     if name not in zoo:
         raise ConfigError(f"model={arch}: the RobustBench {dataset}/{threat} zoo has no {name!r} "
                           f"(e.g. {', '.join(list(zoo)[:5])}, ...).")
-    if isinstance(zoo[name].get("gdrive_id"), list):
+    return dataset, threat, name, zoo[name]
+
+
+def _robustbench(arch: str, weights: Path) -> nn.Module:
+    """A RobustBench zoo model built by RobustBench's ``load_model`` from a local checkpoint file."""
+    dataset, threat, name, entry = robustbench_entry(arch)
+    from robustbench.utils import load_model
+
+    if isinstance(entry.get("gdrive_id"), list):
         raise ConfigError(f"model={arch} is an ensemble of several checkpoint files; load it with RobustBench "
                           "in Python and pass it to ltrobust.evaluate.")
     if not weights.is_file():

@@ -86,6 +86,10 @@ def read_own_folder(cfg: DataConfig) -> RawData:
     root = require_dir(cfg.data_dir, "imagefolder", OWN_LAYOUT,
                        "Give class_counts= (a list or a JSON file) when there is no train/ folder.")
     size = cfg.image_size if cfg.image_size > 0 else None
+    if not (root / "train").is_dir() and not cfg.class_counts:
+        raise DataError(f"{root} has no train/ folder, so the training images per class (head / body / tail) are "
+                        "unknown: give class_counts=n_0,n_1,... (one per test/ class folder, in name order) or "
+                        "class_counts=counts.json.")
     try:
         splits, classes = read_image_folder(root, "RGB", size=size, require_train=False)
     except DataError as exc:
@@ -94,9 +98,5 @@ def read_own_folder(cfg: DataConfig) -> RawData:
         raise
     test = splits["test"]
     empty = RawSplit(np.zeros(0, np.int64), np.zeros((0,) + test.images.shape[1:], np.uint8))
-    if "train" not in splits and not cfg.class_counts:
-        raise DataError(f"{root} has no train/ folder, so the training images per class (head / body / tail) are "
-                        "unknown: give class_counts=n_0,n_1,... or class_counts=counts.json "
-                        f"(classes in this order: {', '.join(classes[:10])}{', ...' if len(classes) > 10 else ''}).")
     return RawData(train=splits.get("train", empty), test=test, class_names=classes, val=splits.get("val", empty),
                    source={"format": "imagefolder", "path": str(root)})

@@ -415,3 +415,36 @@ def test_reat_runs_on_a_user_net_with_the_features_contract():
     method = METHODS.get("reat")(counts, AttackConfig(steps=2), LOSSES.get("bsl")(counts))
     out = method.forward(Net(), torch.rand(6, 1, 8, 8), torch.tensor([0, 1, 2, 0, 1, 2]))
     assert torch.isfinite(out["loss"]) and "tail" in out
+
+
+# ------------------------------------------------------------------------------------------- the docs
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "own_loop.md"
+
+
+def python_blocks(path: Path) -> dict[str, str]:
+    """The ```python blocks of a markdown page, keyed by the ``## `` section they sit in (first block each)."""
+    blocks: dict[str, str] = {}
+    section, inside, lines = "", False, []
+    for line in path.read_text().splitlines():
+        if line.startswith("## ") and not inside:
+            section = line[3:].strip()
+        elif line.strip() == "```python" and not inside:
+            inside, lines = True, []
+        elif line.strip() == "```" and inside:
+            inside = False
+            blocks.setdefault(section, "\n".join(lines))
+        elif inside:
+            lines.append(line)
+    return blocks
+
+
+def test_own_loop_page_plain_pytorch_example_runs(capsys):
+    blocks = python_blocks(DOCS)
+    for section in ("PyTorch Lightning", "Evaluating beside AutoAttack"):
+        compile(blocks[section], f"{DOCS.name}: {section}", "exec")  # valid Python (Lightning is not installed)
+    scope: dict = {}
+    exec(compile(blocks["A plain PyTorch loop"], str(DOCS), "exec"), scope)
+    res = scope["res"]
+    assert set(res.accuracy) == {"clean", "pgd20", "worst_case"}
+    assert res.accuracy["pgd20"] <= res.accuracy["clean"] and res.accuracy["clean"] > 30  # it learned something
+    assert "tail" in res.groups["pgd20"] and "epoch 2: BSL loss on PGD-10 AEs" in capsys.readouterr().out

@@ -448,3 +448,39 @@ def test_own_loop_page_plain_pytorch_example_runs(capsys):
     assert set(res.accuracy) == {"clean", "pgd20", "worst_case"}
     assert res.accuracy["pgd20"] <= res.accuracy["clean"] and res.accuracy["clean"] > 30  # it learned something
     assert "tail" in res.groups["pgd20"] and "epoch 2: BSL loss on PGD-10 AEs" in capsys.readouterr().out
+
+
+def test_ltrobust_and_timm_architectures_load_foreign_state_dicts(tmp_path, digit_folder):
+    from ltrobust.evaluation.weights import build_weights_model
+    from ltrobust.models.foreign import build_foreign
+    from ltrobust.registry import MODELS
+
+    torch.manual_seed(0)
+    net = MODELS.build("mlp", num_classes=10, in_channels=3, width=16, image_size=8)
+    plain = {k: v for k, v in net.state_dict().items() if not k.startswith("normalize.")}  # no buffers stored
+    torch.save({"model_state_dict": {f"module._orig_mod.{k}": v for k, v in plain.items()}}, tmp_path / "m.pt")
+    spec = {"weights": tmp_path / "m.pt", "model": "mlp", "options": {"width": 16}, "mean": [0.5] * 3, "std": [0.25] * 3}
+    built = build_weights_model(spec, 10, 3, 8)
+    x = torch.rand(4, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(built(x), net.head(net.pool(net.backbone((x - 0.5) / 0.25))))
+    with pytest.raises(ConfigError, match="has no option depthh; its options: cosine_gamma"):
+        build_weights_model({**spec, "options": {"depthh": 3}}, 10, 3, 8)
+    timm_net = build_foreign("timm.test_resnet", 10)
+    torch.save(timm_net.state_dict(), tmp_path / "t.pt")
+    loaded = build_weights_model({"weights": tmp_path / "t.pt", "model": "timm.test_resnet", "options": {}}, 10, 3, 8)
+    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in timm_net.state_dict().items())
+
+
+@pytest.mark.parametrize("arch, message", [
+    ("torchvision.resnet_nope", "torchvision has no model 'resnet_nope'"),
+    ("timm.nope_net", "timm has no model 'nope_net'"),
+    ("no_such_module_14:build", "cannot import 'no_such_module_14'"),
+    ("json:nope", "module 'json' has no 'nope'"),
+    ("robustbench.cifar10", "robustbench.<dataset>.<threat>.<name>"),
+])
+def test_foreign_architecture_names_fail_with_the_fix(arch, message):
+    from ltrobust.models.foreign import build_foreign
+
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.").replace("(", r"\(")):
+        build_foreign(arch, 10, weights="x.pt")

@@ -38,8 +38,7 @@ import torch.nn.functional as F
 from ..config import DataConfig
 from ..errors import ConfigError, DataError
 from ..registry import DATASETS
-from .formats import read_cifar, read_digits, read_imagenet_lt, read_medmnist, read_tinyimagenet
-from .formats.imagefolder import read_own_folder
+from .formats import read_cifar, read_digits, read_imagenet_lt, read_medmnist, read_own_folder, read_tinyimagenet
 from .formats.base import RawData, RawSplit
 from .profiles import (balanced_order, balanced_resample_indices, class_counts, class_groups, class_orders,
                        imbalance_ratio, select_lt_indices)

@@ -354,7 +354,7 @@ def test_weights_loading_names_mismatches_and_refuses_pickled_models(tmp_path, u
     code = cli.main(["eval", f"weights={tmp_path / 'full.pt'}", "model=user_nets_14:tiny", "dataset=digits-lt"])
     err_line = capsys.readouterr().err
     assert code == 2 and err_line.count("\n") == 1
-    assert "torch.save(model.state_dict(), 'weights.pt')" in err_line and "weights=weights.pt" in err_line
+    assert "model.state_dict(), with torch.save to weights.pt" in err_line and "weights=weights.pt" in err_line
 
 
 # ------------------------------------------------------------------------------------------ plugins

@@ -43,8 +43,8 @@ STATE_KEYS = ("state_dict", "model_state_dict", "model", "net", "network", "stat
 PREFIXES = ("module.", "_orig_mod.")
 
 PICKLED_MODEL_ADVICE = (
-    "A whole pickled model is never loaded. Where the model's class is "
-    "defined, save its weights: torch.save(model.state_dict(), 'weights.pt'); then evaluate them with "
+    "A whole pickled model is never loaded. Where the model's class is defined, save only its weights, "
+    "model.state_dict(), with torch.save to weights.pt; then evaluate them with "
     "`ltrobust eval weights=weights.pt model=mypkg.module:build_model dataset=... data_dir=...` (or call "
     "ltrobust.evaluate(model, data) in Python).")
 
@@ -183,9 +183,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             state = inner
     if not isinstance(state, Mapping) or not _is_state_dict(state):
         keys = list(state)[:8] if isinstance(state, Mapping) else type(state).__name__
-        raise CheckpointError(f"{path} holds no state dict (top-level keys {keys}); save the weights with "
-                              "torch.save(model.state_dict(), PATH), or under one of the keys "
-                              f"{', '.join(STATE_KEYS)}.")
+        raise CheckpointError(f"{path} holds no state dict (top-level keys {keys}); save model.state_dict() with "
+                              f"torch.save, alone or under one of the keys {', '.join(STATE_KEYS)}.")
     return strip_prefixes(state)
 
 

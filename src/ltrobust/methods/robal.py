@@ -54,8 +54,8 @@ class RoBalOptions:
             raise ConfigError(f"alpha={self.alpha} must be >= 0 (RoBal: 6 on CIFAR-10-LT, 3 or 6 on CIFAR-100-LT).")
 
 
-def cosine_head(model: nn.Module) -> CosineHead:
-    """The model's :class:`CosineHead` (RoBal needs one; the trainer builds it from ``required_head``)."""
+def cosine_head(model: nn.Module, method: str = "RoBal") -> CosineHead:
+    """The model's :class:`CosineHead` (RoBal and HE need one; the trainer builds it from ``required_head``)."""
     inner = model
     while not hasattr(inner, "head"):
         if hasattr(inner, "module"):
@@ -65,15 +65,16 @@ def cosine_head(model: nn.Module) -> CosineHead:
         else:
             break
     head = getattr(inner, "head", None)
-    if not isinstance(head, CosineHead) or not callable(getattr(inner, "features", None)):
+    no_features = method == "RoBal" and not callable(getattr(inner, "features", None))  # its AEs attack features
+    if not isinstance(head, CosineHead) or no_features:
         found = (f"its head is a {type(head).__name__}" if head is not None else "it has no `head` attribute")
-        if not callable(getattr(inner, "features", None)):
+        if no_features:
             found += " and no `features(x)` method"
         raise ConfigError(
-            f"RoBal needs a scale-invariant cosine classifier, but {type(inner).__name__} does not have one: {found}. "
-            "Build an ltrobust model with head='cosine' (MODELS.build('resnet18', num_classes=C, head='cosine'); "
-            "in the CLI model.head=cosine), or give your network a `features(x)` method returning (B, D) and "
-            "`self.head = ltrobust.models.CosineHead(D, C)` with `forward(x) = self.head(self.features(x))`.")
+            f"{method} needs a cosine head (model.head=cosine), but {type(inner).__name__} does not have one: "
+            f"{found}. Build an ltrobust model with head='cosine' (MODELS.build('resnet18', num_classes=C, "
+            "head='cosine')), or give your network a `features(x)` method returning "
+            "(B, D) and `self.head = ltrobust.models.CosineHead(D, C)` with `forward(x) = self.head(self.features(x))`.")
     return head
 
 

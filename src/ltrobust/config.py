@@ -58,6 +58,7 @@ class DataConfig:
     image_size: int = -1  #: resize for ImageNet-LT / DermaMNIST ViT; -1: native
     download: bool = False  #: download the official files when missing (only when asked)
     resample_gamma: float = -1.0  #: self-distillation teacher: gamma * n_min images per class; -1: IR / 2
+    class_counts: str = ""  #: imagefolder: training images per class, a list (500,120,30) or a JSON file; "": train/
 
     def __post_init__(self) -> None:
         _check(self.profile in _PROFILES, f"data.profile={self.profile!r} is not one of {_PROFILES}.")

@@ -28,6 +28,7 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -37,7 +38,7 @@ import torch.nn.functional as F
 from ..config import DataConfig
 from ..errors import ConfigError, DataError
 from ..registry import DATASETS
-from .formats import read_cifar, read_digits, read_imagenet_lt, read_medmnist, read_tinyimagenet
+from .formats import read_cifar, read_digits, read_imagenet_lt, read_medmnist, read_own_folder, read_tinyimagenet
 from .formats.base import RawData, RawSplit
 from .profiles import (balanced_order, balanced_resample_indices, class_counts, class_groups, class_orders,
                        imbalance_ratio, select_lt_indices)
@@ -60,7 +61,7 @@ class DatasetSpec:
 
     name: str
     reader: Callable[[DataConfig], RawData]
-    num_classes: int
+    num_classes: int  #: 0: read from the data (``imagefolder``)
     n_max: int  #: largest class of the official training split (the LT profile's n_max)
     channels: int
     image_size: int  #: native side length in pixels
@@ -98,6 +99,9 @@ register(DatasetSpec("imagenet-lt", read_imagenet_lt, 1000, 1280, 3, 224, -1, 0,
                      IMAGENET_STD, natural=True, streamed=True, summary="ImageNet-LT lists, streamed"))
 register(DatasetSpec("dermamnist", read_medmnist, 7, 4693, 3, 28, -1, 3, True, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5),
                      natural=True, summary="MedMNIST DermaMNIST npz, naturally imbalanced"))
+register(DatasetSpec("imagefolder", read_own_folder, 0, 0, 3, 0, -1, 0, True, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5),
+                     natural=True, summary="your own data: test/<class>/ (+ optional train/, val/), used as is; "
+                                           "class counts from train/ or class_counts="))
 
 
 def get_spec(name: str) -> DatasetSpec:
@@ -163,9 +167,12 @@ def build_data(cfg: DataConfig, device: torch.device | str = torch.device("cpu")
     if cfg.download and spec.name not in ("cifar10-lt", "cifar100-lt"):
         log.warning("data.download=true only fetches CIFAR-10 / CIFAR-100; %s must be prepared by hand "
                     "(docs/data.md)", cfg.dataset)
+    if cfg.class_counts and spec.num_classes:
+        raise ConfigError(f"class_counts= applies to dataset=imagefolder; {cfg.dataset} counts its own training "
+                          "split (leave class_counts empty).")
     raw = spec.reader(cfg)
     num_classes = len(raw.class_names) or spec.num_classes
-    if num_classes != spec.num_classes:
+    if spec.num_classes and num_classes != spec.num_classes:
         raise DataError(f"{cfg.dataset} has {spec.num_classes} classes but the data in {cfg.data_dir} has "
                         f"{num_classes} ({', '.join(raw.class_names[:5])}, ...): point data_dir at the right data set.")
     for name, split in (("train", raw.train), ("test", raw.test), ("val", raw.val)):
@@ -184,6 +191,8 @@ def build_data(cfg: DataConfig, device: torch.device | str = torch.device("cpu")
     val = make(val_src, val_idx, size, device) if len(val_idx) else None
     test = make(raw.test, sel.test, size, device)
     counts = [len(sel.train[c]) for c in range(num_classes)]
+    if cfg.class_counts:
+        counts = read_class_counts(cfg.class_counts, raw.class_names)
     native = raw.train.images.shape[1] if raw.train.images is not None else spec.image_size
     image_size = int(train.images.shape[-1]) if isinstance(train, ArraySplit) else size
     padding = cfg.crop_padding if cfg.crop_padding >= 0 else int(round(spec.crop_padding * image_size / native))
@@ -255,14 +264,14 @@ def _select_natural(cfg: DataConfig, spec: DatasetSpec, raw: RawData) -> _Select
         raise ConfigError(f"{cfg.dataset} has its own test split: test_profile={cfg.test_profile} does not apply.")
     if raw.val is None:
         raise DataError(f"{cfg.dataset}: the files hold no validation split.")
-    num_classes = spec.num_classes
+    num_classes = spec.num_classes or len(raw.class_names)
     train = {c: np.where(raw.train.labels == c)[0] for c in range(num_classes)}
     v = _val_per_class(cfg, spec)
     val = {c: np.where(raw.val.labels == c)[0] for c in range(num_classes)}
     if v > 0:
         val = {c: idx[:v] for c, idx in val.items()}
     empty = [c for c, idx in train.items() if len(idx) == 0]
-    if empty:
+    if empty and (len(raw.train) or not cfg.class_counts):  # no train/ at all: class_counts= gives the counts
         raise DataError(f"{cfg.dataset}: classes {empty[:10]} have no training images: the files are incomplete.")
     n_max = max(len(i) for i in train.values())
     return _Selection(train, val if v else {}, np.arange(len(raw.test), dtype=np.int64), n_max,
@@ -327,6 +336,36 @@ def _manifest(cfg: DataConfig, spec: DatasetSpec, raw: RawData, sel: _Selection,
     if sel.holdout_removed is not None:
         m["holdout_removed"] = sel.holdout_removed
     return m
+
+
+def read_class_counts(value: str, class_names: list[str]) -> list[int]:
+    """Training images per class from ``class_counts=``: a list (``500,120,30``, ``[500, 120, 30]``) or a JSON
+    file holding such a list or a ``{class name: count}`` mapping."""
+    text = str(value).strip()
+    if not text.startswith("[") and "," not in text:
+        path = Path(text).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"class_counts={text}: no such file; give a list (class_counts=500,120,30) or a JSON "
+                              "file holding one.")
+        try:
+            loaded: Any = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"class_counts file {path} is not valid JSON ({exc}).") from None
+    else:
+        import yaml
+
+        loaded = yaml.safe_load(text if text.startswith("[") else f"[{text}]")
+    if isinstance(loaded, dict):
+        missing = [n for n in class_names if n not in loaded]
+        if missing:
+            raise ConfigError(f"class_counts has no count for classes {missing[:5]} (keys must be the class folder "
+                              "names).")
+        loaded = [loaded[n] for n in class_names]
+    if (not isinstance(loaded, list) or len(loaded) != len(class_names)
+            or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in loaded)):
+        raise ConfigError(f"class_counts={text!r} must list {len(class_names)} non-negative integers, one per class "
+                          f"in folder order ({', '.join(class_names[:5])}{', ...' if len(class_names) > 5 else ''}).")
+    return [int(c) for c in loaded]
 
 
 def resample_gamma(cfg: DataConfig, counts: list[int]) -> float:

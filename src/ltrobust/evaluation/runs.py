@@ -145,7 +145,9 @@ def load_run(path: str | Path, overrides: Sequence[str] = (), device: str | torc
     run_dir, ckpt = resolve_run_path(path, which)
     state = io.load_checkpoint(ckpt, map_location="cpu")
     if "model" not in state:
-        raise CheckpointError(f"{ckpt} holds no model weights ('model' key); is it an ltrobust checkpoint?")
+        raise CheckpointError(f"{ckpt} is not an ltrobust checkpoint (no 'model' key); to evaluate weights that "
+                              f"ltrobust did not write: ltrobust eval weights={ckpt} model=ARCH dataset=... (see "
+                              f"ltrobust eval --help).")
     base_cfg = _config_from_checkpoint(state, ckpt)
     cfg = resolve_config(flat_over, base=base_cfg) if flat_over else base_cfg
     from ..models import build_model

@@ -10,6 +10,7 @@ The trainer owns the optimiser; methods never call ``zero_grad``.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Sequence
 
@@ -154,6 +155,34 @@ class Method:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.epoch = int(state.get("epoch", 0))
+
+
+FEATURES_CONTRACT = (
+    "the model's forward must accept return_features=True and then return (logits (B, C), penultimate features "
+    "(B, D)), as ltrobust models (LTModel) do. For your own network: `def forward(self, x, return_features=False): "
+    "f = self.body(x); z = self.fc(f); return (z, f) if return_features else z`")
+
+
+def logits_and_features(model: nn.Module, x: torch.Tensor, method: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``model(x, return_features=True)``: logits (B, C) and penultimate features (B, D) from one pass (through
+    the wrapper's forward, DDP-safe); a model without that contract raises :class:`ConfigError` saying what
+    ``method`` needs."""
+    from ..device import unwrap
+
+    inner = unwrap(model)
+    try:
+        params = inspect.signature(inner.forward).parameters
+    except (TypeError, ValueError):
+        params = {}
+    if "return_features" not in params and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        raise ConfigError(f"method {method!r} needs the penultimate features of {type(inner).__name__}: "
+                          f"{FEATURES_CONTRACT}.")
+    out = model(x, return_features=True)
+    if not (isinstance(out, (tuple, list)) and len(out) == 2 and all(isinstance(t, torch.Tensor) for t in out)
+            and out[0].dim() == 2 and out[1].dim() == 2):
+        raise ConfigError(f"method {method!r}: {type(inner).__name__}(x, return_features=True) returned "
+                          f"{type(out).__name__}, not (logits (B, C), features (B, D)): {FEATURES_CONTRACT}.")
+    return out[0], out[1]
 
 
 def forward_train(model: nn.Module, x: torch.Tensor, amp_dtype: torch.dtype | None) -> torch.Tensor:

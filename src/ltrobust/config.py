@@ -27,7 +27,7 @@ from .errors import ConfigError
 
 PRESET_DIR = Path(__file__).resolve().parent / "configs"
 
-_PROFILES = ("exp", "step", "full", "balanced-small")
+_PROFILES = ("exp", "step", "linear", "full", "balanced-small")
 _AUGMENTS = ("none", "crop", "crop_flip", "autoaugment", "randaugment")
 
 
@@ -47,7 +47,7 @@ class DataConfig:
 
     dataset: str = "digits-lt"
     data_dir: str | None = None  #: folder holding the data set's files (not needed for digits-lt)
-    profile: str = "exp"  #: exp | step | full | balanced-small
+    profile: str = "exp"  #: exp | step | linear | full | balanced-small
     imbalance: float = 10.0  #: imbalance ratio n_max / n_min (>= 1)
     selection_seed: int = 0  #: seed of the per-class shuffle (LDAM-DRW procedure)
     test_profile: str = "full"  #: full (balanced test set) | lt (subsample with the training profile)
@@ -58,6 +58,10 @@ class DataConfig:
     image_size: int = -1  #: resize for ImageNet-LT / DermaMNIST ViT; -1: native
     download: bool = False  #: download the official files when missing (only when asked)
     resample_gamma: float = -1.0  #: self-distillation teacher: gamma * n_min images per class; -1: IR / 2
+    #: the long-tailed subset read from a file (a published split) instead of profile / imbalance / seed:
+    #: JSON (a list of training indices, or {"train": list or {class: list}, "test": list}, e.g. a run's
+    #: manifest.json), .npy or a text file of training indices, all into the source's training split
+    indices_file: str | None = None
 
     def __post_init__(self) -> None:
         _check(self.profile in _PROFILES, f"data.profile={self.profile!r} is not one of {_PROFILES}.")
@@ -222,6 +226,10 @@ class RunConfig:
             return self.name
         loss = "" if self.method.loss == "ce" else f"-{self.method.loss}"
         ir = f"-ir{self.data.imbalance:g}" if self.data.profile == "exp" else f"-{self.data.profile}"
+        if self.data.profile == "linear":
+            ir += f"-ir{self.data.imbalance:g}"
+        if self.data.indices_file:
+            ir += f"-idx{Path(self.data.indices_file).stem}"
         return f"{self.data.dataset}{ir}-{self.model.name}-{self.method.name}{loss}-s{self.train.seed}"
 
 

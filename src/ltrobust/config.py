@@ -100,9 +100,15 @@ class AttackConfig:
     steps: int = 10
     random_start: bool = True
     loss_mode: str = "outer"  #: where a long-tailed loss applies: outer | inner | both
+    #: the AE-generation loss (a LOSSES name) apart from the outer one, e.g. rw with loss=bsl (REAT Table 2);
+    #: empty: as loss_mode says. Methods with an attack objective of their own (TRADES' KL, ...) refuse it
+    loss: str = ""
+    loss_args: Mapping[str, Any] = field(default_factory=dict)  #: options of attack.loss, e.g. {power: 0.5}
 
     def __post_init__(self) -> None:
         _check(self.norm in ("linf", "l2"), f"attack.norm={self.norm!r}: use linf or l2.")
+        _check(self.loss or not self.loss_args, "attack.loss_args is set but attack.loss is empty: name the attack "
+               "loss, e.g. attack.loss=rw.")
         if self.norm == "linf":
             _check_eps("attack.eps", self.eps)
         else:
@@ -526,6 +532,9 @@ def validate_names(cfg: RunConfig) -> None:
     method_cls = METHODS.get(cfg.method.name)
     LOSSES.get(cfg.method.loss)
     method_options(cfg)
+    if cfg.attack.loss:
+        _build_options(getattr(LOSSES.get(cfg.attack.loss), "Options", None), cfg.attack.loss_args,
+                       f"attack loss {cfg.attack.loss!r}")
     loss_cls = LOSSES.get(cfg.method.loss)
     _build_options(getattr(loss_cls, "Options", None), cfg.method.loss_args, f"loss {cfg.method.loss!r}")
     del method_cls

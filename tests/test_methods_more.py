@@ -322,3 +322,24 @@ def test_attack_loss_and_cw_l2_through_the_cli(tmp_path):
     assert main(["train", "method=pgd_at", "loss=bsl", "attack.loss=rw", *TINY, f"out={tmp_path}", "name=run"]) == 0
     assert main(["eval", str(tmp_path / "run"), "attacks=clean,cw_l2-20", "eval.n_samples=20",
                  "eval.chunk_size=20"]) == 0
+
+
+# -------------------------------------------------------------------------- TAET Table 3: ViT weights
+def test_vit_loads_a_local_pretrained_file_with_timms_loader(tmp_path):
+    pytest.importorskip("timm")
+    from ltrobust.models.base import build_model
+    from ltrobust.registry import MODELS
+
+    small = dict(num_classes=7, width=32, depth=2, patch_size=8)
+    src = MODELS.build("vit_b16", image_size=32, **small)
+    path = tmp_path / "vit.pth"  # a timm-style checkpoint: its own classifier is dropped
+    torch.save({"state_dict": {**src.backbone.state_dict(), "head.weight": torch.zeros(5, 32)}}, path)
+    same = MODELS.build("vit_b16", image_size=32, pretrained=str(path), **small)
+    assert all(torch.equal(a, b) for a, b in zip(src.backbone.state_dict().values(), same.backbone.state_dict().values()))
+    bigger = MODELS.build("vit_b16", image_size=64, pretrained=str(path), **small)  # positional grid resampled
+    assert bigger.backbone.pos_embed.shape == (1, 65, 32)
+    assert torch.equal(bigger.backbone.blocks[1].mlp.fc1.weight, src.backbone.blocks[1].mlp.fc1.weight)
+    with pytest.raises(ConfigError, match="does not exist"):
+        MODELS.build("vit_b16", image_size=32, pretrained=str(tmp_path / "none.pth"), **small)
+    with pytest.raises(ConfigError, match="does not apply to 'mlp'"):
+        build_model(resolve_config(["model=mlp", f"model.pretrained={path}"]).model, 10, 1, None, None, 8)

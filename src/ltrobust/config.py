@@ -85,6 +85,9 @@ class ModelConfig:
     head: str = "linear"  #: linear | cosine
     cosine_scale: float = 10.0  #: s of the cosine head
     cosine_gamma: float = 1.0 / 32  #: gamma of the cosine head
+    #: a local file of pretrained backbone weights (vit_b16: timm's ViT-B/16 checkpoint, e.g. the
+    #: augreg ImageNet-21k .npz / .pth / .safetensors), loaded with timm's loader; never downloaded
+    pretrained: str | None = None
 
     def __post_init__(self) -> None:
         _check(self.head in ("linear", "cosine"), f"model.head={self.head!r}: use linear or cosine.")

@@ -122,7 +122,7 @@ class LASAT(Method):
         from ..models import build_model
 
         cfg, data = context.cfg, context.data
-        model_cfg = replace(cfg.model, head="linear", name=self.options.strategy_model or cfg.model.name)
+        model_cfg = replace(cfg.model, head="linear", name=self.options.strategy_model or cfg.model.name, pretrained=None)
         self.strategy = build_model(model_cfg, num_classes=sum(self.sizes), in_channels=data.channels,
                                     mean=data.mean, std=data.std, image_size=data.image_size).to(context.device)
         self.policy_opt = torch.optim.SGD(self.strategy.parameters(), lr=self.options.policy_lr)

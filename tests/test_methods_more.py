@@ -191,7 +191,7 @@ def test_adt_entropy_term_is_the_tanh_gaussian_log_density():
 def test_adt_inner_step_is_a_signed_ascent_on_mu_and_rho():
     model, (x, y) = linear_model(), batch()
     eps, lr = 8 / 255, 0.3
-    m = make("adt", attack=AttackConfig(eps=eps, steps=1), samples=1, lr=lr, entropy_weight=0.0)
+    m = make("adt", attack=AttackConfig(eps=eps, steps=1), samples=1, inner_lr=lr, entropy_weight=0.0)
     torch.manual_seed(5)
     mu, rho = m.distribution(model, x, y)
     torch.manual_seed(5)
@@ -204,7 +204,7 @@ def test_adt_inner_step_is_a_signed_ascent_on_mu_and_rho():
     # with the entropy term, a flat loss lets only the entropy move sigma: up, towards the uniform box
     flat = nn.Sequential(nn.Flatten(), nn.Linear(16, C))
     nn.init.zeros_(flat[1].weight)
-    m2 = make("adt", attack=AttackConfig(eps=eps, steps=3), samples=2, lr=lr, entropy_weight=0.01)
+    m2 = make("adt", attack=AttackConfig(eps=eps, steps=3), samples=2, inner_lr=lr, entropy_weight=0.01)
     _, rho2 = m2.distribution(flat, x, y)
     assert torch.allclose(rho2, torch.full_like(x, -5.0 + 3 * lr))
 

@@ -15,7 +15,7 @@ The inner maximisation updates (mu, rho) from mu = 0, rho = -5 by ``attack.steps
 gradient summed over ``samples`` reparameterised draws; the outer loss is taken on one fresh draw.
 
 Settled here (docs/methods.md, "ADT"): the authors' code steps with Adam(betas=(0, 0)), which is a signed
-step of size ``lr`` (m_t / sqrt(v_t) = g / |g|); it weighs lambda against the *per-coordinate mean* of
+step of size ``inner_lr`` (m_t / sqrt(v_t) = g / |g|); it weighs lambda against the *per-coordinate mean* of
 -log p (their ``logp.mean()``) and the batch-mean CE, i.e. per image ``E[L] + lambda * H / D``; defaults are
 theirs for CIFAR-10 (7 steps, lr 0.3, 5 samples, lambda 0.01).
 """
@@ -38,15 +38,15 @@ from .base import Method, forward_train
 @dataclass(frozen=True)
 class ADTOptions:
     samples: int = 5  #: reparameterised draws per ascent step (the authors' code: 5)
-    lr: float = 0.3  #: signed step on mu and rho (the authors' Adam with betas (0, 0), lr 0.3)
+    inner_lr: float = 0.3  #: signed step on mu and rho (the authors' Adam with betas (0, 0), lr 0.3)
     entropy_weight: float = 0.01  #: lambda, on the per-coordinate entropy (the authors' code: 0.01)
     init_rho: float = -5.0  #: rho at the start (sigma = softplus(rho) = 0.0067)
 
     def __post_init__(self) -> None:
         if self.samples < 1:
             raise ConfigError(f"adt samples={self.samples} must be >= 1 (the authors: 5).")
-        if self.lr <= 0 or self.entropy_weight < 0:
-            raise ConfigError("adt needs lr > 0 and entropy_weight >= 0 (the authors: lr 0.3, entropy_weight 0.01).")
+        if self.inner_lr <= 0 or self.entropy_weight < 0:
+            raise ConfigError("adt needs inner_lr > 0 and entropy_weight >= 0 (the authors: 0.3, entropy_weight 0.01).")
 
 
 def tanh_gaussian_neg_log_prob(noise: torch.Tensor, sigma: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -96,8 +96,8 @@ class ADT(Method):
                     total = total + (objective(logits, y, **kwargs) + o.entropy_weight * entropy).sum()
                 g_mu, g_rho = torch.autograd.grad(total, (mu, rho))
                 with torch.no_grad():
-                    mu = mu + o.lr * g_mu.sign()
-                    rho = rho + o.lr * g_rho.sign()
+                    mu = mu + o.inner_lr * g_mu.sign()
+                    rho = rho + o.inner_lr * g_rho.sign()
         return mu.detach(), rho.detach()
 
     def train_attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

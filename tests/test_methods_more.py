@@ -133,7 +133,8 @@ def test_indices_file_reads_a_published_split_exactly(tmp_path):
     got = sorted(i for idx in d.manifest["indices"]["train"].values() for i in idx)
     assert got == chosen
     np.save(tmp_path / "split.npy", np.array(chosen))
-    assert build_data(DataConfig(indices_file=str(tmp_path / "split.npy"), val_per_class=0)).class_counts == d.class_counts
+    npy = build_data(DataConfig(indices_file=str(tmp_path / "split.npy"), val_per_class=0))
+    assert npy.class_counts == d.class_counts
     txt.write_text("5\n5\n")
     with pytest.raises(DataError, match="twice"):
         build_data(DataConfig(indices_file=str(txt)))
@@ -335,7 +336,8 @@ def test_vit_loads_a_local_pretrained_file_with_timms_loader(tmp_path):
     path = tmp_path / "vit.pth"  # a timm-style checkpoint: its own classifier is dropped
     torch.save({"state_dict": {**src.backbone.state_dict(), "head.weight": torch.zeros(5, 32)}}, path)
     same = MODELS.build("vit_b16", image_size=32, pretrained=str(path), **small)
-    assert all(torch.equal(a, b) for a, b in zip(src.backbone.state_dict().values(), same.backbone.state_dict().values()))
+    pairs = zip(src.backbone.state_dict().values(), same.backbone.state_dict().values())
+    assert all(torch.equal(a, b) for a, b in pairs)
     bigger = MODELS.build("vit_b16", image_size=64, pretrained=str(path), **small)  # positional grid resampled
     assert bigger.backbone.pos_embed.shape == (1, 65, 32)
     assert torch.equal(bigger.backbone.blocks[1].mlp.fc1.weight, src.backbone.blocks[1].mlp.fc1.weight)

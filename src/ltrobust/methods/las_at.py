@@ -102,10 +102,11 @@ class LASAT(Method):
         if self.attack_cfg.norm != "linf":
             raise ConfigError("las_at chooses l_inf budgets (the paper's setting): use attack.norm=linf.")
         loss_name = getattr(self.loss, "name", "ce")
-        if self.options.smooth_factor < 1 and self.attack_cfg.loss_mode != "inner" and loss_name not in ("ce", "bsl", "cat"):
-            raise ConfigError(f"las_at smooths the labels of its target loss (smooth_factor={self.options.smooth_factor}), "
-                              f"which needs a CE of adjusted logits: use loss ce, bsl or cat, or method.smooth_factor=1 "
-                              f"to train with loss={loss_name}.")
+        smoothing = self.options.smooth_factor < 1 and self.attack_cfg.loss_mode != "inner"
+        if smoothing and loss_name not in ("ce", "bsl", "cat"):
+            raise ConfigError(f"las_at smooths the labels of its target loss (smooth_factor="
+                              f"{self.options.smooth_factor}), which needs a CE of adjusted logits: use loss ce, bsl or "
+                              f"cat, or method.smooth_factor=1 to train with loss={loss_name}.")
         o = self.options
         self.sizes = (len(o.eps_choices), len(o.iter_choices), len(o.step_choices))
         self.strategy: nn.Module | None = None
@@ -122,7 +123,8 @@ class LASAT(Method):
         from ..models import build_model
 
         cfg, data = context.cfg, context.data
-        model_cfg = replace(cfg.model, head="linear", name=self.options.strategy_model or cfg.model.name, pretrained=None)
+        model_cfg = replace(cfg.model, head="linear", name=self.options.strategy_model or cfg.model.name,
+                            pretrained=None)
         self.strategy = build_model(model_cfg, num_classes=sum(self.sizes), in_channels=data.channels,
                                     mean=data.mean, std=data.std, image_size=data.image_size).to(context.device)
         self.policy_opt = torch.optim.SGD(self.strategy.parameters(), lr=self.options.policy_lr)

@@ -8,8 +8,9 @@ hyper-parameters (the configuration of timm's ``vit_base_patch16_224``: embed_di
 (B, 768) class-token features go to our head. Random initialisation (timm's), or the weights of a local
 file (``model.pretrained=PATH``: any timm ViT-B/16 checkpoint, ``.pth`` / ``.bin`` / ``.safetensors`` / the
 original ``.npz``) read by timm's loader, whose filter resamples the positional embeddings to
-``image_size`` (TAET Table 3: DermaMNIST at 224 px from ImageNet weights); weights are never downloaded. The width knob sets ``embed_dim`` (with one head per 64 channels, at least one) and
-``depth`` / ``patch_size`` shrink the model further, so a tiny ViT runs on 32 px images on a CPU.
+``image_size`` (TAET Table 3: DermaMNIST at 224 px from ImageNet weights); weights are never downloaded.
+The width knob sets ``embed_dim`` (with one head per 64 channels, at least one) and ``depth`` /
+``patch_size`` shrink the model further, so a tiny ViT runs on 32 px images on a CPU.
 """
 
 from __future__ import annotations

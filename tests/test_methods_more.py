@@ -96,6 +96,20 @@ def test_attack_loss_is_chosen_apart_from_the_outer_loss():
     assert torch.allclose(a, b, atol=1e-6)
 
 
+def test_class_weights_in_the_attack_leave_linf_pgd_unchanged():
+    """RW / RWS / ENR in the attack (REAT Table 2) multiply each image's loss by a positive per-class constant,
+    which l_inf PGD's sign step cannot see: the AEs equal those of the CE attack (BRW, a logit shift, differs)."""
+    model, (x, y) = linear_model(), batch()
+    advs = {}
+    for name, args in (("", {}), ("rw", {}), ("rw", {"power": 0.5}), ("cb", {"beta": 0.9}), ("bsl", {})):
+        torch.manual_seed(4)
+        m = make("pgd_at", loss="bsl", attack=AttackConfig(loss=name, loss_args=args))
+        advs[(name, tuple(args.items()))] = m.train_attack(model, x, y)
+    ce = advs[("", ())]
+    for key, adv in advs.items():
+        assert torch.equal(adv, ce) is (key[0] != "bsl"), key
+
+
 def test_attack_loss_config_and_methods_with_their_own_objective():
     cfg = resolve_config(["method=pgd_at", "loss=bsl", "attack.loss=cb", "attack.loss_args={beta: 0.99}"])
     assert cfg.attack.loss == "cb" and dict(cfg.attack.loss_args) == {"beta": 0.99}

@@ -359,3 +359,17 @@ def test_vit_loads_a_local_pretrained_file_with_timms_loader(tmp_path):
         MODELS.build("vit_b16", image_size=32, pretrained=str(tmp_path / "none.pth"), **small)
     with pytest.raises(ConfigError, match="does not apply to 'mlp'"):
         build_model(resolve_config(["model=mlp", f"model.pretrained={path}"]).model, 10, 1, None, None, 8)
+
+
+def test_las_at_resumes_exactly_with_its_strategy_network(tmp_path, die_after_checkpoint):
+    from ltrobust.experiments import train
+
+    over = TINY + ["method=las_at", "method.interval=1", "epochs=3", "train.deterministic=true", f"out={tmp_path}"]
+    straight = train(resolve_config(over + ["name=straight"]))
+    with die_after_checkpoint(1, run_name="killed"):
+        train(resolve_config(over + ["name=killed"]))
+    resumed = train(resolve_config(over + ["name=killed"]))
+    assert resumed.method.step_count == straight.method.step_count == 6
+    a, b = (io.load_checkpoint(tmp_path / n / "checkpoints" / "last.pt") for n in ("straight", "killed"))
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert all(torch.equal(a["method"]["strategy"][k], b["method"]["strategy"][k]) for k in a["method"]["strategy"])

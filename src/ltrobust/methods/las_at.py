@@ -125,8 +125,12 @@ class LASAT(Method):
         cfg, data = context.cfg, context.data
         model_cfg = replace(cfg.model, head="linear", name=self.options.strategy_model or cfg.model.name,
                             pretrained=None)
-        self.strategy = build_model(model_cfg, num_classes=sum(self.sizes), in_channels=data.channels,
-                                    mean=data.mean, std=data.std, image_size=data.image_size).to(context.device)
+        # its own seed and a forked RNG: the run's random stream (restored on resume) is left untouched
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.train.seed + 1)
+            self.strategy = build_model(model_cfg, num_classes=sum(self.sizes), in_channels=data.channels,
+                                        mean=data.mean, std=data.std, image_size=data.image_size)
+        self.strategy.to(context.device)
         self.policy_opt = torch.optim.SGD(self.strategy.parameters(), lr=self.options.policy_lr)
         self._context = context
         if self._pending is not None:

@@ -17,8 +17,8 @@ PGD attack that crafts its training AE. The target model and the strategy networ
 The defaults are the authors' CIFAR-10 settings (eps in {3..14}/255, iterations in {3..13}, step in
 {1..4}/255, interval 20, a = b = c = 1, R2 x 4, R3 x 2, smoothing 0.7); the choices are in units of ``unit``
 (1/255) so that data sets with another eps scale (digits) keep the same shape. docs/methods.md, "LAS-AT",
-lists what was settled. Each image's PGD runs through :func:`ltrobust.attacks.pgd` with a per-image eps and
-step; images with the same number of iterations share one call.
+lists what was settled. Each image's PGD runs through :func:`ltrobust.attacks.pgd` with a per-image ball
+(``ThreatModel.per_sample``) and step; images with the same number of iterations share one call.
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ from torch.distributions import Categorical
 
 from ..attacks import pgd
 from ..attacks.pgd import eval_mode
-from ..attacks.threat import Linf
 from ..errors import ConfigError
 from ..registry import METHODS
 from .base import Method, forward_train
@@ -66,19 +65,6 @@ class LASATOptions:
             raise ConfigError("las_at needs interval >= 1 and unit > 0.")
         if not 0.0 < self.smooth_factor <= 1.0:
             raise ConfigError(f"las_at smooth_factor={self.smooth_factor} must be in (0, 1] (1: no smoothing).")
-
-
-class PerSampleLinf(Linf):
-    """The l_inf ball with one radius per image: ``eps`` of shape (B, 1, 1, 1)."""
-
-    def __init__(self, eps: torch.Tensor) -> None:  # noqa: D107 -- a tensor radius, not ThreatModel's float
-        self.eps = eps
-
-    def project(self, delta: torch.Tensor) -> torch.Tensor:
-        return torch.maximum(torch.minimum(delta, self.eps), -self.eps)
-
-    def __repr__(self) -> str:
-        return f"PerSampleLinf(batch={self.eps.shape[0]})"
 
 
 def smoothed_cross_entropy(logits: torch.Tensor, y: torch.Tensor, factor: float) -> torch.Tensor:
@@ -160,7 +146,7 @@ class LASAT(Method):
         x_adv = torch.empty_like(x)
         for k in iters.unique().tolist():  # one host sync per batch
             idx = (iters == k).nonzero().squeeze(1)
-            x_adv[idx] = pgd(model, x[idx], y[idx], PerSampleLinf(eps[idx].view(shape)), steps=int(k),
+            x_adv[idx] = pgd(model, x[idx], y[idx], self.threat.per_sample(eps[idx], x.dim()), steps=int(k),
                              step_size=step[idx].view(shape), objective=objective, objective_kwargs=kwargs,
                              random_start=self.attack_cfg.random_start, amp_dtype=self.amp_dtype)
         return x_adv

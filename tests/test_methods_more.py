@@ -371,3 +371,25 @@ def test_las_at_resumes_exactly_with_its_strategy_network(tmp_path, die_after_ch
     a, b = (io.load_checkpoint(tmp_path / n / "checkpoints" / "last.pt") for n in ("straight", "killed"))
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert all(torch.equal(a["method"]["strategy"][k], b["method"]["strategy"][k]) for k in a["method"]["strategy"])
+
+
+@pytest.mark.parametrize("name", ["adt", "las_at", "fgsm_at"])
+@pytest.mark.parametrize("training", [True, False])
+def test_new_method_keeps_the_model_mode_the_ball_and_parameter_grads(name, training):
+    model, (x, y) = linear_model(), batch()
+    m = make(name)
+    if name == "las_at":
+        m.setup(Ctx())
+    model.train(training)
+    x_adv = m.train_attack(model, x, y)
+    assert model.training is training
+    eps = 14 / 255 if name == "las_at" else 8 / 255  # LAS-AT's strategy picks eps up to 14/255 (its space)
+    assert (x_adv - x).abs().max() <= eps + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
+    assert not torch.equal(x_adv, x) and all(p.grad is None for p in model.parameters())
+
+
+def test_the_digits_sweep_covers_every_registered_method():
+    from ltrobust.experiments.sweep import load_grid, plan_runs
+
+    plans = plan_runs(load_grid("digits-all-methods", ["out=/tmp/unused"]))
+    assert {p.cfg.method.name for p in plans} == set(METHODS.names())

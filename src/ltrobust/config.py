@@ -145,6 +145,9 @@ class TrainConfig:
     weight_decay: float = 5e-4
     schedule: str = "step"  #: step | cosine | constant
     milestones: tuple[int, ...] = ()  #: epochs where the step schedule multiplies lr by lr_decay
+    #: how milestones count epochs: 0 (the first epoch is 0; decay from the (m+1)-th epoch on) | 1 (the first
+    #: epoch is 1, as the AT-BSL and RoBal authors' code; decay from the m-th epoch on). docs/methods.md
+    milestone_base: int = 0
     lr_decay: float = 0.1
     warmup_epochs: int = 0
     precision: str = "auto"  #: auto (bf16 where native) | bf16 | fp32
@@ -182,6 +185,8 @@ class TrainConfig:
                f"train.finetune={self.finetune!r}: use none, crt, rw or lws.")
         _check(0.0 <= self.ema < 1.0, f"train.ema={self.ema} must be in [0, 1).")
         _check(all(m >= 0 for m in self.milestones), "train.milestones must be non-negative epochs.")
+        _check(self.milestone_base in (0, 1), f"train.milestone_base={self.milestone_base}: use 0 (epochs count "
+               "from 0) or 1 (from 1, as the AT-BSL and RoBal authors' code).")
         _check(self.val_attack_steps >= 0, f"train.val_attack_steps={self.val_attack_steps} is negative: use 0 or "
                "more, e.g. train.val_attack_steps=10.")
         _check(self.max_steps_per_epoch >= 0, f"train.max_steps_per_epoch={self.max_steps_per_epoch} is negative: "

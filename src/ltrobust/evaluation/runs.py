@@ -250,6 +250,7 @@ def evaluate_run(path: str | Path, overrides: Sequence[str] = (), device: str | 
     tag = run.tag
     meta = {"run": str(run.run_dir), "checkpoint": str(run.checkpoint), "checkpoint_epoch": run.epoch,
             "val": run.val, "config": to_dict(cfg), "method": cfg.method.name, "loss": cfg.method.loss,
+            "loss_label": run.method.loss_label,
             "dataset": cfg.data.dataset, "imbalance": cfg.data.imbalance, "train_seed": cfg.train.seed,
             "eps": cfg.eval.eps, "norm": cfg.eval.norm, "step_size": cfg.eval.step_size,
             "deployed": deployed_description(run.deployed), "device": str(dev)}

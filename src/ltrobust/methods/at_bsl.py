@@ -76,6 +76,10 @@ class ATBSL(Method):
                               f"option tau={self.options.tau}; set the method's tau (e.g. method.tau=0.5) and "
                               f"leave loss.tau at its default.")
 
+    @property
+    def loss_label(self) -> str:
+        return "bsl"
+
     def attack_objective(self, x: torch.Tensor, y: torch.Tensor) -> tuple[Any, dict[str, Any]]:
         return "ce", {}
 

@@ -152,6 +152,13 @@ class Method:
         """The model whose logits are served and attacked at evaluation (default: the model itself)."""
         return model
 
+    @property
+    def loss_label(self) -> str:
+        """The training loss actually used, for result rows (``at_bsl + bsl``, not the ignored ``loss=``).
+
+        Default: the configured outer loss; methods with a loss of their own override it."""
+        return str(getattr(self.loss, "name", "ce"))
+
     def parameters(self) -> list[nn.Parameter]:
         """Extra trainable parameters owned by the method (none by default)."""
         return []

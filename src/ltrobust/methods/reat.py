@@ -135,6 +135,11 @@ class REAT(Method):
             w = self._weights_dev[device] = self._weights.to(device)
         return w
 
+    @property
+    def loss_label(self) -> str:
+        base = str(getattr(self.base_loss, "name", "ce"))
+        return f"{base} + tail" if self.options.tail_weight != 0 else base
+
     def attack_objective(self, x: torch.Tensor, y: torch.Tensor) -> tuple[Any, dict[str, Any]]:
         return "weighted_ce", {"weights": self._weights_on(x.device)}
 

@@ -116,6 +116,11 @@ class RoBalDeployed(nn.Module):
         return robal_inference_logits(head.cosine(self.model.features(x)), self.class_counts, s=head.scale,
                                       tau_p=self.tau_p)
 
+    def logits_from_head(self, z: torch.Tensor) -> torch.Tensor:
+        """Served logits from head logits ``z = s * cos`` (B, C): ``z - tau_p * log pi``. Inference
+        adjustments that recompute the head's logits (``eval.adjust=tde``) compose with Eq. 11 through it."""
+        return robal_inference_logits(z, self.class_counts, s=1.0, tau_p=self.tau_p)
+
     def extra_repr(self) -> str:
         return f"tau_p={self.tau_p}"
 
@@ -173,6 +178,11 @@ class RoBal(Method):
             out["kl"] = kl.detach()
         out["loss"] = loss
         return out
+
+    @property
+    def loss_label(self) -> str:
+        """Eq. 10's margin-and-bias CE, plus the KL term when alpha > 0."""
+        return "margin-bias ce + kl" if self.options.alpha > 0 else "margin-bias ce"
 
     def deployed(self, model: nn.Module) -> nn.Module:
         """``s * cos - tau_p * log pi`` (003 Eq. 11), attacked as served at validation and evaluation."""

@@ -254,13 +254,13 @@ class Trainer:
                     self.save_weights(self.ckpt_dir / "best.pt", epoch, val)
                 io.save_checkpoint(self.ckpt_dir / "last.pt", self.state(epoch))
             log.info("epoch %d/%d %s", epoch + 1, epochs, _fmt_record(record))
+        if self.dist.main and epochs > 0 and not (self.ckpt_dir / "best.pt").exists():
+            # no validation ran: "best" is the last epoch (before any fine-tuning), said so in the summary
+            self.save_weights(self.ckpt_dir / "best.pt", epochs - 1, None)
         if self.cfg.train.finetune != "none" and start <= epochs:
             from .finetune import finetune
 
-            finetune(self)
-        if self.dist.main and epochs > 0 and not (self.ckpt_dir / "best.pt").exists():
-            # no validation ran: "best" is the last epoch, said so in the summary
-            self.save_weights(self.ckpt_dir / "best.pt", epochs - 1, None)
+            finetune(self)  # the fine-tuned model goes to last.pt; best.pt stays the selected epoch's
         summary = {"run_dir": str(self.run_dir), "epochs": epochs, "best": self.best,
                    "method": self.cfg.method.name, "loss": self.cfg.method.loss}
         if self.dist.main:

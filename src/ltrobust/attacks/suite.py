@@ -18,6 +18,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from ..device import flush_denormals
 from ..errors import ConfigError
 from ..registry import ATTACKS
 from .pgd import pgd
@@ -132,6 +133,7 @@ def run_attack(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torch.Ten
     """Run one resolved attack on a batch; returns adversarial images (clean images for ``clean``)."""
     if spec.family == "clean":
         return x
+    flush_denormals(x.device)
     if spec.aa_version:
         from .autoattack import run_autoattack
 

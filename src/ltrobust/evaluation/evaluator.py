@@ -37,6 +37,7 @@ from .. import io
 from ..attacks.pgd import eval_mode, pgd
 from ..attacks.suite import AttackSpec, parse_attack, run_attack
 from ..attacks.threat import threat_model
+from ..device import flush_denormals
 from ..errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -125,6 +126,7 @@ def quick_robustness(model: nn.Module, split: Any, num_classes: int, attack_cfg:
     (percentages; ``per_class_rob`` is ``None`` for a class absent from the sample).
     """
     device = next(model.parameters()).device
+    flush_denormals(device)
     idx = balanced_subset(split.labels, n_samples, seed)
     threat = threat_model(attack_cfg.norm, attack_cfg.eps)
     clean_ok, rob_ok, labels = [], [], []
@@ -284,6 +286,7 @@ class Evaluation:
         Runs in true fp32: TF32 convolutions and matmuls are switched off for the evaluation. Holds
         ``<out_dir>/.<tag>.lock`` meanwhile, so two processes never write the same tag's chunks.
         """
+        flush_denormals(self.device)
         with io.run_lock(self.out_dir / f".{self.tag}.lock", f"eval {self.tag}"), strict_fp32():
             return self._run()
 

@@ -41,7 +41,8 @@ keys (section.key=value, or the bare key when unique; see README "Configuration"
 methods (method=NAME; their options as NAME=value, e.g. beta=6):
 {methods}
 
-losses (loss=NAME; outer loss of any method, also the attack loss with attack.loss_mode=inner|both):
+losses (loss=NAME; outer loss of any method, also the attack loss with attack.loss_mode=inner|both;
+attack.loss=NAME sets the attack loss alone):
 {losses}
 
 presets (preset=NAME): {presets}

@@ -178,6 +178,8 @@ def build_data(cfg: DataConfig, device: torch.device | str = torch.device("cpu")
     for name, split in (("train", raw.train), ("test", raw.test), ("val", raw.val)):
         if split is not None and len(split) and (split.labels.min() < 0 or split.labels.max() >= num_classes):
             raise DataError(f"{cfg.dataset}: {name} labels outside 0..{num_classes - 1}.")
+    if cfg.indices_file and spec.natural:
+        raise ConfigError(f"{cfg.dataset} is naturally long-tailed and used as is: data.indices_file does not apply.")
     sel = _select_natural(cfg, spec, raw) if spec.natural else _select_lt(cfg, spec, raw, num_classes)
     train_idx = np.concatenate([sel.train[c] for c in range(num_classes)])
     if not sel.order_by_class:
@@ -218,11 +220,20 @@ def _select_lt(cfg: DataConfig, spec: DatasetSpec, raw: RawData, num_classes: in
     if n_max != spec.n_max:
         log.warning("%s: the smallest class has %d training images, not the official %d: n_max=%d (counts "
                     "differ from the published ones)", cfg.dataset, n_max, spec.n_max, n_max)
-    counts = class_counts(cfg.profile, n_max, num_classes, cfg.imbalance)
+    orders = class_orders(labels, cfg.selection_seed)
+    listed = read_indices_file(cfg.indices_file, len(labels)) if cfg.indices_file else None
+    if listed is not None:  # a published split: its images in the file's order, then the unselected ones
+        chosen = {c: listed["train"][labels[listed["train"]] == c] for c in range(num_classes)}
+        counts = [len(chosen[c]) for c in range(num_classes)]
+        if min(counts) < 1:
+            raise DataError(f"{cfg.indices_file} selects no training image of class {counts.index(0)}: every class "
+                            "needs at least one.")
+        orders = {c: np.concatenate([chosen[c], orders[c][~np.isin(orders[c], chosen[c])]]) for c in orders}
+    else:
+        counts = class_counts(cfg.profile, n_max, num_classes, cfg.imbalance)
     if min(counts) < 1:
         raise ConfigError(f"imbalance={cfg.imbalance:g} with n_max={n_max} leaves class {counts.index(0)} with no "
                           f"training image (n_max / IR < 1): use imbalance <= {n_max}.")
-    orders = class_orders(labels, cfg.selection_seed)
     v = _val_per_class(cfg, spec)
     train, val, overlap, removed = {}, {}, [], []
     for c in range(num_classes):
@@ -246,7 +257,11 @@ def _select_lt(cfg: DataConfig, spec: DatasetSpec, raw: RawData, num_classes: in
         # once per process: a demo or sweep builds the same data set for every run and evaluation
         log.log(logging.DEBUG if msg in _WARNED else logging.WARNING, msg)
         _WARNED.add(msg)
-    if cfg.test_profile == "lt":
+    if listed is not None and listed.get("test") is not None:
+        test = listed["test"]
+        if len(test) and (test.min() < 0 or test.max() >= len(raw.test)):
+            raise DataError(f"{cfg.indices_file}: test indices outside 0..{len(raw.test) - 1}.")
+    elif cfg.test_profile == "lt":
         test_avail = np.bincount(raw.test.labels, minlength=num_classes)
         test_counts = class_counts(cfg.profile, int(test_avail.min()), num_classes, cfg.imbalance)
         test = np.sort(select_lt_indices(raw.test.labels, test_counts, cfg.selection_seed))
@@ -254,6 +269,54 @@ def _select_lt(cfg: DataConfig, spec: DatasetSpec, raw: RawData, num_classes: in
         test = np.arange(len(raw.test), dtype=np.int64)
     return _Selection(train, val if v else {}, test, n_max, overlap,
                       removed if cfg.val_from == "holdout" else None)
+
+
+def read_indices_file(path: str, n_train: int) -> dict[str, np.ndarray | None]:
+    """The training (and optional test) indices of a published long-tailed split.
+
+    Accepted forms: a ``.npy`` array or a text file (one index per line, ``#`` comments) of training
+    indices; JSON holding a list of training indices, or a mapping with ``train`` (a list, or
+    ``{class: list}`` as ltrobust's manifest) and optionally ``test`` (a list); a run's ``manifest.json``
+    (its ``indices`` section) works as is. Indices point into the source's full training split.
+
+    Returns:
+        ``{"train": int64 (N,), "test": int64 (M,) or None}``.
+    """
+    from pathlib import Path
+
+    file = Path(path).expanduser()
+    try:
+        if file.suffix == ".npy":
+            raw: Any = np.load(file, allow_pickle=False)
+        elif file.suffix == ".json":
+            raw = json.loads(file.read_text())
+        else:
+            raw = [line.split("#")[0].strip() for line in file.read_text().splitlines()]
+            raw = [int(v) for v in raw if v]
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot read data.indices_file={path}: {exc}. Give a .json, .npy or text file of "
+                        "indices into the training split.") from None
+    if isinstance(raw, dict):
+        raw = raw.get("indices", raw)
+    train_raw, test_raw = (raw.get("train"), raw.get("test")) if isinstance(raw, dict) else (raw, None)
+
+    def flat(v: Any) -> np.ndarray:
+        if isinstance(v, dict):
+            v = [i for k in sorted(v, key=int) for i in v[k]]
+        arr = np.asarray(v)
+        if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
+            raise DataError(f"data.indices_file={path}: expected a flat list of integer indices.")
+        return arr.astype(np.int64)
+
+    if train_raw is None:
+        raise DataError(f"data.indices_file={path} has no 'train' indices.")
+    train = flat(train_raw)
+    if len(train) == 0 or train.min() < 0 or train.max() >= n_train:
+        raise DataError(f"data.indices_file={path}: training indices must lie in 0..{n_train - 1} (positions in the "
+                        "source's training split).")
+    if len(np.unique(train)) != len(train):
+        raise DataError(f"data.indices_file={path} lists a training index twice.")
+    return {"train": train, "test": None if test_raw is None else flat(test_raw)}
 
 
 def _select_natural(cfg: DataConfig, spec: DatasetSpec, raw: RawData) -> _Selection:
@@ -313,10 +376,11 @@ def _manifest(cfg: DataConfig, spec: DatasetSpec, raw: RawData, sel: _Selection,
     m = {
         "dataset": cfg.dataset,
         "source": raw.source,
-        "profile": "natural" if spec.natural else cfg.profile,
-        "imbalance": imbalance_ratio(counts) if spec.natural else cfg.imbalance,
+        "profile": "natural" if spec.natural else ("indices_file" if cfg.indices_file else cfg.profile),
+        "imbalance": imbalance_ratio(counts) if spec.natural or cfg.indices_file else cfg.imbalance,
         "measured_imbalance": imbalance_ratio(counts),
         "selection_seed": cfg.selection_seed,
+        "indices_file": cfg.indices_file,
         "n_max": sel.n_max,
         "test_profile": cfg.test_profile,
         "val_per_class": _val_per_class(cfg, spec),
@@ -374,7 +438,7 @@ def resample_gamma(cfg: DataConfig, counts: list[int]) -> float:
     if cfg.resample_gamma > 0:
         return float(cfg.resample_gamma)
     natural = get_spec(cfg.dataset).natural
-    ir = cfg.imbalance if cfg.profile in ("exp", "step") and not natural else imbalance_ratio(counts)
+    ir = cfg.imbalance if cfg.profile in ("exp", "step", "linear") and not natural else imbalance_ratio(counts)
     return ir / 2.0
 
 

@@ -75,6 +75,17 @@ class Method:
         self.total_epochs = total_epochs
         self.amp_dtype = amp_dtype
         self.epoch = 0
+        #: ``attack.loss``: the AE-generation loss chosen apart from the outer one (None: as loss_mode says)
+        self.attack_loss = None
+        if attack.loss:
+            if type(self).attack_objective is not Method.attack_objective:
+                raise ConfigError(f"method {self.name!r} crafts its training AEs with an objective of its own (its "
+                                  f"paper's), so attack.loss={attack.loss!r} does not apply: drop attack.loss, or use "
+                                  f"method=pgd_at attack.loss={attack.loss}.")
+            from ..registry import LOSSES
+
+            self.attack_loss = LOSSES.get(attack.loss)(self.class_counts, total_epochs=total_epochs,
+                                                       **dict(attack.loss_args))
 
     # ------------------------------------------------------------------ the two things a method says
     def train_attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -85,7 +96,10 @@ class Method:
                    random_start=a.random_start, objective_kwargs=kwargs, amp_dtype=self.amp_dtype)
 
     def attack_objective(self, x: torch.Tensor, y: torch.Tensor) -> tuple[Any, dict[str, Any]]:
-        """CE by default; the long-tailed loss when ``attack.loss_mode`` is ``inner`` or ``both``."""
+        """``attack.loss`` when set (REAT Table 2: RW / RWS / ENR in the attack, BSL outside); else CE, or the
+        long-tailed loss when ``attack.loss_mode`` is ``inner`` or ``both``."""
+        if self.attack_loss is not None:
+            return self.attack_loss.attack_loss, {}
         if self.attack_cfg.loss_mode in ("inner", "both"):
             return self.loss.attack_loss, {}
         return "ce", {}
@@ -125,8 +139,9 @@ class Method:
 
     def on_epoch_start(self, epoch: int) -> None:
         self.epoch = epoch
-        if hasattr(self.loss, "on_epoch_start"):
-            self.loss.on_epoch_start(epoch)
+        for loss in (self.loss, self.attack_loss):
+            if hasattr(loss, "on_epoch_start"):
+                loss.on_epoch_start(epoch)
 
     def on_epoch_end(self, epoch: int, stats: dict[str, Any]) -> None:
         """``stats['ae_pred_counts']`` holds the predicted-class counts of this epoch's training AEs."""

@@ -175,7 +175,9 @@ def load_run(path: str | Path, overrides: Sequence[str] = (), device: str | torc
     run_dir, ckpt = resolve_run_path(path, which)
     state = io.load_checkpoint(ckpt, map_location="cpu")
     if "model" not in state:
-        raise CheckpointError(f"{ckpt} holds no model weights ('model' key); is it an ltrobust checkpoint?")
+        raise CheckpointError(f"{ckpt} is not an ltrobust checkpoint (no 'model' key); to evaluate weights that "
+                              f"ltrobust did not write: ltrobust eval weights={ckpt} model=ARCH dataset=... (see "
+                              f"ltrobust eval --help).")
     base_cfg = _with_data_location(_config_from_checkpoint(state, ckpt), run_dir, ckpt, flat_over)
     cfg = resolve_config(flat_over, base=base_cfg) if flat_over else base_cfg
     from ..models import build_model

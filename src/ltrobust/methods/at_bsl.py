@@ -33,6 +33,9 @@ def require_outer_loss_mode(attack: AttackConfig, method: str, objective: str) -
         raise ConfigError(f"method {method!r} crafts its training AEs with {objective} (its paper's choice), so "
                           f"attack.loss_mode={attack.loss_mode!r} does not apply: leave attack.loss_mode=outer, "
                           f"or use method=pgd_at to put a long-tailed loss inside the attack.")
+    if attack.loss:
+        raise ConfigError(f"method {method!r} crafts its training AEs with {objective} (its paper's choice), so "
+                          f"attack.loss={attack.loss!r} does not apply: drop attack.loss, or use method=pgd_at.")
 
 
 @dataclass(frozen=True)

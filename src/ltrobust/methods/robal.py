@@ -65,8 +65,16 @@ def cosine_head(model: nn.Module, method: str = "RoBal") -> CosineHead:
         else:
             break
     head = getattr(inner, "head", None)
-    if not isinstance(head, CosineHead):
-        raise ConfigError(f"{method} needs a cosine head (model.head=cosine), got {type(head).__name__}.")
+    no_features = method == "RoBal" and not callable(getattr(inner, "features", None))  # its AEs attack features
+    if not isinstance(head, CosineHead) or no_features:
+        found = (f"its head is a {type(head).__name__}" if head is not None else "it has no `head` attribute")
+        if no_features:
+            found += " and no `features(x)` method"
+        raise ConfigError(
+            f"{method} needs a cosine head (model.head=cosine), but {type(inner).__name__} does not have one: "
+            f"{found}. Build an ltrobust model with head='cosine' (MODELS.build('resnet18', num_classes=C, "
+            "head='cosine')), or give your network a `features(x)` method returning "
+            "(B, D) and `self.head = ltrobust.models.CosineHead(D, C)` with `forward(x) = self.head(self.features(x))`.")
     return head
 
 

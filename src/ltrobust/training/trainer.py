@@ -30,7 +30,7 @@ from .. import io
 from ..attacks import check_attacks
 from ..config import RunConfig, dump_yaml, load_run_config, loss_options, method_options, to_dict, with_updates
 from ..errors import CheckpointError, ConfigError, TrainingDiverged
-from ..device import resolve_amp, resolve_device, unwrap  # noqa: F401 (re-exported)
+from ..device import flush_denormals, resolve_amp, resolve_device, unwrap  # noqa: F401 (re-exported)
 from ..registry import LOSSES, METHODS
 from .schedules import lr_at, schedule_length_terms
 from .state import rng_state, set_determinism, set_rng_state  # noqa: F401 (re-exported)
@@ -313,6 +313,7 @@ class Trainer:
     def train_epoch(self, epoch: int) -> dict[str, Any]:
         cfg, method, model = self.cfg, self.method, self.train_model
         attack_model = self.attack_model
+        flush_denormals(self.device)  # every epoch: code run between epochs may have switched it off
         method.on_epoch_start(epoch)
         self.loader.set_epoch(epoch)
         model.train()

@@ -85,3 +85,35 @@ def test_every_preset_loads_and_validates(name):
     assert flat
     cfg = resolve_config([f"preset={name}"])
     assert cfg.preset == name
+
+
+def test_reference_numbers_are_kept_through_presets_yaml_and_grids(tmp_path):
+    """A preset's `reference:` list (the paper numbers it targets) survives resolution, config.yaml and a grid
+    run entry; a derived preset carries its own list, not its base's; malformed lists are refused clearly."""
+    cfg = resolve_config(["preset=reat-cifar10lt-resnet18", "epochs=2"])
+    first = cfg.reference[0]
+    assert first["source"].startswith("001_") and first["table"] == "Table 1"
+    assert first["values"] == {"clean": 67.33, "pgd20": 36.2, "pgd100": 36.02, "cw100": 33.98, "aa": 32.08}
+    assert first["settings"] == {"epochs": 80, "data": "cifar-pickle", "checkpoint": "best-test"}
+    c100 = resolve_config(["preset=reat-cifar100lt-resnet18"]).reference
+    assert c100[0]["table"] == "Table 4" and c100[0]["values"]["clean"] == 45.94
+    path = tmp_path / "config.yaml"
+    path.write_text(dump_yaml(cfg))
+    assert load_run_config(path).reference == cfg.reference
+    assert resolve_config(["dataset=digits-lt"]).reference == ()
+    ref = [{"source": "x.txt", "table": "Table 9", "values": {"clean.tail_group": 50}, "settings": {"model.name": "mlp"}}]
+    assert resolve_config({"reference": ref}).reference[0]["values"] == {"clean.tail_group": 50.0}
+    from ltrobust.experiments.sweep import load_grid
+
+    grid = tmp_path / "g.yaml"
+    grid.write_text("base: [dataset=digits-lt, model=mlp]\nruns:\n  - {label: A, reference: [{source: x.txt, "
+                    "table: T1, values: {clean: 1.5}}]}\n  - {label: B}\n")
+    points = load_grid(grid).points
+    assert points[0].cfg.reference[0]["values"] == {"clean": 1.5} and points[1].cfg.reference == ()
+    for bad, match in (({"table": "T"}, "source"), ({"source": "x", "table": "T", "values": {"clean": "high"}},
+                                                                "not a number"),
+                       ({"source": "x", "table": "T", "values": {"a": 1}, "settings": {"epoch": 3}}, "epochs"),
+                       ({"source": "x", "table": "T", "values": {"a": 1}, "settings": {"checkpoint": "best"}},
+                        "best-val"), ({"source": "x", "table": "T", "values": {"a": 1}, "colour": 1}, "unknown key")):
+        with pytest.raises(ConfigError, match=match):
+            resolve_config({"reference": [bad]})

@@ -216,6 +216,8 @@ class RunConfig:
     out: str = "runs"  #: parent folder of run folders
     name: str = ""  #: run folder name; empty: derived from method, loss, data set and seed
     preset: str = ""
+    #: the paper numbers this run targets, shown beside ours by ``ltrobust report`` (:func:`check_reference`)
+    reference: tuple[Mapping[str, Any], ...] = ()
 
     def run_name(self) -> str:
         if self.name:
@@ -227,7 +229,7 @@ class RunConfig:
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "attack": AttackConfig, "method": MethodConfig,
             "train": TrainConfig, "eval": EvalConfig}
-TOP_LEVEL = ("out", "name", "preset")
+TOP_LEVEL = ("out", "name", "preset", "reference")
 # Short names that map to a section's main field.
 ALIASES = {"method": "method.name", "loss": "method.loss", "model": "model.name", "dataset": "data.dataset",
            "teacher": "method.teacher", "epochs": "train.epochs", "seed": "train.seed"}
@@ -501,9 +503,71 @@ def from_flat(flat: Mapping[str, Any]) -> RunConfig:
         hints = {f.name: f.type for f in fields(cls)}
         kwargs = {name: _coerce(v, hints[name], f"{sec}.{name}") for name, v in sections[sec].items()}
         built[sec] = cls(**kwargs)
-    cfg = RunConfig(**built, **{k: ("" if v is None else str(v)) for k, v in top.items()})
+    reference = check_reference(top.pop("reference", ()))
+    cfg = RunConfig(**built, **{k: ("" if v is None else str(v)) for k, v in top.items()}, reference=reference)
     validate_names(cfg)
     return cfg
+
+
+#: ``settings`` keys of a reference that are not config keys: the data files' format (the run's
+#: ``manifest.json`` ``source.format``), the checkpoint rule (``best-val`` | ``best-test`` | ``last``), epochs
+REFERENCE_SETTINGS = ("epochs", "data", "checkpoint")
+REFERENCE_CHECKPOINTS = ("best-val", "best-test", "last")
+
+
+def check_reference(value: Any) -> tuple[dict[str, Any], ...]:
+    """Validate the ``reference:`` list of a preset or grid run: the paper numbers the run targets.
+
+    Each item::
+
+        - source: 001_59d8b7d2bde7d541.txt   # the paper's text file (shared/papers)
+          paper: REAT                          # short name shown in the report (optional)
+          table: Table 1
+          settings: {epochs: 80, data: cifar-pickle, checkpoint: best-test}   # the paper's run settings
+          values: {clean: 67.33, pgd20: 36.20, aa: 32.08, clean.tail_group: 69.5}
+
+    ``values`` keys are ``ATTACK`` (overall accuracy, %) or ``ATTACK.METRIC`` (a metric of the eval JSON:
+    ``balanced_accuracy``, ``tail_group``, ``head``, ``tail``, ...). ``settings`` keys are ``epochs``,
+    ``data`` (the data files' format: ``cifar-pickle``, ``image-folder``, ...), ``checkpoint`` (``best-val``:
+    best on held-out validation, ltrobust's ``best``; ``best-test``: best on the test set; ``last``) and any
+    config key (``train.batch_size``, ``model.name``); the report marks where a run differs from them.
+    """
+    if value in (None, "", ()):
+        return ()
+    if isinstance(value, Mapping) or not isinstance(value, (list, tuple)):
+        raise ConfigError(f"reference must be a list of {{source, table, settings, values}} items (docs/reports.md), "
+                          f"got {value!r}.")
+    out = []
+    for i, item in enumerate(value):
+        where = f"reference[{i}]"
+        if not isinstance(item, Mapping):
+            raise ConfigError(f"{where} must be a mapping with source, table, settings and values, got {item!r}.")
+        unknown = sorted(set(item) - {"source", "paper", "table", "settings", "values", "note"})
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; valid: source, paper, table, settings, "
+                              f"values, note.")
+        for k in ("source", "table"):
+            if not isinstance(item.get(k), str) or not item[k].strip():
+                raise ConfigError(f"{where}: `{k}` must name the paper's {'text file' if k == 'source' else 'table'}, "
+                                  f"e.g. {k}: {'001_59d8b7d2bde7d541.txt' if k == 'source' else 'Table 1'}.")
+        values = item.get("values")
+        if not isinstance(values, Mapping) or not values:
+            raise ConfigError(f"{where}: `values` must map metrics to the paper's numbers, e.g. "
+                              f"values: {{clean: 67.33, pgd20: 36.2, aa: 32.08}}.")
+        for k, v in values.items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise ConfigError(f"{where}: values.{k}={v!r} is not a number (write percentages, e.g. 36.2).")
+        settings = item.get("settings") or {}
+        if not isinstance(settings, Mapping):
+            raise ConfigError(f"{where}: `settings` must be a mapping, e.g. settings: {{epochs: 80, checkpoint: last}}.")
+        for k, v in settings.items():
+            if k not in REFERENCE_SETTINGS and k not in _all_keys():
+                raise _unknown_key(str(k), REFERENCE_SETTINGS)
+            if k == "checkpoint" and v not in REFERENCE_CHECKPOINTS:
+                raise ConfigError(f"{where}: settings.checkpoint={v!r}: use {', '.join(REFERENCE_CHECKPOINTS)}.")
+        out.append({**dict(item), "values": {str(k): float(v) for k, v in values.items()},
+                    "settings": dict(settings)})
+    return tuple(out)
 
 
 def validate_names(cfg: RunConfig) -> None:

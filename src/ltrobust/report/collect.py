@@ -32,7 +32,7 @@ from ..errors import CheckpointError, ConfigError
 log = logging.getLogger(__name__)
 
 #: config keys that never make two entries different variants (paths, logging, throughput knobs)
-BOOKKEEPING_KEYS = ("name", "out", "preset", "data.data_dir", "data.download", "train.progress", "train.device",
+BOOKKEEPING_KEYS = ("name", "out", "preset", "reference", "data.data_dir", "data.download", "train.progress", "train.device",
                     "train.compile", "train.record_ae_drift", "train.ae_drift_samples", "eval.batch_size",
                     "eval.chunk_size")
 #: keys shown as their own table columns rather than in "Setting"

@@ -43,11 +43,6 @@ NOT_LOSSES = ("epoch", "lr", "seconds", "images_per_s", "peak_rss_mb", "peak_cud
 FORMATS = ("png", "pdf", "svg")
 
 
-def save_png(fig: Figure, path: str | Path, dpi: int = 100) -> Path:
-    """Render ``fig`` with Agg and write the PNG atomically."""
-    return save_figure(fig, path, dpi, ("png",))[0]
-
-
 def save_figure(fig: Figure, path: str | Path, dpi: int = 100, formats: Sequence[str] = FORMATS) -> list[Path]:
     """Write ``fig`` once per format next to ``path`` (its suffix replaced), atomically; returns the paths."""
     FigureCanvasAgg(fig)

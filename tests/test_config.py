@@ -101,7 +101,8 @@ def test_reference_numbers_are_kept_through_presets_yaml_and_grids(tmp_path):
     path.write_text(dump_yaml(cfg))
     assert load_run_config(path).reference == cfg.reference
     assert resolve_config(["dataset=digits-lt"]).reference == ()
-    ref = [{"source": "x.txt", "table": "Table 9", "values": {"clean.tail_group": 50}, "settings": {"model.name": "mlp"}}]
+    ref = [{"source": "x.txt", "table": "Table 9", "values": {"clean.tail_group": 50},
+            "settings": {"model.name": "mlp"}}]
     assert resolve_config({"reference": ref}).reference[0]["values"] == {"clean.tail_group": 50.0}
     from ltrobust.experiments.sweep import load_grid
 

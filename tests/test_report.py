@@ -489,9 +489,10 @@ def test_html_renders_in_headless_chromium(report, tmp_path):
               "wide}); });</script>")
     probe.write_text((out / "index.html").read_text().replace("</body>", script + "</body>"))
     try:
-        dom = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                              "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1280,2000",
-                              "--virtual-time-budget=5000", "--dump-dom", probe.resolve().as_uri()],
+        dom = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
+                              "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                              "--no-first-run", "--window-size=1280,2000", "--virtual-time-budget=5000", "--dump-dom",
+                              probe.resolve().as_uri()],
                              check=True, capture_output=True, text=True, timeout=90).stdout
     finally:
         probe.unlink()

@@ -559,7 +559,8 @@ def check_reference(value: Any) -> tuple[dict[str, Any], ...]:
                 raise ConfigError(f"{where}: values.{k}={v!r} is not a number (write percentages, e.g. 36.2).")
         settings = item.get("settings") or {}
         if not isinstance(settings, Mapping):
-            raise ConfigError(f"{where}: `settings` must be a mapping, e.g. settings: {{epochs: 80, checkpoint: last}}.")
+            raise ConfigError(f"{where}: `settings` must be a mapping, e.g. "
+                              f"settings: {{epochs: 80, checkpoint: last}}.")
         for k, v in settings.items():
             if k not in REFERENCE_SETTINGS and k not in _all_keys():
                 raise _unknown_key(str(k), REFERENCE_SETTINGS)

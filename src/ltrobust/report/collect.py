@@ -32,9 +32,9 @@ from ..errors import CheckpointError, ConfigError
 log = logging.getLogger(__name__)
 
 #: config keys that never make two entries different variants (paths, logging, throughput knobs)
-BOOKKEEPING_KEYS = ("name", "out", "preset", "reference", "data.data_dir", "data.download", "train.progress", "train.device",
-                    "train.compile", "train.record_ae_drift", "train.ae_drift_samples", "eval.batch_size",
-                    "eval.chunk_size")
+BOOKKEEPING_KEYS = ("name", "out", "preset", "reference", "data.data_dir", "data.download", "train.progress",
+                    "train.device", "train.compile", "train.record_ae_drift", "train.ae_drift_samples",
+                    "eval.batch_size", "eval.chunk_size")
 #: keys shown as their own table columns rather than in "Setting"
 MAIN_KEYS = ("method.name", "method.loss", "data.dataset", "data.profile", "data.imbalance")
 #: files under ``eval/`` that are not evaluation results
@@ -121,7 +121,8 @@ class RunFiles:
         out = {"epochs": float(len(rows)), "seconds_per_epoch": sum(r["seconds"] for r in rows) / len(rows),
                "seconds": float(sum(r["seconds"] for r in rows))}
         for key in ("peak_rss_mb", "peak_cuda_mb"):
-            vals = [float(r[key]) for r in rows if isinstance(r.get(key), (int, float)) and not isinstance(r[key], bool)]
+            vals = [float(r[key]) for r in rows
+                    if isinstance(r.get(key), (int, float)) and not isinstance(r[key], bool)]
             if vals:
                 out[key] = max(vals)
         return out

@@ -38,7 +38,8 @@ from .state import rng_state, set_determinism, set_rng_state  # noqa: F401 (re-e
 log = logging.getLogger(__name__)
 
 #: config keys that may differ when resuming a run folder
-_RESUMABLE_DIFFS = ("train.epochs", "train.progress", "train.device", "train.max_steps_per_epoch", "eval.", "name", "out", "reference")
+_RESUMABLE_DIFFS = ("train.epochs", "train.progress", "train.device", "train.max_steps_per_epoch", "eval.", "name",
+                    "out", "reference")
 
 
 @dataclass

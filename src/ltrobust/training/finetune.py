@@ -102,6 +102,7 @@ def finetune(trainer: Any) -> dict[str, Any]:
         rows = [r for r in io.read_jsonl(metrics) if not str(r.get("stage", "")).startswith("finetune")]
         rows.append({"epoch": epoch, "stage": f"finetune-{kind}", "steps": steps, "val": val})
         io.write_jsonl(metrics, rows)
+        trainer.track(rows[-1], epoch, prefix="finetune")
         trainer.save_weights(trainer.ckpt_dir / "best.pt", epoch, val)
         state = trainer.state(epoch)
         state["finetuned"] = True

@@ -97,6 +97,8 @@ def test_cli_eval_full_suite_writes_every_metric(run_dir, capsys):
     assert "eval best" in err  # the progress bar
     res = json.loads((run_dir / "eval" / "best.json").read_text())
     _numbers_are_numbers(res)
+    timings = [res["seconds"]] + [r["seconds"] for r in res["results"].values() if "seconds" in r]
+    assert len(timings) == len(SUITE) + 1 and all(t == round(t, 3) for t in timings)  # ms, no float noise
     assert res["n"] == 24 and res["mode"] == "cascade" and res["chunks"] == 1 and res["seed"] == 0
     assert res["attack_names"] == SUITE and list(res["results"]) == SUITE + ["worst_case"]
     assert {"torch", "python", "numpy", "pyautoattack", "ltrobust"} <= set(res["versions"])

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from .. import io
-from ..config import parse_value, resolve_config
+from ..config import fmt_fraction, parse_value, resolve_config
 from ..errors import CheckpointError, ConfigError
 from ..registry import ANALYSES
 
@@ -57,13 +57,7 @@ class CommonOptions:
 
 def option_help(cls: type) -> str:
     """``name=default`` for every option of an Options dataclass."""
-    return ", ".join(f"{f.name}={_fmt_default(f.default)}" for f in fields(cls))
-
-
-def _fmt_default(v: Any) -> str:
-    if isinstance(v, tuple):
-        return ",".join(f"{x:g}" if isinstance(x, float) else str(x) for x in v)
-    return str(v)
+    return ", ".join(f"{f.name}={fmt_fraction(f.default)}" for f in fields(cls))  # 2/255, not 0.00784313725490196
 
 
 def _coerce(key: str, text: str, tp: str) -> Any:

@@ -317,7 +317,7 @@ class Evaluation:
             log.info("eval %s: %d of %d chunks reused from %s", self.tag, reused, len(chunks), self.chunk_dir)
         out = self._aggregate(results)
         out.update(fingerprint=fp, chunks=len(chunks), chunks_reused=reused,
-                   seconds=time.perf_counter() - t0, samples=f"{self.tag}_samples.npz")
+                   seconds=round(time.perf_counter() - t0, 3), samples=f"{self.tag}_samples.npz")
         self._write_samples(results)
         io.write_json(self.out_dir / f"{self.tag}.json", out)
         io.atomic_write_text(self.out_dir / f"{self.tag}.md", markdown_table(out))
@@ -374,7 +374,7 @@ class Evaluation:
                 ok = robust.clone() if self.mode == "cascade" else ok
             flags[spec.name] = ok.tolist()
             preds[spec.name] = pred.tolist()
-            seconds[spec.name] = time.perf_counter() - t
+            seconds[spec.name] = round(time.perf_counter() - t, 3)  # ms: no float noise in the JSON
             bar.update(1)
         flags["worst_case"] = robust.tolist()
         preds["worst_case"] = suite_pred.tolist()
@@ -413,7 +413,7 @@ class Evaluation:
             if name != "clean":
                 res["boundary_error"] = boundary_error(clean, correct)
             if name != "worst_case":
-                res["seconds"] = float(sum(c["seconds"].get(name, 0.0) for c in chunks))
+                res["seconds"] = round(math.fsum(c["seconds"].get(name, 0.0) for c in chunks), 3)
             per_attack[name] = res
         out: dict[str, Any] = {
             "tag": self.tag,

@@ -428,6 +428,22 @@ def test_self_distill_trains_a_recorded_resumable_teacher_then_resumes_exactly(t
     assert all(torch.equal(t1[k], t2[k]) for k in t1)
 
 
+def test_self_distill_declares_its_teacher_as_a_stage_and_the_bare_trainer_refuses_without_it(tmp_path):
+    from ltrobust.config import method_options
+
+    cfg = resolve_config(TINY + ["preset=self-distill-digits", "model=mlp", "model.width=16", "epochs=1",
+                                 "method.teacher_epochs=3", "eval.adjust=cdt", f"out={tmp_path}", "name=bare"])
+    (stage,) = METHODS.get("self_distill").stages(cfg, method_options(cfg))
+    assert stage.name == "teacher" and stage.path is None and stage.checkpoint == "last"
+    assert stage.config.method.name == "pgd_at" and stage.config.train.epochs == 3
+    assert METHODS.get("self_distill").stages(resolve_config(TINY + ["method=self_distill", "method.alpha=0"]),
+                                               method_options(resolve_config(TINY + ["method=self_distill",
+                                                                                     "method.alpha=0"]))) == []
+    with pytest.raises(ConfigError, match=r"needs its teacher stage first.*ltrobust.experiments.train"):
+        Trainer(cfg).fit()
+    assert not (tmp_path / "bare" / "checkpoints").exists()  # refused before any epoch
+
+
 def test_reat_resumes_exactly_with_its_rbl_counts(tmp_path, die_after_checkpoint):
     over = ["method=reat", "loss=bsl", "epochs=3", "train.deterministic=true"]
     straight = _run(tmp_path, "straight", over)

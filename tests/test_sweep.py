@@ -96,6 +96,15 @@ def test_grid_order_command_line_wins_and_bad_grids_are_named(tmp_path):
         load_grid(tmp_path / "missing.yaml")
 
 
+def test_grid_report_options_are_checked_against_the_builder_before_any_run(tmp_path):
+    bad = tmp_path / "bad_report.yaml"
+    bad.write_text(Path(sweep.grid_path(SMOKE)).read_text() + "report: {colour: red}\n")
+    with pytest.raises(ConfigError, match="unknown report option.*colour"):
+        load_grid(bad, [f"out={tmp_path}"], report_options=OPTIONS)
+    with pytest.raises(ConfigError, match="unknown attack 'pdg20'"):  # attack names: checked before any run
+        plan_runs(load_grid(SMOKE, [f"out={tmp_path}", "eval.attacks=clean,pdg20"]))
+
+
 def test_eval_overrides_round_trip_exactly(tmp_path):
     from ltrobust.config import resolve_config
 

@@ -345,3 +345,32 @@ def test_peak_rss_is_the_peak_since_the_reset():
     after = peak_rss_mb()
     assert during["peak_rss_mb"] >= before + 60 and after <= during["peak_rss_mb"] - 50
     assert during["peak_cuda_mb"] is None
+
+
+def test_tensorboard_shows_a_redone_epoch_once_after_a_resume(tmp_path, monkeypatch):
+    pytest.importorskip("tensorboard", reason="train.logger=tensorboard needs the optional tensorboard package "
+                                              "(pip install 'ltrobust[tensorboard]'; the test extra installs it)")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from conftest import Killed
+
+    over = TINY + ["epochs=2", "train.max_steps_per_epoch=1", "train.val_every=0", "train.logger=tensorboard",
+                   "train.deterministic=true", "train.precision=fp32", f"out={tmp_path}", "name=tb"]
+    real_save = io.save_checkpoint
+
+    def die_before_last_of_epoch_1(path, state):  # epoch 1 is logged, then the run dies before its checkpoint
+        if Path(path).name == "last.pt" and state["epoch"] == 1:
+            raise Killed
+        real_save(path, state)
+
+    with monkeypatch.context() as m:
+        m.setattr(io, "save_checkpoint", die_before_last_of_epoch_1)
+        with pytest.raises(Killed):
+            Trainer(resolve_config(over)).fit()
+    Trainer(resolve_config(over)).fit()  # resumes at epoch 1 and redoes it
+    acc = EventAccumulator(str(tmp_path / "tb" / "tensorboard"))
+    acc.Reload()
+    rows = io.read_jsonl(tmp_path / "tb" / "metrics.jsonl")
+    events = acc.Scalars("loss")
+    assert [e.step for e in events] == [r["epoch"] for r in rows] == [0, 1]
+    assert [e.value for e in events] == pytest.approx([r["loss"] for r in rows], rel=1e-6)

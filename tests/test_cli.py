@@ -68,6 +68,7 @@ def test_a_misspelt_key_suggests_the_right_one_once(capsys):
     (["train", "--epochs", "3"], "write epochs=3 "),
     (["train", "--epochs=3", "--batch-size", "64", "dataset=digits-lt"], "write epochs=3 batch_size=64 "),
     (["train", "--deterministic"], "write deterministic=true "),
+    (["train", "--attack.eps", "-8/255", "-v"], "write attack.eps=-8/255 "),
     (["eval", "runs/x", "--attacks", "clean,aa"], "write attacks=clean,aa "),
 ])
 def test_dashed_options_name_the_key_value_form(argv, want, capsys):

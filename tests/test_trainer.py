@@ -272,7 +272,8 @@ def test_metrics_rows_carry_cost_clean_numbers_and_go_to_the_tracker(tmp_path, c
         assert r["seconds"] > 0 and r["seconds"] == round(r["seconds"], 3)
         assert 100 < r["peak_rss_mb"] < 10 ** 6 and r["peak_cuda_mb"] is None  # a process with torch: > 100 MiB
     stored = io.read_json(tmp_path / "m" / "train_summary.json")
-    assert stored["seconds_per_epoch"] == summary["seconds_per_epoch"] == round((rows[0]["seconds"] + rows[1]["seconds"]) / 2, 3)
+    mean = round((rows[0]["seconds"] + rows[1]["seconds"]) / 2, 3)
+    assert stored["seconds_per_epoch"] == summary["seconds_per_epoch"] == mean
     assert stored["peak_rss_mb"] == max(r["peak_rss_mb"] for r in rows) and stored["peak_cuda_mb"] is None
 
     # no float noise: lr 0.1 * 0.1 is 0.01, float32 losses carry float32's digits, accuracies are counts
@@ -289,7 +290,8 @@ def test_metrics_rows_carry_cost_clean_numbers_and_go_to_the_tracker(tmp_path, c
 
     # the tracker got every scalar of every row at step = epoch, and was closed
     rec = _Recorder.made[-1]
-    assert isinstance(rec, Logger) and rec.closed and rec.start == 0 and rec.config["train"]["logger"] == "test-recorder"
+    assert isinstance(rec, Logger) and rec.closed and rec.start == 0
+    assert rec.config["train"]["logger"] == "test-recorder"
     assert rec.steps == {r["epoch"]: scalars_of(r) for r in rows}
     assert rec.steps[1]["val/per_class_clean/0"] == rows[1]["val"]["per_class_clean"][0]
     assert math.isclose(rec.steps[1]["lr"], 0.01)
@@ -326,7 +328,7 @@ def test_tensorboard_logger_writes_every_scalar(tmp_path):
 
 
 def test_unknown_logger_names_the_choices():
-    with pytest.raises(ConfigError, match="train.logger: unknown logger 'tensorbord'. Did you mean 'tensorboard'.*or none"):
+    with pytest.raises(ConfigError, match="train.logger: unknown logger 'tensorbord'. Did you mean 'tensorboard'.*none"):
         resolve_config(["train.logger=tensorbord"])
 
 
@@ -374,3 +376,12 @@ def test_tensorboard_shows_a_redone_epoch_once_after_a_resume(tmp_path, monkeypa
     events = acc.Scalars("loss")
     assert [e.step for e in events] == [r["epoch"] for r in rows] == [0, 1]
     assert [e.value for e in events] == pytest.approx([r["loss"] for r in rows], rel=1e-6)
+
+
+def test_tensorboard_without_the_package_names_the_extra(tmp_path, monkeypatch):
+    from ltrobust.training.loggers import build_logger
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails as if it were not installed
+    with pytest.raises(ConfigError, match=r"needs the tensorboard package: pip install 'ltrobust\[tensorboard\]'"):
+        build_logger("tensorboard", tmp_path)
+    assert build_logger("none", tmp_path) is None and not any(tmp_path.iterdir())

@@ -124,7 +124,8 @@ def _eval_epilog() -> str:
         *_RUN_KEYS, *_key_lines(EvalConfig, "eval.", [f.name for f in dataclasses.fields(EvalConfig)
                                                         if f.name != "checkpoint"]),
         "attacks: clean, fgsm, pgdK, mimK, cwK, adaptive[K], aa, apgd, square; suffix -l2 for the l_2 ball.",
-        "example: ltrobust eval runs/NAME attacks=clean,fgsm,pgd20,pgd100,mim20,cw20,cw100,aa,adaptive checkpoint=best"])
+        "example: ltrobust eval runs/NAME attacks=clean,fgsm,pgd20,pgd100,mim20,cw20,cw100,aa,adaptive "
+        "checkpoint=best"])
 
 
 _THREAT_KEYS = ("eps", "step_size", "norm", "adjust", "adjust_tau", "seed", "batch_size")
@@ -341,7 +342,8 @@ def dashed_options(argv: Sequence[str]) -> list[str]:
         key, eq, value = arg[2:].partition("=")
         if not eq:
             nxt = args[i + 1] if i + 1 < len(args) else None
-            value = nxt if nxt is not None and not nxt.startswith("-") and "=" not in nxt else "true"
+            takes = nxt is not None and not nxt.startswith("--") and nxt not in ("-h", "-v") and "=" not in nxt
+            value = nxt if takes else "true"
         out.append(f"{key.replace('-', '_')}={value}")
     return out
 
@@ -350,8 +352,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     dashed = dashed_options(argv)
     if dashed:
-        print(f"error: settings are written key=value, not --key value: write {' '.join(dashed)} "
-              f"(e.g. ltrobust train epochs=3).", file=sys.stderr)
+        print(f"error: settings are written key=value, not --key value: write {' '.join(dashed)} instead.",
+              file=sys.stderr)
         return 2
     parser = build_parser()
     args = parser.parse_args(argv)

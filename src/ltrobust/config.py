@@ -156,7 +156,7 @@ class TrainConfig:
     record_ae_drift: bool = False
     ae_drift_samples: int = 256
     max_steps_per_epoch: int = 0  #: >0 caps steps per epoch (smoke tests)
-    logger: str = "none"  #: experiment tracker of every logged scalar: none | tensorboard (README "Experiment tracking")
+    logger: str = "none"  #: tracker of every number of metrics.jsonl: none | tensorboard (README "Experiment tracking")
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 0, f"train.epochs={self.epochs} must be >= 0.")
@@ -650,7 +650,8 @@ def with_updates(cfg: RunConfig, **sections: Mapping[str, Any]) -> RunConfig:
 def fmt_fraction(v: Any) -> str:
     """A value as people write it: a float without a short decimal form that is an exact fraction with a
     denominator up to 1000 as that fraction, over 255 when it is k/255 (``12/255``, not ``4/85``; ``1/3``
-    stays ``1/3``), else the shortest decimal (``0.1``, ``1e-05``); lists and tuples comma-separated. For help texts, comments and messages (run names use :func:`fmt_value`).
+    stays ``1/3``), else the shortest decimal (``0.1``, ``1e-05``); lists and tuples comma-separated.
+    For help texts, comments and messages (run names use :func:`fmt_value`).
 
     Example::
 

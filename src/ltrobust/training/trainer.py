@@ -42,8 +42,8 @@ from .state import rng_state, set_determinism, set_rng_state  # noqa: F401 (re-e
 log = logging.getLogger(__name__)
 
 #: config keys that may differ when resuming a run folder
-_RESUMABLE_DIFFS = ("train.epochs", "train.progress", "train.device", "train.max_steps_per_epoch", "train.logger", "eval.",
-                    "name", "out")
+_RESUMABLE_DIFFS = ("train.epochs", "train.progress", "train.device", "train.max_steps_per_epoch", "train.logger",
+                    "eval.", "name", "out")
 
 
 @dataclass
@@ -251,6 +251,7 @@ class Trainer:
         finally:
             if self.tracker is not None:
                 self.tracker.close()
+                self.tracker = None
 
     def _epochs(self, start: int) -> dict[str, Any]:
         epochs = self.cfg.train.epochs

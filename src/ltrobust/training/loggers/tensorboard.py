@@ -22,7 +22,7 @@ class TensorBoardLogger:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
             raise ConfigError("train.logger=tensorboard needs the tensorboard package: pip install "
-                              "'ltrobust[tensorboard]' (or pip install tensorboard), or set train.logger=none.") from None
+                              "'ltrobust[tensorboard]', or set train.logger=none.") from None
         self.log_dir = Path(run_dir) / "tensorboard"
         self.writer = SummaryWriter(log_dir=str(self.log_dir), purge_step=start_step if start_step > 0 else None)
         if config and start_step == 0:

@@ -263,7 +263,7 @@ def run_analysis(kind: str, runs: Sequence[str | Path] = (), overrides: Sequence
         raise RuntimeError(f"analysis {kind} returns reserved keys {sorted(clash)}")
     out_dir = Path(opts.out) if opts.out else (contexts[0].run_dir / "analysis" if contexts else Path("analysis"))
     record = {"kind": kind, "options": dataclasses.asdict(opts), "runs": [c.describe() for c in contexts],
-              **result, "seconds": time.perf_counter() - t0, "versions": library_versions()}
+              **result, "seconds": round(time.perf_counter() - t0, 3), "versions": library_versions()}
     json_path, png_path = out_dir / f"{kind}.json", out_dir / f"{kind}.png"
     io.write_json(json_path, record)
     save_figure(analysis.plot(io.read_json(json_path), opts), png_path, opts.dpi, opts.palette)

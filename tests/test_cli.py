@@ -82,3 +82,8 @@ def test_fractions_print_as_fractions_in_messages(capsys):
     assert "attack.eps=300/255 is outside [0, 1]" in capsys.readouterr().err
     assert cli.main(["train", "train.epochs=8/255"]) == 2
     assert "train.epochs=8/255 is not a valid int" in capsys.readouterr().err
+
+
+def test_list_names_the_experiment_trackers(capsys):
+    assert cli.main(["list"]) == 0
+    assert re.search(r"^experiment trackers \(train\.logger\): .*tensorboard", capsys.readouterr().out, re.M)

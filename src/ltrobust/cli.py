@@ -307,10 +307,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_list(args: argparse.Namespace) -> int:
     from .config import list_presets
-    from .registry import ANALYSES, ATTACKS, DATASETS, LOSSES, METHODS, MODELS, ADJUSTMENTS
+    from .registry import ANALYSES, ATTACKS, DATASETS, LOGGERS, LOSSES, METHODS, MODELS, ADJUSTMENTS
 
     for title, reg in (("data sets", DATASETS), ("models", MODELS), ("attacks", ATTACKS), ("losses", LOSSES),
-                       ("methods", METHODS), ("inference adjustments", ADJUSTMENTS), ("analyses", ANALYSES)):
+                       ("methods", METHODS), ("inference adjustments", ADJUSTMENTS), ("analyses", ANALYSES),
+                       ("experiment trackers (train.logger)", LOGGERS)):
         print(f"{title}: {', '.join(reg.names())}")
     print(f"presets: {', '.join(list_presets())}")
     return 0

@@ -54,8 +54,8 @@ class RoBalOptions:
             raise ConfigError(f"alpha={self.alpha} must be >= 0 (RoBal: 6 on CIFAR-10-LT, 3 or 6 on CIFAR-100-LT).")
 
 
-def cosine_head(model: nn.Module) -> CosineHead:
-    """The model's :class:`CosineHead` (RoBal needs one; the trainer builds it from ``required_head``)."""
+def cosine_head(model: nn.Module, method: str = "RoBal") -> CosineHead:
+    """The model's :class:`CosineHead` (RoBal and HE need one; the trainer builds it from ``required_head``)."""
     inner = model
     while not hasattr(inner, "head"):
         if hasattr(inner, "module"):
@@ -66,7 +66,7 @@ def cosine_head(model: nn.Module) -> CosineHead:
             break
     head = getattr(inner, "head", None)
     if not isinstance(head, CosineHead):
-        raise ConfigError(f"RoBal needs a cosine head (model.head=cosine), got {type(head).__name__}.")
+        raise ConfigError(f"{method} needs a cosine head (model.head=cosine), got {type(head).__name__}.")
     return head
 
 

@@ -72,6 +72,7 @@ def test_a_misspelt_key_suggests_the_right_one_once(capsys):
     (["eval", "runs/x", "--attacks", "clean,aa"], "write attacks=clean,aa "),
 ])
 def test_dashed_options_name_the_key_value_form(argv, want, capsys):
+    assert cli.dashed_options(["--import", "my_plugins", "train", "--import=other", "epochs=1"]) == []  # real options
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: settings are written key=value") and want in err and err.count("\n") == 1

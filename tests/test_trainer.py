@@ -114,6 +114,13 @@ def test_lr_schedules():
     cfg = resolve_config(["train.lr=0.1", "epochs=100", "train.milestones=75,90"])
     assert lr_at(cfg, 0) == 0.1 and lr_at(cfg, 74.9) == 0.1
     assert lr_at(cfg, 75) == pytest.approx(0.01) and lr_at(cfg, 95) == pytest.approx(0.001)
+    # the AT-BSL / RoBal authors' convention counts epochs from 1: the 75th epoch (index 74) already decays
+    one = resolve_config(["train.lr=0.1", "epochs=100", "train.milestones=75,90", "train.milestone_base=1"])
+    assert lr_at(one, 73.9) == 0.1 and lr_at(one, 74) == pytest.approx(0.01) and lr_at(one, 89) == pytest.approx(0.001)
+    assert resolve_config(["preset=at-bsl-cifar10lt-resnet18"]).train.milestone_base == 1
+    assert resolve_config(["preset=robal-r-cifar100lt-resnet18"]).train.milestone_base == 1
+    with pytest.raises(ConfigError, match="milestone_base"):
+        resolve_config(["train.milestone_base=2"])
     cos = resolve_config(["train.lr=0.1", "epochs=10", "train.schedule=cosine"])
     assert lr_at(cos, 0) == pytest.approx(0.1) and lr_at(cos, 5) == pytest.approx(0.05) and lr_at(cos, 10) == pytest.approx(0)
 
@@ -163,7 +170,7 @@ def test_finetune_stage_trains_only_the_head(tmp_path, kind):
     Trainer(resolve_config(base + ["name=plain"])).fit()
     tr = Trainer(resolve_config(base + [f"name={kind}", f"train.finetune={kind}", "train.finetune_lr=0.05"]))
     tr.fit()
-    a, b = _weights(tmp_path / "plain", "best"), _weights(tmp_path / kind, "best")
+    a, b = _weights(tmp_path / "plain", "best"), _weights(tmp_path / kind, "last")
     head = [k for k in a if k.startswith("head.")]
     assert head and all(not torch.equal(a[k], b[k]) for k in head if a[k].is_floating_point())
     for k in a:
@@ -172,6 +179,25 @@ def test_finetune_stage_trains_only_the_head(tmp_path, kind):
     assert io.load_checkpoint(tmp_path / kind / "checkpoints" / "last.pt")["finetuned"] is True
     rows = io.read_jsonl(tmp_path / kind / "metrics.jsonl")
     assert rows[-1]["stage"] == f"finetune-{kind}"
+    best = _weights(tmp_path / kind, "best")  # best.pt: still the selected epoch, before fine-tuning
+    assert all(torch.equal(a[k], best[k]) for k in a)
+
+
+def test_finetune_keeps_best_pt_the_selected_epoch_and_crt_resets_a_cosine_head(tmp_path):
+    """best.pt after fine-tuning is the best-validation epoch's checkpoint of the main training (same
+    weights, epoch and validation as without the stage); cRT re-initialises a cosine head (with lr 0 the
+    fine-tuned head is the fresh initialisation, not the trained one)."""
+    base = TINY + ["epochs=2", "train.max_steps_per_epoch=2", "train.precision=fp32", "model.head=cosine",
+                   "train.deterministic=true", f"out={tmp_path}"]
+    Trainer(resolve_config(base + ["name=plain"])).fit()
+    Trainer(resolve_config(base + ["name=crt", "train.finetune=crt", "train.finetune_lr=0"])).fit()
+    plain, tuned = (io.load_checkpoint(tmp_path / n / "checkpoints" / "best.pt") for n in ("plain", "crt"))
+    assert (tuned["epoch"], tuned["val"]) == (plain["epoch"], plain["val"])
+    assert all(torch.equal(plain["model"][k], tuned["model"][k]) for k in plain["model"])
+    trained, reset = _weights(tmp_path / "plain")["head.weight"], _weights(tmp_path / "crt")["head.weight"]
+    assert not torch.equal(trained, reset)
+    bound = 1 / reset.shape[1] ** 0.5
+    assert float(reset.abs().max()) <= bound  # U(-1/sqrt(D), 1/sqrt(D)), the head's initialisation
 
 
 def test_finetune_killed_before_its_checkpoint_is_redone_with_one_metrics_row(tmp_path, monkeypatch):
@@ -179,18 +205,22 @@ def test_finetune_killed_before_its_checkpoint_is_redone_with_one_metrics_row(tm
                    "train.deterministic=true", f"out={tmp_path}", "train.finetune=rw", "train.finetune_lr=0.05"]
     Trainer(resolve_config(base + ["name=straight"])).fit()
 
-    def killed(*args, **kwargs):  # the process dies after the metrics row, before best.pt / last.pt
-        raise KeyboardInterrupt
+    real_save = io.save_checkpoint
+
+    def killed(path, state, *args, **kwargs):  # the process dies after the metrics row, before last.pt
+        if state.get("finetuned"):
+            raise KeyboardInterrupt
+        return real_save(path, state, *args, **kwargs)
 
     with monkeypatch.context() as m:
-        m.setattr(Trainer, "save_weights", killed)
+        m.setattr(io, "save_checkpoint", killed)
         with pytest.raises(KeyboardInterrupt):
             Trainer(resolve_config(base + ["name=killed"])).fit()
     assert not io.load_checkpoint(tmp_path / "killed" / "checkpoints" / "last.pt").get("finetuned")
     Trainer(resolve_config(base + ["name=killed"])).fit()  # resumes and redoes the stage
     stages = [r.get("stage") for r in io.read_jsonl(tmp_path / "killed" / "metrics.jsonl")]
     assert stages.count("finetune-rw") == 1
-    a, b = _weights(tmp_path / "straight", "best"), _weights(tmp_path / "killed", "best")
+    a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "killed")
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 

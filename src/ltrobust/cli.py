@@ -9,13 +9,32 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import inspect
 import logging
 import re
 import sys
 from typing import Any, Sequence
 
-from .errors import LtrobustError
+from .errors import ConfigError, LtrobustError
+
+IMPORT_FLAG = ("--import",)
+IMPORT_OPTIONS = dict(dest="imports", action="append", metavar="MODULE",
+                      help="import MODULE first (repeatable), so its @MODELS / @DATASETS / @METHODS.register "
+                           "entries exist; also $LTROBUST_PLUGINS=mod1,mod2")
+
+EPILOG_EVAL = """\
+attacks: clean, fgsm, pgdK, mimK, cwK, adaptive[K], aa, apgd, square; suffix -l2 for the l_2 ball.
+
+a run or checkpoint written by ltrobust train:
+  ltrobust eval runs/NAME attacks=clean,fgsm,pgd20,pgd100,mim20,cw20,cw100,aa,adaptive checkpoint=best
+
+weights ltrobust did not write (results in out=, default runs/eval/<name>):
+  ltrobust eval weights=PATH model=ARCH [model.OPTION=v] [model.mean=..,..,.. model.std=..,..,..] dataset=... data_dir=...
+  ARCH: an ltrobust model (ltrobust list), torchvision.<name>, timm.<name>,
+        robustbench.<dataset>.<threat>.<name> (pip install 'ltrobust[robustbench]'), or module:callable
+  e.g. ltrobust eval weights=r18.pt model=torchvision.resnet18 dataset=imagefolder data_dir=data/mine attacks=clean,pgd20,aa
+"""
 
 #: the README section that explains the keys (``train --help`` names it; a test checks that it exists)
 README_CONFIG_SECTION = "Configuration"
@@ -27,7 +46,8 @@ keys (section.key=value, or the bare key when unique; see README "{readme}"):
 methods (method=NAME; their options as NAME=value, e.g. beta=6):
 {methods}
 
-losses (loss=NAME; outer loss of any method, also the attack loss with attack.loss_mode=inner|both):
+losses (loss=NAME; outer loss of any method, also the attack loss with attack.loss_mode=inner|both;
+attack.loss=NAME sets the attack loss alone):
 {losses}
 
 presets (preset=NAME): {presets}
@@ -123,9 +143,7 @@ def _eval_epilog() -> str:
         "keys (key=value; eval.KEY or the bare KEY when unique; a run's config.yaml may set other defaults):",
         *_RUN_KEYS, *_key_lines(EvalConfig, "eval.", [f.name for f in dataclasses.fields(EvalConfig)
                                                         if f.name != "checkpoint"]),
-        "attacks: clean, fgsm, pgdK, mimK, cwK, adaptive[K], aa, apgd, square; suffix -l2 for the l_2 ball.",
-        "example: ltrobust eval runs/NAME attacks=clean,fgsm,pgd20,pgd100,mim20,cw20,cw100,aa,adaptive "
-        "checkpoint=best"])
+        "", EPILOG_EVAL])
 
 
 _THREAT_KEYS = ("eps", "step_size", "norm", "adjust", "adjust_tau", "seed", "batch_size")
@@ -181,8 +199,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ltrobust", description="Adversarial robustness under long-tailed data.",
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument(*IMPORT_FLAG, **IMPORT_OPTIONS, default=[])
+    plugins = argparse.ArgumentParser(add_help=False)  # --import also after the command
+    plugins.add_argument(*IMPORT_FLAG, **IMPORT_OPTIONS, default=argparse.SUPPRESS)
     sub = p.add_subparsers(dest="command", required=True)
     raw = argparse.RawDescriptionHelpFormatter
+    sub.add_parser = functools.partial(sub.add_parser, parents=[plugins])  # type: ignore[method-assign]
 
     data = sub.add_parser("data", help="data set tools")
     dsub = data.add_subparsers(dest="data_command", required=True)
@@ -194,9 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
                            epilog=_train_epilog())
     train.add_argument("overrides", nargs="*", metavar="key=value")
 
-    ev = sub.add_parser("eval", help="evaluate a run or checkpoint with an attack suite", formatter_class=raw,
-                        epilog=_eval_epilog())
-    ev.add_argument("run", metavar="RUN_OR_CHECKPOINT")
+    ev = sub.add_parser("eval", help="evaluate a run, a checkpoint, or any weights with an attack suite",
+                        formatter_class=raw, epilog=_eval_epilog())
+    ev.add_argument("run", metavar="RUN_OR_CHECKPOINT", nargs="?")
     ev.add_argument("overrides", nargs="*", metavar="key=value")
 
     au = sub.add_parser("audit", help="gradient-masking audit (logit re-scaling, zero gradients, PGD-AA gap, ...)",
@@ -250,10 +272,26 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from .evaluation.runs import evaluate_run
     from .evaluation.evaluator import markdown_table
 
-    result = evaluate_run(args.run, args.overrides)
+    overrides = list(args.overrides)
+    if args.run and "=" in args.run:  # `ltrobust eval weights=PATH model=ARCH ...`
+        args.run, overrides = None, [args.run, *overrides]
+    if any(o.startswith("weights=") for o in overrides):
+        from .evaluation.weights import evaluate_weights
+
+        if args.run:
+            raise ConfigError(f"give either a run ({args.run}) or weights=PATH, not both.")
+        result = evaluate_weights(overrides)
+        print(markdown_table(result))
+        print(f"results: {result['out']}/{result['tag']}.json")
+        return 0
+    if not args.run:
+        raise ConfigError("ltrobust eval needs a run folder, a checkpoint, or weights=PATH model=ARCH (see "
+                          "ltrobust eval --help).")
+    from .evaluation.runs import evaluate_run
+
+    result = evaluate_run(args.run, overrides)
     print(markdown_table(result))
     print(f"results: {result['run']}/eval/{result['tag']}.json")
     return 0
@@ -338,7 +376,9 @@ def dashed_options(argv: Sequence[str]) -> list[str]:
     out: list[str] = []
     args = list(argv)
     for i, arg in enumerate(args):
-        if not arg.startswith("--") or arg in ("--", "--help", "--verbose"):
+        if not arg.startswith("--") or arg in ("--", "--help", "--verbose") or arg.split("=")[0] in IMPORT_FLAG:
+            continue
+        if i > 0 and args[i - 1] in IMPORT_FLAG:  # a module name after --import
             continue
         key, eq, value = arg[2:].partition("=")
         if not eq:
@@ -361,6 +401,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
+        from .registry import load_plugins
+
+        load_plugins(args.imports)
         return COMMANDS[args.command](args)
     except LtrobustError as exc:
         print(f"error: {one_line(str(exc))}", file=sys.stderr)

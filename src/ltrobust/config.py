@@ -29,7 +29,7 @@ from .errors import ConfigError
 
 PRESET_DIR = Path(__file__).resolve().parent / "configs"
 
-_PROFILES = ("exp", "step", "full", "balanced-small")
+_PROFILES = ("exp", "step", "linear", "full", "balanced-small")
 _AUGMENTS = ("none", "crop", "crop_flip", "autoaugment", "randaugment")
 
 
@@ -49,7 +49,7 @@ class DataConfig:
 
     dataset: str = "digits-lt"
     data_dir: str | None = None  #: folder holding the data set's files (not needed for digits-lt)
-    profile: str = "exp"  #: exp | step | full | balanced-small
+    profile: str = "exp"  #: exp | step | linear | full | balanced-small
     imbalance: float = 10.0  #: imbalance ratio n_max / n_min (>= 1)
     selection_seed: int = 0  #: seed of the per-class shuffle (LDAM-DRW procedure)
     test_profile: str = "full"  #: full (balanced test set) | lt (subsample with the training profile)
@@ -60,6 +60,11 @@ class DataConfig:
     image_size: int = -1  #: resize for ImageNet-LT / DermaMNIST ViT; -1: native
     download: bool = False  #: download the official files when missing (only when asked)
     resample_gamma: float = -1.0  #: self-distillation teacher: gamma * n_min images per class; -1: IR / 2
+    class_counts: str = ""  #: imagefolder: training images per class, a list (500,120,30) or a JSON file; "": train/
+    #: the long-tailed subset read from a file (a published split) instead of profile / imbalance / seed:
+    #: JSON (a list of training indices, or {"train": list or {class: list}, "test": list}, e.g. a run's
+    #: manifest.json), .npy or a text file of training indices, all into the source's training split
+    indices_file: str | None = None
 
     def __post_init__(self) -> None:
         _check(self.profile in _PROFILES, f"data.profile={self.profile!r} is not one of {_PROFILES}.")
@@ -83,6 +88,9 @@ class ModelConfig:
     head: str = "linear"  #: linear | cosine
     cosine_scale: float = 10.0  #: s of the cosine head
     cosine_gamma: float = 1.0 / 32  #: gamma of the cosine head
+    #: a local file of pretrained backbone weights (vit_b16: timm's ViT-B/16 checkpoint, e.g. the
+    #: augreg ImageNet-21k .npz / .pth / .safetensors), loaded with timm's loader; never downloaded
+    pretrained: str | None = None
 
     def __post_init__(self) -> None:
         _check(self.head in ("linear", "cosine"), f"model.head={self.head!r}: use linear or cosine.")
@@ -98,9 +106,15 @@ class AttackConfig:
     steps: int = 10
     random_start: bool = True
     loss_mode: str = "outer"  #: where a long-tailed loss applies: outer | inner | both
+    #: the AE-generation loss (a LOSSES name) apart from the outer one, e.g. rw with loss=bsl (REAT Table 2);
+    #: empty: as loss_mode says. Methods with an attack objective of their own (TRADES' KL, ...) refuse it
+    loss: str = ""
+    loss_args: Mapping[str, Any] = field(default_factory=dict)  #: options of attack.loss, e.g. {power: 0.5}
 
     def __post_init__(self) -> None:
         _check(self.norm in ("linf", "l2"), f"attack.norm={self.norm!r}: use linf or l2.")
+        _check(self.loss or not self.loss_args, "attack.loss_args is set but attack.loss is empty: name the attack "
+               "loss, e.g. attack.loss=rw.")
         if self.norm == "linf":
             _check_eps("attack.eps", self.eps)
         else:
@@ -134,6 +148,9 @@ class TrainConfig:
     weight_decay: float = 5e-4
     schedule: str = "step"  #: step | cosine | constant
     milestones: tuple[int, ...] = ()  #: epochs where the step schedule multiplies lr by lr_decay
+    #: how milestones count epochs: 0 (the first epoch is 0; decay from the (m+1)-th epoch on) | 1 (the first
+    #: epoch is 1, as the AT-BSL and RoBal authors' code; decay from the m-th epoch on). docs/methods.md
+    milestone_base: int = 0
     lr_decay: float = 0.1
     warmup_epochs: int = 0
     precision: str = "auto"  #: auto (bf16 where native) | bf16 | fp32
@@ -172,6 +189,8 @@ class TrainConfig:
                f"train.finetune={self.finetune!r}: use none, crt, rw or lws.")
         _check(0.0 <= self.ema < 1.0, f"train.ema={self.ema} must be in [0, 1).")
         _check(all(m >= 0 for m in self.milestones), "train.milestones must be non-negative epochs.")
+        _check(self.milestone_base in (0, 1), f"train.milestone_base={self.milestone_base}: use 0 (epochs count "
+               "from 0) or 1 (from 1, as the AT-BSL and RoBal authors' code).")
         _check(self.val_attack_steps >= 0, f"train.val_attack_steps={self.val_attack_steps} is negative: use 0 or "
                "more, e.g. train.val_attack_steps=10.")
         _check(self.max_steps_per_epoch >= 0, f"train.max_steps_per_epoch={self.max_steps_per_epoch} is negative: "
@@ -225,6 +244,10 @@ class RunConfig:
             return self.name
         loss = "" if self.method.loss == "ce" else f"-{self.method.loss}"
         ir = f"-ir{self.data.imbalance:g}" if self.data.profile == "exp" else f"-{self.data.profile}"
+        if self.data.profile == "linear":
+            ir += f"-ir{self.data.imbalance:g}"
+        if self.data.indices_file:
+            ir += f"-idx{Path(self.data.indices_file).stem}"
         return f"{self.data.dataset}{ir}-{self.model.name}-{self.method.name}{loss}-s{self.train.seed}"
 
 
@@ -525,6 +548,9 @@ def validate_names(cfg: RunConfig) -> None:
     method_cls = METHODS.get(cfg.method.name)
     LOSSES.get(cfg.method.loss)
     method_options(cfg)
+    if cfg.attack.loss:
+        _build_options(getattr(LOSSES.get(cfg.attack.loss), "Options", None), cfg.attack.loss_args,
+                       f"attack loss {cfg.attack.loss!r}")
     loss_cls = LOSSES.get(cfg.method.loss)
     _build_options(getattr(loss_cls, "Options", None), cfg.method.loss_args, f"loss {cfg.method.loss!r}")
     del method_cls

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io as _bytes_io
 import json
 import logging
 import math
@@ -38,6 +37,7 @@ from .. import io
 from ..attacks.pgd import eval_mode, pgd
 from ..attacks.suite import AttackSpec, parse_attack, run_attack
 from ..attacks.threat import threat_model
+from ..device import flush_denormals
 from ..errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -130,6 +130,7 @@ def quick_robustness(model: nn.Module, split: Any, num_classes: int, attack_cfg:
     from .metrics import per_class_recall
 
     device = next(model.parameters()).device
+    flush_denormals(device)
     idx = balanced_subset(split.labels, n_samples, seed)
     threat = threat_model(attack_cfg.norm, attack_cfg.eps)
     clean_pred, rob_pred, labels = [], [], []
@@ -202,7 +203,8 @@ class Evaluation:
     Args:
         model: the deployed model (inference adjustments applied), any device; attacked in eval mode.
         split: test split (``images`` uint8 (N, C, H, W), ``labels``) or a streaming split.
-        class_counts: training images per class (they define head / body / tail and the other groups).
+        class_counts: training images per class (they define head / body / tail and the other groups);
+            ``None``: unknown, those groups are left out (then ``num_classes`` is required).
         attacks: attack names in cascade order (``clean, fgsm, pgd20, pgd100, mim20, cw20, cw100, aa,
             apgd, square, adaptive``; ``-l2`` suffix for the l_2 ball). ``clean`` always comes first.
         out_dir: folder of the chunk files and the results (``<out_dir>/<tag>.json``, ``.md``,
@@ -218,6 +220,7 @@ class Evaluation:
         tail_group: classes of the T-Clean / T-PGD tail group; ``None``: ``max(1, C // 10)``.
         meta: extra keys copied into the result (run folder, config, audit flags, ...).
         progress: show a progress bar (chunks x attacks). Default: True.
+        num_classes: C, when ``class_counts`` is ``None``.
 
     Example::
 
@@ -226,19 +229,23 @@ class Evaluation:
         result["results"]["worst_case"]["balanced_accuracy"]
     """
 
-    def __init__(self, model: nn.Module, split: Any, class_counts: Sequence[int], attacks: Sequence[str],
+    def __init__(self, model: nn.Module, split: Any, class_counts: Sequence[int] | None, attacks: Sequence[str],
                  out_dir: str | Path, tag: str = "eval", eps: float = 8 / 255, step_size: float = 2 / 255,
                  norm: str = "linf", batch_size: int = 256, chunk_size: int = 1000, n_samples: int = 0,
                  seed: int = 0, mode: str = "cascade", tail_group: int | None = None,
-                 meta: dict[str, Any] | None = None, progress: bool = True) -> None:
+                 meta: dict[str, Any] | None = None, progress: bool = True, num_classes: int | None = None) -> None:
         if mode not in ("cascade", "standalone"):
             raise ConfigError(f"mode={mode!r}: use cascade or standalone.")
         if batch_size < 1 or chunk_size < 1:
             raise ConfigError("evaluation batch_size and chunk_size must be >= 1.")
         self.model = model
         self.split = split
-        self.class_counts = [int(c) for c in class_counts]
-        self.num_classes = len(self.class_counts)
+        if class_counts is None and num_classes is None:
+            raise ConfigError("Evaluation needs class_counts (training images per class) or num_classes.")
+        self.class_counts = None if class_counts is None else [int(c) for c in class_counts]
+        self.num_classes = int(num_classes) if num_classes is not None else len(self.class_counts or ())
+        if self.class_counts is not None and len(self.class_counts) != self.num_classes:
+            raise ConfigError(f"class_counts has {len(self.class_counts)} entries for {self.num_classes} classes.")
         names: list[str] = ["clean"]
         for a in attacks:
             a = a.strip().lower()
@@ -287,6 +294,7 @@ class Evaluation:
         Runs in true fp32: TF32 convolutions and matmuls are switched off for the evaluation. Holds
         ``<out_dir>/.<tag>.lock`` meanwhile, so two processes never write the same tag's chunks.
         """
+        flush_denormals(self.device)
         with io.run_lock(self.out_dir / f".{self.tag}.lock", f"eval {self.tag}"), strict_fp32():
             return self._run()
 
@@ -390,9 +398,7 @@ class Evaluation:
             "flags": np.stack([np.concatenate([c["flags"][m] for c in chunks]).astype(bool) for m in names]),
             "preds": np.stack([np.concatenate([c["preds"][m] for c in chunks]).astype(np.int64) for m in names]),
         }
-        buf = _bytes_io.BytesIO()
-        np.savez_compressed(buf, **arrays)
-        io.atomic_write_bytes(self.out_dir / f"{self.tag}_samples.npz", buf.getvalue())
+        io.write_npz(self.out_dir / f"{self.tag}_samples.npz", arrays)
 
     # --------------------------------------------------------------------------- aggregate
     def _aggregate(self, chunks: list[dict[str, Any]]) -> dict[str, Any]:
@@ -491,6 +497,8 @@ def markdown_table(result: dict[str, Any]) -> str:
     else:
         lines += ["Standalone: each column is that attack alone on the clean-correct images; the worst case "
                   "is the per-sample minimum. Accuracies in %.", ""]
+    if result.get("groups_note"):
+        lines += [result["groups_note"], ""]
     head = ["attack", "overall", "balanced", *(titles.get(g, g) for g in groups), "worst class", "boundary err."]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name in names:
@@ -501,18 +509,20 @@ def markdown_table(result: dict[str, Any]) -> str:
                  _num(r.get("boundary_error"), 2)]
         lines.append("| " + " | ".join(cells) + " |")
     counts = result["class_counts"]
-    lines += ["", "Per-class recall (%), classes by training count:", "",
-              "| attack | " + " | ".join(str(c) for c in range(len(counts))) + " |",
-              "|---|" + "---|" * len(counts),
-              "| train count | " + " | ".join(str(c) for c in counts) + " |"]
+    num_classes = len(res[names[0]]["per_class"])
+    lines += ["", "Per-class recall (%):", "",
+              "| attack | " + " | ".join(str(c) for c in range(num_classes)) + " |",
+              "|---|" + "---|" * num_classes]
+    if counts is not None:
+        lines.append("| train count | " + " | ".join(str(c) for c in counts) + " |")
     for name in names:
         lines.append(f"| {column_title(name)} | " + " | ".join(_num(v) for v in res[name]["per_class"]) + " |")
     fooled = [(n, res[n].get("predicted_distribution") or {}) for n in names if n != "clean"]
     fooled = [(n, d["fooled"]) for n, d in fooled if isinstance(d, dict) and d.get("fooled") is not None]
     if fooled:
         lines += ["", "Predicted classes of the adversarial examples that fool the model (% of them):", "",
-                  "| attack | " + " | ".join(str(c) for c in range(len(counts))) + " |",
-                  "|---|" + "---|" * len(counts)]
+                  "| attack | " + " | ".join(str(c) for c in range(num_classes)) + " |",
+                  "|---|" + "---|" * num_classes]
         lines += [f"| {column_title(n)} | " + " | ".join(_num(v) for v in d) + " |" for n, d in fooled]
     audit = result.get("audit")
     if audit:

@@ -27,7 +27,7 @@ from matplotlib.ticker import MaxNLocator
 
 from .. import io
 from ..evaluation.metrics import class_order
-from .collect import Group, RunFiles, data_label
+from .collect import Group, RunFiles, data_label, method_loss
 from .tables import attack_title
 
 CLEAN_COLOR, ROBUST_COLOR, COUNT_COLOR = "#4C72B0", "#C44E52", "#7F7F7F"
@@ -109,12 +109,12 @@ def tradeoff_figure(groups: Sequence[Group], robust: str | None, metric: str = "
         return None
     fig = Figure(figsize=(6.4, 4.8), layout="constrained")
     ax = fig.add_subplot(1, 1, 1)
-    methods = list(dict.fromkeys(f"{g.config.get('method.name')} + {g.config.get('method.loss')}" for g, _, _ in pts))
+    methods = list(dict.fromkeys(method_loss(g) for g, _, _ in pts))
     data = list(dict.fromkeys(f"{g.config.get('data.dataset')} {data_label(g.config)}" for g, _, _ in pts))
     markers = "os^Dv<>pP*X"
     colors = [f"C{i % 10}" for i in range(len(methods))]
     for g, c, r in pts:
-        mi = methods.index(f"{g.config.get('method.name')} + {g.config.get('method.loss')}")
+        mi = methods.index(method_loss(g))
         di = data.index(f"{g.config.get('data.dataset')} {data_label(g.config)}")
         ax.errorbar(c["mean"], r["mean"], xerr=c["std"] if g.n > 1 else None, yerr=r["std"] if g.n > 1 else None,
                     fmt=markers[di % len(markers)], color=colors[mi], ms=7, capsize=2, elinewidth=0.8)

@@ -32,7 +32,7 @@ from .. import io
 from ..attacks import check_attacks
 from ..config import RunConfig, dump_yaml, load_run_config, loss_options, method_options, to_dict
 from ..errors import CheckpointError, ConfigError, TrainingDiverged
-from ..device import resolve_amp, resolve_device, unwrap  # noqa: F401 (re-exported)
+from ..device import flush_denormals, resolve_amp, resolve_device, unwrap  # noqa: F401 (re-exported)
 from ..registry import LOSSES, METHODS
 from .cost import peak_memory_mb, reset_peaks
 from .loggers import Logger, build_logger, scalars_of
@@ -271,13 +271,13 @@ class Trainer:
                     self.save_weights(self.ckpt_dir / "best.pt", epoch, val)
                 io.save_checkpoint(self.ckpt_dir / "last.pt", self.state(epoch))
             log.info("epoch %d/%d %s", epoch, epochs - 1, _fmt_record(record))
+        if self.dist.main and epochs > 0 and not (self.ckpt_dir / "best.pt").exists():
+            # no validation ran: "best" is the last epoch (before any fine-tuning), said so in the summary
+            self.save_weights(self.ckpt_dir / "best.pt", epochs - 1, None)
         if self.cfg.train.finetune != "none" and start <= epochs:
             from .finetune import finetune
 
-            finetune(self)
-        if self.dist.main and epochs > 0 and not (self.ckpt_dir / "best.pt").exists():
-            # no validation ran: "best" is the last epoch, said so in the summary
-            self.save_weights(self.ckpt_dir / "best.pt", epochs - 1, None)
+            finetune(self)  # the fine-tuned model goes to last.pt; best.pt stays the selected epoch's
         summary = {"run_dir": str(self.run_dir), "epochs": epochs, "best": self.best,
                    "method": self.cfg.method.name, "loss": self.cfg.method.loss}
         if self.dist.main:
@@ -299,6 +299,7 @@ class Trainer:
     def train_epoch(self, epoch: int) -> dict[str, Any]:
         cfg, method, model = self.cfg, self.method, self.train_model
         attack_model = self.attack_model
+        flush_denormals(self.device)  # every epoch: code run between epochs may have switched it off
         method.on_epoch_start(epoch)
         self.loader.set_epoch(epoch)
         model.train()

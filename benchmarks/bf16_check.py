@@ -37,7 +37,7 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from speed import device_name, find_data_dir, versions  # noqa: E402
+from harness import device_name, find_data_dir, versions  # noqa: E402
 
 TARGET_POINTS = 1.0
 

@@ -215,3 +215,47 @@ def test_errors():
         tde(Tiny(), None)
     with pytest.raises(ConfigError, match="features"):
         tau_norm(nn.Linear(2, 3), None)
+
+
+# ------------------------------------------------------------------ composition with the deployed model
+def _method_names() -> list[str]:
+    import ltrobust.methods  # noqa: F401  (registers every method)
+    from ltrobust.registry import METHODS
+
+    return METHODS.names()
+
+
+@pytest.mark.parametrize("method", _method_names())
+def test_every_adjustment_at_identity_serves_the_deployed_logits(method):
+    """Each adjustment at its identity setting (tau 0; tau_norm keeping the bias; tde alpha 0) serves the
+    method's deployed logits exactly: an adjustment composes with the deployed rule (RoBal's Eq. 11 with
+    -tau_p log pi), never with the bare head."""
+    from dataclasses import replace
+
+    from ltrobust.config import resolve_config
+    from ltrobust.evaluation.runs import build_deployed
+    from ltrobust.models import build_model
+    from ltrobust.registry import METHODS
+
+    extra = ["tau_p=1.5"] if method == "robal" else []
+    cfg = resolve_config([f"method={method}", "dataset=digits-lt", "model=smallcnn", "model.width=4", *extra])
+    head = METHODS.get(method).required_head or cfg.model.head
+    torch.manual_seed(0)
+    model = build_model(replace(cfg.model, head=head), num_classes=3, in_channels=1, mean=None, std=None,
+                        image_size=8).eval()
+    counts, x = [6, 3, 1], torch.rand(4, 1, 8, 8)
+    _, deployed = build_deployed(cfg, model, counts)
+    with torch.no_grad():
+        expected = deployed(x)
+        identities = {"logit_adjust": {}, "cdt": {}, "tau_norm": {"keep_bias": True},
+                      "tde": {"mean_feature": model.features(torch.rand(8, 1, 8, 8)).mean(0)}}
+        for name, options in identities.items():
+            adj = resolve_config(["eval.adjust=" + name, "eval.adjust_tau=0"], base=cfg)
+            if name == "tau_norm" and head == "cosine":
+                with pytest.raises(ConfigError, match="linear head"):
+                    build_deployed(adj, model, counts, adjust_options=options)
+                continue
+            served = build_deployed(adj, model, counts, adjust_options=options)[1]
+            assert torch.allclose(served(x), expected, atol=1e-5), (method, name)
+            f = served.features(x)
+            assert torch.allclose(served.logits_from_features(f), expected, atol=1e-5), (method, name)

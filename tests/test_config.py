@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from ltrobust.config import (RunConfig, dump_yaml, list_presets, load_preset, load_run_config, method_options,
-                             parse_value, resolve_config)
+from ltrobust.config import (RunConfig, dump_yaml, fmt_fraction, list_presets, load_preset, load_run_config,
+                             method_options, parse_value, resolve_config)
 from ltrobust.errors import ConfigError
 
 
@@ -118,3 +118,17 @@ def test_reference_numbers_are_kept_through_presets_yaml_and_grids(tmp_path):
                         "best-val"), ({"source": "x", "table": "T", "values": {"a": 1}, "colour": 1}, "unknown key")):
         with pytest.raises(ConfigError, match=match):
             resolve_config({"reference": [bad]})
+
+
+def test_fractions_print_as_fractions_and_config_yaml_shows_them(tmp_path):
+    cases = {8 / 255: "8/255", 2 / 255: "2/255", 12 / 255: "12/255", 1 / 3: "1/3", 1 / 170: "1/170", 0.1: "0.1",
+             1e-05: "1e-05", 0.03125: "0.03125", 2.0: "2.0", -8 / 255: "-8/255", 0.123456789: "0.123456789"}
+    assert {v: fmt_fraction(v) for v in cases} == cases
+    assert fmt_fraction((0.0, 2 / 255, 16 / 255)) == "0.0,2/255,16/255" and fmt_fraction("pgd20") == "pgd20"
+    cfg = resolve_config(["attack.eps=4/255", "eval.step_size=1/255", "train.lr=0.1"])
+    text = dump_yaml(cfg)
+    assert "  eps: 0.01568627450980392  # 4/255\n" in text and "  step_size: 0.00392156862745098  # 1/255\n" in text
+    assert "  lr: 0.1\n" in text and "  cosine_gamma: 0.03125\n" in text  # short decimals stay as they are
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    assert load_run_config(path) == cfg  # the comments change nothing for a YAML reader

@@ -38,7 +38,7 @@ def test_other_profiles():
     assert class_counts("balanced-small", 5000, 10, 100) == [1240] * 10  # 12,406 // 10
     assert class_counts("exp", 5000, 10, 1) == [5000] * 10
     with pytest.raises(ConfigError):
-        class_counts("linear", 5000, 10, 10)
+        class_counts("quadratic", 5000, 10, 10)  # "linear" is a profile since issue 17
 
 
 def _ldam_drw_official(labels, img_num_per_cls, seed):

@@ -107,6 +107,31 @@ def test_focal_with_gamma_0_is_ce():
     assert close(LOSSES.build("focal", COUNTS, gamma=0.0)(t(Z), y()), float(cross_entropy(t(Z), y())))
 
 
+def sigmoid(v: float) -> float:
+    return 1.0 / (1.0 + math.exp(-v))
+
+
+def test_sigmoid_focal_by_hand():
+    # one binary problem per class: q_c = sigmoid(z_c) for the label, 1 - sigmoid(z_c) for the others,
+    # -sum_c (1 - q_c)^2 log q_c per sample (RoBal's Table 1 / S5 "applied with BCE loss")
+    def per(v, label, gamma):
+        q = [sigmoid(a) if c == label else 1.0 - sigmoid(a) for c, a in enumerate(v)]
+        return -sum((1.0 - qc) ** gamma * math.log(qc) for qc in q)
+
+    f0, f1 = per(Z[0], 1, 2.0), per(Z[1], 2, 2.0)
+    assert close(focal_loss(t(Z), y(), gamma=2.0, form="sigmoid"), (f0 + f1) / 2)
+    assert close(focal_loss(t(Z), y(), 2.0, [1.0, 2.0, 4.0], form="sigmoid"), (2 * f0 + 4 * f1) / 6)
+    assert close(LOSSES.build("focal", COUNTS, form="sigmoid")(t(Z), y()), (f0 + f1) / 2)
+    # gamma 0: summed BCE of the one-hot target; CB-focal in the same form
+    bce = (per(Z[0], 1, 0.0) + per(Z[1], 2, 0.0)) / 2
+    assert close(focal_loss(t(Z), y(), gamma=0.0, form="sigmoid"), bce)
+    w = class_balanced_weights(COUNTS, 0.9999).tolist()
+    cb = (w[1] * f0 + w[2] * f1) / (w[1] + w[2])
+    assert close(LOSSES.build("cb", COUNTS, beta=0.9999, gamma=2.0, form="sigmoid")(t(Z), y()), cb)
+    with pytest.raises(ConfigError, match="form"):
+        LOSSES.build("focal", COUNTS, form="bce")
+
+
 def test_class_balanced_weights_by_hand():
     raw = [0.1 / (1 - 0.9 ** 2), 0.1 / (1 - 0.9)]  # beta 0.9, counts (2, 1)
     expected = [2 * r / sum(raw) for r in raw]

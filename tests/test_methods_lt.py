@@ -386,6 +386,25 @@ def test_self_distill_needs_a_teacher_unless_alpha_is_zero():
     assert torch.allclose(out["loss"].detach(), make("at_bsl").compute_loss(model, x, x_adv, y)["loss"].detach())
 
 
+def test_self_distill_teacher_config_drops_what_belongs_to_the_student():
+    """The teacher inherits the data, model and threat model, never the student's inference adjustment
+    (cdt would divide the teacher's logits by n_c^tau and flatten the distillation targets)."""
+    from ltrobust.methods.self_distill import SelfDistillOptions, teacher_config
+
+    student = resolve_config(["preset=self-distill-digits", "eval.adjust=cdt", "eval.adjust_tau=0.3",
+                              "eval.tag=post", "attack.loss_mode=both", "train.record_ae_drift=true",
+                              "train.ema=0.99", "train.sampler=class_balanced", "train.finetune=crt"])
+    teacher = teacher_config(student, SelfDistillOptions(teacher_epochs=3, teacher_batch_size=32))
+    assert (teacher.eval.adjust, teacher.eval.adjust_tau, teacher.eval.tag) == ("none", 1.0, "")
+    assert teacher.attack.loss_mode == "outer" and not teacher.train.record_ae_drift
+    assert (teacher.train.ema, teacher.train.sampler, teacher.train.finetune) == (0.0, "uniform", "none")
+    assert (teacher.method.name, teacher.method.loss, dict(teacher.method.args)) == ("pgd_at", "ce", {})
+    # shared with the student: data, model, threat model, evaluation attacks
+    assert (teacher.data, teacher.model) == (student.data, student.model)
+    assert (teacher.attack.eps, teacher.eval.eps, teacher.eval.attacks) == (
+        student.attack.eps, student.eval.eps, student.eval.attacks)
+
+
 def _run(tmp_path: Path, name: str, extra: list[str]) -> Trainer:
     return train(resolve_config(TINY + [f"out={tmp_path}", f"name={name}"] + extra))
 
@@ -478,6 +497,33 @@ def test_every_method_has_its_presets():
               "self-distill-cifar10lt-resnet18", "self-distill-cifar100lt-resnet18", "taet-cifar10lt-ir10-resnet18",
               "at-bsl-digits", "robal-digits", "reat-digits", "self-distill-digits", "taet-digits"):
         assert p in names, p
+
+
+def test_loss_label_names_the_loss_each_method_actually_trains_with():
+    """Result rows say the loss used: at_bsl and self_distill train BSL whatever loss= says, RoBal its
+    own margin-and-bias CE, REAT its base loss + TAIL, TAET HARL; the others their configured loss."""
+    assert make("pgd_at", loss="bsl").loss_label == "bsl" and make("trades").loss_label == "ce"
+    assert make("at_bsl").loss_label == "bsl"
+    assert make("self_distill").loss_label == "bsl + kd" and make("self_distill", alpha=0.0).loss_label == "bsl"
+    assert make("robal").loss_label == "margin-bias ce + kl" and make("robal", alpha=0.0).loss_label == "margin-bias ce"
+    assert make("reat").loss_label == "bsl + tail"
+    assert make("reat", base_loss="focal", tail_weight=0.0).loss_label == "focal"
+    assert make("taet").loss_label == "harl (ce)"
+    assert make("awp", base="pgd_at").loss_label == "ce"
+
+
+def test_reat_paper_presets_use_the_authors_tail_reduction_without_margin():
+    """001's numbers come from the authors' code: the official TAIL reduction, no margin; the paper form
+    with the 1-nat margin stays the option default (and the digits smoke preset's)."""
+    from ltrobust.config import method_options
+
+    for p in ("reat-cifar10lt-resnet18", "reat-cifar100lt-resnet18"):
+        opts = method_options(resolve_config([f"preset={p}"]))
+        assert (opts.tail_reduction, opts.tail_margin) == ("official", None), p
+    opts = method_options(resolve_config(["preset=reat-cifar10lt-resnet18", "tail_reduction=paper", "tail_margin=1"]))
+    assert (opts.tail_reduction, opts.tail_margin) == ("paper", 1.0)
+    opts = method_options(resolve_config(["preset=reat-digits"]))
+    assert (opts.tail_reduction, opts.tail_margin) == ("paper", 1.0)
 
 
 @pytest.mark.parametrize("preset", PAPER_PRESETS)

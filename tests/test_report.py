@@ -223,6 +223,21 @@ def test_report_options_tags_and_errors(runs, tmp_path):
     assert (tmp_path / "cli" / "index.html").is_file()
 
 
+def test_rows_are_labelled_by_the_loss_actually_used(tmp_path):
+    """An at_bsl run configured with loss=ce trained BSL: its row says so (the eval JSON's loss_label);
+    results written before loss_label existed keep the configured loss."""
+    from ltrobust.report.collect import Entry, Group, _label
+
+    def group(gid, result, method):
+        flat = {"method.name": method, "method.loss": "ce"}
+        return Group(gid=gid, key=(("method.name", method),), entries=[Entry(tmp_path / gid, "", result, flat)])
+
+    groups = [group("g1", {"loss_label": "bsl"}, "at_bsl"), group("g2", {}, "pgd_at"),
+              group("g3", {"loss_label": "margin-bias ce + kl"}, "robal")]
+    _label(groups)
+    assert [g.label for g in groups] == ["at_bsl + bsl", "pgd_at + ce", "robal + margin-bias ce + kl"]
+
+
 def test_audit_shapes_are_read_tolerantly():
     from ltrobust.report.plots import audit_series_title
 

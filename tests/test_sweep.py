@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from ltrobust.evaluation import runs as runs_module
 from ltrobust.training import trainer as trainer_module
@@ -79,6 +80,34 @@ def test_paper_grids_cover_the_studies(tmp_path):
     scale = plan_runs(load_grid("data-scale-cifar10lt", [f"out={tmp_path}"]))
     assert {p.cfg.data.profile for p in scale} == {"full", "balanced-small", "exp"}
     assert all(p.cfg.model.name == "resnet18" and p.cfg.data.dataset == "cifar10-lt" for p in t1 + ir + scale)
+
+
+def test_robal_table1_rows_are_table_s5_forms(tmp_path):
+    """LDAM on the linear head with no scale (s = 1) and focal / CB-focal in the sigmoid (BCE) form, as
+    in RoBal's Table S5, on hand-made logits."""
+    from ltrobust.config import loss_options
+    from ltrobust.registry import LOSSES
+
+    rows = {p.label: p.cfg for p in load_grid("robal-table1-cifar10lt", [f"out={tmp_path}"]).points}
+    counts = [16, 1, 81]
+    z, y = torch.tensor([[1.0, 2.0, 0.5], [0.3, -1.0, 2.0]]), torch.tensor([1, 2])
+
+    def built(label):
+        cfg = rows[label]
+        return LOSSES.get(cfg.method.loss)(counts, options=loss_options(cfg), total_epochs=cfg.train.epochs)
+
+    # g_i = W_i^T f(x) - 1{i = y} delta_i, delta = 0.5 n^(-1/4) / max n^(-1/4) = (0.25, 0.5, 1/6)
+    delta = [0.25, 0.5, 0.5 / 3]
+    expected = (torch.nn.functional.cross_entropy(z - torch.tensor([[0, delta[1], 0], [0, 0, delta[2]]]), y))
+    assert float(built("Class-aware margin (LDAM)")(z, y)) == pytest.approx(float(expected), abs=1e-6)
+
+    def bce_focal(v, label):
+        q = [1 / (1 + math.exp(-a)) if c == label else 1 - 1 / (1 + math.exp(-a)) for c, a in enumerate(v)]
+        return -sum((1 - qc) ** 2 * math.log(qc) for qc in q)
+
+    per = [bce_focal(z[0].tolist(), 1), bce_focal(z[1].tolist(), 2)]
+    assert float(built("Hard-example mining (focal)")(z, y)) == pytest.approx(sum(per) / 2, abs=1e-6)
+    assert rows["Re-weighting (CB-focal)"].method.loss_args["form"] == "sigmoid"
 
 
 def test_grid_order_command_line_wins_and_bad_grids_are_named(tmp_path):

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 from dataclasses import dataclass, field, fields, replace
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -27,7 +29,7 @@ from .errors import ConfigError
 
 PRESET_DIR = Path(__file__).resolve().parent / "configs"
 
-_PROFILES = ("exp", "step", "full", "balanced-small")
+_PROFILES = ("exp", "step", "linear", "full", "balanced-small")
 _AUGMENTS = ("none", "crop", "crop_flip", "autoaugment", "randaugment")
 
 
@@ -37,7 +39,7 @@ def _check(cond: bool, msg: str) -> None:
 
 
 def _check_eps(name: str, value: float) -> None:
-    _check(0.0 <= value <= 1.0, f"{name}={value} is outside [0, 1]: eps is in pixel units of images in "
+    _check(0.0 <= value <= 1.0, f"{name}={fmt_fraction(value)} is outside [0, 1]: eps is in pixel units of images in "
            f"[0, 1], e.g. 8/255 for l_inf; write {name}=8/255.")
 
 
@@ -47,7 +49,7 @@ class DataConfig:
 
     dataset: str = "digits-lt"
     data_dir: str | None = None  #: folder holding the data set's files (not needed for digits-lt)
-    profile: str = "exp"  #: exp | step | full | balanced-small
+    profile: str = "exp"  #: exp | step | linear | full | balanced-small
     imbalance: float = 10.0  #: imbalance ratio n_max / n_min (>= 1)
     selection_seed: int = 0  #: seed of the per-class shuffle (LDAM-DRW procedure)
     test_profile: str = "full"  #: full (balanced test set) | lt (subsample with the training profile)
@@ -58,6 +60,11 @@ class DataConfig:
     image_size: int = -1  #: resize for ImageNet-LT / DermaMNIST ViT; -1: native
     download: bool = False  #: download the official files when missing (only when asked)
     resample_gamma: float = -1.0  #: self-distillation teacher: gamma * n_min images per class; -1: IR / 2
+    class_counts: str = ""  #: imagefolder: training images per class, a list (500,120,30) or a JSON file; "": train/
+    #: the long-tailed subset read from a file (a published split) instead of profile / imbalance / seed:
+    #: JSON (a list of training indices, or {"train": list or {class: list}, "test": list}, e.g. a run's
+    #: manifest.json), .npy or a text file of training indices, all into the source's training split
+    indices_file: str | None = None
 
     def __post_init__(self) -> None:
         _check(self.profile in _PROFILES, f"data.profile={self.profile!r} is not one of {_PROFILES}.")
@@ -81,6 +88,9 @@ class ModelConfig:
     head: str = "linear"  #: linear | cosine
     cosine_scale: float = 10.0  #: s of the cosine head
     cosine_gamma: float = 1.0 / 32  #: gamma of the cosine head
+    #: a local file of pretrained backbone weights (vit_b16: timm's ViT-B/16 checkpoint, e.g. the
+    #: augreg ImageNet-21k .npz / .pth / .safetensors), loaded with timm's loader; never downloaded
+    pretrained: str | None = None
 
     def __post_init__(self) -> None:
         _check(self.head in ("linear", "cosine"), f"model.head={self.head!r}: use linear or cosine.")
@@ -96,9 +106,15 @@ class AttackConfig:
     steps: int = 10
     random_start: bool = True
     loss_mode: str = "outer"  #: where a long-tailed loss applies: outer | inner | both
+    #: the AE-generation loss (a LOSSES name) apart from the outer one, e.g. rw with loss=bsl (REAT Table 2);
+    #: empty: as loss_mode says. Methods with an attack objective of their own (TRADES' KL, ...) refuse it
+    loss: str = ""
+    loss_args: Mapping[str, Any] = field(default_factory=dict)  #: options of attack.loss, e.g. {power: 0.5}
 
     def __post_init__(self) -> None:
         _check(self.norm in ("linf", "l2"), f"attack.norm={self.norm!r}: use linf or l2.")
+        _check(self.loss or not self.loss_args, "attack.loss_args is set but attack.loss is empty: name the attack "
+               "loss, e.g. attack.loss=rw.")
         if self.norm == "linf":
             _check_eps("attack.eps", self.eps)
         else:
@@ -132,6 +148,9 @@ class TrainConfig:
     weight_decay: float = 5e-4
     schedule: str = "step"  #: step | cosine | constant
     milestones: tuple[int, ...] = ()  #: epochs where the step schedule multiplies lr by lr_decay
+    #: how milestones count epochs: 0 (the first epoch is 0; decay from the (m+1)-th epoch on) | 1 (the first
+    #: epoch is 1, as the AT-BSL and RoBal authors' code; decay from the m-th epoch on). docs/methods.md
+    milestone_base: int = 0
     lr_decay: float = 0.1
     warmup_epochs: int = 0
     precision: str = "auto"  #: auto (bf16 where native) | bf16 | fp32
@@ -154,6 +173,7 @@ class TrainConfig:
     record_ae_drift: bool = False
     ae_drift_samples: int = 256
     max_steps_per_epoch: int = 0  #: >0 caps steps per epoch (smoke tests)
+    logger: str = "none"  #: tracker of every number of metrics.jsonl: none | tensorboard (README "Experiment tracking")
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 0, f"train.epochs={self.epochs} must be >= 0.")
@@ -169,6 +189,8 @@ class TrainConfig:
                f"train.finetune={self.finetune!r}: use none, crt, rw or lws.")
         _check(0.0 <= self.ema < 1.0, f"train.ema={self.ema} must be in [0, 1).")
         _check(all(m >= 0 for m in self.milestones), "train.milestones must be non-negative epochs.")
+        _check(self.milestone_base in (0, 1), f"train.milestone_base={self.milestone_base}: use 0 (epochs count "
+               "from 0) or 1 (from 1, as the AT-BSL and RoBal authors' code).")
         _check(self.val_attack_steps >= 0, f"train.val_attack_steps={self.val_attack_steps} is negative: use 0 or "
                "more, e.g. train.val_attack_steps=10.")
         _check(self.max_steps_per_epoch >= 0, f"train.max_steps_per_epoch={self.max_steps_per_epoch} is negative: "
@@ -179,17 +201,17 @@ class TrainConfig:
 class EvalConfig:
     """The evaluation suite (SPEC 4)."""
 
-    attacks: tuple[str, ...] = ("clean", "pgd20")
-    norm: str = "linf"
-    eps: float = 8 / 255
+    attacks: tuple[str, ...] = ("clean", "pgd20")  #: the suite, in cascade order (clean always first)
+    norm: str = "linf"  #: linf | l2
+    eps: float = 8 / 255  #: radius of the threat model, pixel units of images in [0, 1]
     step_size: float = 2 / 255  #: PGD / MIM / CW step (TAET preset: 1/255)
-    batch_size: int = 256
+    batch_size: int = 256  #: images per attack call
     chunk_size: int = 1000  #: images per resumable chunk
     n_samples: int = 0  #: evaluate the first n test images (balanced order); 0: all
     checkpoint: str = "best"  #: best | last
     adjust: str = "none"  #: inference adjustment: none | logit_adjust | tau_norm | cdt | tde
-    adjust_tau: float = 1.0
-    seed: int = 0
+    adjust_tau: float = 1.0  #: tau of logit_adjust / tau_norm / cdt (alpha of tde)
+    seed: int = 0  #: seed of the test sample and of every attack's randomness
     mode: str = "cascade"  #: cascade (each attack on the images still robust) | standalone
     tag: str = ""  #: suffix of the result files, for several evaluations of one checkpoint
     tail_group: int = 0  #: classes in the T-Clean / T-PGD tail group; 0: C // 10 (002's convention)
@@ -224,6 +246,10 @@ class RunConfig:
             return self.name
         loss = "" if self.method.loss == "ce" else f"-{self.method.loss}"
         ir = f"-ir{self.data.imbalance:g}" if self.data.profile == "exp" else f"-{self.data.profile}"
+        if self.data.profile == "linear":
+            ir += f"-ir{self.data.imbalance:g}"
+        if self.data.indices_file:
+            ir += f"-idx{Path(self.data.indices_file).stem}"
         return f"{self.data.dataset}{ir}-{self.model.name}-{self.method.name}{loss}-s{self.train.seed}"
 
 
@@ -293,7 +319,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 raise TypeError
             return dict(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"{key}={value!r} is not a valid {tp}.") from None
+        shown = fmt_fraction(value) if isinstance(value, float) else repr(value)
+        raise ConfigError(f"{key}={shown} is not a valid {tp}.") from None
     return value
 
 
@@ -311,11 +338,12 @@ def _leaf_index() -> dict[str, list[str]]:
 
 
 def _all_keys() -> list[str]:
+    """Every key a user may write, each once (an alias such as ``epochs`` is also a leaf name)."""
     keys = list(TOP_LEVEL) + list(ALIASES)
     for sec, cls in SECTIONS.items():
         keys += [f"{sec}.{n}" for n in _field_names(cls)]
     keys += list(_leaf_index())
-    return keys
+    return list(dict.fromkeys(keys))
 
 
 def _method_option_fields(method: str, loss: str) -> tuple[list[str], list[str]]:
@@ -576,13 +604,18 @@ def validate_names(cfg: RunConfig) -> None:
 
     Attack names (``eval.attacks``) are checked where attacks live: :func:`ltrobust.attacks.check_attacks`,
     called by the trainer before any training and by the sweep before any run."""
-    from .registry import DATASETS, LOSSES, METHODS, MODELS
+    from .registry import DATASETS, LOGGERS, LOSSES, METHODS, MODELS
 
+    if cfg.train.logger != "none" and cfg.train.logger not in LOGGERS:
+        raise ConfigError(f"train.logger: {LOGGERS.unknown_message(cfg.train.logger)[:-1]}, or none.")
     DATASETS.get(cfg.data.dataset)
     MODELS.get(cfg.model.name)
     method_cls = METHODS.get(cfg.method.name)
     LOSSES.get(cfg.method.loss)
     method_options(cfg)
+    if cfg.attack.loss:
+        _build_options(getattr(LOSSES.get(cfg.attack.loss), "Options", None), cfg.attack.loss_args,
+                       f"attack loss {cfg.attack.loss!r}")
     loss_cls = LOSSES.get(cfg.method.loss)
     _build_options(getattr(loss_cls, "Options", None), cfg.method.loss_args, f"loss {cfg.method.loss!r}")
     del method_cls
@@ -648,8 +681,21 @@ def to_dict(cfg: RunConfig) -> dict[str, Any]:
     return out
 
 
+_YAML_FLOAT = re.compile(r"^(\s*(?:- |[\w.]+: ))(-?[0-9][0-9.e+-]*)$")
+
+
 def dump_yaml(cfg: RunConfig) -> str:
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    """The resolved config as YAML (``config.yaml``); a float that is a fraction such as 8/255 carries it as a
+    comment (``eps: 0.03137254901960784  # 8/255``), so the file stays plain numbers for every YAML reader."""
+    lines = []
+    for line in yaml.safe_dump(to_dict(cfg), sort_keys=False).splitlines():
+        m = _YAML_FLOAT.match(line)
+        if m and "." in m.group(2):
+            shown = fmt_fraction(float(m.group(2)))
+            if "/" in shown:
+                line += f"  # {shown}"
+        lines.append(line)
+    return "\n".join(lines) + "\n"
 
 
 def load_run_config(path: str | Path) -> RunConfig:
@@ -690,6 +736,33 @@ def from_dict(nested: Mapping[str, Any]) -> RunConfig:
 def with_updates(cfg: RunConfig, **sections: Mapping[str, Any]) -> RunConfig:
     """A copy of ``cfg`` with some fields of some sections replaced (``train={"epochs": 2}``)."""
     return replace(cfg, **{sec: replace(getattr(cfg, sec), **vals) for sec, vals in sections.items()})
+
+
+def fmt_fraction(v: Any) -> str:
+    """A value as people write it: a float without a short decimal form that is an exact fraction with a
+    denominator up to 1000 as that fraction, over 255 when it is k/255 (``12/255``, not ``4/85``; ``1/3``
+    stays ``1/3``), else the shortest decimal (``0.1``, ``1e-05``); lists and tuples comma-separated.
+    For help texts, comments and messages (run names use :func:`fmt_value`).
+
+    Example::
+
+        fmt_fraction(8 / 255), fmt_fraction(0.1), fmt_fraction((0.0, 2 / 255))   # '8/255', '0.1', '0,2/255'
+    """
+    if isinstance(v, (list, tuple)):
+        return ",".join(fmt_fraction(x) for x in v)
+    if not isinstance(v, float) or not math.isfinite(v):
+        return str(v)
+    if v.is_integer():
+        return repr(v)  # 2.0: still a float
+    text = repr(v)
+    if len(text.lstrip("-").replace("0.", "", 1).lstrip("0").split("e")[0].replace(".", "")) <= 6:
+        return text  # a short decimal: 0.1, 0.03125, 1e-05
+    frac = Fraction(v).limit_denominator(1000)
+    if frac.numerator / frac.denominator != v:
+        return text
+    if 255 % frac.denominator == 0 and frac.denominator > 15:  # 12/255 rather than 4/85; 1/3 stays 1/3
+        return f"{frac.numerator * 255 // frac.denominator}/255"
+    return f"{frac.numerator}/{frac.denominator}"
 
 
 def fmt_value(v: Any) -> str:

@@ -182,6 +182,27 @@ def read_json(path: str | Path, verify: bool = True) -> dict[str, Any]:
     return data
 
 
+def write_npz(path: str | Path, arrays: dict[str, Any]) -> None:
+    """Write NumPy arrays as a compressed ``.npz`` atomically."""
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def read_npz(path: str | Path) -> dict[str, Any]:
+    """Every array of an ``.npz`` written by :func:`write_npz` (no pickled objects)."""
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"array file {path} is missing or unreadable ({exc}); re-run the command that "
+                              "wrote it.") from None
+
+
 def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
     """Append one JSON line and fsync (metrics logs; a torn last line is ignored on read)."""
     path = Path(path)
@@ -223,11 +244,12 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     atomic_write_bytes(path, MAGIC + digest + b"\n" + payload)
 
 
-def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
+def load_checkpoint(path: str | Path, map_location: Any = "cpu", refused_advice: str | None = None) -> dict[str, Any]:
     """Load a checkpoint safely (``weights_only=True``), verifying the checksum of ltrobust files.
 
     Raises :class:`CheckpointError` naming the file and the fix when it is missing, truncated,
-    corrupt or would need arbitrary code to unpickle.
+    corrupt or would need arbitrary code to unpickle (``refused_advice``: the fix to give then, for files
+    that ltrobust did not write; they load without the missing-checksum warning).
     """
     path = Path(path)
     try:
@@ -244,7 +266,8 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
                                   f"it was written. {_OTHER_CHECKPOINT}")
     else:
         payload = raw
-        log.warning("%s has no ltrobust checksum header; loading it with weights_only=True", path)
+        log.log(logging.DEBUG if refused_advice else logging.WARNING,
+                "%s has no ltrobust checksum header; loading it with weights_only=True", path)
     try:
         return torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many types for a damaged file
@@ -252,8 +275,9 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
         if refused:  # weights_only refused a global: the file asks to build Python objects
             raise CheckpointError(f"checkpoint {path} was refused: it asks to build Python objects "
                                   f"({refused.group(1)}), which could run code, and ltrobust loads checkpoints with "
-                                  f"weights_only=True (tensors, numbers, strings, lists and dicts only). Use a "
-                                  f"checkpoint written by ltrobust or a plain state_dict from a source you trust.") from None
+                                  f"weights_only=True (tensors, numbers, strings, lists and dicts only). "
+                                  + (refused_advice or "Use a checkpoint written by ltrobust; for other weights, "
+                                     "save model.state_dict() and run `ltrobust eval weights=PATH model=ARCH ...`.")) from None
         reason = " ".join(str(exc).split())[:200]
         raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({type(exc).__name__}: {reason}). "
                               f"{_OTHER_CHECKPOINT}") from None

@@ -1,4 +1,4 @@
-"""One small registry for data sets, models, attacks, losses, methods and analyses.
+"""One small registry for data sets, models, attacks, losses, methods, analyses and experiment trackers.
 
 Each entry is registered with a decorator (timm's ``@register_model`` pattern), so the CLI and the
 parametrised tests find every entry by name without an if/elif chain::
@@ -14,7 +14,7 @@ parametrised tests find every entry by name without an if/elif chain::
 from __future__ import annotations
 
 import difflib
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 from .errors import ConfigError
 
@@ -76,6 +76,7 @@ LOSSES = Registry("loss")
 METHODS = Registry("method")
 ADJUSTMENTS = Registry("inference adjustment")
 ANALYSES = Registry("analysis")
+LOGGERS = Registry("logger")  # experiment trackers of train.logger (training/loggers.py)
 
 _loaded = False
 _loading = False
@@ -95,9 +96,49 @@ def _load_builtin_entries() -> None:
         import importlib
         import importlib.util
 
-        for pkg in ("data", "models", "attacks", "losses", "methods", "evaluation.adjust", "analysis"):
+        for pkg in ("data", "models", "attacks", "losses", "methods", "evaluation.adjust", "analysis",
+                    "training.loggers"):
             if importlib.util.find_spec(f"ltrobust.{pkg}") is not None:
                 importlib.import_module(f"ltrobust.{pkg}")
+        load_plugins()
         _loaded = True
     finally:
         _loading = False
+
+
+#: Environment variable naming user modules to import (comma-separated), e.g. ``LTROBUST_PLUGINS=mypkg.models``.
+PLUGINS_ENV = "LTROBUST_PLUGINS"
+_plugins: list[str] = []
+
+
+def load_plugins(names: Iterable[str] = ()) -> list[str]:
+    """Import the user modules ``names`` and those of ``$LTROBUST_PLUGINS``, so their ``@MODELS.register``,
+    ``@DATASETS.register``, ``@METHODS.register`` ... decorators run; returns every plugin imported so far.
+
+    The current folder is searched first (as ``python -m`` does). ``names`` are added to the variable, so
+    processes started from this one (sweep workers, DDP ranks) import them too.
+
+    Example::
+
+        load_plugins(["mypkg.models"])   # what `ltrobust --import mypkg.models ...` does
+    """
+    import importlib
+    import os
+    import sys
+
+    env = [n.strip() for n in os.environ.get(PLUGINS_ENV, "").split(",") if n.strip()]
+    wanted = list(dict.fromkeys([*env, *(n.strip() for n in names if n.strip())]))
+    if wanted != env:
+        os.environ[PLUGINS_ENV] = ",".join(wanted)
+    if wanted and os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    for name in wanted:
+        if name in _plugins:
+            continue
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise ConfigError(f"cannot import plugin {name!r} (from --import or ${PLUGINS_ENV}): {exc}. Run from "
+                              "the folder that holds it, add that folder to PYTHONPATH, or pip install it.") from None
+        _plugins.append(name)
+    return list(_plugins)

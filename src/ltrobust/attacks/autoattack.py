@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from importlib import metadata
 from pathlib import Path
 from typing import Iterator
@@ -182,7 +183,7 @@ def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: floa
     device = torch.device(device) if device is not None else x.device
     x_run = x.detach().to(device, torch.float32)
     y_run = y.detach().to(device, torch.long)
-    with _attack_state(model, device), _package_log(log_path):
+    with _attack_state(model, device):
         with torch.no_grad():
             num_classes = int(model(x_run[:1]).shape[1])
         plan = autoattack_plan(num_classes, version, n_target_classes)
@@ -194,7 +195,8 @@ def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: floa
             adversary.square.n_queries = int(square_queries)
         log.info("AutoAttack %s (%s), eps=%.6g, %s, %d target classes, %d images", version,
                  ", ".join(plan["attacks"]), eps, norm, plan["n_target_classes"], x_run.shape[0])
-        x_adv, y_adv = adversary.run_standard_evaluation(x_run, y_run, batch_size=batch_size)
+        with _package_log(log_path, AutoAttackProgress(list(plan["attacks"]), x_run.shape[0])):
+            x_adv, y_adv = adversary.run_standard_evaluation(x_run, y_run, batch_size=batch_size)
     robust = y_adv == y_run  # (N,): clean prediction of unbroken points, adversarial one of broken points
     return x_adv.to(out_device, x.dtype), robust.to(out_device)
 
@@ -254,33 +256,86 @@ def _attack_state(model: nn.Module, device: torch.device) -> Iterator[None]:
 
 
 class _Forward(logging.Handler):
-    """Passes the package's warnings on to ltrobust's logger while its log goes to a file."""
+    """Passes the package's warnings on to ltrobust's logger while its log goes elsewhere."""
 
     def emit(self, record: logging.LogRecord) -> None:
         log.handle(record)
 
 
+class AutoAttackProgress(logging.Handler):
+    """Turns the package's per-attack log lines into ltrobust progress lines (INFO), with a time-left estimate.
+
+    The package logs (at DEBUG, logger ``auto-attack``) ``running apgd-ce`` before and ``robust accuracy
+    after APGD-CE: 45.31% (total time 12.3 s)`` after each attack. After attack ``k`` of ``n`` the estimate
+    is the mean time per finished attack, scaled by the share of images still robust (the next attacks
+    run only on them) relative to the images the finished attacks ran on, times the ``n - k`` left.
+    """
+
+    _AFTER = re.compile(r"robust accuracy after (?P<name>[\w-]+): (?P<acc>[\d.]+)% \(total time (?P<t>[\d.]+) s\)")
+    _CLEAN = re.compile(r"(?:initial|clean) accuracy: (?P<acc>[\d.]+)%")
+
+    def __init__(self, attacks: list[str], n_images: int) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.attacks = attacks
+        self.n_images = n_images
+        self.done: list[float] = []  #: robust accuracy (%) after each finished attack
+        self.start_acc: float | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        msg = record.getMessage()
+        clean = self._CLEAN.search(msg)
+        if clean and self.start_acc is None:
+            self.start_acc = float(clean.group("acc"))
+            log.info("AutoAttack: clean accuracy %.2f%% on %d images; running %s", self.start_acc, self.n_images,
+                     ", ".join(self.attacks))
+            return
+        after = self._AFTER.search(msg)
+        if after is None:
+            return
+        acc, total = float(after.group("acc")), float(after.group("t"))
+        ran_on = [self.start_acc if self.start_acc is not None else 100.0, *self.done]  # robust % each attack saw
+        self.done.append(acc)
+        k, n = len(self.done), len(self.attacks)
+        left = ""
+        if k < n and sum(ran_on) > 0:
+            eta = total / sum(ran_on) * acc * (n - k)
+            left = f", about {_duration(eta)} left for {', '.join(self.attacks[k:])}"
+        log.info("AutoAttack %d/%d: robust accuracy after %s %.2f%% (%s so far%s)", k, n, after.group("name"), acc,
+                 _duration(total), left)
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 @contextlib.contextmanager
-def _package_log(log_path: str | Path | None) -> Iterator[None]:
-    """Send the package's log (logger ``auto-attack``) to ``log_path`` at DEBUG level for one run."""
-    if log_path is None:
-        yield
-        return
+def _package_log(log_path: str | Path | None, progress: AutoAttackProgress | None = None) -> Iterator[None]:
+    """For one run, send the package's log (logger ``auto-attack``, DEBUG level) to ``progress`` (per-attack
+    lines on ltrobust's logger) and to ``log_path``; its warnings go on to ltrobust's logger."""
     pkg_log = logging.getLogger("auto-attack")
-    Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-    file_handler = logging.FileHandler(log_path, encoding="utf-8")
-    file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    forward = _Forward(level=logging.WARNING)
+    handlers: list[logging.Handler] = [_Forward(level=logging.WARNING)]
+    if progress is not None:
+        handlers.append(progress)
+    if log_path is not None:
+        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+        file_handler = logging.FileHandler(log_path, encoding="utf-8")
+        file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        handlers.append(file_handler)
     saved = pkg_log.level, pkg_log.propagate
     pkg_log.setLevel(logging.DEBUG)
     pkg_log.propagate = False
-    pkg_log.addHandler(file_handler)
-    pkg_log.addHandler(forward)
+    for h in handlers:
+        pkg_log.addHandler(h)
     try:
         yield
     finally:
-        pkg_log.removeHandler(file_handler)
-        pkg_log.removeHandler(forward)
-        file_handler.close()
+        for h in handlers:
+            pkg_log.removeHandler(h)
+            h.close()
         pkg_log.setLevel(saved[0])
         pkg_log.propagate = saved[1]

@@ -3,7 +3,8 @@
 Names: ``clean``, ``fgsm``, ``pgd<k>`` (CE, uniform start), ``mim<k>`` (momentum 1.0), ``cw<k>``
 (CW_inf margin, kappa 50), ``adaptive`` / ``adaptive<k>`` (PGD on CE of logits x10, REAT Sec. 5.2;
 AT-BSL's LSA), ``aa`` (AutoAttack standard), ``apgd`` (APGD-CE + APGD-T, RoBal's subset), ``square``
-(Square alone, the black-box check of the audit). A ``-l2`` suffix switches to the l_2 threat model
+(Square alone, the black-box check of the audit), ``cw_l2`` / ``cw_l2-<k>`` (the optimisation-based
+Carlini-Wagner l_2 attack, k Adam iterations per binary-search round, default 100; always l_2). A ``-l2`` suffix switches to the l_2 threat model
 (``pgd20-l2``, ``cw100-l2``: PGD on the CW margin in the l_2 ball). Families are registered in
 :data:`~ltrobust.registry.ATTACKS`.
 """
@@ -17,12 +18,13 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from ..device import flush_denormals
 from ..errors import ConfigError
 from ..registry import ATTACKS
 from .pgd import pgd
 from .threat import threat_model
 
-_NAME = re.compile(r"^(?P<family>[a-z]+?)(?P<steps>\d+)?(?P<l2>-l2)?$")
+_NAME = re.compile(r"^(?P<family>[a-z]+?(?:_l2)?)-?(?P<steps>\d+)?(?P<l2>-l2)?$")
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,14 @@ def _adaptive(steps: int | None = None, **base: Any) -> AttackSpec:
     return AttackSpec(family="adaptive", steps=steps or 20, objective="ce", objective_kwargs=(("scale", 10.0),), **base)
 
 
+@ATTACKS.register("cw_l2")
+def _cw_l2(steps: int | None = None, **base: Any) -> AttackSpec:
+    # the authors' l_2 settings (attacks.cw_l2); eps bounds the minimal perturbation found
+    return AttackSpec(family="cw_l2", steps=steps or 100, random_start=False,
+                      objective_kwargs=(("binary_steps", 9), ("lr", 0.01), ("initial_const", 1e-3), ("kappa", 0.0)),
+                      **base)
+
+
 @ATTACKS.register("aa")
 def _aa(steps: int | None = None, **base: Any) -> AttackSpec:
     return AttackSpec(family="aa", aa_version="standard", **base)
@@ -94,7 +104,8 @@ def parse_attack(name: str, eps: float = 8 / 255, step_size: float = 2 / 255, no
     m = _NAME.match(name.strip().lower())
     if not m or m.group("family") not in ATTACKS:
         raise ConfigError(ATTACKS.unknown_message(name) + " Attack names take a step count, e.g. pgd20, cw100.")
-    family, l2 = m.group("family"), bool(m.group("l2")) or norm == "l2"
+    family = m.group("family")
+    l2 = bool(m.group("l2")) or norm == "l2" or family.endswith("_l2")
     steps = int(m.group("steps")) if m.group("steps") else None
     if steps is not None and steps < 0:
         raise ConfigError(f"attack {name!r}: the step count must be >= 0.")
@@ -122,12 +133,17 @@ def run_attack(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torch.Ten
     """Run one resolved attack on a batch; returns adversarial images (clean images for ``clean``)."""
     if spec.family == "clean":
         return x
+    flush_denormals(x.device)
     if spec.aa_version:
         from .autoattack import run_autoattack
 
         x_adv, _ = run_autoattack(model, x, y, eps=spec.eps, norm="Linf" if spec.norm == "linf" else "L2",
                                   version=spec.aa_version, batch_size=x.shape[0], seed=seed)
         return x_adv
+    if spec.family == "cw_l2":
+        from .cw_l2 import cw_l2
+
+        return cw_l2(model, x, y, spec.eps, steps=spec.steps, **dict(spec.objective_kwargs))
     gen = torch.Generator(device=x.device).manual_seed(seed)
     return pgd(model, x, y, threat_model(spec.norm, spec.eps), steps=spec.steps, step_size=spec.step_size,
                objective=spec.objective, random_start=spec.random_start, momentum=spec.momentum,

@@ -7,6 +7,8 @@ on the perturbation ``delta = x_adv - x`` of a batch (B, C, H, W) and never leav
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from ..errors import ConfigError
@@ -39,6 +41,21 @@ class ThreatModel:
     def project(self, delta: torch.Tensor) -> torch.Tensor:
         """Project ``delta`` onto the ball (the [0, 1] box is applied by :meth:`clip`)."""
         raise NotImplementedError
+
+    def per_sample(self, eps: torch.Tensor, ndim: int) -> "ThreatModel":
+        """The same kind of ball with one radius per sample (MMA's adaptive eps).
+
+        Args:
+            eps: radii (B,), each >= 0, in pixel units.
+            ndim: number of dimensions of the inputs (4 for images (B, C, H, W)).
+
+        Returns:
+            A copy whose ``eps`` is ``eps`` shaped (B, 1, ..., 1), usable by :func:`~ltrobust.attacks.pgd`
+            (with a per-sample ``step_size`` of the same shape, if wanted).
+        """
+        ball = copy.copy(self)
+        ball.eps = eps.view(-1, *([1] * (ndim - 1)))
+        return ball
 
     def clip(self, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
         """Project onto the ball, then keep ``x + delta`` in [0, 1]; returns the new delta."""

@@ -28,6 +28,7 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -37,7 +38,7 @@ import torch.nn.functional as F
 from ..config import DataConfig
 from ..errors import ConfigError, DataError
 from ..registry import DATASETS
-from .formats import read_cifar, read_digits, read_imagenet_lt, read_medmnist, read_tinyimagenet
+from .formats import read_cifar, read_digits, read_imagenet_lt, read_medmnist, read_own_folder, read_tinyimagenet
 from .formats.base import RawData, RawSplit
 from .profiles import (balanced_order, balanced_resample_indices, class_counts, class_groups, class_orders,
                        imbalance_ratio, select_lt_indices)
@@ -60,7 +61,7 @@ class DatasetSpec:
 
     name: str
     reader: Callable[[DataConfig], RawData]
-    num_classes: int
+    num_classes: int  #: 0: read from the data (``imagefolder``)
     n_max: int  #: largest class of the official training split (the LT profile's n_max)
     channels: int
     image_size: int  #: native side length in pixels
@@ -98,6 +99,9 @@ register(DatasetSpec("imagenet-lt", read_imagenet_lt, 1000, 1280, 3, 224, -1, 0,
                      IMAGENET_STD, natural=True, streamed=True, summary="ImageNet-LT lists, streamed"))
 register(DatasetSpec("dermamnist", read_medmnist, 7, 4693, 3, 28, -1, 3, True, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5),
                      natural=True, summary="MedMNIST DermaMNIST npz, naturally imbalanced"))
+register(DatasetSpec("imagefolder", read_own_folder, 0, 0, 3, 0, -1, 0, True, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5),
+                     natural=True, summary="your own data: test/<class>/ (+ optional train/, val/), used as is; "
+                                           "class counts from train/ or class_counts="))
 
 
 def get_spec(name: str) -> DatasetSpec:
@@ -163,14 +167,19 @@ def build_data(cfg: DataConfig, device: torch.device | str = torch.device("cpu")
     if cfg.download and spec.name not in ("cifar10-lt", "cifar100-lt"):
         log.warning("data.download=true only fetches CIFAR-10 / CIFAR-100; %s must be prepared by hand "
                     "(docs/data.md)", cfg.dataset)
+    if cfg.class_counts and spec.num_classes:
+        raise ConfigError(f"class_counts= applies to dataset=imagefolder; {cfg.dataset} counts its own training "
+                          "split (leave class_counts empty).")
     raw = spec.reader(cfg)
     num_classes = len(raw.class_names) or spec.num_classes
-    if num_classes != spec.num_classes:
+    if spec.num_classes and num_classes != spec.num_classes:
         raise DataError(f"{cfg.dataset} has {spec.num_classes} classes but the data in {cfg.data_dir} has "
                         f"{num_classes} ({', '.join(raw.class_names[:5])}, ...): point data_dir at the right data set.")
     for name, split in (("train", raw.train), ("test", raw.test), ("val", raw.val)):
         if split is not None and len(split) and (split.labels.min() < 0 or split.labels.max() >= num_classes):
             raise DataError(f"{cfg.dataset}: {name} labels outside 0..{num_classes - 1}.")
+    if cfg.indices_file and spec.natural:
+        raise ConfigError(f"{cfg.dataset} is naturally long-tailed and used as is: data.indices_file does not apply.")
     sel = _select_natural(cfg, spec, raw) if spec.natural else _select_lt(cfg, spec, raw, num_classes)
     train_idx = np.concatenate([sel.train[c] for c in range(num_classes)])
     if not sel.order_by_class:
@@ -184,6 +193,8 @@ def build_data(cfg: DataConfig, device: torch.device | str = torch.device("cpu")
     val = make(val_src, val_idx, size, device) if len(val_idx) else None
     test = make(raw.test, sel.test, size, device)
     counts = [len(sel.train[c]) for c in range(num_classes)]
+    if cfg.class_counts:
+        counts = read_class_counts(cfg.class_counts, raw.class_names)
     native = raw.train.images.shape[1] if raw.train.images is not None else spec.image_size
     image_size = int(train.images.shape[-1]) if isinstance(train, ArraySplit) else size
     padding = cfg.crop_padding if cfg.crop_padding >= 0 else int(round(spec.crop_padding * image_size / native))
@@ -209,11 +220,20 @@ def _select_lt(cfg: DataConfig, spec: DatasetSpec, raw: RawData, num_classes: in
     if n_max != spec.n_max:
         log.warning("%s: the smallest class has %d training images, not the official %d: n_max=%d (counts "
                     "differ from the published ones)", cfg.dataset, n_max, spec.n_max, n_max)
-    counts = class_counts(cfg.profile, n_max, num_classes, cfg.imbalance)
+    orders = class_orders(labels, cfg.selection_seed)
+    listed = read_indices_file(cfg.indices_file, len(labels)) if cfg.indices_file else None
+    if listed is not None:  # a published split: its images in the file's order, then the unselected ones
+        chosen = {c: listed["train"][labels[listed["train"]] == c] for c in range(num_classes)}
+        counts = [len(chosen[c]) for c in range(num_classes)]
+        if min(counts) < 1:
+            raise DataError(f"{cfg.indices_file} selects no training image of class {counts.index(0)}: every class "
+                            "needs at least one.")
+        orders = {c: np.concatenate([chosen[c], orders[c][~np.isin(orders[c], chosen[c])]]) for c in orders}
+    else:
+        counts = class_counts(cfg.profile, n_max, num_classes, cfg.imbalance)
     if min(counts) < 1:
         raise ConfigError(f"imbalance={cfg.imbalance:g} with n_max={n_max} leaves class {counts.index(0)} with no "
                           f"training image (n_max / IR < 1): use imbalance <= {n_max}.")
-    orders = class_orders(labels, cfg.selection_seed)
     v = _val_per_class(cfg, spec)
     train, val, overlap, removed = {}, {}, [], []
     for c in range(num_classes):
@@ -237,7 +257,11 @@ def _select_lt(cfg: DataConfig, spec: DatasetSpec, raw: RawData, num_classes: in
         # once per process: a demo or sweep builds the same data set for every run and evaluation
         log.log(logging.DEBUG if msg in _WARNED else logging.WARNING, msg)
         _WARNED.add(msg)
-    if cfg.test_profile == "lt":
+    if listed is not None and listed.get("test") is not None:
+        test = listed["test"]
+        if len(test) and (test.min() < 0 or test.max() >= len(raw.test)):
+            raise DataError(f"{cfg.indices_file}: test indices outside 0..{len(raw.test) - 1}.")
+    elif cfg.test_profile == "lt":
         test_avail = np.bincount(raw.test.labels, minlength=num_classes)
         test_counts = class_counts(cfg.profile, int(test_avail.min()), num_classes, cfg.imbalance)
         test = np.sort(select_lt_indices(raw.test.labels, test_counts, cfg.selection_seed))
@@ -245,6 +269,54 @@ def _select_lt(cfg: DataConfig, spec: DatasetSpec, raw: RawData, num_classes: in
         test = np.arange(len(raw.test), dtype=np.int64)
     return _Selection(train, val if v else {}, test, n_max, overlap,
                       removed if cfg.val_from == "holdout" else None)
+
+
+def read_indices_file(path: str, n_train: int) -> dict[str, np.ndarray | None]:
+    """The training (and optional test) indices of a published long-tailed split.
+
+    Accepted forms: a ``.npy`` array or a text file (one index per line, ``#`` comments) of training
+    indices; JSON holding a list of training indices, or a mapping with ``train`` (a list, or
+    ``{class: list}`` as ltrobust's manifest) and optionally ``test`` (a list); a run's ``manifest.json``
+    (its ``indices`` section) works as is. Indices point into the source's full training split.
+
+    Returns:
+        ``{"train": int64 (N,), "test": int64 (M,) or None}``.
+    """
+    from pathlib import Path
+
+    file = Path(path).expanduser()
+    try:
+        if file.suffix == ".npy":
+            raw: Any = np.load(file, allow_pickle=False)
+        elif file.suffix == ".json":
+            raw = json.loads(file.read_text())
+        else:
+            raw = [line.split("#")[0].strip() for line in file.read_text().splitlines()]
+            raw = [int(v) for v in raw if v]
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot read data.indices_file={path}: {exc}. Give a .json, .npy or text file of "
+                        "indices into the training split.") from None
+    if isinstance(raw, dict):
+        raw = raw.get("indices", raw)
+    train_raw, test_raw = (raw.get("train"), raw.get("test")) if isinstance(raw, dict) else (raw, None)
+
+    def flat(v: Any) -> np.ndarray:
+        if isinstance(v, dict):
+            v = [i for k in sorted(v, key=int) for i in v[k]]
+        arr = np.asarray(v)
+        if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
+            raise DataError(f"data.indices_file={path}: expected a flat list of integer indices.")
+        return arr.astype(np.int64)
+
+    if train_raw is None:
+        raise DataError(f"data.indices_file={path} has no 'train' indices.")
+    train = flat(train_raw)
+    if len(train) == 0 or train.min() < 0 or train.max() >= n_train:
+        raise DataError(f"data.indices_file={path}: training indices must lie in 0..{n_train - 1} (positions in the "
+                        "source's training split).")
+    if len(np.unique(train)) != len(train):
+        raise DataError(f"data.indices_file={path} lists a training index twice.")
+    return {"train": train, "test": None if test_raw is None else flat(test_raw)}
 
 
 def _select_natural(cfg: DataConfig, spec: DatasetSpec, raw: RawData) -> _Selection:
@@ -255,14 +327,14 @@ def _select_natural(cfg: DataConfig, spec: DatasetSpec, raw: RawData) -> _Select
         raise ConfigError(f"{cfg.dataset} has its own test split: test_profile={cfg.test_profile} does not apply.")
     if raw.val is None:
         raise DataError(f"{cfg.dataset}: the files hold no validation split.")
-    num_classes = spec.num_classes
+    num_classes = spec.num_classes or len(raw.class_names)
     train = {c: np.where(raw.train.labels == c)[0] for c in range(num_classes)}
     v = _val_per_class(cfg, spec)
     val = {c: np.where(raw.val.labels == c)[0] for c in range(num_classes)}
     if v > 0:
         val = {c: idx[:v] for c, idx in val.items()}
     empty = [c for c, idx in train.items() if len(idx) == 0]
-    if empty:
+    if empty and (len(raw.train) or not cfg.class_counts):  # no train/ at all: class_counts= gives the counts
         raise DataError(f"{cfg.dataset}: classes {empty[:10]} have no training images: the files are incomplete.")
     n_max = max(len(i) for i in train.values())
     return _Selection(train, val if v else {}, np.arange(len(raw.test), dtype=np.int64), n_max,
@@ -304,10 +376,11 @@ def _manifest(cfg: DataConfig, spec: DatasetSpec, raw: RawData, sel: _Selection,
     m = {
         "dataset": cfg.dataset,
         "source": raw.source,
-        "profile": "natural" if spec.natural else cfg.profile,
-        "imbalance": imbalance_ratio(counts) if spec.natural else cfg.imbalance,
+        "profile": "natural" if spec.natural else ("indices_file" if cfg.indices_file else cfg.profile),
+        "imbalance": imbalance_ratio(counts) if spec.natural or cfg.indices_file else cfg.imbalance,
         "measured_imbalance": imbalance_ratio(counts),
         "selection_seed": cfg.selection_seed,
+        "indices_file": cfg.indices_file,
         "n_max": sel.n_max,
         "test_profile": cfg.test_profile,
         "val_per_class": _val_per_class(cfg, spec),
@@ -329,13 +402,43 @@ def _manifest(cfg: DataConfig, spec: DatasetSpec, raw: RawData, sel: _Selection,
     return m
 
 
+def read_class_counts(value: str, class_names: list[str]) -> list[int]:
+    """Training images per class from ``class_counts=``: a list (``500,120,30``, ``[500, 120, 30]``) or a JSON
+    file holding such a list or a ``{class name: count}`` mapping."""
+    text = str(value).strip()
+    if not text.startswith("[") and "," not in text:
+        path = Path(text).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"class_counts={text}: no such file; give a list (class_counts=500,120,30) or a JSON "
+                              "file holding one.")
+        try:
+            loaded: Any = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"class_counts file {path} is not valid JSON ({exc}).") from None
+    else:
+        import yaml
+
+        loaded = yaml.safe_load(text if text.startswith("[") else f"[{text}]")
+    if isinstance(loaded, dict):
+        missing = [n for n in class_names if n not in loaded]
+        if missing:
+            raise ConfigError(f"class_counts has no count for classes {missing[:5]} (keys must be the class folder "
+                              "names).")
+        loaded = [loaded[n] for n in class_names]
+    if (not isinstance(loaded, list) or len(loaded) != len(class_names)
+            or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in loaded)):
+        raise ConfigError(f"class_counts={text!r} must list {len(class_names)} non-negative integers, one per class "
+                          f"in folder order ({', '.join(class_names[:5])}{', ...' if len(class_names) > 5 else ''}).")
+    return [int(c) for c in loaded]
+
+
 def resample_gamma(cfg: DataConfig, counts: list[int]) -> float:
     """gamma of the balanced teacher set: ``cfg.resample_gamma``, or IR / 2 (IR nominal for the
     exp / step profiles, measured n_max / n_min otherwise)."""
     if cfg.resample_gamma > 0:
         return float(cfg.resample_gamma)
     natural = get_spec(cfg.dataset).natural
-    ir = cfg.imbalance if cfg.profile in ("exp", "step") and not natural else imbalance_ratio(counts)
+    ir = cfg.imbalance if cfg.profile in ("exp", "step", "linear") and not natural else imbalance_ratio(counts)
     return ir / 2.0
 
 

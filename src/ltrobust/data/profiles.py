@@ -21,7 +21,7 @@ import numpy as np
 
 from ..errors import ConfigError, DataError
 
-PROFILES = ("exp", "step", "full", "balanced-small")
+PROFILES = ("exp", "step", "linear", "full", "balanced-small")
 
 #: many-shot: more than this many training images; few-shot: fewer than ``FEW_SHOT_MAX``.
 MANY_SHOT_MIN = 100
@@ -34,6 +34,8 @@ def class_counts(profile: str, n_max: int, num_classes: int, imbalance: float) -
     Args:
         profile: ``exp`` (exponential decay, ``n_c = int(n_max * (1/IR) ** (c / (C - 1)))``),
             ``step`` (the first ``C // 2`` classes ``n_max``, the others ``int(n_max * (1/IR))``),
+            ``linear`` (linear decay from ``n_max`` to ``n_max / IR``:
+            ``n_c = int(n_max * (1 - (1 - 1/IR) * c / (C - 1)))``, REAT's supplementary Table 6),
             ``full`` (``n_max`` for every class) or ``balanced-small`` (the total of the ``exp`` set
             spread uniformly: ``total // C`` per class, so the total is at most ``C - 1`` images less).
         n_max: images of the largest class (class 0).
@@ -60,6 +62,10 @@ def class_counts(profile: str, n_max: int, num_classes: int, imbalance: float) -
     if profile == "step":
         head = num_classes // 2
         return [int(n_max)] * head + [int(n_max * factor)] * (num_classes - head)
+    if profile == "linear":
+        if num_classes == 1:
+            return [int(n_max)]
+        return [int(n_max * (1.0 - (1.0 - factor) * c / (num_classes - 1.0)) + 1e-9) for c in range(num_classes)]
     if num_classes == 1:
         exp = [int(n_max)]
     else:

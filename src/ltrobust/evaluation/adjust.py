@@ -24,6 +24,11 @@ the signature ``(model, class_counts, tau=..., **options) -> nn.Module``; ``tau 
 ``logit_adjust`` / ``tau_norm`` / ``cdt`` returns the original logits exactly (for ``tau_norm``: of a
 head without bias, or with ``keep_bias=True``); for ``tde`` ``tau`` is Tang's alpha.
 
+Adjustments compose with the method's deployed model (``Method.deployed``): ``logit_adjust`` and ``cdt``
+act on its served logits; ``tau_norm`` and ``tde`` recompute the head's logits from the features and
+then apply the deployed model's own rule, ``model.logits_from_head(z)`` when it has one (RoBal's Eq. 11,
+``z - tau_p log pi``), so at the identity setting every adjustment serves exactly the deployed logits.
+
 Model assumptions: ``logit_adjust`` and ``cdt`` work on any model's logits. ``tau_norm`` and ``tde``
 need ``model.features(x) -> (B, D)`` and ``model.head`` with ``head(f) = f W^T + b``, ``head.weight``
 (C, D) and an optional ``head.bias`` (C,) (:class:`~ltrobust.models.heads.LinearHead`); ``tde`` also
@@ -49,7 +54,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..registry import ADJUSTMENTS
 
-__all__ = ["Adjusted", "none", "logit_adjust", "tau_norm", "cdt", "tde", "mean_feature"]
+__all__ = ["Adjusted", "served_from_head", "none", "logit_adjust", "tau_norm", "cdt", "tde", "mean_feature"]
 
 
 def _counts(class_counts: Sequence[int], name: str) -> torch.Tensor:
@@ -91,6 +96,13 @@ def _linear_head(model: nn.Module, name: str) -> nn.Module:
     return head
 
 
+def served_from_head(model: nn.Module, z: torch.Tensor) -> torch.Tensor:
+    """``model``'s served logits from its head's logits ``z`` (B, C): ``model.logits_from_head(z)`` when the
+    model defines one (a method's deployed rule, e.g. RoBal's Eq. 11), else ``z``."""
+    rule = getattr(model, "logits_from_head", None)
+    return rule(z) if callable(rule) else z
+
+
 class Adjusted(nn.Module):
     """A model whose served logits are an inference-stage adjustment of ``model``'s.
 
@@ -127,7 +139,7 @@ class Adjusted(nn.Module):
 
     def logits_from_features(self, f: torch.Tensor) -> torch.Tensor:
         """Deployed logits (B, C) from penultimate features (B, D)."""
-        return self.adjust_logits(self.model.head(f))
+        return self.adjust_logits(served_from_head(self.model, self.model.head(f)))
 
     def forward(self, x: torch.Tensor, return_features: bool = False):
         """Deployed logits (B, C) of images ``x``; with ``return_features=True`` also the features (B, D)."""
@@ -184,7 +196,7 @@ class TauNormalized(Adjusted):
         w = self.head.weight  # (C, D)
         w = w / w.norm(dim=1, keepdim=True).pow(self.tau)
         b = getattr(self.head, "bias", None) if self.keep_bias else None
-        return F.linear(f, w, b)  # (B, C)
+        return served_from_head(self.model, F.linear(f, w, b))  # (B, C)
 
     def forward(self, x: torch.Tensor, return_features: bool = False):
         f = self.features(x)
@@ -216,8 +228,10 @@ class TDEAdjusted(Adjusted):
         if hasattr(head, "cosine"):
             u = F.normalize(f, dim=1)  # (B, D)
             v = u - self.tau * (u @ d).unsqueeze(1) * d  # (B, D)
-            return head.scale * v.norm(dim=1, keepdim=True) * head.cosine(v)  # scale * <v, W~>
-        return head(f - self.tau * (f @ d).unsqueeze(1) * d)
+            z = head.scale * v.norm(dim=1, keepdim=True) * head.cosine(v)  # scale * <v, W~>
+        else:
+            z = head(f - self.tau * (f @ d).unsqueeze(1) * d)
+        return served_from_head(self.model, z)
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "alpha": self.tau}

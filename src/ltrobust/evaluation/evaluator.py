@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io as _bytes_io
 import json
 import logging
+import math
 import platform
 import time
 from pathlib import Path
@@ -37,6 +37,7 @@ from .. import io
 from ..attacks.pgd import eval_mode, pgd
 from ..attacks.suite import AttackSpec, parse_attack, run_attack
 from ..attacks.threat import threat_model
+from ..device import flush_denormals
 from ..errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -121,32 +122,35 @@ def quick_robustness(model: nn.Module, split: Any, num_classes: int, attack_cfg:
                      n_samples: int = 1000, seed: int = 0, batch_size: int = 256) -> dict[str, Any]:
     """Clean and PGD-``steps`` accuracy on a balanced sample (per-epoch validation; fp32).
 
-    Returns ``{"n", "clean", "rob", "clean_balanced", "rob_balanced", "per_class_rob", "steps"}``
-    (percentages; ``per_class_rob`` is ``None`` for a class absent from the sample).
+    Returns ``{"n", "clean", "rob", "clean_balanced", "rob_balanced", "per_class_clean", "per_class_rob",
+    "steps"}``: percentages computed from integer counts (so 3 of 5 is exactly ``60.0``); the per-class lists
+    are the recalls of :func:`~ltrobust.evaluation.metrics.per_class_recall`, ``None`` for a class absent
+    from the sample, and the balanced accuracies their mean over the classes present.
     """
+    from .metrics import per_class_recall
+
     device = next(model.parameters()).device
+    flush_denormals(device)
     idx = balanced_subset(split.labels, n_samples, seed)
     threat = threat_model(attack_cfg.norm, attack_cfg.eps)
-    clean_ok, rob_ok, labels = [], [], []
+    clean_pred, rob_pred, labels = [], [], []
     gen = torch.Generator(device=device).manual_seed(seed)
     for i in range(0, len(idx), batch_size):
         x, y = images_of(split, idx[i:i + batch_size], device)
         x_adv = pgd(model, x, y, threat, steps=steps, step_size=attack_cfg.step_size, generator=gen)
-        clean_ok.append(predict(model, x) == y)
-        rob_ok.append(predict(model, x_adv) == y)
+        clean_pred.append(predict(model, x))
+        rob_pred.append(predict(model, x_adv))
         labels.append(y)
-    c, r, y = torch.cat(clean_ok).cpu(), torch.cat(rob_ok).cpu(), torch.cat(labels).cpu()
-    per_class_rob = [float(r[y == k].float().mean() * 100) if (y == k).any() else None for k in range(num_classes)]
-    present = [k for k in range(num_classes) if (y == k).any()]
-    return {
-        "n": int(len(y)),
-        "clean": float(c.float().mean() * 100),
-        "rob": float(r.float().mean() * 100),
-        "clean_balanced": float(np.mean([c[y == k].float().mean() * 100 for k in present])),
-        "rob_balanced": float(np.mean([r[y == k].float().mean() * 100 for k in present])),
-        "per_class_rob": per_class_rob,
-        "steps": steps,
-    }
+    y = torch.cat(labels).cpu()
+    out: dict[str, Any] = {"n": int(len(y))}
+    for name, pred in (("clean", torch.cat(clean_pred).cpu()), ("rob", torch.cat(rob_pred).cpu())):
+        per_class = per_class_recall(pred, y, num_classes)
+        present = [v for v in per_class if v is not None]
+        out[name] = 100.0 * int((pred == y).sum()) / max(len(y), 1)
+        out[f"{name}_balanced"] = math.fsum(present) / len(present) if present else 0.0
+        out[f"per_class_{name}"] = per_class
+    out["steps"] = steps
+    return out
 
 
 # ------------------------------------------------------------------------------- one attack, flags
@@ -199,7 +203,8 @@ class Evaluation:
     Args:
         model: the deployed model (inference adjustments applied), any device; attacked in eval mode.
         split: test split (``images`` uint8 (N, C, H, W), ``labels``) or a streaming split.
-        class_counts: training images per class (they define head / body / tail and the other groups).
+        class_counts: training images per class (they define head / body / tail and the other groups);
+            ``None``: unknown, those groups are left out (then ``num_classes`` is required).
         attacks: attack names in cascade order (``clean, fgsm, pgd20, pgd100, mim20, cw20, cw100, aa,
             apgd, square, adaptive``; ``-l2`` suffix for the l_2 ball). ``clean`` always comes first.
         out_dir: folder of the chunk files and the results (``<out_dir>/<tag>.json``, ``.md``,
@@ -215,6 +220,7 @@ class Evaluation:
         tail_group: classes of the T-Clean / T-PGD tail group; ``None``: ``max(1, C // 10)``.
         meta: extra keys copied into the result (run folder, config, audit flags, ...).
         progress: show a progress bar (chunks x attacks). Default: True.
+        num_classes: C, when ``class_counts`` is ``None``.
 
     Example::
 
@@ -223,19 +229,23 @@ class Evaluation:
         result["results"]["worst_case"]["balanced_accuracy"]
     """
 
-    def __init__(self, model: nn.Module, split: Any, class_counts: Sequence[int], attacks: Sequence[str],
+    def __init__(self, model: nn.Module, split: Any, class_counts: Sequence[int] | None, attacks: Sequence[str],
                  out_dir: str | Path, tag: str = "eval", eps: float = 8 / 255, step_size: float = 2 / 255,
                  norm: str = "linf", batch_size: int = 256, chunk_size: int = 1000, n_samples: int = 0,
                  seed: int = 0, mode: str = "cascade", tail_group: int | None = None,
-                 meta: dict[str, Any] | None = None, progress: bool = True) -> None:
+                 meta: dict[str, Any] | None = None, progress: bool = True, num_classes: int | None = None) -> None:
         if mode not in ("cascade", "standalone"):
             raise ConfigError(f"mode={mode!r}: use cascade or standalone.")
         if batch_size < 1 or chunk_size < 1:
             raise ConfigError("evaluation batch_size and chunk_size must be >= 1.")
         self.model = model
         self.split = split
-        self.class_counts = [int(c) for c in class_counts]
-        self.num_classes = len(self.class_counts)
+        if class_counts is None and num_classes is None:
+            raise ConfigError("Evaluation needs class_counts (training images per class) or num_classes.")
+        self.class_counts = None if class_counts is None else [int(c) for c in class_counts]
+        self.num_classes = int(num_classes) if num_classes is not None else len(self.class_counts or ())
+        if self.class_counts is not None and len(self.class_counts) != self.num_classes:
+            raise ConfigError(f"class_counts has {len(self.class_counts)} entries for {self.num_classes} classes.")
         names: list[str] = ["clean"]
         for a in attacks:
             a = a.strip().lower()
@@ -284,6 +294,7 @@ class Evaluation:
         Runs in true fp32: TF32 convolutions and matmuls are switched off for the evaluation. Holds
         ``<out_dir>/.<tag>.lock`` meanwhile, so two processes never write the same tag's chunks.
         """
+        flush_denormals(self.device)
         with io.run_lock(self.out_dir / f".{self.tag}.lock", f"eval {self.tag}"), strict_fp32():
             return self._run()
 
@@ -314,7 +325,7 @@ class Evaluation:
             log.info("eval %s: %d of %d chunks reused from %s", self.tag, reused, len(chunks), self.chunk_dir)
         out = self._aggregate(results)
         out.update(fingerprint=fp, chunks=len(chunks), chunks_reused=reused,
-                   seconds=time.perf_counter() - t0, samples=f"{self.tag}_samples.npz")
+                   seconds=round(time.perf_counter() - t0, 3), samples=f"{self.tag}_samples.npz")
         self._write_samples(results)
         io.write_json(self.out_dir / f"{self.tag}.json", out)
         io.atomic_write_text(self.out_dir / f"{self.tag}.md", markdown_table(out))
@@ -371,7 +382,7 @@ class Evaluation:
                 ok = robust.clone() if self.mode == "cascade" else ok
             flags[spec.name] = ok.tolist()
             preds[spec.name] = pred.tolist()
-            seconds[spec.name] = time.perf_counter() - t
+            seconds[spec.name] = round(time.perf_counter() - t, 3)  # ms: no float noise in the JSON
             bar.update(1)
         flags["worst_case"] = robust.tolist()
         preds["worst_case"] = suite_pred.tolist()
@@ -387,9 +398,7 @@ class Evaluation:
             "flags": np.stack([np.concatenate([c["flags"][m] for c in chunks]).astype(bool) for m in names]),
             "preds": np.stack([np.concatenate([c["preds"][m] for c in chunks]).astype(np.int64) for m in names]),
         }
-        buf = _bytes_io.BytesIO()
-        np.savez_compressed(buf, **arrays)
-        io.atomic_write_bytes(self.out_dir / f"{self.tag}_samples.npz", buf.getvalue())
+        io.write_npz(self.out_dir / f"{self.tag}_samples.npz", arrays)
 
     # --------------------------------------------------------------------------- aggregate
     def _aggregate(self, chunks: list[dict[str, Any]]) -> dict[str, Any]:
@@ -410,7 +419,7 @@ class Evaluation:
             if name != "clean":
                 res["boundary_error"] = boundary_error(clean, correct)
             if name != "worst_case":
-                res["seconds"] = float(sum(c["seconds"].get(name, 0.0) for c in chunks))
+                res["seconds"] = round(math.fsum(c["seconds"].get(name, 0.0) for c in chunks), 3)
             per_attack[name] = res
         out: dict[str, Any] = {
             "tag": self.tag,
@@ -488,6 +497,8 @@ def markdown_table(result: dict[str, Any]) -> str:
     else:
         lines += ["Standalone: each column is that attack alone on the clean-correct images; the worst case "
                   "is the per-sample minimum. Accuracies in %.", ""]
+    if result.get("groups_note"):
+        lines += [result["groups_note"], ""]
     head = ["attack", "overall", "balanced", *(titles.get(g, g) for g in groups), "worst class", "boundary err."]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name in names:
@@ -498,18 +509,20 @@ def markdown_table(result: dict[str, Any]) -> str:
                  _num(r.get("boundary_error"), 2)]
         lines.append("| " + " | ".join(cells) + " |")
     counts = result["class_counts"]
-    lines += ["", "Per-class recall (%), classes by training count:", "",
-              "| attack | " + " | ".join(str(c) for c in range(len(counts))) + " |",
-              "|---|" + "---|" * len(counts),
-              "| train count | " + " | ".join(str(c) for c in counts) + " |"]
+    num_classes = len(res[names[0]]["per_class"])
+    lines += ["", "Per-class recall (%):", "",
+              "| attack | " + " | ".join(str(c) for c in range(num_classes)) + " |",
+              "|---|" + "---|" * num_classes]
+    if counts is not None:
+        lines.append("| train count | " + " | ".join(str(c) for c in counts) + " |")
     for name in names:
         lines.append(f"| {column_title(name)} | " + " | ".join(_num(v) for v in res[name]["per_class"]) + " |")
     fooled = [(n, res[n].get("predicted_distribution") or {}) for n in names if n != "clean"]
     fooled = [(n, d["fooled"]) for n, d in fooled if isinstance(d, dict) and d.get("fooled") is not None]
     if fooled:
         lines += ["", "Predicted classes of the adversarial examples that fool the model (% of them):", "",
-                  "| attack | " + " | ".join(str(c) for c in range(len(counts))) + " |",
-                  "|---|" + "---|" * len(counts)]
+                  "| attack | " + " | ".join(str(c) for c in range(num_classes)) + " |",
+                  "|---|" + "---|" * num_classes]
         lines += [f"| {column_title(n)} | " + " | ".join(_num(v) for v in d) + " |" for n, d in fooled]
     audit = result.get("audit")
     if audit:

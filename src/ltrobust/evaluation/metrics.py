@@ -136,7 +136,7 @@ def class_groups(class_counts: Sequence[int], tail_group: int | None = None) -> 
     }
 
 
-def summarize(correct: Any, y: Any, class_counts: Sequence[int], num_classes: int | None = None,
+def summarize(correct: Any, y: Any, class_counts: Sequence[int] | None, num_classes: int | None = None,
               tail_group: int | None = None) -> dict[str, Any]:
     """Every SPEC 4 metric of one evaluation (clean or one attack) from per-sample correctness.
 
@@ -147,7 +147,9 @@ def summarize(correct: Any, y: Any, class_counts: Sequence[int], num_classes: in
     Args:
         correct: (N,) bool, True where the prediction (clean, or under attack) is right.
         y: (N,) true classes.
-        class_counts: training images per class (length C); they define the groups.
+        class_counts: training images per class (length C); they define the groups. ``None``: unknown,
+            so the count-based groups (head / body / tail, many / medium / few, tail group) are left
+            out and ``num_classes`` is required.
         num_classes: C; default ``len(class_counts)`` (must agree).
         tail_group: classes in the tail group; default ``max(1, C // 10)``.
 
@@ -161,9 +163,11 @@ def summarize(correct: Any, y: Any, class_counts: Sequence[int], num_classes: in
         m = summarize(pred == y, y, class_counts=[500, 100, 10])
         m["accuracy"], m["balanced_accuracy"], m["tail"]
     """
-    counts = [int(c) for c in class_counts]
-    num_classes = len(counts) if num_classes is None else _check_num_classes(num_classes)
-    if len(counts) != num_classes:
+    if class_counts is None and num_classes is None:
+        raise ConfigError("summarize needs class_counts or num_classes.")
+    counts = None if class_counts is None else [int(c) for c in class_counts]
+    num_classes = len(counts) if num_classes is None else _check_num_classes(num_classes)  # type: ignore[arg-type]
+    if counts is not None and len(counts) != num_classes:
         raise ConfigError(f"class_counts has {len(counts)} entries for {num_classes} classes.")
     t = _labels(y, num_classes, "y")
     ok = _np(correct).reshape(-1).astype(bool)
@@ -173,20 +177,21 @@ def summarize(correct: Any, y: Any, class_counts: Sequence[int], num_classes: in
         raise DataError("summarize got no test images.")
     recall = _recalls(ok, t, num_classes)
     present = [c for c in range(num_classes) if recall[c] is not None]
-    groups = class_groups(counts, tail_group)
+    groups = class_groups(counts, tail_group) if counts is not None else {}
     out: dict[str, Any] = {
         "n": int(t.size),
         "accuracy": 100.0 * int(ok.sum()) / int(t.size),
         "balanced_accuracy": _mean(recall[c] for c in present),  # type: ignore[misc]
         "per_class": recall,
     }
-    for name in ("head", "body", "tail", "many", "medium", "few", "tail_group"):
+    for name in groups:
         members = [c for c in groups[name] if recall[c] is not None]
         if members:
             out[name] = _mean(recall[c] for c in members)  # type: ignore[misc]
     worst = min(present, key=lambda c: (recall[c], c))
     out["worst_class"] = {"class": int(worst), "recall": recall[worst]}
-    out["groups"] = groups
+    if counts is not None:
+        out["groups"] = groups
     return out
 
 

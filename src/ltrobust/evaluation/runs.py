@@ -145,7 +145,9 @@ def load_run(path: str | Path, overrides: Sequence[str] = (), device: str | torc
     run_dir, ckpt = resolve_run_path(path, which)
     state = io.load_checkpoint(ckpt, map_location="cpu")
     if "model" not in state:
-        raise CheckpointError(f"{ckpt} holds no model weights ('model' key); is it an ltrobust checkpoint?")
+        raise CheckpointError(f"{ckpt} is not an ltrobust checkpoint (no 'model' key); to evaluate weights that "
+                              f"ltrobust did not write: ltrobust eval weights={ckpt} model=ARCH dataset=... (see "
+                              f"ltrobust eval --help).")
     base_cfg = _config_from_checkpoint(state, ckpt)
     cfg = resolve_config(flat_over, base=base_cfg) if flat_over else base_cfg
     from ..models import build_model
@@ -250,6 +252,7 @@ def evaluate_run(path: str | Path, overrides: Sequence[str] = (), device: str | 
     tag = run.tag
     meta = {"run": str(run.run_dir), "checkpoint": str(run.checkpoint), "checkpoint_epoch": run.epoch,
             "val": run.val, "config": to_dict(cfg), "method": cfg.method.name, "loss": cfg.method.loss,
+            "loss_label": run.method.loss_label,
             "dataset": cfg.data.dataset, "imbalance": cfg.data.imbalance, "train_seed": cfg.train.seed,
             "eps": cfg.eval.eps, "norm": cfg.eval.norm, "step_size": cfg.eval.step_size,
             "deployed": deployed_description(run.deployed), "device": str(dev)}

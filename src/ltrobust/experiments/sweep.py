@@ -365,7 +365,7 @@ def execute(job: dict[str, Any]) -> dict[str, Any]:
     else:
         raise ConfigError(f"unknown sweep job stage {job['stage']!r}")
     return {"stage": job["stage"], "run_dir": str(run_dir), "tag": job.get("tag"), "ran": ran,
-            "seconds": time.perf_counter() - t0}
+            "seconds": round(time.perf_counter() - t0, 3)}
 
 
 def _jsonable_flat(cfg: RunConfig) -> dict[str, Any]:

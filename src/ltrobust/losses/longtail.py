@@ -46,6 +46,8 @@ from ..errors import ConfigError
 from ..registry import LOSSES
 
 _REDUCTIONS = ("mean", "none", "sum")
+#: the two forms of the focal loss (:func:`focal_loss`)
+FOCAL_FORMS = ("softmax", "sigmoid")
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -231,20 +233,34 @@ def ldam_loss(logits: torch.Tensor, targets: torch.Tensor, class_counts: Sequenc
 
 
 def focal_loss(logits: torch.Tensor, targets: torch.Tensor, gamma: float = 2.0,
-               weight: Sequence[float] | torch.Tensor | None = None, reduction: str = "mean") -> torch.Tensor:
-    """Softmax focal loss (Lin et al., ICCV 2017): ``-w_y * (1 - p_y)^gamma * log p_y``.
+               weight: Sequence[float] | torch.Tensor | None = None, reduction: str = "mean",
+               form: str = "softmax") -> torch.Tensor:
+    """Focal loss (Lin et al., ICCV 2017), softmax or sigmoid (BCE) form.
 
-    The multi-class softmax form (as in the LDAM-DRW code, with the true-class probability ``p_y``);
-    RoBal's study applied the sigmoid (BCE) form (003 Table 1, 000 Table S5, gamma = 2). gamma = 0 is CE.
+    ``form="softmax"``: ``-w_y * (1 - p_y)^gamma * log p_y`` with the softmax probability ``p_y`` (the
+    multi-class form of the LDAM-DRW code). ``form="sigmoid"``: one binary problem per class, summed over
+    the classes, ``-w_y * sum_c (1 - q_c)^gamma * log q_c`` with ``q_c = sigmoid(z_c)`` for ``c = y`` and
+    ``1 - sigmoid(z_c)`` otherwise: Lin et al.'s own form and the one RoBal's study applied (003 Table 1,
+    000 Table S5 "applied with BCE loss", gamma = 2). gamma = 0 gives CE (softmax) or summed BCE (sigmoid).
 
     Args:
         logits: (B, C). targets: (B,). gamma: focusing parameter >= 0.
         weight: optional (C,) class weights (CB-focal: :func:`class_balanced_weights`).
         reduction: "mean" (weighted mean with ``weight``) | "none" | "sum".
+        form: "softmax" | "sigmoid".
     """
     _check_reduction(reduction)
-    log_p = F.log_softmax(logits.float(), dim=1).gather(1, targets[:, None]).squeeze(1)  # (B,)
-    loss = -((1.0 - log_p.exp()).clamp_min(0.0) ** gamma) * log_p if gamma else -log_p
+    if form not in FOCAL_FORMS:
+        raise ConfigError(f"focal form={form!r}: use one of {', '.join(FOCAL_FORMS)}.")
+    z = logits.float()  # (B, C)
+    if form == "softmax":
+        nll = -F.log_softmax(z, dim=1).gather(1, targets[:, None])  # -log p_y, (B, 1)
+    else:
+        nll = F.binary_cross_entropy_with_logits(z, F.one_hot(targets, z.shape[1]).to(z.dtype),
+                                                 reduction="none")  # -log q_c, (B, C)
+    if gamma:
+        nll = (-torch.expm1(-nll)).clamp_min(0.0) ** gamma * nll  # (1 - p)^gamma * (-log p)
+    loss = nll.sum(1)  # (B,)
     w = _class_weights(weight, logits)
     if w is None:
         return _reduce(loss, reduction)
@@ -253,15 +269,16 @@ def focal_loss(logits: torch.Tensor, targets: torch.Tensor, gamma: float = 2.0,
 
 
 def class_balanced_loss(logits: torch.Tensor, targets: torch.Tensor, class_counts: Sequence[float] | torch.Tensor,
-                        beta: float = 0.9999, gamma: float = 0.0, reduction: str = "mean") -> torch.Tensor:
+                        beta: float = 0.9999, gamma: float = 0.0, reduction: str = "mean",
+                        form: str = "softmax") -> torch.Tensor:
     """Class-balanced loss (Cui et al., CVPR 2019): ``(1 - beta)/(1 - beta^{n_y})``-weighted CE (gamma 0)
     or focal loss (gamma > 0, "CB-focal", 000 Table S5 uses beta 0.9999, gamma 2).
 
     Weights normalised to sum C (:func:`class_balanced_weights`); "mean" is the weighted mean.
-    beta = 0 gives CE.
+    beta = 0 gives CE. ``form``: the focal form (:func:`focal_loss`; Cui et al.'s code offers both).
     """
     w = class_balanced_weights(class_counts, beta)
-    return focal_loss(logits, targets, gamma=gamma, weight=w, reduction=reduction)
+    return focal_loss(logits, targets, gamma=gamma, weight=w, reduction=reduction, form=form)
 
 
 def class_aware_temperature_loss(logits: torch.Tensor, targets: torch.Tensor,
@@ -417,19 +434,23 @@ class LDAMOptions:
 @dataclass(frozen=True)
 class FocalOptions:
     gamma: float = 2.0  #: focusing parameter (0: CE)
+    form: str = "softmax"  #: softmax | sigmoid (BCE, RoBal Table 1 / S5)
 
     def __post_init__(self) -> None:
         _check(self.gamma >= 0, f"gamma={self.gamma} must be >= 0 (e.g. 2).")
+        _check(self.form in FOCAL_FORMS, f"form={self.form!r}: use one of {', '.join(FOCAL_FORMS)}.")
 
 
 @dataclass(frozen=True)
 class CBOptions:
     beta: float = 0.9999  #: effective-number beta (0: CE)
     gamma: float = 0.0  #: > 0 gives CB-focal
+    form: str = "softmax"  #: focal form with gamma > 0: softmax | sigmoid
 
     def __post_init__(self) -> None:
         _check(0.0 <= self.beta <= 1.0, f"beta={self.beta} must lie in [0, 1], e.g. 0.9999.")
         _check(self.gamma >= 0, f"gamma={self.gamma} must be >= 0.")
+        _check(self.form in FOCAL_FORMS, f"form={self.form!r}: use one of {', '.join(FOCAL_FORMS)}.")
 
 
 @dataclass(frozen=True)
@@ -508,13 +529,13 @@ class LDAMLoss(LongTailLoss):
 
 @LOSSES.register("focal")
 class FocalLoss(LongTailLoss):
-    """Softmax focal loss (:func:`focal_loss`)."""
+    """Focal loss, softmax or sigmoid (BCE) form (:func:`focal_loss`)."""
 
     name = "focal"
     Options = FocalOptions
 
     def __call__(self, logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-        return focal_loss(logits, targets, self.options.gamma, None, reduction)
+        return focal_loss(logits, targets, self.options.gamma, None, reduction, self.options.form)
 
 
 @LOSSES.register("cb")
@@ -530,7 +551,8 @@ class ClassBalancedLoss(LongTailLoss):
         self._set("weights", class_balanced_weights(self.class_counts, self.options.beta))
 
     def __call__(self, logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-        return focal_loss(logits, targets, self.options.gamma, self._on("weights", logits.device), reduction)
+        return focal_loss(logits, targets, self.options.gamma, self._on("weights", logits.device), reduction,
+                          self.options.form)
 
 
 @LOSSES.register("cat")

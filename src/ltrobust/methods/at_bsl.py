@@ -33,6 +33,9 @@ def require_outer_loss_mode(attack: AttackConfig, method: str, objective: str) -
         raise ConfigError(f"method {method!r} crafts its training AEs with {objective} (its paper's choice), so "
                           f"attack.loss_mode={attack.loss_mode!r} does not apply: leave attack.loss_mode=outer, "
                           f"or use method=pgd_at to put a long-tailed loss inside the attack.")
+    if attack.loss:
+        raise ConfigError(f"method {method!r} crafts its training AEs with {objective} (its paper's choice), so "
+                          f"attack.loss={attack.loss!r} does not apply: drop attack.loss, or use method=pgd_at.")
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,10 @@ class ATBSL(Method):
             raise ConfigError(f"method {self.name!r}: loss=bsl has tau={self.loss.options.tau} but the method "
                               f"option tau={self.options.tau}; set the method's tau (e.g. method.tau=0.5) and "
                               f"leave loss.tau at its default.")
+
+    @property
+    def loss_label(self) -> str:
+        return "bsl"
 
     def attack_objective(self, x: torch.Tensor, y: torch.Tensor) -> tuple[Any, dict[str, Any]]:
         return "ce", {}

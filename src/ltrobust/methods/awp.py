@@ -97,6 +97,10 @@ class AWP(Method):
             _add_into_weights(model, self._diff, -self.gamma)
             self._diff = None
 
+    @property
+    def loss_label(self) -> str:
+        return self.base.loss_label
+
     def on_epoch_start(self, epoch: int) -> None:
         super().on_epoch_start(epoch)
         self.base.epoch = epoch

@@ -10,6 +10,7 @@ The trainer owns the optimiser; methods never call ``zero_grad``.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Sequence
 
@@ -74,6 +75,17 @@ class Method:
         self.total_epochs = total_epochs
         self.amp_dtype = amp_dtype
         self.epoch = 0
+        #: ``attack.loss``: the AE-generation loss chosen apart from the outer one (None: as loss_mode says)
+        self.attack_loss = None
+        if attack.loss:
+            if type(self).attack_objective is not Method.attack_objective:
+                raise ConfigError(f"method {self.name!r} crafts its training AEs with an objective of its own (its "
+                                  f"paper's), so attack.loss={attack.loss!r} does not apply: drop attack.loss, or use "
+                                  f"method=pgd_at attack.loss={attack.loss}.")
+            from ..registry import LOSSES
+
+            self.attack_loss = LOSSES.get(attack.loss)(self.class_counts, total_epochs=total_epochs,
+                                                       **dict(attack.loss_args))
 
     # ------------------------------------------------------------------ the two things a method says
     def train_attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -84,7 +96,10 @@ class Method:
                    random_start=a.random_start, objective_kwargs=kwargs, amp_dtype=self.amp_dtype)
 
     def attack_objective(self, x: torch.Tensor, y: torch.Tensor) -> tuple[Any, dict[str, Any]]:
-        """CE by default; the long-tailed loss when ``attack.loss_mode`` is ``inner`` or ``both``."""
+        """``attack.loss`` when set (REAT Table 2: RW / RWS / ENR in the attack, BSL outside); else CE, or the
+        long-tailed loss when ``attack.loss_mode`` is ``inner`` or ``both``."""
+        if self.attack_loss is not None:
+            return self.attack_loss.attack_loss, {}
         if self.attack_cfg.loss_mode in ("inner", "both"):
             return self.loss.attack_loss, {}
         return "ce", {}
@@ -124,8 +139,9 @@ class Method:
 
     def on_epoch_start(self, epoch: int) -> None:
         self.epoch = epoch
-        if hasattr(self.loss, "on_epoch_start"):
-            self.loss.on_epoch_start(epoch)
+        for loss in (self.loss, self.attack_loss):
+            if hasattr(loss, "on_epoch_start"):
+                loss.on_epoch_start(epoch)
 
     def on_epoch_end(self, epoch: int, stats: dict[str, Any]) -> None:
         """``stats['ae_pred_counts']`` holds the predicted-class counts of this epoch's training AEs."""
@@ -137,6 +153,13 @@ class Method:
         """The model whose logits are served and attacked at evaluation (default: the model itself)."""
         return model
 
+    @property
+    def loss_label(self) -> str:
+        """The training loss actually used, for result rows (``at_bsl + bsl``, not the ignored ``loss=``).
+
+        Default: the configured outer loss; methods with a loss of their own override it."""
+        return str(getattr(self.loss, "name", "ce"))
+
     def parameters(self) -> list[nn.Parameter]:
         """Extra trainable parameters owned by the method (none by default)."""
         return []
@@ -147,6 +170,34 @@ class Method:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.epoch = int(state.get("epoch", 0))
+
+
+FEATURES_CONTRACT = (
+    "the model's forward must accept return_features=True and then return (logits (B, C), penultimate features "
+    "(B, D)), as ltrobust models (LTModel) do. For your own network: `def forward(self, x, return_features=False): "
+    "f = self.body(x); z = self.fc(f); return (z, f) if return_features else z`")
+
+
+def logits_and_features(model: nn.Module, x: torch.Tensor, method: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``model(x, return_features=True)``: logits (B, C) and penultimate features (B, D) from one pass (through
+    the wrapper's forward, DDP-safe); a model without that contract raises :class:`ConfigError` saying what
+    ``method`` needs."""
+    from ..device import unwrap
+
+    inner = unwrap(model)
+    try:
+        params = inspect.signature(inner.forward).parameters
+    except (TypeError, ValueError):
+        params = {}
+    if "return_features" not in params and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        raise ConfigError(f"method {method!r} needs the penultimate features of {type(inner).__name__}: "
+                          f"{FEATURES_CONTRACT}.")
+    out = model(x, return_features=True)
+    if not (isinstance(out, (tuple, list)) and len(out) == 2 and all(isinstance(t, torch.Tensor) for t in out)
+            and out[0].dim() == 2 and out[1].dim() == 2):
+        raise ConfigError(f"method {method!r}: {type(inner).__name__}(x, return_features=True) returned "
+                          f"{type(out).__name__}, not (logits (B, C), features (B, D)): {FEATURES_CONTRACT}.")
+    return out[0], out[1]
 
 
 def forward_train(model: nn.Module, x: torch.Tensor, amp_dtype: torch.dtype | None) -> torch.Tensor:

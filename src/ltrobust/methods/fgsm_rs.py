@@ -23,8 +23,9 @@ class FGSMRS(PGDAT):
 
     name = "fgsm_rs"
     Options = FGSMRSOptions
+    random_start: bool = True  #: the uniform start in the eps-ball (``fgsm_at``: none)
 
     def train_attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         objective, kwargs = self.attack_objective(x, y)
         return pgd(model, x, y, self.threat, steps=1, step_size=self.options.step_factor * self.threat.eps,
-                   objective=objective, random_start=True, objective_kwargs=kwargs, amp_dtype=self.amp_dtype)
+                   objective=objective, random_start=self.random_start, objective_kwargs=kwargs, amp_dtype=self.amp_dtype)

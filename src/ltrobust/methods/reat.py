@@ -25,7 +25,7 @@ from ..errors import ConfigError
 from ..losses import rbl_weights, reat_tail_classes, tail_loss_from_terms, tail_terms
 from ..registry import LOSSES, METHODS
 from .at_bsl import require_outer_loss_mode
-from .base import Method
+from .base import Method, logits_and_features
 
 #: the paper's names for its Table 1 losses -> registered LOSSES names
 _LOSS_ALIASES = {"en": "cb", "fl": "focal", "bsl": "bsl", "focal": "focal", "cb": "cb", "ldam": "ldam", "ce": "ce"}
@@ -135,6 +135,11 @@ class REAT(Method):
             w = self._weights_dev[device] = self._weights.to(device)
         return w
 
+    @property
+    def loss_label(self) -> str:
+        base = str(getattr(self.base_loss, "name", "ce"))
+        return f"{base} + tail" if self.options.tail_weight != 0 else base
+
     def attack_objective(self, x: torch.Tensor, y: torch.Tensor) -> tuple[Any, dict[str, Any]]:
         return "weighted_ce", {"weights": self._weights_on(x.device)}
 
@@ -153,7 +158,7 @@ class REAT(Method):
     def compute_loss(self, model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor,
                      y: torch.Tensor) -> dict[str, torch.Tensor]:
         with autocast(x_adv.device, self.amp_dtype):
-            logits, feats = model(x_adv, return_features=True)  # (B, C), (B, D)
+            logits, feats = logits_and_features(model, x_adv, self.name)  # (B, C), (B, D)
         logits = logits.float()
         loss_lt = self.base_loss(logits, y)
         out = {"loss_lt": loss_lt.detach(), "logits_adv": logits.detach()}

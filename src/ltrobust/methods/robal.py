@@ -54,8 +54,8 @@ class RoBalOptions:
             raise ConfigError(f"alpha={self.alpha} must be >= 0 (RoBal: 6 on CIFAR-10-LT, 3 or 6 on CIFAR-100-LT).")
 
 
-def cosine_head(model: nn.Module) -> CosineHead:
-    """The model's :class:`CosineHead` (RoBal needs one; the trainer builds it from ``required_head``)."""
+def cosine_head(model: nn.Module, method: str = "RoBal") -> CosineHead:
+    """The model's :class:`CosineHead` (RoBal and HE need one; the trainer builds it from ``required_head``)."""
     inner = model
     while not hasattr(inner, "head"):
         if hasattr(inner, "module"):
@@ -65,8 +65,16 @@ def cosine_head(model: nn.Module) -> CosineHead:
         else:
             break
     head = getattr(inner, "head", None)
-    if not isinstance(head, CosineHead):
-        raise ConfigError(f"RoBal needs a cosine head (model.head=cosine), got {type(head).__name__}.")
+    no_features = method == "RoBal" and not callable(getattr(inner, "features", None))  # its AEs attack features
+    if not isinstance(head, CosineHead) or no_features:
+        found = (f"its head is a {type(head).__name__}" if head is not None else "it has no `head` attribute")
+        if no_features:
+            found += " and no `features(x)` method"
+        raise ConfigError(
+            f"{method} needs a cosine head (model.head=cosine), but {type(inner).__name__} does not have one: "
+            f"{found}. Build an ltrobust model with head='cosine' (MODELS.build('resnet18', num_classes=C, "
+            "head='cosine')), or give your network a `features(x)` method returning "
+            "(B, D) and `self.head = ltrobust.models.CosineHead(D, C)` with `forward(x) = self.head(self.features(x))`.")
     return head
 
 
@@ -115,6 +123,11 @@ class RoBalDeployed(nn.Module):
         head = self.model.head
         return robal_inference_logits(head.cosine(self.model.features(x)), self.class_counts, s=head.scale,
                                       tau_p=self.tau_p)
+
+    def logits_from_head(self, z: torch.Tensor) -> torch.Tensor:
+        """Served logits from head logits ``z = s * cos`` (B, C): ``z - tau_p * log pi``. Inference
+        adjustments that recompute the head's logits (``eval.adjust=tde``) compose with Eq. 11 through it."""
+        return robal_inference_logits(z, self.class_counts, s=1.0, tau_p=self.tau_p)
 
     def extra_repr(self) -> str:
         return f"tau_p={self.tau_p}"
@@ -173,6 +186,11 @@ class RoBal(Method):
             out["kl"] = kl.detach()
         out["loss"] = loss
         return out
+
+    @property
+    def loss_label(self) -> str:
+        """Eq. 10's margin-and-bias CE, plus the KL term when alpha > 0."""
+        return "margin-bias ce + kl" if self.options.alpha > 0 else "margin-bias ce"
 
     def deployed(self, model: nn.Module) -> nn.Module:
         """``s * cos - tau_p * log pi`` (003 Eq. 11), attacked as served at validation and evaluation."""

@@ -80,20 +80,30 @@ class SelfDistillOptions(ATBSLOptions):
 
 
 def teacher_config(cfg: RunConfig, options: SelfDistillOptions) -> RunConfig:
-    """The teacher's run config: PGD-AT with CE on the student's data, model and attack settings.
+    """The teacher's run config: PGD-AT with CE on the student's data, model, attack and evaluation threat model.
 
-    Changed from the student's: method (pgd_at, loss ce, no options), epochs, batch size, lr, a step
-    schedule at ``teacher_decay_at``, no warm-up, uniform sampling (D_B is already balanced), no
-    fine-tuning stage and no weight EMA (002 trains the teacher with plain PGD-AT)."""
+    Everything that belongs to the student alone is reset to its default: the method (pgd_at, loss ce,
+    no options, ``attack.loss_mode``), the schedule (epochs, batch size, lr, a step schedule at
+    ``teacher_decay_at``, no warm-up), uniform sampling (D_B is already balanced), no fine-tuning stage,
+    no weight EMA (002 trains the teacher with plain PGD-AT), no AE-drift record, and the student's
+    inference settings (``eval.adjust``, ``eval.adjust_tau``, ``eval.tag``): the distillation targets
+    are the teacher's own logits, never an adjusted version of them."""
     epochs = options.teacher_epochs
     milestones = tuple(sorted({int(f * epochs) for f in parse_fractions(options.teacher_decay_at)} - {0}))
+    plain = RunConfig()
     return with_updates(
         cfg,
         method={"name": "pgd_at", "loss": "ce", "args": {}, "loss_args": {}, "teacher": None},
+        attack={"loss_mode": plain.attack.loss_mode},
         train={"epochs": epochs, "batch_size": options.teacher_batch_size, "lr": options.teacher_lr,
                "schedule": "step", "milestones": milestones, "warmup_epochs": 0, "sampler": "uniform",
-               "finetune": "none", "ema": 0.0},
+               "finetune": "none", "ema": 0.0, "record_ae_drift": False},
+        eval={k: getattr(plain.eval, k) for k in STUDENT_EVAL_KEYS},
     )
+
+
+#: evaluation settings of the student alone, reset in the teacher's config
+STUDENT_EVAL_KEYS = ("adjust", "adjust_tau", "tag")
 
 
 def teacher_data(data: Any, cfg: RunConfig) -> Any:
@@ -160,6 +170,10 @@ class SelfDistill(ATBSL):
         if name != "teacher":
             super().use_stage(name, model)
         self.set_teacher(model)
+
+    @property
+    def loss_label(self) -> str:
+        return "bsl + kd" if self.options.alpha > 0 else "bsl"
 
     def missing_stages(self) -> list[str]:
         return ["teacher"] if self.options.alpha > 0 and self.teacher is None else []

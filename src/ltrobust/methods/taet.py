@@ -74,6 +74,10 @@ class TAET(Method):
         self.stage1_epochs = int(round(STAGE1_FRACTION * self.total_epochs)) if s1 < 0 else int(s1)
         self.adversarial = self.stage1_epochs <= 0
 
+    @property
+    def loss_label(self) -> str:
+        return f"harl ({self.options.per_sample_loss})"
+
     def in_stage1(self, epoch: int | None = None) -> bool:
         return (self.epoch if epoch is None else epoch) < self.stage1_epochs
 

@@ -178,7 +178,7 @@ def build_model(
     """
     factory = MODELS.get(cfg_model.name)
     accepted = inspect.signature(factory).parameters
-    kw: dict[str, int] = {}
+    kw: dict[str, int | str] = {}
     for key in ("depth", "widen"):
         value = getattr(cfg_model, key)
         if value == -1:
@@ -187,6 +187,11 @@ def build_model(
             raise ConfigError(f"model.{key}={value} does not apply to {cfg_model.name!r}: leave it at -1 "
                               "or pick an architecture that has it (e.g. wideresnet, vit_b16 for depth).")
         kw[key] = value
+    if cfg_model.pretrained:
+        if "pretrained" not in accepted:
+            raise ConfigError(f"model.pretrained does not apply to {cfg_model.name!r}: only vit_b16 loads pretrained "
+                              "weights; leave model.pretrained empty.")
+        kw["pretrained"] = cfg_model.pretrained
     return MODELS.build(
         cfg_model.name,
         num_classes=num_classes,

@@ -73,7 +73,11 @@ class CosineHead(nn.Module):
         self.scale = float(scale)
         self.gamma = float(gamma)
         self.weight = nn.Parameter(torch.empty(num_classes, in_features))  # (C, D)
-        bound = 1.0 / math.sqrt(in_features)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """(Re-)initialise the class weights ``U(-1/sqrt(D), 1/sqrt(D))`` (construction; cRT fine-tuning)."""
+        bound = 1.0 / math.sqrt(self.in_features)
         nn.init.uniform_(self.weight, -bound, bound)
 
     def cosine(self, f: torch.Tensor) -> torch.Tensor:

@@ -5,9 +5,12 @@ https://arxiv.org/abs/2010.11929) through timm, for the DermaMNIST setting. Opti
 The backbone is timm's :class:`~timm.models.vision_transformer.VisionTransformer` with ViT-B/16's
 hyper-parameters (the configuration of timm's ``vit_base_patch16_224``: embed_dim 768, depth 12,
 12 heads, patch 16, class-token pooling, final LayerNorm) and no classifier (``num_classes=0``); the
-(B, 768) class-token features go to our head. Random initialisation (timm's); weights are never
-downloaded. The width knob sets ``embed_dim`` (with one head per 64 channels, at least one) and
-``depth`` / ``patch_size`` shrink the model further, so a tiny ViT runs on 32 px images on a CPU.
+(B, 768) class-token features go to our head. Random initialisation (timm's), or the weights of a local
+file (``model.pretrained=PATH``: any timm ViT-B/16 checkpoint, ``.pth`` / ``.bin`` / ``.safetensors`` / the
+original ``.npz``) read by timm's loader, whose filter resamples the positional embeddings to
+``image_size`` (TAET Table 3: DermaMNIST at 224 px from ImageNet weights); weights are never downloaded.
+The width knob sets ``embed_dim`` (with one head per 64 channels, at least one) and ``depth`` /
+``patch_size`` shrink the model further, so a tiny ViT runs on 32 px images on a CPU.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from .base import LTModel, resolve_width
 
 @MODELS.register("vit_b16")
 def vit_b16(num_classes: int, in_channels: int = 3, width: int | None = -1, image_size: int | None = None,
-            depth: int = 12, patch_size: int = 16, **kw: Any) -> LTModel:
+            depth: int = 12, patch_size: int = 16, pretrained: str | None = None, **kw: Any) -> LTModel:
     """ViT-B/16 with a replaceable head (86.6M parameters at 224 px and 1000 classes).
 
     Args:
@@ -32,6 +35,7 @@ def vit_b16(num_classes: int, in_channels: int = 3, width: int | None = -1, imag
             ``patch_size``. Default: None (224).
         depth: transformer blocks; -1: 12. Default: 12.
         patch_size: side of the square patches. Default: 16.
+        pretrained: a local checkpoint file of the backbone (timm's ViT format); its classifier is dropped.
         **kw: :class:`~ltrobust.models.base.LTModel` options: ``head``, ``mean``, ``std``,
             ``cosine_scale``, ``cosine_gamma``.
 
@@ -60,4 +64,38 @@ def vit_b16(num_classes: int, in_channels: int = 3, width: int | None = -1, imag
                           "resize the data (data.image_size=224) or pick another patch_size.")
     backbone = VisionTransformer(img_size=image_size, patch_size=patch_size, in_chans=in_channels,
                                  num_classes=0, embed_dim=embed_dim, depth=depth, num_heads=num_heads)
+    if pretrained:
+        load_pretrained_vit(backbone, pretrained)
     return LTModel(backbone, embed_dim, num_classes, in_channels=in_channels, global_pool=False, **kw)
+
+
+def load_pretrained_vit(backbone: Any, path: str) -> None:
+    """Load a local ViT checkpoint into ``backbone`` with timm's loader (no download).
+
+    ``.npz`` files (the original JAX checkpoints) go through timm's ``_load_weights``; other files through
+    ``timm.models.load_state_dict`` (``weights_only``) and ``checkpoint_filter_fn``, which resamples the
+    positional embeddings to this model's grid. The checkpoint's classifier (``head.*``) is dropped; any
+    other missing or unexpected key is an error naming it.
+    """
+    from pathlib import Path
+
+    from timm.models import load_state_dict
+    from timm.models.vision_transformer import _load_weights, checkpoint_filter_fn
+
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise ConfigError(f"model.pretrained={path} does not exist: give a local ViT-B/16 checkpoint file "
+                          "(ltrobust never downloads weights).")
+    if file.suffix == ".npz":
+        _load_weights(backbone, str(file))
+        return
+    try:
+        state = load_state_dict(str(file), weights_only=True)
+    except Exception as exc:  # noqa: BLE001 -- any unreadable file gets the same one-line error
+        raise ConfigError(f"model.pretrained={path} could not be read as a checkpoint: {exc}") from None
+    state = {k: v for k, v in checkpoint_filter_fn(state, backbone).items() if not k.startswith("head.")}
+    missing, unexpected = backbone.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ConfigError(f"model.pretrained={path} does not fit this ViT (missing {list(missing)[:4]}, unexpected "
+                          f"{list(unexpected)[:4]}): use a ViT-B/16 checkpoint with model.width / depth at their "
+                          "defaults.")

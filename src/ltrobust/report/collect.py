@@ -387,8 +387,15 @@ def _label(groups: list[Group]) -> None:
                  if k in flat and _hashable(flat[k]) != _hashable(default.get(k))]
         g.setting = ", ".join(parts)
         sweep_label = next((e.label for e in g.entries if e.label), None)
-        method = f"{flat.get('method.name', '?')} + {flat.get('method.loss', '?')}"
-        g.label = sweep_label or " ".join(p for p in (method, f"[{g.setting}]" if g.setting else "") if p)
+        g.label = sweep_label or " ".join(p for p in (method_loss(g), f"[{g.setting}]" if g.setting else "") if p)
+
+
+def method_loss(g: Group) -> str:
+    """``method + loss`` of a variant, by the loss it actually trained with (``loss_label`` of the eval
+    JSON: ``at_bsl + bsl``, ``robal + margin-bias ce + kl``), the configured ``loss=`` for older results."""
+    flat = g.config
+    loss = g.entries[0].result.get("loss_label") or flat.get("method.loss", "?")
+    return f"{flat.get('method.name', '?')} + {loss}"
 
 
 # ------------------------------------------------------------------------------------------- attacks

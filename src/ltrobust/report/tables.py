@@ -23,7 +23,7 @@ from typing import Any, Sequence
 
 from ..evaluation.evaluator import column_title
 from ..evaluation.metrics import aggregate_seeds, class_order, class_spread
-from .collect import Group, data_label, fmt_value, ordered_attacks
+from .collect import Group, data_label, fmt_value, method_loss, ordered_attacks
 
 DASH = "-"
 GROUP_COLUMNS = (("head", "Head"), ("body", "Body"), ("tail", "Tail"), ("many", "Many"), ("medium", "Medium"),
@@ -354,7 +354,7 @@ def cost_table(groups: Sequence[Group], costs: dict[str, list[dict[str, float]]]
             continue
         agg = aggregate_seeds(cs)
         stats = [agg.get(k) for k, _ in present]
-        rows.append([g.label, f"{g.config.get('method.name', '?')} + {g.config.get('method.loss', '?')}", str(len(cs))]
+        rows.append([g.label, method_loss(g), str(len(cs))]
                     + [fmt_stat(v, digits=0 if k == "epochs" else 1, error=error) for v, (k, _) in zip(stats, present)])
         means.append([None, None, None] + [_mean(v) for v in stats])
         anchors.append(g.gid)

@@ -3,12 +3,16 @@
 After the main training, only the classifier is trained for ``train.finetune_epochs`` epochs on
 adversarial examples of the whole (frozen) network, with BatchNorm statistics frozen:
 
-- ``crt``: classifier re-training (Kang et al. 2020): the head is re-initialised and trained with CE on
-  class-balanced re-sampled batches;
-- ``rw``: re-weighted fine-tuning: the head keeps its weights and is trained with class-balanced
-  (effective-number, beta 0.9999) weighted CE on uniformly sampled batches;
+- ``crt``: classifier re-training (Kang et al. 2020): the head (linear or cosine) is re-initialised and
+  trained with CE on class-balanced re-sampled batches;
+- ``rw``: re-weighted fine-tuning: the head keeps its weights and is trained with CB-focal on uniformly
+  sampled batches, Table S5's setting (beta 0.9999, gamma 2, the sigmoid form of RoBal's code);
 - ``lws``: learnable weight scaling (Kang et al. 2020): a per-class scale of the logits is learnt on
   class-balanced batches and folded into the linear head's weights and bias afterwards (linear heads only).
+
+The fine-tuned model is the run's ``last.pt`` (marked ``finetuned``; evaluate it with
+``checkpoint=last``, as RoBal's Table 1 does); ``best.pt`` stays the best-validation epoch of the main
+training, the checkpoint its name promises.
 """
 
 from __future__ import annotations
@@ -17,13 +21,16 @@ import logging
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .. import io
 from ..errors import ConfigError
+from ..registry import LOSSES
 
 log = logging.getLogger(__name__)
+
+#: the ``rw`` stage's loss: CB-focal of RoBal's Table S5 (its code: sigmoid focal, ``use_sigmoid=True``)
+RW_LOSS = ("cb", {"beta": 0.9999, "gamma": 2.0, "form": "sigmoid"})
 
 
 def _head_params(model: nn.Module) -> list[nn.Parameter]:
@@ -33,7 +40,6 @@ def _head_params(model: nn.Module) -> list[nn.Parameter]:
 def finetune(trainer: Any) -> dict[str, Any]:
     """Run the fine-tuning stage of ``trainer`` (a :class:`~ltrobust.training.trainer.Trainer`)."""
     from ..data import train_loader
-    from ..losses import class_balanced_weights
     from ..device import unwrap
 
     t = trainer.cfg.train
@@ -46,9 +52,10 @@ def finetune(trainer: Any) -> dict[str, Any]:
     head = model.head
     scales = None
     if kind == "crt":
-        for m in head.modules():  # re-initialise the classifier (cRT)
-            if hasattr(m, "reset_parameters"):
-                m.reset_parameters()
+        if not callable(getattr(head, "reset_parameters", None)):
+            raise ConfigError(f"train.finetune=crt re-initialises the head, and {type(head).__name__} has no "
+                              "reset_parameters(); use model.head=linear or cosine.")
+        head.reset_parameters()  # re-initialise the classifier (cRT)
         params = _head_params(model)
     elif kind == "rw":
         params = _head_params(model)
@@ -63,10 +70,8 @@ def finetune(trainer: Any) -> dict[str, Any]:
         p.requires_grad_(False)
     for p in params:
         p.requires_grad_(True)
-    weights = None
-    if kind == "rw":
-        weights = torch.as_tensor(class_balanced_weights(trainer.class_counts, 0.9999), dtype=torch.float32,
-                                  device=trainer.device)
+    name, options = RW_LOSS if kind == "rw" else ("ce", {})
+    criterion = LOSSES.build(name, trainer.class_counts, **options)
     sampler = "uniform" if kind == "rw" else "class_balanced"
     loader = train_loader(trainer.data, batch_size=t.batch_size, device=trainer.device, seed=t.seed + 1,
                           sampler=sampler)
@@ -82,7 +87,7 @@ def finetune(trainer: Any) -> dict[str, Any]:
             logits = model(x_adv).float()
             if scales is not None:
                 logits = logits * scales
-            loss = F.cross_entropy(logits, y, weight=weights)
+            loss = criterion(logits, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -102,8 +107,8 @@ def finetune(trainer: Any) -> dict[str, Any]:
         rows = [r for r in io.read_jsonl(metrics) if not str(r.get("stage", "")).startswith("finetune")]
         rows.append({"epoch": epoch, "stage": f"finetune-{kind}", "steps": steps, "val": val})
         io.write_jsonl(metrics, rows)
-        trainer.save_weights(trainer.ckpt_dir / "best.pt", epoch, val)
-        state = trainer.state(epoch)
+        trainer.track(rows[-1], epoch, prefix="finetune")
+        state = trainer.state(epoch)  # last.pt: the fine-tuned model; best.pt keeps the selected epoch
         state["finetuned"] = True
         io.save_checkpoint(last, state)
     return {"steps": steps, "val": val}

@@ -15,6 +15,6 @@ def lr_at(cfg: RunConfig, epoch: float) -> float:
     if t.schedule == "cosine":
         total = max(t.epochs - t.warmup_epochs, 1)
         return 0.5 * t.lr * (1 + math.cos(math.pi * min(epoch - t.warmup_epochs, total) / total))
-    if t.schedule == "step":
-        return t.lr * t.lr_decay ** sum(1 for m in t.milestones if int(epoch) >= m)
+    if t.schedule == "step":  # epoch counts from 0; with milestone_base 1 the milestones count from 1
+        return t.lr * t.lr_decay ** sum(1 for m in t.milestones if int(epoch) + t.milestone_base >= m)
     return t.lr

@@ -69,14 +69,22 @@ def list_images(folder: Path) -> list[Path]:
                   key=lambda p: p.name)
 
 
-def decode_image(path: str | os.PathLike, mode: str) -> np.ndarray:
-    """Decode one image file to uint8 (H, W, C) in PIL ``mode`` (RGB or L)."""
+def decode_image(path: str | os.PathLike, mode: str, size: int | None = None) -> np.ndarray:
+    """Decode one image file to uint8 (H, W, C) in PIL ``mode`` (RGB or L); with ``size``, resized so its
+    shorter side is ``size`` (bicubic, antialiased) and centre-cropped to ``size`` x ``size``."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
             im.load()
-            arr = np.asarray(im.convert(mode), dtype=np.uint8)
+            im = im.convert(mode)
+            if size:
+                w, h = im.size
+                scale = size / min(w, h)
+                nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+                left, top = (nw - size) // 2, (nh - size) // 2
+                im = im.resize((nw, nh), Image.BICUBIC).crop((left, top, left + size, top + size))
+            arr = np.asarray(im, dtype=np.uint8)
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
         raise DataError(f"cannot read image file {path}: {exc}. Replace or delete the file "
                         "(and its cache) and build again.") from None
@@ -84,13 +92,14 @@ def decode_image(path: str | os.PathLike, mode: str) -> np.ndarray:
 
 
 def decode_images(paths: Sequence[Path], mode: str, cache_name: str, cache_dirs: Sequence[Path],
-                  root: Path | None = None) -> np.ndarray:
+                  root: Path | None = None, size: int | None = None) -> np.ndarray:
     """Decode image files once into uint8 (N, H, W, C); later calls load an ``.npz`` cache.
 
     The cache key covers every path (relative to ``root``, so a relative or absolute ``data_dir``
     finds the same cache), size and modification time: editing, adding or removing a file rebuilds
     it. The cache is written to the first writable folder of ``cache_dirs``. All images must share
-    one size (the file with a different size is named otherwise).
+    one size (the file with a different size is named otherwise) unless ``size`` resizes them
+    (:func:`decode_image`; give it a ``cache_name`` of its own).
     """
     key = _listing_key(paths, mode, root)
     for folder in cache_dirs:
@@ -106,7 +115,7 @@ def decode_images(paths: Sequence[Path], mode: str, cache_name: str, cache_dirs:
     log.info("decoding %d images (%s); cached for the next build", len(paths), cache_name)
     images = None
     for i, p in enumerate(paths):
-        arr = decode_image(p, mode)
+        arr = decode_image(p, mode, size)
         if images is None:
             images = np.empty((len(paths),) + arr.shape, dtype=np.uint8)
         elif arr.shape != images.shape[1:]:

@@ -1,0 +1,28 @@
+"""FGSM adversarial training without random start (Goodfellow et al., ICLR 2015), RoBal's "FGSM-AT".
+
+RoBal's ImageNet-LT study (000 Sec. B.4, Table S8) trains ResNet-50 with single-step AT at eps 2/255 and
+4/255 in two variants: "FGSM-AT", one signed-gradient step of size eps from the clean image (this method),
+and "Fast-AT" (Wong et al., ICLR 2020), a step of 1.25 eps from a uniform random start (``fgsm_rs``). The
+presets ``fgsm-at-imagenetlt-resnet50`` / ``fast-at-imagenetlt-resnet50`` hold the settings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..registry import METHODS
+from .fgsm_rs import FGSMRS
+
+
+@dataclass(frozen=True)
+class FGSMATOptions:
+    step_factor: float = 1.0  #: step = step_factor * eps (Goodfellow et al.: 1)
+
+
+@METHODS.register("fgsm_at")
+class FGSMAT(FGSMRS):
+    """``x' = clip(x + step_factor * eps * sign(grad_x L(f(x), y)))``, then the outer loss on x'."""
+
+    name = "fgsm_at"
+    Options = FGSMATOptions
+    random_start = False

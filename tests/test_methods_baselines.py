@@ -1,0 +1,398 @@
+"""The seeds' baseline defenses (he, mma, avmixup, gairat) against their papers' equations.
+
+Each method's loss or AE rule is recomputed here by hand on a tiny model with fixed weights; then the
+identities with PGD-AT (GAIRAT with equal weights, AVmixup with gamma 1 and no smoothing, MMA with a fixed
+eps, HE with margin 0), the refused option combinations, and one tiny training step of each through the CLI.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ltrobust import io
+from ltrobust.attacks import pgd
+from ltrobust.attacks.threat import Linf
+from ltrobust.config import AttackConfig, resolve_config
+from ltrobust.errors import ConfigError
+from ltrobust.registry import LOSSES, METHODS, MODELS
+from ltrobust.training.trainer import Trainer
+
+COUNTS = [100, 20, 5]  # head, body, tail
+C = len(COUNTS)
+NEW_METHODS = ["he", "mma", "avmixup", "gairat"]
+TINY = ["dataset=digits-lt", "model=smallcnn", "model.width=4", "train.batch_size=32", "train.progress=false",
+        "train.val_every=0", "train.precision=fp32", "train.deterministic=true", "attack.steps=2",
+        "train.max_steps_per_epoch=2", "epochs=1"]
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
+
+def make(name: str, loss: str = "ce", attack: AttackConfig | None = None, total_epochs: int = 10,
+         loss_args: dict | None = None, **options):
+    cls = METHODS.get(name)
+    loss_obj = LOSSES.get(loss)(list(COUNTS), options=loss_args or {}, total_epochs=total_epochs)
+    return cls(list(COUNTS), attack or AttackConfig(), loss_obj, cls.Options(**options), total_epochs=total_epochs)
+
+
+def tiny_model(head: str = "linear", seed: int = 0, **kw) -> nn.Module:
+    torch.manual_seed(seed)
+    return MODELS.build("mlp", num_classes=C, in_channels=1, width=8, image_size=4, head=head, **kw)
+
+
+def batch(seed: int = 1, n: int = 7):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 1, 4, 4, generator=g)
+    x_adv = (x + (torch.rand(x.shape, generator=g) * 2 - 1) * 8 / 255).clamp(0, 1)
+    y = torch.tensor([0, 0, 0, 1, 1, 2, 2][:n])
+    return x, x_adv, y
+
+
+def ce_rows(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-sample -log softmax(z_i)_{y_i}, written out."""
+    return torch.stack([-(z[i, y[i]] - torch.log(torch.exp(z[i]).sum())) for i in range(len(y))])
+
+
+def train_weights(over: list[str], tmp_path, name: str) -> dict[str, torch.Tensor]:
+    cfg = resolve_config(TINY + [f"out={tmp_path}", f"name={name}"] + over)
+    Trainer(cfg).fit()
+    return io.load_checkpoint(tmp_path / name / "checkpoints" / "last.pt")["model"]
+
+
+def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], atol: float = 0.0) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k].float(), b[k].float(), atol=atol, rtol=0), k
+
+
+# ------------------------------------------------------------------------------------------ GAIRAT
+def test_gairat_kappa_counts_correct_iterates_and_weights_follow_sec_3_3():
+    from ltrobust.methods.gairat import gair_weights
+
+    model, (x, _, y) = tiny_model(), batch()
+    m = make("gairat", attack=AttackConfig(steps=4), begin_epoch=1)
+    torch.manual_seed(3)
+    x_adv = m.train_attack(model, x, y)
+    # kappa by hand: replay the same PGD, counting the iterates x^(0..K-1) classified as y.
+    torch.manual_seed(3)
+    kappa = torch.zeros(len(y))
+
+    def counting_ce(logits, yy):
+        kappa.add_((logits.detach().argmax(1) == yy).float())
+        return F.cross_entropy(logits, yy, reduction="none")
+
+    replay = pgd(model, x, y, Linf(8 / 255), steps=4, step_size=2 / 255, objective=counting_ce)
+    assert torch.equal(replay, x_adv) and torch.equal(m._kappa, kappa)
+
+    # the paper's weight (1 + tanh(lam + 5 (1 - 2 kappa / K))) / 2 for even K, normalised to mean 1
+    k = torch.tensor([0.0, 1.0, 2.0, 3.0, 4.0])
+    w = torch.tensor([(1 + math.tanh(-1.0 + 5 * (1 - 2 * ki / 4))) / 2 for ki in k.tolist()])
+    assert torch.allclose(gair_weights(k, 4, -1.0), w * 5 / w.sum(), atol=1e-6)
+    s = torch.sigmoid(-1.0 + 5 * (1 - 2 * k / 4))
+    assert torch.allclose(gair_weights(k, 4, -1.0, "sigmoid"), s * 5 / s.sum(), atol=1e-6)
+    d = (5 - k) / 5
+    assert torch.allclose(gair_weights(k, 4, 0.0, "discrete"), d * 5 / d.sum(), atol=1e-6)
+
+    # the loss: mean_i w_i CE_i on the AEs
+    out = m.compute_loss(model, x, x_adv, y)
+    wts = gair_weights(kappa, 4, -1.0)
+    expected = (ce_rows(model(x_adv).detach(), y) * wts).mean()
+    assert torch.allclose(out["loss"].detach(), expected, atol=1e-6)
+
+
+def test_gairat_with_all_weights_equal_is_pgd_at(tmp_path):
+    model, (x, x_adv, y) = tiny_model(), batch()
+    for loss in ("ce", "bsl"):
+        g, p = make("gairat", loss=loss, begin_epoch=1), make("pgd_at", loss=loss)
+        g._kappa = torch.full((len(y),), 3.0)  # equal geometry values: every weight is 1
+        assert torch.allclose(g.compute_loss(model, x, x_adv, y)["loss"], p.compute_loss(model, x, x_adv, y)["loss"],
+                              atol=1e-7)
+    # the burn-in (lam = +inf: all weights 1) trains exactly like pgd_at, through the trainer
+    a = train_weights(["method=gairat", "method.begin_epoch=2", "loss=bsl"], tmp_path, "gairat")
+    b = train_weights(["method=pgd_at", "loss=bsl"], tmp_path, "pgd_at")
+    assert_same_weights(a, b)
+
+
+def test_gairat_schedule_and_refusals():
+    m = make("gairat", lam_schedule="linear", lam=-1.0, lam_max=1.0, begin_epoch=3, total_epochs=10)
+    m.on_epoch_start(1)
+    assert m.lam() == math.inf  # burn-in: 1-based epoch 2 < 3
+    m.on_epoch_start(4)
+    assert m.lam() == pytest.approx(1.0 - 5 / 10 * 2.0)
+    assert make("gairat", total_epochs=120).begin_epoch == 60
+    with pytest.raises(ConfigError, match="lam_max"):
+        make("gairat", lam_schedule="linear")
+    with pytest.raises(ConfigError, match="lam_max"):
+        make("gairat", lam_max=2.0)
+    with pytest.raises(ConfigError, match="steps"):
+        make("gairat", attack=AttackConfig(steps=1))
+    with pytest.raises(ConfigError, match="weight_fn"):
+        make("gairat", weight_fn="exp")
+    with pytest.raises(ConfigError, match="no lambda"):
+        make("gairat", weight_fn="discrete", lam=-1.0)
+    make("gairat", weight_fn="discrete", attack=AttackConfig(steps=1))  # discrete weights work for K = 1
+
+
+# ----------------------------------------------------------------------------------------- AVmixup
+def test_avmixup_vertex_mixup_and_smoothed_labels_follow_algorithm_1():
+    model, (x, _, y) = tiny_model(), batch()
+    m = make("avmixup", gamma=2.0, lambda1=0.9, lambda2=0.1)
+    torch.manual_seed(5)
+    x_mix = m.train_attack(model, x, y)
+    torch.manual_seed(5)  # replay: PGD, then alpha ~ U(0, 1) per sample
+    x_pgd = pgd(model, x, y, Linf(8 / 255), steps=10, step_size=2 / 255)
+    alpha = torch.rand(len(y))
+    vertex = (x + 2.0 * (x_pgd - x)).clamp(0, 1)
+    a = alpha.view(-1, 1, 1, 1)
+    assert torch.allclose(x_mix, a * x + (1 - a) * vertex, atol=1e-7)
+    assert (vertex - x).abs().max() > 8 / 255 + 1e-4  # the vertex leaves the eps-ball (gamma 2)
+
+    out = m.compute_loss(model, x, x_mix, y)
+    z = model(x_mix).detach()
+    total = 0.0
+    for i in range(len(y)):
+        for c in range(C):
+            phi1 = 0.9 if c == y[i] else 0.1 / (C - 1)
+            phi2 = 0.1 if c == y[i] else 0.9 / (C - 1)
+            t = alpha[i] * phi1 + (1 - alpha[i]) * phi2
+            total = total - t * (z[i, c] - torch.log(torch.exp(z[i]).sum()))
+    assert torch.allclose(out["loss"].detach(), total / len(y), atol=1e-6)
+
+    # with loss=bsl the soft labels meet the balanced-softmax logits z + tau log pi
+    b = make("avmixup", loss="bsl", gamma=1.0, lambda1=1.0, lambda2=1.0)
+    b._alpha = torch.zeros(len(y))
+    log_pi = torch.log(torch.tensor(COUNTS, dtype=torch.float64) / sum(COUNTS)).float()
+    assert torch.allclose(b.compute_loss(model, x, x_mix, y)["loss"].detach(), ce_rows(z + log_pi, y).mean(),
+                          atol=1e-6)
+
+
+def test_avmixup_with_gamma_one_and_no_smoothing_is_pgd_at(tmp_path, monkeypatch):
+    from ltrobust.methods.avmixup import AVmixup
+
+    model, (x, x_adv, y) = tiny_model(), batch()
+    m = make("avmixup", gamma=1.0, lambda1=1.0, lambda2=1.0)
+    m._alpha = torch.rand(len(y))  # any mixing weights: the labels stay one-hot, the loss is CE
+    assert torch.allclose(m.compute_loss(model, x, x_adv, y)["loss"],
+                          make("pgd_at").compute_loss(model, x, x_adv, y)["loss"], atol=1e-7)
+    # with every alpha 0 the training input is the PGD AE itself: the run is pgd_at's, weight for weight
+    monkeypatch.setattr(AVmixup, "mix_weights", lambda self, n, device: torch.zeros(n, device=device))
+    a = train_weights(["method=avmixup", "method.gamma=1", "method.lambda1=1", "method.lambda2=1"], tmp_path, "av")
+    b = train_weights(["method=pgd_at"], tmp_path, "pgd_at")
+    assert_same_weights(a, b)
+
+
+def test_avmixup_refuses_losses_without_a_soft_label_form():
+    for loss in ("ldam", "rw", "focal", "cb"):
+        with pytest.raises(ConfigError, match="soft"):
+            make("avmixup", loss=loss)
+    make("avmixup", loss="cat")
+    make("avmixup", loss="ldam", attack=AttackConfig(loss_mode="inner"))  # LDAM only inside the attack: fine
+    with pytest.raises(ConfigError, match="lambda2"):
+        make("avmixup", lambda2=1.5)
+
+
+# ---------------------------------------------------------------------------------------------- HE
+def he_model(seed: int = 0) -> nn.Module:
+    return tiny_model("cosine", seed=seed, cosine_scale=15.0, cosine_gamma=0.0)
+
+
+def normalised_cosines(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """<f/||f||, W_c/||W_c||> written out (FN and WN)."""
+    f = model.features(x).detach()
+    w = model.head.weight.detach()
+    return torch.stack([torch.stack([f[i] @ w[c] / (f[i].norm() * w[c].norm()) for c in range(C)])
+                        for i in range(f.shape[0])])
+
+
+def he_loss_by_hand(cos: torch.Tensor, y: torch.Tensor, s: float, m: float) -> torch.Tensor:
+    """The HE loss: -log(e^{s(cos_y - m)} / (e^{s(cos_y - m)} + sum_{j != y} e^{s cos_j})), batch mean."""
+    rows = []
+    for i in range(len(y)):
+        num = s * (cos[i, y[i]] - m)
+        others = sum(torch.exp(s * cos[i, j]) for j in range(C) if j != y[i])
+        rows.append(-(num - torch.log(torch.exp(num) + others)))
+    return torch.stack(rows).mean()
+
+
+def test_he_outer_loss_is_the_margin_loss_on_normalised_cosines():
+    model, (x, x_adv, y) = he_model(), batch()
+    out = make("he", m=0.2).compute_loss(model, x, x_adv, y)
+    cos_adv = normalised_cosines(model, x_adv)
+    assert torch.allclose(model(x_adv).detach(), 15.0 * cos_adv, atol=1e-5)  # served logits: s cos
+    assert torch.allclose(out["loss"].detach(), he_loss_by_hand(cos_adv, y, 15.0, 0.2), atol=1e-5)
+
+    # TRADES-HE: margin loss on the clean cosines + beta KL(softmax(s cos(x)) || softmax(s cos(x')))
+    out = make("he", m=0.3, base="trades", beta=2.0).compute_loss(model, x, x_adv, y)
+    cos_nat = normalised_cosines(model, x)
+    p, q = F.softmax(15 * cos_nat, 1), F.softmax(15 * cos_adv, 1)
+    kl = sum((p[i] * (p[i].log() - q[i].log())).sum() for i in range(len(y))) / len(y)
+    assert torch.allclose(out["loss"].detach(), he_loss_by_hand(cos_nat, y, 15.0, 0.3) + 2.0 * kl, atol=1e-5)
+
+
+def test_he_attacks_ce_of_scaled_cosines_without_margin():
+    model, (x, _, y) = he_model(), batch()
+    torch.manual_seed(2)
+    x_adv = make("he", m=0.5).train_attack(model, x, y)
+    torch.manual_seed(2)
+    assert torch.equal(x_adv, pgd(model, x, y, Linf(8 / 255), steps=10, step_size=2 / 255, objective="ce"))
+
+
+@pytest.mark.parametrize("base", ["pgd_at", "trades"])
+def test_he_with_margin_zero_is_its_base_on_a_scaled_cosine_head(base, tmp_path):
+    head = ["model.cosine_scale=15", "model.cosine_gamma=0"]
+    a = train_weights(head + ["method=he", "method.m=0", f"method.base={base}"], tmp_path, "he")
+    b = train_weights(head + [f"method={base}", "model.head=cosine"], tmp_path, base)
+    assert_same_weights(a, b)
+    # and the margin changes the training
+    c = train_weights(head + ["method=he", "method.m=0.2", f"method.base={base}"], tmp_path, "he_m")
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_he_refuses_what_it_would_ignore_or_change(tmp_path):
+    with pytest.raises(ConfigError, match="beta"):
+        make("he", beta=3.0)
+    with pytest.raises(ConfigError, match="base"):
+        make("he", base="mart")
+    with pytest.raises(ConfigError, match="cosine_gamma=0"):  # RoBal's W/(||W|| + gamma) is not HE's WN
+        Trainer(resolve_config(TINY + ["method=he", f"out={tmp_path}", "name=g"])).fit()
+    model, (x, x_adv, y) = tiny_model("linear"), batch()
+    with pytest.raises(ConfigError, match="cosine head"):
+        make("he").train_attack(model, x, y)
+    with pytest.raises(ConfigError, match="cosine head"):
+        make("he").compute_loss(model, x, x_adv, y)
+    assert METHODS.get("he").required_head == "cosine"
+
+
+# --------------------------------------------------------------------------------------------- MMA
+def slm_by_hand(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """log sum_{j != y} e^{z_j} - z_y per row."""
+    return torch.stack([torch.log(sum(torch.exp(z[i, j]) for j in range(C) if j != y[i])) - z[i, y[i]]
+                        for i in range(len(y))])
+
+
+def confident_model() -> nn.Module:
+    """A tiny model with three of batch()'s points correct with a negative soft logit margin."""
+    model = tiny_model(seed=1)
+    with torch.no_grad():
+        model.head.weight.mul_(2)
+        model.head.bias.mul_(2)
+    return model
+
+
+def test_mma_an_pgd_and_bisection_follow_algorithm_1_by_hand():
+    model, (x, _, y) = confident_model(), batch(n=7)
+    model.eval()
+    eps0, d_max, steps, halvings = 0.1, 0.2, 3, 6
+    m = make("mma", attack=AttackConfig(steps=steps), d_max=d_max, eps_min=eps0, search_steps=halvings)
+    torch.manual_seed(4)
+    x_adv = m.train_attack(model, x, y)
+
+    torch.manual_seed(4)  # replay: PGD on the soft logit margin in the eps0-ball, step 2.5 eps0 / steps
+    with torch.no_grad():
+        correct = slm_by_hand(model(x), y) < 0
+    assert 0 < int(correct.sum()) < len(y)  # both kinds of point in the batch
+    xa = (x + (torch.rand(x.shape) * 2 - 1) * eps0).clamp(0, 1)
+    for _ in range(steps):
+        xa.requires_grad_(True)
+        (g,) = torch.autograd.grad(slm_by_hand(model(xa), y).sum(), xa)
+        xa = torch.min(torch.max(xa.detach() + 2.5 * eps0 / steps * g.sign(), x - eps0), x + eps0).clamp(0, 1)
+    unit = (xa - x) / eps0
+
+    def margin(i: int, e: float) -> float:
+        with torch.no_grad():
+            return float(slm_by_hand(model((x[i:i + 1] + e * unit[i:i + 1]).clamp(0, 1)), y[i:i + 1])[0])
+
+    eps = []
+    for i in range(len(y)):  # bisection in [0, 1.05 d_max] from eps0
+        lo, hi, e = 0.0, 1.05 * d_max, eps0
+        mg = margin(i, e)
+        for _ in range(halvings):
+            lo, hi = (max(e, lo), hi) if mg < 0 else (lo, min(e, hi))
+            e = (lo + hi) / 2
+            mg = margin(i, e)
+        eps.append(e if correct[i] else 0.0)
+    eps = torch.tensor(eps)
+    assert torch.allclose(m._eps, eps, atol=1e-6)
+    assert torch.allclose(x_adv, (x + eps.view(-1, 1, 1, 1) * unit).clamp(0, 1), atol=1e-6)
+    assert torch.equal(x_adv[~correct], x[~correct])  # misclassified points train on the clean image
+    found = eps[correct]
+    assert (found < d_max).any() and (found >= d_max).any()  # margins found inside and beyond d_max
+    assert float(m._eps0) == pytest.approx(float(eps[correct].mean()), abs=1e-6)  # next batch's eps0
+
+    # loss: (1 - c) (1/B) sum_i [eps_i < d_max or wrong] CE(z(x'_i)) + c mean CE(z(x)), c = 1/3
+    keep = (~correct) | (eps < d_max)
+    out = m.compute_loss(model, x, x_adv, y)
+    expected = (2 / 3) * (ce_rows(model(x_adv).detach(), y) * keep).mean() + (1 / 3) * ce_rows(model(x).detach(),
+                                                                                                 y).mean()
+    assert torch.allclose(out["loss"].detach(), expected, atol=1e-6)
+    assert not keep.all()  # the hinge dropped the point whose margin reached d_max
+    m2 = make("mma", clean_coeff=0.0)
+    m2._eps, m2._keep = eps, torch.tensor([True, False, True, True, False, True, True])
+    assert torch.allclose(m2.compute_loss(model, x, x_adv, y)["loss"].detach(),
+                          (ce_rows(model(x_adv).detach(), y) * m2._keep).mean(), atol=1e-6)
+
+
+def test_mma_with_a_fixed_eps_is_pgd_at_on_that_eps(tmp_path):
+    over = ["attack.eps=0.1", "attack.step_size=0.03"]
+    a = train_weights(over + ["method=mma", "method.adaptive=false", "method.clean_coeff=0", "method.attack_loss=ce"],
+                      tmp_path, "mma")
+    b = train_weights(over + ["method=pgd_at"], tmp_path, "pgd_at")
+    assert_same_weights(a, b)
+
+
+def test_mma_resumes_its_starting_radius_and_refuses_what_it_would_ignore():
+    m = make("mma")
+    assert m.d_max == pytest.approx(32 / 255) and m.eps_min == 0.005
+    l2 = make("mma", attack=AttackConfig(norm="l2", eps=0.5, step_size=0.1))
+    assert l2.d_max == 2.0 and l2.eps_min == 0.5
+    m._eps0 = torch.tensor(0.07)
+    n = make("mma")
+    n.load_state_dict(m.state_dict())
+    assert float(n._eps0) == pytest.approx(0.07)
+    with pytest.raises(ConfigError, match="d_max"):
+        make("mma", adaptive=False, d_max=0.1)
+    with pytest.raises(ConfigError, match="loss_mode"):
+        make("mma", attack=AttackConfig(loss_mode="both"))
+    with pytest.raises(ConfigError, match="eps_min"):
+        make("mma", d_max=0.01, eps_min=0.1)
+    with pytest.raises(ConfigError, match="attack_loss"):
+        make("mma", attack_loss="cw")
+
+
+# ------------------------------------------------------------------------------------ all four methods
+@pytest.mark.parametrize("name", NEW_METHODS)
+def test_new_method_trains_one_tiny_step_through_the_cli_from_its_preset(name, tmp_path):
+    from ltrobust.cli import main
+
+    assert name in METHODS.names()
+    rc = main(["train", f"preset={name}-digits", "model.width=4", "epochs=1", "train.max_steps_per_epoch=1",
+               "train.batch_size=16", "train.val_samples=20", "train.val_attack_steps=1", "attack.steps=2",
+               "train.progress=false", f"out={tmp_path}", "name=run"])
+    assert rc == 0
+    row = io.read_jsonl(tmp_path / "run" / "metrics.jsonl")[0]
+    assert math.isfinite(row["loss"]) and (tmp_path / "run" / "checkpoints" / "best.pt").exists()
+
+
+@pytest.mark.parametrize("name", NEW_METHODS)
+@pytest.mark.parametrize("training", [True, False])
+def test_new_method_keeps_the_model_mode_and_the_box(name, training):
+    model = {"he": he_model, "mma": confident_model}.get(name, tiny_model)()
+    x, _, y = batch()
+    model.train(training)
+    x_adv = make(name).train_attack(model, x, y)
+    assert model.training is training and all(mod.training is training for mod in model.modules())
+    assert x_adv.min() >= 0 and x_adv.max() <= 1 and not torch.equal(x_adv, x)
+    assert not any(p.grad is not None for p in model.parameters())  # the attack never touches parameter grads
+
+
+@pytest.mark.parametrize("name", NEW_METHODS)
+def test_new_method_refuses_an_unknown_option_in_one_line(name, tmp_path):
+    from ltrobust.cli import main
+
+    with pytest.raises(ConfigError, match="has no option"):
+        Trainer(resolve_config(TINY + [f"preset={name}-digits", "method.nonsense=1", f"out={tmp_path}"])).fit()
+    assert main(["train", f"preset={name}-digits", "method.nonsense=1", f"out={tmp_path}"]) == 2

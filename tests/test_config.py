@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from ltrobust.config import (RunConfig, dump_yaml, list_presets, load_preset, load_run_config, method_options,
-                             parse_value, resolve_config)
+from ltrobust.config import (RunConfig, dump_yaml, fmt_fraction, list_presets, load_preset, load_run_config,
+                             method_options, parse_value, resolve_config)
 from ltrobust.errors import ConfigError
 
 
@@ -85,3 +85,50 @@ def test_every_preset_loads_and_validates(name):
     assert flat
     cfg = resolve_config([f"preset={name}"])
     assert cfg.preset == name
+
+
+def test_reference_numbers_are_kept_through_presets_yaml_and_grids(tmp_path):
+    """A preset's `reference:` list (the paper numbers it targets) survives resolution, config.yaml and a grid
+    run entry; a derived preset carries its own list, not its base's; malformed lists are refused clearly."""
+    cfg = resolve_config(["preset=reat-cifar10lt-resnet18", "epochs=2"])
+    first = cfg.reference[0]
+    assert first["source"].startswith("001_") and first["table"] == "Table 1"
+    assert first["values"] == {"clean": 67.33, "pgd20": 36.2, "pgd100": 36.02, "cw100": 33.98, "aa": 32.08}
+    assert first["settings"] == {"epochs": 80, "data": "cifar-pickle", "checkpoint": "best-test"}
+    c100 = resolve_config(["preset=reat-cifar100lt-resnet18"]).reference
+    assert c100[0]["table"] == "Table 4" and c100[0]["values"]["clean"] == 45.94
+    path = tmp_path / "config.yaml"
+    path.write_text(dump_yaml(cfg))
+    assert load_run_config(path).reference == cfg.reference
+    assert resolve_config(["dataset=digits-lt"]).reference == ()
+    ref = [{"source": "x.txt", "table": "Table 9", "values": {"clean.tail_group": 50},
+            "settings": {"model.name": "mlp"}}]
+    assert resolve_config({"reference": ref}).reference[0]["values"] == {"clean.tail_group": 50.0}
+    from ltrobust.experiments.sweep import load_grid
+
+    grid = tmp_path / "g.yaml"
+    grid.write_text("base: [dataset=digits-lt, model=mlp]\nruns:\n  - {label: A, reference: [{source: x.txt, "
+                    "table: T1, values: {clean: 1.5}}]}\n  - {label: B}\n")
+    points = load_grid(grid).points
+    assert points[0].cfg.reference[0]["values"] == {"clean": 1.5} and points[1].cfg.reference == ()
+    for bad, match in (({"table": "T"}, "source"), ({"source": "x", "table": "T", "values": {"clean": "high"}},
+                                                                "not a number"),
+                       ({"source": "x", "table": "T", "values": {"a": 1}, "settings": {"epoch": 3}}, "epochs"),
+                       ({"source": "x", "table": "T", "values": {"a": 1}, "settings": {"checkpoint": "best"}},
+                        "best-val"), ({"source": "x", "table": "T", "values": {"a": 1}, "colour": 1}, "unknown key")):
+        with pytest.raises(ConfigError, match=match):
+            resolve_config({"reference": [bad]})
+
+
+def test_fractions_print_as_fractions_and_config_yaml_shows_them(tmp_path):
+    cases = {8 / 255: "8/255", 2 / 255: "2/255", 12 / 255: "12/255", 1 / 3: "1/3", 1 / 170: "1/170", 0.1: "0.1",
+             1e-05: "1e-05", 0.03125: "0.03125", 2.0: "2.0", -8 / 255: "-8/255", 0.123456789: "0.123456789"}
+    assert {v: fmt_fraction(v) for v in cases} == cases
+    assert fmt_fraction((0.0, 2 / 255, 16 / 255)) == "0.0,2/255,16/255" and fmt_fraction("pgd20") == "pgd20"
+    cfg = resolve_config(["attack.eps=4/255", "eval.step_size=1/255", "train.lr=0.1"])
+    text = dump_yaml(cfg)
+    assert "  eps: 0.01568627450980392  # 4/255\n" in text and "  step_size: 0.00392156862745098  # 1/255\n" in text
+    assert "  lr: 0.1\n" in text and "  cosine_gamma: 0.03125\n" in text  # short decimals stay as they are
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    assert load_run_config(path) == cfg  # the comments change nothing for a YAML reader

@@ -97,6 +97,8 @@ def test_cli_eval_full_suite_writes_every_metric(run_dir, capsys):
     assert "eval best" in err  # the progress bar
     res = json.loads((run_dir / "eval" / "best.json").read_text())
     _numbers_are_numbers(res)
+    timings = [res["seconds"]] + [r["seconds"] for r in res["results"].values() if "seconds" in r]
+    assert len(timings) == len(SUITE) + 1 and all(t == round(t, 3) for t in timings)  # ms, no float noise
     assert res["n"] == 24 and res["mode"] == "cascade" and res["chunks"] == 1 and res["seed"] == 0
     assert res["attack_names"] == SUITE and list(res["results"]) == SUITE + ["worst_case"]
     assert {"torch", "python", "numpy", "pyautoattack", "ltrobust"} <= set(res["versions"])
@@ -269,3 +271,36 @@ def test_adjustment_wraps_the_deployed_model_that_attacks_target(run_dir, loaded
     tde = evaluate_run(run_dir, ["eval.adjust=tde", "eval.adjust_tau=0.1", "attacks=clean", "eval.n_samples=20"],
                        device="cpu", progress=False)  # needs the mean training feature
     assert tde["tag"] == "best-tde0.1" and tde["deployed"][0]["adjust"] == "tde"
+
+
+class _PixelClassifier(torch.nn.Module):
+    """Predicts class k for an image whose first pixel is k/255 (logits -(255 x - c)^2)."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(()))
+        self.register_buffer("classes", torch.arange(num_classes, dtype=torch.float32))
+
+    def forward(self, x):
+        return -(self.scale * x[:, 0, 0, 0:1] * 255 - self.classes) ** 2
+
+
+def test_quick_robustness_per_class_clean_equals_a_direct_count():
+    from types import SimpleNamespace
+
+    labels = torch.tensor([0, 0, 0, 0, 0, 1, 1, 1, 3])  # class 2 has no image
+    preds = torch.tensor([0, 0, 0, 1, 2, 1, 0, 0, 3])  # class 0: 3 of 5, class 1: 1 of 3, class 3: 1 of 1
+    images = torch.zeros(len(labels), 1, 2, 2, dtype=torch.uint8)
+    images[:, 0, 0, 0] = preds.to(torch.uint8)
+    split = SimpleNamespace(images=images, labels=labels)
+    model = _PixelClassifier(4)
+    assert torch.equal(predict(model, images.float() / 255), preds)
+    res = evaluator.quick_robustness(model, split, 4, SimpleNamespace(norm="linf", eps=0.0, step_size=0.0),
+                                     steps=1, n_samples=0, batch_size=4)  # eps 0: robust = clean
+    direct = [100.0 * int(((preds == labels) & (labels == c)).sum()) / int((labels == c).sum())
+              if (labels == c).any() else None for c in range(4)]
+    assert res["per_class_clean"] == direct == [60.0, 100.0 / 3, None, 100.0]  # exactly 60.0, no float32 noise
+    assert res["per_class_rob"] == res["per_class_clean"]
+    assert res["clean"] == res["rob"] == 100.0 * 5 / 9 and res["n"] == 9
+    assert res["clean_balanced"] == pytest.approx((60.0 + 100.0 / 3 + 100.0) / 3, abs=1e-12)
+    json.dumps(res)  # plain Python numbers

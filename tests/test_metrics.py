@@ -185,3 +185,12 @@ def test_errors():
         class_groups([10, 10], tail_group=3)
     with pytest.raises(ConfigError):
         aggregate_seeds([])
+
+
+def test_class_spread_is_population_std_range_and_worst():
+    from ltrobust.evaluation.metrics import class_spread
+
+    got = class_spread([80.0, None, 60.0, 40.0])  # a class without test images is skipped
+    assert got["std"] == pytest.approx((800.0 / 3) ** 0.5) and got["range"] == 40.0 and got["worst"] == 40.0
+    assert class_spread([50.0, 50.0]) == {"std": 0.0, "range": 0.0, "worst": 50.0}
+    assert class_spread([None]) is None

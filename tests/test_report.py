@@ -13,9 +13,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from ltrobust import io
-from ltrobust.config import resolve_config
+from ltrobust.config import load_preset, resolve_config
 from ltrobust.evaluation.runs import evaluate_run
 from ltrobust.training.trainer import Trainer
 from ltrobust.errors import ConfigError
@@ -45,17 +46,36 @@ AUDIT = {
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """Three tiny evaluated runs: PGD-AT + CE with seeds 0 and 1, PGD-AT + BSL with seed 0; the BSL run
-    carries an audit and an analysis figure of the shapes the audit / analysis commands write."""
+    carries an audit and an analysis figure of the shapes the audit / analysis commands write, and is made
+    with a preset that holds the AT-BSL preset's paper reference numbers."""
     root = tmp_path_factory.mktemp("runs")
+    preset = root / "with-reference.yaml"
+    preset.write_text(yaml.safe_dump({"reference": load_preset("at-bsl-cifar10lt-resnet18")["reference"]}))
     dirs = {}
     for loss, seed in (("ce", 0), ("ce", 1), ("bsl", 0)):
-        summary = Trainer(resolve_config(TINY + [f"loss={loss}", f"seed={seed}", f"out={root}"])).fit()
+        extra = [f"preset={preset}"] if loss == "bsl" else []
+        summary = Trainer(resolve_config(TINY + extra + [f"loss={loss}", f"seed={seed}", f"out={root}"])).fit()
         evaluate_run(summary["run_dir"], EVAL, device="cpu", progress=False)
         dirs[(loss, seed)] = Path(summary["run_dir"])
+        _with_cost_and_per_class_clean(Path(summary["run_dir"]), seed)
     bsl = dirs[("bsl", 0)]
     io.write_json(bsl / "eval" / "audit.json", AUDIT)
     _tiny_png(bsl / "analysis" / "feature-norm.png")
     return root, dirs
+
+
+def _with_cost_and_per_class_clean(run: Path, seed: int) -> None:
+    """metrics.jsonl rows carry ``seconds``, ``peak_rss_mb``, ``peak_cuda_mb`` and ``val.per_class_clean`` /
+    ``val.per_class_rob`` (the trainer's cost and per-class logging); where a field is not logged by this
+    trainer, known values are filled in under the same names, so the report's reading of them is checked."""
+    rows = io.read_jsonl(run / "metrics.jsonl")
+    for i, r in enumerate(rows):
+        r.setdefault("peak_rss_mb", 1000.0 + 10 * i + seed)
+        r.setdefault("peak_cuda_mb", 0.0)
+        val = r.setdefault("val", {})
+        val.setdefault("per_class_rob", [float(10 * c % 100) for c in range(10)])
+        val.setdefault("per_class_clean", [float((10 * c + 20 * i) % 100) for c in range(10)])
+    io.write_jsonl(run / "metrics.jsonl", rows)
 
 
 def _tiny_png(path: Path) -> None:
@@ -183,7 +203,7 @@ def test_report_options_tags_and_errors(runs, tmp_path):
     root, dirs = runs
     ce0 = dirs[("ce", 0)]
     res = build_report([ce0 / "eval" / "best.json"], out=tmp_path / "one", metric="balanced_accuracy", robust="pgd5",
-                       tags="best", title="one run")
+                       tags="best", title="one run", formats="png")
     assert res["n_runs"] == 1 and res["robust"] == "pgd5" and "PGD-5" in res["markdown_table"]
     assert "<title>one run</title>" in (tmp_path / "one" / "index.html").read_text()
     with pytest.raises(ConfigError, match="metric"):
@@ -199,7 +219,7 @@ def test_report_options_tags_and_errors(runs, tmp_path):
     from ltrobust.cli import main
 
     assert main(["report", str(empty)]) == 2
-    assert main(["report", str(ce0), f"out={tmp_path / 'cli'}"]) == 0
+    assert main(["report", str(ce0), f"out={tmp_path / 'cli'}", "formats=png"]) == 0
     assert (tmp_path / "cli" / "index.html").is_file()
 
 
@@ -245,11 +265,212 @@ def test_odd_or_missing_audit_does_not_stop_the_report(runs, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(dirs[("ce", 0)], run)
     io.write_json(run / "eval" / "audit.json", {"flags": "odd", "rescaling": "not a table"})
-    res = build_report([run], out=tmp_path / "rep")
+    res = build_report([run], out=tmp_path / "rep", formats="png")
     page = Path(res["index"]).read_text()
     assert "Gradient-masking audit" in page and "audit.png" not in page
     (run / "eval" / "audit.json").write_text("{ torn")
-    assert build_report([run], out=tmp_path / "rep2")["n_runs"] == 1
+    assert build_report([run], out=tmp_path / "rep2", formats="png")["n_runs"] == 1
+
+
+def _latex_rows(tex: str, label: str) -> list[list[str]]:
+    """Header and body cells of the LaTeX table ``label``, bold and ``$\\pm$`` turned back into text."""
+    body = tex.split(f"\\label{{{label}}}", 1)[1].split("\\bottomrule", 1)[0]
+    lines = [ln for ln in body.splitlines() if ln.endswith("\\\\")]
+    clean = [re.sub(r"\\textbf\{(.*?)\}( &|$| \\\\)", r"\1\2", ln).replace("$\\pm$", "±").replace("\\_", "_")
+             for ln in lines]
+    return [[c.strip() for c in ln[:-2].split("&")] for ln in clean]
+
+
+def test_csv_and_latex_numbers_equal_the_json(report):
+    """report.csv holds every number of every evaluation exactly as stored; report.tex's main table the same
+    mean ± std as computed here by hand, the best of each column in bold."""
+    import csv
+
+    out, result, dirs = report
+    rows = list(csv.DictReader((out / "report.csv").open()))
+    by_run = {(r["run"], r["tag"]): r for r in rows}
+    assert len(rows) == 3
+    for d in dirs.values():
+        stored = _results(d)
+        row = by_run[(str(d), "best")]
+        assert row["n"] == str(stored["n"]) and row["checkpoint_epoch"] == str(stored["checkpoint_epoch"])
+        checked = 0
+        for attack, res in stored["results"].items():
+            for key, value in res.items():
+                if isinstance(value, float):
+                    assert float(row[f"{attack}.{key}"]) == value, (attack, key)  # exact, full precision
+                    checked += 1
+            for c, v in enumerate(res["per_class"]):
+                assert float(row[f"{attack}.per_class.{c}"]) == v
+            assert row[f"{attack}.worst_class.class"] == str(res["worst_class"]["class"])
+        assert checked >= 4 * 8
+        assert not any(k.endswith((".groups.head.0", "by_true_class.0.0")) for k in row)
+
+    tex = (out / "report.tex").read_text()
+    assert "\\usepackage{booktabs}" in tex and "\\toprule" in tex and "\\bottomrule" in tex
+    for label in ("tab:main", "tab:groups", "tab:fairness", "tab:cost", "tab:reference", "tab:per-class-g01"):
+        assert f"\\label{{{label}}}" in tex
+    assert result["latex_table"] in tex
+    lrows = _latex_rows(tex, "tab:main")
+    header, body = lrows[0], {r[0]: dict(zip(lrows[0], r)) for r in lrows[1:]}
+    ce = [_results(dirs[("ce", 0)]), _results(dirs[("ce", 1)])]
+    bsl = _results(dirs[("bsl", 0)])
+    for title, attack in (("Clean", "clean"), ("FGSM", "fgsm"), ("PGD-5", "pgd5"), ("Worst case", "worst_case")):
+        m, s = _mean_std([r["results"][attack]["accuracy"] for r in ce])
+        assert body["pgd_at + ce"][title] == f"{m:.2f} ± {s:.2f}"
+        b = bsl["results"][attack]["accuracy"]
+        assert body["pgd_at + bsl"][title] == f"{b:.2f}"
+        best = f"\\textbf{{{b:.2f}}}" if round(b, 2) >= round(m, 2) else f"\\textbf{{{m:.2f} $\\pm$ {s:.2f}}}"
+        assert best in result["latex_table"]
+
+
+def test_standard_error_option_and_latex_escaping(runs):
+    """error=se writes mean ± std / sqrt(n); LaTeX special characters are escaped."""
+    from ltrobust.report.collect import collect, group_entries
+    from ltrobust.report.tables import Table, fmt_stat, latex_escape, paper_table
+
+    assert fmt_stat({"mean": 50.0, "std": 2.0, "n": 4}, error="se") == "50.00 ± 1.00"
+    assert fmt_stat({"mean": 50.0, "std": 2.0, "n": 4}) == "50.00 ± 2.00"
+    root, dirs = runs
+    groups = group_entries(collect([root])[0])
+    ce = [_results(dirs[("ce", 0)]), _results(dirs[("ce", 1)])]
+    m, s = _mean_std([r["results"]["clean"]["accuracy"] for r in ce])
+    row = {r[0]: r for r in _rows(paper_table(groups, error="se").markdown())}["pgd_at + ce"]
+    assert f"{m:.2f} ± {s / math.sqrt(2):.2f}" in row
+    assert latex_escape("a_b & 50% ± #1 {x}") == "a\\_b \\& 50\\% $\\pm$ \\#1 \\{x\\}"
+    t = Table(["A", "B"], [["x", "1.00"], ["y", "2.00"]], [False, True], bold={(1, 1)})
+    assert "y & \\textbf{2.00} \\\\" in t.latex() and "<strong>2.00</strong>" in t.html()
+    with pytest.raises(ConfigError, match="error='sem'"):
+        build_report([root], error="sem")
+    with pytest.raises(ConfigError, match="formats"):
+        build_report([root], formats="jpg")
+
+
+PDFLATEX = shutil.which("pdflatex")
+
+
+@pytest.mark.skipif(PDFLATEX is None, reason="no TeX engine installed (apt-get install texlive-latex-recommended "
+                                             "for pdflatex with booktabs)")
+def test_latex_document_compiles(report, tmp_path):
+    out, _, _ = report
+    shutil.copy(out / "report.tex", tmp_path / "report.tex")
+    proc = subprocess.run([PDFLATEX, "-interaction=nonstopmode", "-halt-on-error", "report.tex"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    assert (tmp_path / "report.pdf").read_bytes()[:5] == b"%PDF-"
+
+
+def test_figures_are_also_pdf_and_svg_at_the_dpi_setting(report, tmp_path):
+    from matplotlib.figure import Figure
+    from PIL import Image
+
+    from ltrobust.report.plots import save_figure
+
+    out, result, _ = report
+    drawn = [Path(f) for f in result["figures"] if "/analysis/" not in f]
+    assert drawn
+    for png in drawn:
+        assert png.with_suffix(".pdf").read_bytes()[:5] == b"%PDF-", png
+        assert b"<svg" in png.with_suffix(".svg").read_bytes()[:2000], png
+    fig = Figure(figsize=(2.0, 1.0))
+    fig.add_subplot(1, 1, 1).plot([0, 1])
+    for dpi in (50, 200):
+        paths = save_figure(fig, tmp_path / f"f{dpi}.png", dpi=dpi)
+        assert [p.suffix for p in paths] == [".png", ".pdf", ".svg"]
+        assert Image.open(paths[0]).size == (2 * dpi, dpi)
+
+
+def test_new_figures_and_tables_are_drawn_from_stored_results(report):
+    """Tail trade-off (002 Fig. 1b), class groups (002 Fig. 8), per-class comparison, per-class curves over
+    epochs (TAET Fig. 2); the cost and robust-fairness tables equal metrics.jsonl and the eval JSON."""
+    import statistics
+
+    from ltrobust.report.plots import class_group_bounds
+
+    out, result, dirs = report
+    names = {Path(f).name for f in result["figures"]}
+    ids = {g["label"]: g["id"] for g in json.loads((out / "report.json").read_text())["groups"]}
+    ce, bsl = ids["pgd_at + ce"], ids["pgd_at + bsl"]
+    assert {"tail_tradeoff.png", "class_groups.png", "per_class_comparison.png", f"{ce}_class_curves.png",
+            f"{bsl}_class_curves.png"} <= names
+    assert class_group_bounds(10) == [(0, 3), (3, 7), (7, 10)]
+    assert class_group_bounds(100) == [(10 * i, 10 * i + 10) for i in range(10)]
+
+    md = (out / "report.md").read_text()
+    cost = {r[0]: dict(zip(_rows(md.split("## Training cost", 1)[1].split("##", 1)[0])[0], r))
+            for r in _rows(md.split("## Training cost", 1)[1].split("##", 1)[0])[1:]}
+    rows = io.read_jsonl(dirs[("bsl", 0)] / "metrics.jsonl")
+    assert cost["pgd_at + bsl"]["s / epoch"] == f"{sum(r['seconds'] for r in rows) / len(rows):.1f}"
+    assert cost["pgd_at + bsl"]["Peak RSS (MB)"] == f"{max(r['peak_rss_mb'] for r in rows):.1f}"
+    per_run = [max(r["peak_rss_mb"] for r in io.read_jsonl(dirs[("ce", s)] / "metrics.jsonl")) for s in (0, 1)]
+    m, s = _mean_std(per_run)
+    assert cost["pgd_at + ce"]["Peak RSS (MB)"] == f"{m:.1f} ± {s:.1f}"
+
+    fair = _rows(md.split("## Robust fairness", 1)[1].split("##", 1)[0])
+    fair = {(r[0], r[1]): dict(zip(fair[0], r)) for r in fair[1:]}
+    res = _results(dirs[("bsl", 0)])["results"]["worst_case"]
+    per = [v for v in res["per_class"] if v is not None]
+    row = fair[("pgd_at + bsl", "Worst case")]
+    assert row["Std over classes"] == f"{statistics.pstdev(per):.2f}"
+    assert row["Max - min"] == f"{max(per) - min(per):.2f}" and row["Worst class"] == f"{min(per):.2f}"
+    spreads = [max(p) - min(p) for p in ([v for v in _results(dirs[("ce", s)])["results"]["worst_case"]["per_class"]
+                                          if v is not None] for s in (0, 1))]
+    m, s = _mean_std(spreads)
+    assert fair[("pgd_at + ce", "Worst case")]["Max - min"] == f"{m:.2f} ± {s:.2f}"
+
+
+def test_class_figures_plot_the_stored_means(runs):
+    """The bars of the class-group figure and the lines of the per-class curves are the stored numbers."""
+    import numpy as np
+
+    from ltrobust.evaluation.metrics import class_order
+    from ltrobust.report.collect import RunFiles, collect, group_entries
+    from ltrobust.report.plots import class_curves_figure, class_groups_figure, tradeoff_figure
+
+    root, dirs = runs
+    groups = group_entries(collect([root])[0])
+    bsl = next(g for g in groups if g.label == "pgd_at + bsl")
+    fig = class_groups_figure(groups, "worst_case")
+    clean_ax = fig.axes[0]
+    per = _results(dirs[("bsl", 0)])["results"]["clean"]["per_class"]
+    order = class_order(bsl.class_counts)
+    want = [np.mean([per[c] for c in order[a:b]]) for a, b in ((0, 3), (3, 7), (7, 10))]
+    i = groups.index(bsl)
+    heights = [p.get_height() for p in clean_ax.patches][3 * i: 3 * i + 3]
+    assert heights == pytest.approx(want)
+
+    run = RunFiles(dirs[("bsl", 0)])
+    fig = class_curves_figure(bsl, [run])
+    rows = run.metrics
+    lines = fig.axes[0].get_lines()
+    assert len(lines) == 10 and len(fig.axes) >= 2
+    c0 = order[0]
+    assert list(lines[0].get_ydata()) == [r["val"]["per_class_clean"][c0] for r in rows]
+
+    # the trade-off plot names every variant once, by its table label, in a legend beside the axes
+    fig = tradeoff_figure(groups, "worst_case")
+    ax = fig.axes[0]
+    assert not ax.texts and sorted(t.get_text() for t in ax.get_legend().get_texts()) == sorted(g.label for g in groups)
+
+
+def test_reference_numbers_of_a_preset_appear_beside_the_run(report):
+    out, _, dirs = report
+    md = (out / "report.md").read_text()
+    table = _rows(md.split("## Paper reference numbers", 1)[1].split("##", 1)[0])
+    rows = [dict(zip(table[0], r)) for r in table[1:]]
+    assert {r["Variant"] for r in rows} == {"pgd_at + bsl"}  # the CE runs carry no reference
+    ref = load_preset("at-bsl-cifar10lt-resnet18")["reference"]
+    assert len(rows) == sum(len(r["values"]) for r in ref)
+    res = _results(dirs[("bsl", 0)])["results"]
+    clean = next(r for r in rows if r["Paper"] == "REAT Table 1" and r["Metric"] == "Clean")
+    assert clean["Paper value"] == "67.00" and clean["Ours"] == f"{res['clean']['accuracy']:.2f}"
+    assert clean["Ours - paper"] == f"{res['clean']['accuracy'] - 67.0:+.2f}"
+    assert clean["Settings that differ"] == ("epochs 2 (paper 80); data sklearn-digits (paper cifar-pickle); "
+                                             "checkpoint best-val (paper best-test)")
+    tail = next(r for r in rows if r["Paper"] == "self-distill Table 1" and r["Metric"] == "Clean tail group")
+    assert tail["Ours"] == f"{res['clean']['tail_group']:.2f}" and tail["Paper value"] == "63.20"
+    aa = next(r for r in rows if r["Metric"] == "AA")
+    assert aa["Ours"] == "-" and aa["Ours - paper"] == "not evaluated"
 
 
 CHROMIUM = next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
@@ -272,3 +493,23 @@ def test_html_renders_in_headless_chromium(report, tmp_path):
     pixels = np.asarray(img.resize((128, 200))).reshape(-1, 3)
     non_white = float((pixels.min(axis=1) < 230).mean())
     assert non_white > 0.05 and len(np.unique(pixels, axis=0)) > 100  # text, tables and figures were drawn
+
+    # no table is wider than the page at 1280 px: a script in a copy of the page measures every table
+    probe = out / "overflow-probe.html"
+    script = ("<script>window.addEventListener('load', () => { const body = document.body.clientWidth; "
+              "const wide = [...document.querySelectorAll('table')].filter(t => t.getBoundingClientRect().right > "
+              "body + 1 || t.scrollWidth > t.parentElement.clientWidth + 1).map(t => "
+              "(t.caption ? t.caption.textContent : t.rows[0].textContent).slice(0, 60)); "
+              "document.title = 'OVERFLOW:' + JSON.stringify({tables: document.querySelectorAll('table').length, "
+              "wide}); });</script>")
+    probe.write_text((out / "index.html").read_text().replace("</body>", script + "</body>"))
+    try:
+        dom = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
+                              "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                              "--no-first-run", "--window-size=1280,2000", "--virtual-time-budget=5000", "--dump-dom",
+                              probe.resolve().as_uri()],
+                             check=True, capture_output=True, text=True, timeout=90).stdout
+    finally:
+        probe.unlink()
+    found = json.loads(re.search(r"<title>OVERFLOW:(.*?)</title>", dom).group(1).replace("&quot;", '"'))
+    assert found["tables"] >= 6 and found["wide"] == [], found

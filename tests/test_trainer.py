@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -98,10 +99,11 @@ def test_trades_beta_zero_equals_natural_training(tmp_path):
 
 
 def test_non_finite_loss_stops_with_epoch_and_step_and_keeps_checkpoint(tmp_path):
-    # epoch 1 trains normally; the step schedule then multiplies lr by 1e30 and the loss diverges in epoch 2
+    # epoch 0 trains normally; the step schedule then multiplies lr by 1e30 and the loss diverges in epoch 1
+    # (epochs are numbered from 0 everywhere: log, messages, metrics.jsonl, checkpoints)
     cfg = resolve_config(TINY + ["epochs=2", f"out={tmp_path}", "name=nan", "train.val_every=0",
                                  "train.lr=0.05", "train.milestones=1", "train.lr_decay=1e30"])
-    with pytest.raises(TrainingDiverged, match=r"non-finite at epoch 2, step \d+; the last good checkpoint"):
+    with pytest.raises(TrainingDiverged, match=r"non-finite at epoch 1, step \d+; the last good checkpoint"):
         Trainer(cfg).fit()
     last = io.load_checkpoint(tmp_path / "nan" / "checkpoints" / "last.pt")
     assert last["epoch"] == 0
@@ -255,3 +257,161 @@ def test_drop_last_follows_compile_unless_set(tmp_path):
     assert not loader("train.compile=true", "train.drop_last=false")[0].loader.drop_last
     with pytest.raises(ConfigError, match="larger than the .* training images .* train.drop_last=false"):
         loader("train.drop_last=true", "train.batch_size=100000")
+
+
+class _Recorder:
+    """A tracker that keeps what it is sent: the whole LOGGERS plug-in contract in a few lines."""
+
+    made: list["_Recorder"] = []
+
+    def __init__(self, run_dir, start_step=0, config=None):
+        self.run_dir, self.start, self.config = run_dir, start_step, config
+        self.steps: dict[int, dict[str, float]] = {}
+        self.closed = False
+        _Recorder.made.append(self)
+
+    def log_scalars(self, step, scalars):
+        self.steps.setdefault(step, {}).update(scalars)
+
+    def close(self):
+        self.closed = True
+
+
+def test_metrics_rows_carry_cost_clean_numbers_and_go_to_the_tracker(tmp_path, caplog):
+    import json
+    import logging
+    import math
+
+    from ltrobust.registry import LOGGERS
+    from ltrobust.training.loggers import Logger, scalars_of
+
+    if "test-recorder" not in LOGGERS:
+        LOGGERS.register("test-recorder")(_Recorder)
+    cfg = resolve_config(TINY + ["epochs=2", "train.max_steps_per_epoch=2", "train.val_samples=30", "train.lr=0.1",
+                                 "train.milestones=1", "train.logger=test-recorder", f"out={tmp_path}", "name=m"])
+    with caplog.at_level(logging.INFO, logger="ltrobust.training.trainer"):
+        summary = Trainer(cfg).fit()
+    rows = io.read_jsonl(tmp_path / "m" / "metrics.jsonl")
+    # epochs are numbered from 0 in the log ("epoch 1/1" is the last of two) and in metrics.jsonl alike
+    logged = [tuple(map(int, m.groups())) for m in
+              (re.match(r"epoch (\d+)/(\d+) ", r.getMessage()) for r in caplog.records) if m]
+    assert logged == [(0, 1), (1, 1)] and [r["epoch"] for r in rows] == [0, 1]
+
+    # cost: seconds and peak memory per epoch (CPU: no CUDA peak); the summary's mean and maximum
+    for r in rows:
+        assert r["seconds"] > 0 and r["seconds"] == round(r["seconds"], 3)
+        assert 100 < r["peak_rss_mb"] < 10 ** 6 and r["peak_cuda_mb"] is None  # a process with torch: > 100 MiB
+    stored = io.read_json(tmp_path / "m" / "train_summary.json")
+    mean = round((rows[0]["seconds"] + rows[1]["seconds"]) / 2, 3)
+    assert stored["seconds_per_epoch"] == summary["seconds_per_epoch"] == mean
+    assert stored["peak_rss_mb"] == max(r["peak_rss_mb"] for r in rows) and stored["peak_cuda_mb"] is None
+
+    # no float noise: lr 0.1 * 0.1 is 0.01, float32 losses carry float32's digits, accuracies are counts
+    assert rows[0]["lr"] == 0.1 and rows[1]["lr"] == 0.01
+    for r in rows:
+        assert repr(r["loss"]) == str(np.float32(r["loss"]))
+        val = r["val"]
+        assert len(val["per_class_clean"]) == len(val["per_class_rob"]) == 10
+        for v in val["per_class_clean"] + val["per_class_rob"] + [val["clean"], val["rob"]]:
+            k = v * 3 / 100  # 3 validation images per class, 30 in all: every accuracy is a multiple of 100/3 or 10/3
+            assert abs(k * 10 - round(k * 10)) < 1e-9
+        assert val["clean"] == 100.0 * sum(round(v * 3 / 100) for v in val["per_class_clean"]) / 30
+    assert "000000" not in json.dumps(rows) and "99999" not in json.dumps(rows)
+
+    # the tracker got every scalar of every row at step = epoch, and was closed
+    rec = _Recorder.made[-1]
+    assert isinstance(rec, Logger) and rec.closed and rec.start == 0
+    assert rec.config["train"]["logger"] == "test-recorder"
+    assert rec.steps == {r["epoch"]: scalars_of(r) for r in rows}
+    assert rec.steps[1]["val/per_class_clean/0"] == rows[1]["val"]["per_class_clean"][0]
+    assert math.isclose(rec.steps[1]["lr"], 0.01)
+
+
+def test_scalars_of_flattens_a_row():
+    from ltrobust.training.loggers import scalars_of
+
+    row = {"epoch": 2, "loss": 0.5, "peak_cuda_mb": None, "stage": "x", "ok": True,
+           "val": {"clean": 60.0, "per_class_rob": [50.0, None]}, "ae_drift": {"l2": [1.0, 2.0], "per_class_l2": [3.0]}}
+    assert scalars_of(row) == {"epoch": 2.0, "loss": 0.5, "val/clean": 60.0, "val/per_class_rob/0": 50.0,
+                               "ae_drift/per_class_l2/0": 3.0}
+    assert scalars_of({"val": {"rob": 1.0}}, prefix="finetune") == {"finetune/val/rob": 1.0}
+
+
+def test_tensorboard_logger_writes_every_scalar(tmp_path):
+    pytest.importorskip("tensorboard", reason="train.logger=tensorboard needs the optional tensorboard package "
+                                              "(pip install 'ltrobust[tensorboard]'; the test extra installs it)")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from ltrobust.training.loggers import scalars_of
+
+    cfg = resolve_config(TINY + ["epochs=1", "train.max_steps_per_epoch=1", "train.val_samples=20",
+                                 "train.logger=tensorboard", f"out={tmp_path}", "name=tb"])
+    Trainer(cfg).fit()
+    row = io.read_jsonl(tmp_path / "tb" / "metrics.jsonl")[0]
+    acc = EventAccumulator(str(tmp_path / "tb" / "tensorboard"))
+    acc.Reload()
+    want = scalars_of(row)
+    assert set(acc.Tags()["scalars"]) == set(want) and "val/per_class_clean/9" in want
+    for tag, value in want.items():
+        (event,) = acc.Scalars(tag)
+        assert event.step == 0 and event.value == pytest.approx(value, rel=1e-6), tag
+
+
+def test_unknown_logger_names_the_choices():
+    with pytest.raises(ConfigError, match="train.logger: unknown logger 'tensorbord'. Did you mean 'tensorboard'.*none"):
+        resolve_config(["train.logger=tensorbord"])
+
+
+def test_peak_rss_is_the_peak_since_the_reset():
+    from ltrobust.training.cost import peak_memory_mb, peak_rss_mb, reset_peaks
+
+    if not Path("/proc/self/clear_refs").exists():
+        pytest.skip("the peak RSS can be reset only on Linux (/proc/self/clear_refs); elsewhere it is the process peak")
+    cpu = torch.device("cpu")
+    reset_peaks(cpu)
+    before = peak_rss_mb()
+    buf = np.ones(64 * 2 ** 20, dtype=np.uint8)  # 64 MiB, every page touched
+    during = peak_memory_mb(cpu)
+    del buf
+    reset_peaks(cpu)
+    after = peak_rss_mb()
+    assert during["peak_rss_mb"] >= before + 60 and after <= during["peak_rss_mb"] - 50
+    assert during["peak_cuda_mb"] is None
+
+
+def test_tensorboard_shows_a_redone_epoch_once_after_a_resume(tmp_path, monkeypatch):
+    pytest.importorskip("tensorboard", reason="train.logger=tensorboard needs the optional tensorboard package "
+                                              "(pip install 'ltrobust[tensorboard]'; the test extra installs it)")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from conftest import Killed
+
+    over = TINY + ["epochs=2", "train.max_steps_per_epoch=1", "train.val_every=0", "train.logger=tensorboard",
+                   "train.deterministic=true", "train.precision=fp32", f"out={tmp_path}", "name=tb"]
+    real_save = io.save_checkpoint
+
+    def die_before_last_of_epoch_1(path, state):  # epoch 1 is logged, then the run dies before its checkpoint
+        if Path(path).name == "last.pt" and state["epoch"] == 1:
+            raise Killed
+        real_save(path, state)
+
+    with monkeypatch.context() as m:
+        m.setattr(io, "save_checkpoint", die_before_last_of_epoch_1)
+        with pytest.raises(Killed):
+            Trainer(resolve_config(over)).fit()
+    Trainer(resolve_config(over)).fit()  # resumes at epoch 1 and redoes it
+    acc = EventAccumulator(str(tmp_path / "tb" / "tensorboard"))
+    acc.Reload()
+    rows = io.read_jsonl(tmp_path / "tb" / "metrics.jsonl")
+    events = acc.Scalars("loss")
+    assert [e.step for e in events] == [r["epoch"] for r in rows] == [0, 1]
+    assert [e.value for e in events] == pytest.approx([r["loss"] for r in rows], rel=1e-6)
+
+
+def test_tensorboard_without_the_package_names_the_extra(tmp_path, monkeypatch):
+    from ltrobust.training.loggers import build_logger
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails as if it were not installed
+    with pytest.raises(ConfigError, match=r"needs the tensorboard package: pip install 'ltrobust\[tensorboard\]'"):
+        build_logger("tensorboard", tmp_path)
+    assert build_logger("none", tmp_path) is None and not any(tmp_path.iterdir())

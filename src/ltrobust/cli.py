@@ -10,9 +10,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import inspect
 import logging
+import re
 import sys
-from typing import Sequence
+from typing import Any, Sequence
 
 from .errors import ConfigError, LtrobustError
 
@@ -34,8 +36,11 @@ weights ltrobust did not write (results in out=, default runs/eval/<name>):
   e.g. ltrobust eval weights=r18.pt model=torchvision.resnet18 dataset=imagefolder data_dir=data/mine attacks=clean,pgd20,aa
 """
 
+#: the README section that explains the keys (``train --help`` names it; a test checks that it exists)
+README_CONFIG_SECTION = "Configuration"
+
 EPILOG_TRAIN = """\
-keys (section.key=value, or the bare key when unique; see README "Configuration"):
+keys (section.key=value, or the bare key when unique; see README "{readme}"):
 {keys}
 
 methods (method=NAME; their options as NAME=value, e.g. beta=6):
@@ -59,6 +64,52 @@ def _first_doc_line(obj: object) -> str:
     return doc[0] if doc else ""
 
 
+def _default_text(value: Any) -> str:
+    """A default as it is written on the command line: ``8/255``, ``clean,pgd20``, ``true``, ``none``."""
+    from .config import fmt_fraction
+
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return fmt_fraction(value)
+
+
+def _options(cls: Any, skip: Sequence[str] = ()) -> str:
+    """``name=default, ...`` of an Options dataclass (fields named in ``skip`` left out)."""
+    if cls is None:
+        return ""
+    return ", ".join(f"{f.name}={_default_text(f.default)}" for f in dataclasses.fields(cls) if f.name not in skip)
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The ``#:`` comment of each field of a dataclass (on the field's line or the line above it)."""
+    docs: dict[str, str] = {}
+    above = ""
+    for line in inspect.getsource(cls).splitlines():
+        m = re.match(r"\s*#:\s*(.*)", line)
+        if m:
+            above = m.group(1)
+            continue
+        m = re.match(r"\s*(\w+)\s*:[^=]*=.*?(?:#:\s*(.*))?$", line)
+        if m and not line.lstrip().startswith(("def ", "return", "@")):
+            docs.setdefault(m.group(1), m.group(2) or above)
+        above = ""
+    return docs
+
+
+def _key_lines(cls: type, prefix: str = "", names: Sequence[str] | None = None) -> list[str]:
+    """One help line per field of ``cls``: ``prefix.name=default  comment``."""
+    docs = field_docs(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        if names is not None and f.name not in names:
+            continue
+        key = f"{prefix}{f.name}={_default_text(f.default)}"
+        out.append(f"  {key:<30} {docs.get(f.name, '')}".rstrip())
+    return out
+
+
 def _train_epilog() -> str:
     from .config import SECTIONS, list_presets
     from .registry import LOSSES, METHODS
@@ -69,29 +120,78 @@ def _train_epilog() -> str:
     methods = []
     for name in METHODS.names():
         cls = METHODS.get(name)
-        opts = getattr(cls, "Options", None)
-        fields = ", ".join(f"{f.name}={f.default}" for f in dataclasses.fields(opts)) if opts else ""
+        fields = _options(getattr(cls, "Options", None))
         methods.append(f"  {name:<13} {_first_doc_line(cls)}" + (f"\n  {'':<13} options: {fields}" if fields else ""))
     losses = []
     for name in LOSSES.names():
         cls = LOSSES.get(name)
-        opts = getattr(cls, "Options", None)
-        fields = ", ".join(f"{f.name}={f.default}" for f in dataclasses.fields(opts)) if opts else ""
+        fields = _options(getattr(cls, "Options", None))
         losses.append(f"  {name:<6} {_first_doc_line(cls)}" + (f" [{fields}]" if fields else ""))
-    return EPILOG_TRAIN.format(keys="\n".join(keys), methods="\n".join(methods), losses="\n".join(losses),
-                               presets=", ".join(list_presets()) or "(none)")
+    return EPILOG_TRAIN.format(readme=README_CONFIG_SECTION, keys="\n".join(keys), methods="\n".join(methods),
+                               losses="\n".join(losses), presets=", ".join(list_presets()) or "(none)")
+
+
+#: run keys that ``eval``, ``audit`` and ``analyze`` take besides the eval section (load_run)
+_RUN_KEYS = ["  checkpoint=best                best | last: the checkpoint of a run folder",
+             "  data.data_dir=DIR              where the data set lives now, when it moved since training"]
+
+
+def _eval_epilog() -> str:
+    from .config import EvalConfig
+
+    return "\n".join([
+        "keys (key=value; eval.KEY or the bare KEY when unique; a run's config.yaml may set other defaults):",
+        *_RUN_KEYS, *_key_lines(EvalConfig, "eval.", [f.name for f in dataclasses.fields(EvalConfig)
+                                                        if f.name != "checkpoint"]),
+        "", EPILOG_EVAL])
+
+
+_THREAT_KEYS = ("eps", "step_size", "norm", "adjust", "adjust_tau", "seed", "batch_size")
+
+
+def _audit_epilog() -> str:
+    from .config import EvalConfig
+    from .evaluation.audit import AuditOptions
+
+    return "\n".join([
+        "run keys (the deployed model and threat model audited, as for ltrobust eval):", *_RUN_KEYS,
+        *_key_lines(EvalConfig, "eval.", _THREAT_KEYS),
+        "audit keys (audit.KEY=value; thresholds in points of robust accuracy; docs/evaluation.md):",
+        *_key_lines(AuditOptions, "audit."),
+        "example: ltrobust audit runs/NAME audit.n_samples=500 audit.kappas=-2,0,2"])
+
+
+def _report_epilog() -> str:
+    from .report import OPTIONS, build_report
+
+    params = inspect.signature(build_report).parameters
+    docs: dict[str, str] = {}
+    for m in re.finditer(r"^\s{8}([\w /]+): (.+(?:\n\s{12}.+)*)", build_report.__doc__ or "", re.M):
+        for name in m.group(1).split(" / "):
+            docs[name.strip()] = " ".join(m.group(2).replace("``", "").split()).rstrip(".")
+    lines = ["keys (key=value; docs/reports.md):"]
+    for name in OPTIONS:
+        default = params[name].default if name in params else None
+        lines.append(f"  {name + '=' + _default_text(default):<30} {docs.get(name, '')}".rstrip())
+    lines.append("example: ltrobust report runs/A runs/B out=reports/ab metric=balanced_accuracy")
+    return "\n".join(lines)
 
 
 def _analyze_epilog() -> str:
+    from .analysis.base import CommonOptions
+    from .config import EvalConfig
     from .registry import ANALYSES
 
-    lines = ["analyses (KIND; options as key=value, see docs/analysis.md):"]
+    common = [f.name for f in dataclasses.fields(CommonOptions)]
+    lines = ["analyses (KIND; its options as key=value, see docs/analysis.md):"]
     for name in ANALYSES.names():
         cls = ANALYSES.get(name)
-        opts = getattr(cls, "Options", None)
-        fields = ", ".join(f"{f.name}={f.default}" for f in dataclasses.fields(opts)) if opts else ""
+        fields = _options(getattr(cls, "Options", None), skip=common)
         lines.append(f"  {name:<16} {_first_doc_line(cls)}" + (f"\n  {'':<16} options: {fields}" if fields else ""))
-    lines.append("example: ltrobust analyze feature-norm runs/NAME; ltrobust analyze gaussian-theory out=figures")
+    lines += ["options of every analysis:", *_key_lines(CommonOptions),
+              "run keys (the run's deployed model and threat model, as for ltrobust eval):", *_RUN_KEYS,
+              *_key_lines(EvalConfig, "eval.", _THREAT_KEYS),
+              "example: ltrobust analyze feature-norm runs/NAME; ltrobust analyze gaussian-theory out=figures"]
     return "\n".join(lines)
 
 
@@ -117,11 +217,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("overrides", nargs="*", metavar="key=value")
 
     ev = sub.add_parser("eval", help="evaluate a run, a checkpoint, or any weights with an attack suite",
-                        formatter_class=raw, epilog=EPILOG_EVAL)
+                        formatter_class=raw, epilog=_eval_epilog())
     ev.add_argument("run", metavar="RUN_OR_CHECKPOINT", nargs="?")
     ev.add_argument("overrides", nargs="*", metavar="key=value")
 
-    au = sub.add_parser("audit", help="gradient-masking audit (logit re-scaling, zero gradients, PGD-AA gap, ...)")
+    au = sub.add_parser("audit", help="gradient-masking audit (logit re-scaling, zero gradients, PGD-AA gap, ...)",
+                        formatter_class=raw, epilog=_audit_epilog())
     au.add_argument("run", metavar="RUN_OR_CHECKPOINT")
     au.add_argument("overrides", nargs="*", metavar="key=value")
 
@@ -131,7 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("kind")
     an.add_argument("runs", nargs="*", metavar="RUN_OR_CHECKPOINT / key=value")
 
-    rep = sub.add_parser("report", help="tables, plots and HTML from stored results (no retraining)")
+    rep = sub.add_parser("report", help="tables, plots and HTML from stored results (no retraining)",
+                         formatter_class=raw, epilog=_report_epilog())
     rep.add_argument("inputs", nargs="+", metavar="RUN_OR_SWEEP / out=DIR")
 
     sw = sub.add_parser("sweep", help="run a grid of runs (methods x data sets x IR x seeds x any key)")
@@ -163,7 +265,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     print(f"run folder: {summary['run_dir']}")
     best = summary["best"]
     if best.get("epoch", -1) >= 0:
-        print(f"best epoch by validation robust accuracy: {best['epoch'] + 1} (val PGD {best['val_rob']:.2f}%)")
+        print(f"best epoch by validation robust accuracy: {best['epoch']} (numbered from 0, as in metrics.jsonl; "
+              f"val PGD {best['val_rob']:.2f}%)")
     print(f"next: ltrobust eval {summary['run_dir']} attacks=clean,pgd20,aa")
     return 0
 
@@ -242,10 +345,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_list(args: argparse.Namespace) -> int:
     from .config import list_presets
-    from .registry import ANALYSES, ATTACKS, DATASETS, LOSSES, METHODS, MODELS, ADJUSTMENTS
+    from .registry import ANALYSES, ATTACKS, DATASETS, LOGGERS, LOSSES, METHODS, MODELS, ADJUSTMENTS
 
     for title, reg in (("data sets", DATASETS), ("models", MODELS), ("attacks", ATTACKS), ("losses", LOSSES),
-                       ("methods", METHODS), ("inference adjustments", ADJUSTMENTS), ("analyses", ANALYSES)):
+                       ("methods", METHODS), ("inference adjustments", ADJUSTMENTS), ("analyses", ANALYSES),
+                       ("experiment trackers (train.logger)", LOGGERS)):
         print(f"{title}: {', '.join(reg.names())}")
     print(f"presets: {', '.join(list_presets())}")
     return 0
@@ -266,7 +370,32 @@ COMMANDS = {"data": _cmd_data, "train": _cmd_train, "eval": _cmd_eval, "audit": 
             "list": _cmd_list}
 
 
+def dashed_options(argv: Sequence[str]) -> list[str]:
+    """The ``key=value`` form of the ``--key value`` / ``--key=value`` / ``--flag`` arguments in ``argv``
+    (``--batch-size 64`` -> ``batch_size=64``); empty when there is none."""
+    out: list[str] = []
+    args = list(argv)
+    for i, arg in enumerate(args):
+        if not arg.startswith("--") or arg in ("--", "--help", "--verbose") or arg.split("=")[0] in IMPORT_FLAG:
+            continue
+        if i > 0 and args[i - 1] in IMPORT_FLAG:  # a module name after --import
+            continue
+        key, eq, value = arg[2:].partition("=")
+        if not eq:
+            nxt = args[i + 1] if i + 1 < len(args) else None
+            takes = nxt is not None and not nxt.startswith("--") and nxt not in ("-h", "-v") and "=" not in nxt
+            value = nxt if takes else "true"
+        out.append(f"{key.replace('-', '_')}={value}")
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    dashed = dashed_options(argv)
+    if dashed:
+        print(f"error: settings are written key=value, not --key value: write {' '.join(dashed)} instead.",
+              file=sys.stderr)
+        return 2
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,

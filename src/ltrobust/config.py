@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 from dataclasses import dataclass, field, fields, replace
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -37,7 +39,7 @@ def _check(cond: bool, msg: str) -> None:
 
 
 def _check_eps(name: str, value: float) -> None:
-    _check(0.0 <= value <= 1.0, f"{name}={value} is outside [0, 1]: eps is in pixel units of images in "
+    _check(0.0 <= value <= 1.0, f"{name}={fmt_fraction(value)} is outside [0, 1]: eps is in pixel units of images in "
            f"[0, 1], e.g. 8/255 for l_inf; write {name}=8/255.")
 
 
@@ -175,6 +177,7 @@ class TrainConfig:
     record_ae_drift: bool = False
     ae_drift_samples: int = 256
     max_steps_per_epoch: int = 0  #: >0 caps steps per epoch (smoke tests)
+    logger: str = "none"  #: tracker of every number of metrics.jsonl: none | tensorboard (README "Experiment tracking")
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, f"train.epochs={self.epochs} trains nothing (no checkpoint to evaluate): use "
@@ -220,17 +223,17 @@ class TrainConfig:
 class EvalConfig:
     """The evaluation suite (SPEC 4)."""
 
-    attacks: tuple[str, ...] = ("clean", "pgd20")
-    norm: str = "linf"
-    eps: float = 8 / 255
+    attacks: tuple[str, ...] = ("clean", "pgd20")  #: the suite, in cascade order (clean always first)
+    norm: str = "linf"  #: linf | l2
+    eps: float = 8 / 255  #: radius of the threat model, pixel units of images in [0, 1]
     step_size: float = 2 / 255  #: PGD / MIM / CW step (TAET preset: 1/255)
-    batch_size: int = 256
+    batch_size: int = 256  #: images per attack call
     chunk_size: int = 1000  #: images per resumable chunk
     n_samples: int = 0  #: evaluate the first n test images (balanced order); 0: all
     checkpoint: str = "best"  #: best | last
     adjust: str = "none"  #: inference adjustment: none | logit_adjust | tau_norm | cdt | tde
-    adjust_tau: float = 1.0
-    seed: int = 0
+    adjust_tau: float = 1.0  #: tau of logit_adjust / tau_norm / cdt (alpha of tde)
+    seed: int = 0  #: seed of the test sample and of every attack's randomness
     mode: str = "cascade"  #: cascade (each attack on the images still robust) | standalone
     tag: str = ""  #: suffix of the result files, for several evaluations of one checkpoint
     tail_group: int = 0  #: classes in the T-Clean / T-PGD tail group; 0: C // 10 (002's convention)
@@ -262,6 +265,8 @@ class RunConfig:
     out: str = "runs"  #: parent folder of run folders
     name: str = ""  #: run folder name; empty: derived from method, loss, data set and seed
     preset: str = ""
+    #: the paper numbers this run targets, shown beside ours by ``ltrobust report`` (:func:`check_reference`)
+    reference: tuple[Mapping[str, Any], ...] = ()
 
     def run_name(self) -> str:
         if self.name:
@@ -277,7 +282,7 @@ class RunConfig:
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "attack": AttackConfig, "method": MethodConfig,
             "train": TrainConfig, "eval": EvalConfig}
-TOP_LEVEL = ("out", "name", "preset")
+TOP_LEVEL = ("out", "name", "preset", "reference")
 # Short names that map to a section's main field.
 ALIASES = {"method": "method.name", "loss": "method.loss", "model": "model.name", "dataset": "data.dataset",
            "teacher": "method.teacher", "epochs": "train.epochs", "seed": "train.seed"}
@@ -349,7 +354,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     except ConfigError:
         raise
     except (TypeError, ValueError):
-        raise ConfigError(f"{key}={value!r} is not a valid {tp}.") from None
+        shown = fmt_fraction(value) if isinstance(value, float) else repr(value)
+        raise ConfigError(f"{key}={shown} is not a valid {tp}.") from None
     return value
 
 
@@ -367,11 +373,12 @@ def _leaf_index() -> dict[str, list[str]]:
 
 
 def _all_keys() -> list[str]:
+    """Every key a user may write, each once (an alias such as ``epochs`` is also a leaf name)."""
     keys = list(TOP_LEVEL) + list(ALIASES)
     for sec, cls in SECTIONS.items():
         keys += [f"{sec}.{n}" for n in _field_names(cls)]
     keys += list(_leaf_index())
-    return keys
+    return list(dict.fromkeys(keys))
 
 
 def _method_option_fields(method: str, loss: str) -> tuple[list[str], list[str]]:
@@ -562,9 +569,72 @@ def from_flat(flat: Mapping[str, Any]) -> RunConfig:
         hints = {f.name: f.type for f in fields(cls)}
         kwargs = {name: _coerce(v, hints[name], f"{sec}.{name}") for name, v in sections[sec].items()}
         built[sec] = cls(**kwargs)
-    cfg = RunConfig(**built, **{k: ("" if v is None else str(v)) for k, v in top.items()})
+    reference = check_reference(top.pop("reference", ()))
+    cfg = RunConfig(**built, **{k: ("" if v is None else str(v)) for k, v in top.items()}, reference=reference)
     validate_names(cfg)
     return cfg
+
+
+#: ``settings`` keys of a reference that are not config keys: the data files' format (the run's
+#: ``manifest.json`` ``source.format``), the checkpoint rule (``best-val`` | ``best-test`` | ``last``), epochs
+REFERENCE_SETTINGS = ("epochs", "data", "checkpoint")
+REFERENCE_CHECKPOINTS = ("best-val", "best-test", "last")
+
+
+def check_reference(value: Any) -> tuple[dict[str, Any], ...]:
+    """Validate the ``reference:`` list of a preset or grid run: the paper numbers the run targets.
+
+    Each item::
+
+        - source: 001_59d8b7d2bde7d541.txt   # the paper's text file (shared/papers)
+          paper: REAT                          # short name shown in the report (optional)
+          table: Table 1
+          settings: {epochs: 80, data: cifar-pickle, checkpoint: best-test}   # the paper's run settings
+          values: {clean: 67.33, pgd20: 36.20, aa: 32.08, clean.tail_group: 69.5}
+
+    ``values`` keys are ``ATTACK`` (overall accuracy, %) or ``ATTACK.METRIC`` (a metric of the eval JSON:
+    ``balanced_accuracy``, ``tail_group``, ``head``, ``tail``, ...). ``settings`` keys are ``epochs``,
+    ``data`` (the data files' format: ``cifar-pickle``, ``image-folder``, ...), ``checkpoint`` (``best-val``:
+    best on held-out validation, ltrobust's ``best``; ``best-test``: best on the test set; ``last``) and any
+    config key (``train.batch_size``, ``model.name``); the report marks where a run differs from them.
+    """
+    if value in (None, "", ()):
+        return ()
+    if isinstance(value, Mapping) or not isinstance(value, (list, tuple)):
+        raise ConfigError(f"reference must be a list of {{source, table, settings, values}} items (docs/reports.md), "
+                          f"got {value!r}.")
+    out = []
+    for i, item in enumerate(value):
+        where = f"reference[{i}]"
+        if not isinstance(item, Mapping):
+            raise ConfigError(f"{where} must be a mapping with source, table, settings and values, got {item!r}.")
+        unknown = sorted(set(item) - {"source", "paper", "table", "settings", "values", "note"})
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; valid: source, paper, table, settings, "
+                              f"values, note.")
+        for k in ("source", "table"):
+            if not isinstance(item.get(k), str) or not item[k].strip():
+                raise ConfigError(f"{where}: `{k}` must name the paper's {'text file' if k == 'source' else 'table'}, "
+                                  f"e.g. {k}: {'001_59d8b7d2bde7d541.txt' if k == 'source' else 'Table 1'}.")
+        values = item.get("values")
+        if not isinstance(values, Mapping) or not values:
+            raise ConfigError(f"{where}: `values` must map metrics to the paper's numbers, e.g. "
+                              f"values: {{clean: 67.33, pgd20: 36.2, aa: 32.08}}.")
+        for k, v in values.items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise ConfigError(f"{where}: values.{k}={v!r} is not a number (write percentages, e.g. 36.2).")
+        settings = item.get("settings") or {}
+        if not isinstance(settings, Mapping):
+            raise ConfigError(f"{where}: `settings` must be a mapping, e.g. "
+                              f"settings: {{epochs: 80, checkpoint: last}}.")
+        for k, v in settings.items():
+            if k not in REFERENCE_SETTINGS and k not in _all_keys():
+                raise _unknown_key(str(k), REFERENCE_SETTINGS)
+            if k == "checkpoint" and v not in REFERENCE_CHECKPOINTS:
+                raise ConfigError(f"{where}: settings.checkpoint={v!r}: use {', '.join(REFERENCE_CHECKPOINTS)}.")
+        out.append({**dict(item), "values": {str(k): float(v) for k, v in values.items()},
+                    "settings": dict(settings)})
+    return tuple(out)
 
 
 def validate_names(cfg: RunConfig) -> None:
@@ -572,8 +642,10 @@ def validate_names(cfg: RunConfig) -> None:
 
     Attack names (``eval.attacks``) are checked where attacks live: :func:`ltrobust.attacks.check_attacks`,
     called by the trainer before any training and by the sweep before any run."""
-    from .registry import DATASETS, LOSSES, METHODS, MODELS
+    from .registry import DATASETS, LOGGERS, LOSSES, METHODS, MODELS
 
+    if cfg.train.logger != "none" and cfg.train.logger not in LOGGERS:
+        raise ConfigError(f"train.logger: {LOGGERS.unknown_message(cfg.train.logger)[:-1]}, or none.")
     DATASETS.get(cfg.data.dataset)
     MODELS.get(cfg.model.name)
     method_cls = METHODS.get(cfg.method.name)
@@ -647,8 +719,21 @@ def to_dict(cfg: RunConfig) -> dict[str, Any]:
     return out
 
 
+_YAML_FLOAT = re.compile(r"^(\s*(?:- |[\w.]+: ))(-?[0-9][0-9.e+-]*)$")
+
+
 def dump_yaml(cfg: RunConfig) -> str:
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    """The resolved config as YAML (``config.yaml``); a float that is a fraction such as 8/255 carries it as a
+    comment (``eps: 0.03137254901960784  # 8/255``), so the file stays plain numbers for every YAML reader."""
+    lines = []
+    for line in yaml.safe_dump(to_dict(cfg), sort_keys=False).splitlines():
+        m = _YAML_FLOAT.match(line)
+        if m and "." in m.group(2):
+            shown = fmt_fraction(float(m.group(2)))
+            if "/" in shown:
+                line += f"  # {shown}"
+        lines.append(line)
+    return "\n".join(lines) + "\n"
 
 
 def load_run_config(path: str | Path) -> RunConfig:
@@ -689,6 +774,33 @@ def from_dict(nested: Mapping[str, Any]) -> RunConfig:
 def with_updates(cfg: RunConfig, **sections: Mapping[str, Any]) -> RunConfig:
     """A copy of ``cfg`` with some fields of some sections replaced (``train={"epochs": 2}``)."""
     return replace(cfg, **{sec: replace(getattr(cfg, sec), **vals) for sec, vals in sections.items()})
+
+
+def fmt_fraction(v: Any) -> str:
+    """A value as people write it: a float without a short decimal form that is an exact fraction with a
+    denominator up to 1000 as that fraction, over 255 when it is k/255 (``12/255``, not ``4/85``; ``1/3``
+    stays ``1/3``), else the shortest decimal (``0.1``, ``1e-05``); lists and tuples comma-separated.
+    For help texts, comments and messages (run names use :func:`fmt_value`).
+
+    Example::
+
+        fmt_fraction(8 / 255), fmt_fraction(0.1), fmt_fraction((0.0, 2 / 255))   # '8/255', '0.1', '0,2/255'
+    """
+    if isinstance(v, (list, tuple)):
+        return ",".join(fmt_fraction(x) for x in v)
+    if not isinstance(v, float) or not math.isfinite(v):
+        return str(v)
+    if v.is_integer():
+        return repr(v)  # 2.0: still a float
+    text = repr(v)
+    if len(text.lstrip("-").replace("0.", "", 1).lstrip("0").split("e")[0].replace(".", "")) <= 6:
+        return text  # a short decimal: 0.1, 0.03125, 1e-05
+    frac = Fraction(v).limit_denominator(1000)
+    if frac.numerator / frac.denominator != v:
+        return text
+    if 255 % frac.denominator == 0 and frac.denominator > 15:  # 12/255 rather than 4/85; 1/3 stays 1/3
+        return f"{frac.numerator * 255 // frac.denominator}/255"
+    return f"{frac.numerator}/{frac.denominator}"
 
 
 def fmt_value(v: Any) -> str:

@@ -1,4 +1,4 @@
-"""One small registry for data sets, models, attacks, losses, methods and analyses.
+"""One small registry for data sets, models, attacks, losses, methods, analyses and experiment trackers.
 
 Each entry is registered with a decorator (timm's ``@register_model`` pattern), so the CLI and the
 parametrised tests find every entry by name without an if/elif chain::
@@ -76,6 +76,7 @@ LOSSES = Registry("loss")
 METHODS = Registry("method")
 ADJUSTMENTS = Registry("inference adjustment")
 ANALYSES = Registry("analysis")
+LOGGERS = Registry("logger")  # experiment trackers of train.logger (training/loggers.py)
 
 _loaded = False
 _loading = False
@@ -95,7 +96,8 @@ def _load_builtin_entries() -> None:
         import importlib
         import importlib.util
 
-        for pkg in ("data", "models", "attacks", "losses", "methods", "evaluation.adjust", "analysis"):
+        for pkg in ("data", "models", "attacks", "losses", "methods", "evaluation.adjust", "analysis",
+                    "training.loggers"):
             if importlib.util.find_spec(f"ltrobust.{pkg}") is not None:
                 importlib.import_module(f"ltrobust.{pkg}")
         load_plugins()

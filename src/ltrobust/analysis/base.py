@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from .. import io
-from ..config import parse_value, resolve_config
+from ..config import fmt_fraction, parse_value, resolve_config
 from ..errors import CheckpointError, ConfigError
 from ..registry import ANALYSES
 
@@ -57,13 +57,7 @@ class CommonOptions:
 
 def option_help(cls: type) -> str:
     """``name=default`` for every option of an Options dataclass."""
-    return ", ".join(f"{f.name}={_fmt_default(f.default)}" for f in fields(cls))
-
-
-def _fmt_default(v: Any) -> str:
-    if isinstance(v, tuple):
-        return ",".join(f"{x:g}" if isinstance(x, float) else str(x) for x in v)
-    return str(v)
+    return ", ".join(f"{f.name}={fmt_fraction(f.default)}" for f in fields(cls))  # 2/255, not 0.00784313725490196
 
 
 def _coerce(key: str, text: str, tp: str) -> Any:
@@ -269,7 +263,7 @@ def run_analysis(kind: str, runs: Sequence[str | Path] = (), overrides: Sequence
         raise RuntimeError(f"analysis {kind} returns reserved keys {sorted(clash)}")
     out_dir = Path(opts.out) if opts.out else (contexts[0].run_dir / "analysis" if contexts else Path("analysis"))
     record = {"kind": kind, "options": dataclasses.asdict(opts), "runs": [c.describe() for c in contexts],
-              **result, "seconds": time.perf_counter() - t0, "versions": library_versions()}
+              **result, "seconds": round(time.perf_counter() - t0, 3), "versions": library_versions()}
     json_path, png_path = out_dir / f"{kind}.json", out_dir / f"{kind}.png"
     io.write_json(json_path, record)
     save_figure(analysis.plot(io.read_json(json_path), opts), png_path, opts.dpi, opts.palette)

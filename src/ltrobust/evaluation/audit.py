@@ -284,7 +284,7 @@ def audit_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, class_counts
         **summary, "robust_balanced": robust_balanced,
         "checks": checks, "flags": [k for k, c in checks.items() if c["flagged"]],
         "options": dataclasses.asdict(opts), "versions": library_versions(), "autoattack": autoattack_version(),
-        "seconds": time.perf_counter() - t0,
+        "seconds": round(time.perf_counter() - t0, 3),
     }
 
 

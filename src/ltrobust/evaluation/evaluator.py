@@ -24,6 +24,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import platform
 import time
 from pathlib import Path
@@ -145,33 +146,35 @@ def quick_robustness(model: nn.Module, split: Any, num_classes: int, attack_cfg:
                      n_samples: int = 1000, seed: int = 0, batch_size: int = 256) -> dict[str, Any]:
     """Clean and PGD-``steps`` accuracy on a balanced sample (per-epoch validation; fp32).
 
-    Returns ``{"n", "clean", "rob", "clean_balanced", "rob_balanced", "per_class_rob", "steps"}``
-    (percentages; ``per_class_rob`` is ``None`` for a class absent from the sample).
+    Returns ``{"n", "clean", "rob", "clean_balanced", "rob_balanced", "per_class_clean", "per_class_rob",
+    "steps"}``: percentages computed from integer counts (so 3 of 5 is exactly ``60.0``); the per-class lists
+    are the recalls of :func:`~ltrobust.evaluation.metrics.per_class_recall`, ``None`` for a class absent
+    from the sample, and the balanced accuracies their mean over the classes present.
     """
+    from .metrics import per_class_recall
+
     device = next(model.parameters()).device
     flush_denormals(device)
     idx = balanced_subset(split.labels, n_samples, seed)
     threat = threat_model(attack_cfg.norm, attack_cfg.eps)
-    clean_ok, rob_ok, labels = [], [], []
+    clean_pred, rob_pred, labels = [], [], []
     gen = torch.Generator(device=device).manual_seed(seed)
     for i in range(0, len(idx), batch_size):
         x, y = images_of(split, idx[i:i + batch_size], device)
         x_adv = pgd(model, x, y, threat, steps=steps, step_size=attack_cfg.step_size, generator=gen)
-        clean_ok.append(predict(model, x) == y)
-        rob_ok.append(predict(model, x_adv) == y)
+        clean_pred.append(predict(model, x))
+        rob_pred.append(predict(model, x_adv))
         labels.append(y)
-    c, r, y = torch.cat(clean_ok).cpu(), torch.cat(rob_ok).cpu(), torch.cat(labels).cpu()
-    per_class_rob = [float(r[y == k].float().mean() * 100) if (y == k).any() else None for k in range(num_classes)]
-    present = [k for k in range(num_classes) if (y == k).any()]
-    return {
-        "n": int(len(y)),
-        "clean": float(c.float().mean() * 100),
-        "rob": float(r.float().mean() * 100),
-        "clean_balanced": float(np.mean([c[y == k].float().mean() * 100 for k in present])),
-        "rob_balanced": float(np.mean([r[y == k].float().mean() * 100 for k in present])),
-        "per_class_rob": per_class_rob,
-        "steps": steps,
-    }
+    y = torch.cat(labels).cpu()
+    out: dict[str, Any] = {"n": int(len(y))}
+    for name, pred in (("clean", torch.cat(clean_pred).cpu()), ("rob", torch.cat(rob_pred).cpu())):
+        per_class = per_class_recall(pred, y, num_classes)
+        present = [v for v in per_class if v is not None]
+        out[name] = 100.0 * int((pred == y).sum()) / max(len(y), 1)
+        out[f"{name}_balanced"] = math.fsum(present) / len(present) if present else 0.0
+        out[f"per_class_{name}"] = per_class
+    out["steps"] = steps
+    return out
 
 
 # ------------------------------------------------------------------------------- one attack, flags
@@ -356,7 +359,7 @@ class Evaluation:
             log.info("eval %s: %d of %d chunks reused from %s", self.tag, reused, len(chunks), self.chunk_dir)
         out = self._aggregate(results)
         out.update(fingerprint=fp, settings=self.settings(), chunks=len(chunks), chunks_reused=reused,
-                   seconds=time.perf_counter() - t0, samples=f"{self.tag}_samples.npz")
+                   seconds=round(time.perf_counter() - t0, 3), samples=f"{self.tag}_samples.npz")
         self._write_samples(results)
         io.write_json(self.out_dir / f"{self.tag}.json", out)
         io.atomic_write_text(self.out_dir / f"{self.tag}.md", markdown_table(out))
@@ -413,7 +416,7 @@ class Evaluation:
                 ok = robust.clone() if self.mode == "cascade" else ok
             flags[spec.name] = ok.tolist()
             preds[spec.name] = pred.tolist()
-            seconds[spec.name] = time.perf_counter() - t
+            seconds[spec.name] = round(time.perf_counter() - t, 3)  # ms: no float noise in the JSON
             bar.update(1)
         flags["worst_case"] = robust.tolist()
         preds["worst_case"] = suite_pred.tolist()
@@ -450,7 +453,7 @@ class Evaluation:
             if name != "clean":
                 res["boundary_error"] = boundary_error(clean, correct)
             if name != "worst_case":
-                res["seconds"] = float(sum(c["seconds"].get(name, 0.0) for c in chunks))
+                res["seconds"] = round(math.fsum(c["seconds"].get(name, 0.0) for c in chunks), 3)
             per_attack[name] = res
         out: dict[str, Any] = {
             "tag": self.tag,

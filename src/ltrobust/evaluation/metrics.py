@@ -195,6 +195,22 @@ def summarize(correct: Any, y: Any, class_counts: Sequence[int] | None, num_clas
     return out
 
 
+def class_spread(per_class: Sequence[float | None]) -> dict[str, float] | None:
+    """Robust fairness of per-class recalls (%): their population standard deviation over the classes,
+    ``max - min`` and the worst class's recall; classes without test images (None) are skipped.
+
+    Example::
+
+        class_spread([80.0, 60.0, 40.0])   # {'std': 16.33, 'range': 40.0, 'worst': 40.0} (std rounded here)
+    """
+    vals = [float(v) for v in per_class if v is not None]
+    if not vals:
+        return None
+    mean = _mean(vals)
+    return {"std": math.sqrt(math.fsum((v - mean) ** 2 for v in vals) / len(vals)), "range": max(vals) - min(vals),
+            "worst": min(vals)}
+
+
 def _percent(a: Any) -> float:
     if isinstance(a, (int, float)) and not isinstance(a, bool):
         return float(a)

@@ -69,7 +69,7 @@ def run_demo(overrides: Sequence[str] = (), out: str | None = None,
         if not (run_dir / "train_summary.json").exists():
             print(f"training {label:<14} ({cfg.method.name}, loss {cfg.method.loss}) ...", flush=True)
             train(cfg)
-        train_s = time.perf_counter() - t0
+        train_s = round(time.perf_counter() - t0, 3)
         result = evaluate_run(run_dir, EVAL, progress=False)
         aa = evaluate_run(run_dir, EVAL_AA, progress=False)
         # the AA columns come with the PGD-20 of the same 100 images, never beside another image set's numbers
@@ -77,7 +77,7 @@ def run_demo(overrides: Sequence[str] = (), out: str | None = None,
         result["results"]["apgd"] = aa["results"]["apgd"]
         result["aa_n"] = aa["n"]
         rows.append({"label": label, "run": str(run_dir), "result": result, "train_seconds": train_s,
-                     "seconds": time.perf_counter() - t0})
+                     "seconds": round(time.perf_counter() - t0, 3)})
     index = _report(report, out_dir, [r["run"] for r in rows]) if report else None
     print()
     print(demo_table(rows))

@@ -57,7 +57,8 @@ SWEEP_OVERRIDES = ("out", "engine", "parallel", "ray.address", "ray.num_cpus", "
 #: keys the default run name already shows (data set, IR (exp profile) or profile, model, method, loss, seed)
 NAMED_KEYS = ("data.dataset", "data.imbalance", "data.profile", "model.name", "method.name", "method.loss", "train.seed")
 #: keys that never make two runs different
-UNNAMED_KEYS = ("name", "out", "preset", "train.progress", "train.device", "data.data_dir", "data.download")
+UNNAMED_KEYS = ("name", "out", "preset", "reference", "train.progress", "train.device", "data.data_dir",
+                "data.download")
 #: evaluation settings that do not change the numbers (never force a re-evaluation)
 EVAL_LAYOUT_KEYS = ("batch_size", "chunk_size")
 SWEEP_DEFAULTS = {"train.progress": False}
@@ -365,7 +366,7 @@ def execute(job: dict[str, Any]) -> dict[str, Any]:
     else:
         raise ConfigError(f"unknown sweep job stage {job['stage']!r}")
     return {"stage": job["stage"], "run_dir": str(run_dir), "tag": job.get("tag"), "ran": ran,
-            "seconds": time.perf_counter() - t0}
+            "seconds": round(time.perf_counter() - t0, 3)}
 
 
 def _jsonable_flat(cfg: RunConfig) -> dict[str, Any]:

@@ -8,7 +8,10 @@ Nothing is retrained, no model or checkpoint is loaded: the report reads ``eval/
 - ``report.md``: the same content as Markdown,
 - ``report.json``: every aggregated number (per variant: mean, std and n of every metric of every
   attack) and the runs behind it,
-- ``img/*.png``: the figures; ``img/analysis/``: copies of the runs' analysis figures.
+- ``report.tex``: the tables as booktabs LaTeX (main, head / body / tail, robust fairness, cost, paper
+  references, per-class), best per column in bold; ``report.csv``: one row per run and evaluation with every
+  metric at full precision,
+- ``img/*.png`` (and ``.pdf``, ``.svg``): the figures; ``img/analysis/``: copies of the runs' analysis figures.
 """
 
 from __future__ import annotations
@@ -19,20 +22,21 @@ from typing import Any, Sequence
 
 from .. import io
 from ..errors import ConfigError
-from . import plots
+from . import export, plots
 from .collect import (Group, RunFiles, _read_optional_json, collect, data_label, fmt_value, group_entries,
                       robust_column)
 from .page import Block, Fold, Heading, Image, Items, TableBlock, Text, to_html, to_markdown
-from .tables import (Table, attack_title, config_table, fmt_stat, group_table, paper_table, per_class_table,
-                     table_attacks)
+from .tables import (ERRORS, Table, attack_title, config_table, cost_table, fairness_table, fmt_stat, group_table,
+                     paper_table, per_class_table, reference_table, table_attacks)
 
 log = logging.getLogger(__name__)
 
-OPTIONS = ("out", "tag", "tags", "metric", "robust", "title", "seed_keys", "dpi")
+OPTIONS = ("out", "tag", "tags", "metric", "robust", "title", "seed_keys", "dpi", "error", "formats")
 AGGREGATION_NOTE = (
     "Runs whose evaluation-time configs differ only in `train.seed` (and bookkeeping keys: paths, "
     "progress bars, evaluation batch sizes) are one variant. Every number of a variant is the mean over "
-    "its runs and the sample standard deviation (ddof 1), written mean ± std; a variant with one run shows "
+    "its runs and the sample standard deviation (ddof 1), written mean ± std (with `error=se`: mean ± the "
+    "standard error std / sqrt(n), as REAT reports); a variant with one run shows "
     "its value alone. Accuracies are percentages of the evaluated test images; group columns (head, body, "
     "tail, many, medium, few, tail group) are the mean per-class recall of the group's classes; Gap is the "
     "boundary error A_nat - A_rob (RoBal) of the robust column. Attacks run in cascade unless the "
@@ -56,7 +60,8 @@ def default_out(inputs: Sequence[str | Path]) -> Path:
 
 def build_report(inputs: Sequence[str | Path], out: str | Path | None = None, tag: Any = None, tags: Any = None,
                  metric: str = "accuracy", robust: str | None = None, title: str | None = None,
-                 seed_keys: Any = "train.seed", dpi: Any = 100, **unknown: Any) -> dict[str, Any]:
+                 seed_keys: Any = "train.seed", dpi: Any = 100, error: str = "std",
+                 formats: Any = plots.FORMATS, **unknown: Any) -> dict[str, Any]:
     """Build the report of the runs below ``inputs`` from their stored JSON.
 
     Args:
@@ -69,10 +74,14 @@ def build_report(inputs: Sequence[str | Path], out: str | Path | None = None, ta
             every variant has it, else the per-sample worst case over the suite).
         title: page title.
         seed_keys: config keys aggregated over, comma-separated (default ``train.seed``).
+        dpi: resolution of the PNG figures (and of rasters inside the PDF / SVG copies).
+        error: ``std`` (mean ± sample std over seeds) or ``se`` (mean ± standard error, as REAT reports).
+        formats: figure files written, comma-separated (default ``png,pdf,svg``; the page shows the PNGs).
 
     Returns:
-        ``{"index": index.html, "markdown": report.md, "json": report.json, "markdown_table": the paper-style
-        table as Markdown, "figures": [png paths], "n_runs", "n_entries", "n_groups", "unevaluated"}``.
+        ``{"index": index.html, "markdown": report.md, "json": report.json, "latex": report.tex, "csv":
+        report.csv, "markdown_table": the paper-style table as Markdown, "latex_table": the same as LaTeX,
+        "figures": [png paths], "n_runs", "n_entries", "n_groups", "unevaluated"}``.
 
     Example::
 
@@ -83,6 +92,18 @@ def build_report(inputs: Sequence[str | Path], out: str | Path | None = None, ta
                           f"(e.g. `ltrobust report runs/A runs/B out=reports/ab metric=balanced_accuracy`).")
     if metric not in ("accuracy", "balanced_accuracy"):
         raise ConfigError(f"metric={metric!r}: use accuracy or balanced_accuracy.")
+    if error not in ERRORS:
+        raise ConfigError(f"error={error!r}: use std (mean ± sample std over seeds) or se (± standard error).")
+    try:
+        dpi = int(dpi)
+    except (TypeError, ValueError):
+        raise ConfigError(f"dpi={dpi!r} is not a whole number of dots per inch (e.g. dpi=300).") from None
+    fmts = _split(formats)
+    if "png" not in fmts or set(fmts) - set(plots.FORMATS):
+        raise ConfigError(f"formats={formats!r}: list png (the page shows it) and any of pdf, svg, e.g. "
+                          f"formats=png,pdf,svg.")
+    if not 10 <= dpi <= 1200:
+        raise ConfigError(f"dpi={dpi} is outside 10-1200; use e.g. dpi=100 for the page or dpi=300 for print.")
     entries, unevaluated = collect(inputs, _split(tags if tags is not None else tag) or None)
     if not entries:
         hint = f" ({len(unevaluated)} trained runs have no evaluation: run `ltrobust eval RUN`)" if unevaluated else ""
@@ -92,16 +113,29 @@ def build_report(inputs: Sequence[str | Path], out: str | Path | None = None, ta
     out_dir = Path(out) if out else default_out(inputs)
     img = out_dir / "img"
     img.mkdir(parents=True, exist_ok=True)
-    ctx = _Context(out_dir=out_dir, dpi=int(dpi))
+    ctx = _Context(out_dir=out_dir, dpi=dpi, error=error, formats=["png"] + [f for f in fmts if f != "png"])
     title = title or "ltrobust report"
+    names = next((n for n in (ctx.run(e.run_dir).class_names for g in groups for e in g.entries) if n), None)
 
-    main = paper_table(groups, metric, rob)
+    main = paper_table(groups, metric, rob, error)
+    hbt = group_table(groups, rob, error)
+    fairness = fairness_table(groups, rob, error)
+    costs = {g.gid: [c for c in (ctx.run(e.run_dir).cost() for e in _unique_by_run(g)) if c] for g in groups}
+    cost = cost_table(groups, costs, error)
+    formats = {g.gid: next((f for f in (ctx.run(e.run_dir).data_format for e in g.entries) if f), None)
+               for g in groups}
+    refs = reference_table(groups, formats, error)
     blocks: list[Block] = [Text(f"{len(entries)} evaluations of {len({e.run_dir for e in entries})} runs in "
                                 f"{len(groups)} variant(s), read from stored results (no model was loaded). "
-                                f"Inputs: {', '.join(str(p) for p in inputs)}.", "meta")]
-    toc = [("results", "Results"), ("groups", "Head / body / tail"), ("tradeoff", "Trade-off")]
+                                f"Inputs: {', '.join(str(p) for p in inputs)}. Also written: report.tex (LaTeX "
+                                f"tables), report.csv (every number), each figure as PNG, PDF and SVG.", "meta")]
+    toc = [("results", "Results")]
     blocks += [Heading("Results", 2, "results"), TableBlock(main)]
-    blocks += [Heading("Head / body / tail and tail group", 2, "groups"), TableBlock(group_table(groups, rob))]
+    if refs is not None:
+        blocks += [Heading("Paper reference numbers", 2, "reference"), TableBlock(refs)]
+        toc.append(("reference", "Paper references"))
+    blocks += [Heading("Head / body / tail and tail group", 2, "groups"), TableBlock(hbt)]
+    toc += [("groups", "Head / body / tail"), ("tradeoff", "Trade-off")]
     blocks += [Heading("Clean vs robust trade-off", 2, "tradeoff")]
     fig = plots.tradeoff_figure(groups, rob, metric)
     if fig is not None:
@@ -109,6 +143,19 @@ def build_report(inputs: Sequence[str | Path], out: str | Path | None = None, ta
                             f"clean vs {attack_title(rob)} accuracy of each variant (mean ± std over seeds)"))
     else:
         blocks.append(Text("No robust column to plot (only clean accuracy was evaluated).", "note"))
+    fig = plots.tradeoff_figure(groups, rob, "tail_group")
+    if fig is not None:
+        blocks.append(Image(ctx.save(fig, "tail_tradeoff.png"),
+                            f"tail-group clean vs {attack_title(rob)} accuracy (the last max(1, C // 10) classes; "
+                            f"002 Fig. 1b), mean ± std over seeds"))
+    blocks += _comparison_blocks(groups, rob, names, ctx)
+    toc.append(("classes", "Class groups and per class"))
+    if fairness is not None:
+        blocks += [Heading("Robust fairness", 2, "fairness"), TableBlock(fairness)]
+        toc.append(("fairness", "Robust fairness"))
+    if cost is not None:
+        blocks += [Heading("Training cost", 2, "cost"), TableBlock(cost)]
+        toc.append(("cost", "Training cost"))
     blocks.append(Heading("Variants", 2, "variants"))
     toc.append(("variants", "Variants"))
     for g in groups:
@@ -122,12 +169,21 @@ def build_report(inputs: Sequence[str | Path], out: str | Path | None = None, ta
     toc += [("runs", "Runs"), ("aggregation", "Aggregation")]
 
     md_path, html_path, json_path = out_dir / "report.md", out_dir / "index.html", out_dir / "report.json"
+    tex_path, csv_path = out_dir / "report.tex", out_dir / "report.csv"
     io.atomic_write_text(md_path, f"# {title}\n\n" + to_markdown(blocks))
     io.atomic_write_text(html_path, to_html(blocks, title, toc))
     io.write_json(json_path, _summary(groups, rob, metric, unevaluated, ctx.figures, out_dir))
+    per_class = [per_class_table(g, table_attacks([g]), ctx.run(g.entries[0].run_dir).class_names, error)
+                 for g in groups if g.class_counts]
+    tables = [("main", main), ("reference", refs), ("groups", hbt), ("fairness", fairness), ("cost", cost)]
+    tables += [(f"per-class-{g.gid}", t) for g, t in zip([g for g in groups if g.class_counts], per_class)]
+    io.atomic_write_text(tex_path, export.latex_document(title, [(k, t) for k, t in tables if t is not None],
+                                                         ctx.figures))
+    io.atomic_write_text(csv_path, export.results_csv(groups))
     log.info("report: %s", html_path)
-    return {"index": str(html_path), "markdown": str(md_path), "json": str(json_path),
-            "markdown_table": main.markdown(), "figures": [str(out_dir / f) for f in ctx.figures],
+    return {"index": str(html_path), "markdown": str(md_path), "json": str(json_path), "latex": str(tex_path),
+            "csv": str(csv_path), "markdown_table": main.markdown(), "latex_table": main.latex("tab:main"),
+            "figures": [str(out_dir / f) for f in ctx.figures],
             "n_runs": len({e.run_dir for e in entries}), "n_entries": len(entries), "n_groups": len(groups),
             "unevaluated": [str(p) for p in unevaluated], "robust": rob}
 
@@ -135,16 +191,19 @@ def build_report(inputs: Sequence[str | Path], out: str | Path | None = None, ta
 class _Context:
     """Figure bookkeeping: where PNGs go, run files read once, figures shared by groups of the same runs."""
 
-    def __init__(self, out_dir: Path, dpi: int) -> None:
+    def __init__(self, out_dir: Path, dpi: int, error: str = "std", formats: Sequence[str] = plots.FORMATS) -> None:
         self.out_dir = out_dir
         self.dpi = dpi
+        self.error = error
+        self.formats = list(formats)
         self.figures: list[str] = []
         self.runs: dict[Path, RunFiles] = {}
         self.shared: dict[tuple[str, ...], str | None] = {}
 
     def save(self, fig: Any, name: str) -> str:
+        """Write ``img/<name>`` (PNG, shown in the page) and its PDF and SVG copies; returns the PNG's path."""
         rel = f"img/{name}"
-        plots.save_png(fig, self.out_dir / rel, dpi=self.dpi)
+        plots.save_figure(fig, self.out_dir / rel, dpi=self.dpi, formats=self.formats)
         self.figures.append(rel)
         return rel
 
@@ -177,7 +236,8 @@ def _variant_blocks(g: Group, rob: str | None, ctx: _Context) -> list[Block]:
     if fig is not None:
         blocks.append(Image(ctx.save(fig, f"{g.gid}_per_class.png"),
                             "per-class clean and robust recall (bars) and training images per class (grey line)"))
-    blocks.append(Fold("per-class recall table", [TableBlock(per_class_table(g, table_attacks([g]), names))]))
+    blocks.append(Fold("per-class recall table", [TableBlock(per_class_table(g, table_attacks([g]), names,
+                                                                             ctx.error))]))
 
     key = tuple(str(r.run_dir) for r in unique_runs)
     ae = ctx.once(("ae",) + key, lambda: _save_opt(ctx, plots.ae_distribution_figure(g, unique_runs, names),
@@ -190,9 +250,31 @@ def _variant_blocks(g: Group, rob: str | None, ctx: _Context) -> list[Block]:
         f"{g.gid}_curves.png"))
     if curves:
         blocks.append(Image(curves, "training curves: loss parts, learning rate, validation accuracy per epoch"))
+    per_epoch = ctx.once(("class-curves",) + key, lambda: _save_opt(
+        ctx, plots.class_curves_figure(g, unique_runs, names), f"{g.gid}_class_curves.png"))
+    if per_epoch:
+        blocks.append(Image(per_epoch, "per-class clean and PGD validation accuracy over training epochs, head "
+                                       "classes dark, tail light (TAET Fig. 2; metrics.jsonl val.per_class_clean / "
+                                       "val.per_class_rob)"))
     blocks += _audit_blocks(g, ctx)
     blocks += _analysis_blocks(g, unique_runs, ctx)
     return blocks
+
+
+def _comparison_blocks(groups: Sequence[Group], rob: str | None, names: Sequence[str] | None,
+                       ctx: _Context) -> list[Block]:
+    """Accuracy over class groups (002 Fig. 8) and the per-class recall of every variant in one plot."""
+    blocks: list[Block] = [Heading("Class groups and per-class comparison", 2, "classes")]
+    fig = plots.class_groups_figure(groups, rob)
+    if fig is not None:
+        blocks.append(Image(ctx.save(fig, "class_groups.png"),
+                            "mean per-class recall over consecutive groups of classes sorted by training count "
+                            "(head first; 002 Fig. 8), one bar per variant, mean over seeds"))
+    fig = plots.per_class_comparison_figure(groups, rob, names)
+    if fig is not None:
+        blocks.append(Image(ctx.save(fig, "per_class_comparison.png"),
+                            "per-class recall of every variant, classes sorted by training count, mean over seeds"))
+    return blocks if len(blocks) > 1 else []
 
 
 def _unique_by_run(g: Group) -> list[Any]:

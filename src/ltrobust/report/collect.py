@@ -32,9 +32,9 @@ from ..errors import CheckpointError, ConfigError
 log = logging.getLogger(__name__)
 
 #: config keys that never make two entries different variants (paths, logging, throughput knobs)
-BOOKKEEPING_KEYS = ("name", "out", "preset", "data.data_dir", "data.download", "train.progress", "train.device",
-                    "train.compile", "train.record_ae_drift", "train.ae_drift_samples", "eval.batch_size",
-                    "eval.chunk_size")
+BOOKKEEPING_KEYS = ("name", "out", "preset", "reference", "data.data_dir", "data.download", "train.progress",
+                    "train.device", "train.compile", "train.record_ae_drift", "train.ae_drift_samples",
+                    "eval.batch_size", "eval.chunk_size")
 #: keys shown as their own table columns rather than in "Setting"
 MAIN_KEYS = ("method.name", "method.loss", "data.dataset", "data.profile", "data.imbalance")
 #: the mark of a variant whose training collapsed to chance (train_summary.json): its numbers are meaningless
@@ -103,11 +103,39 @@ class RunFiles:
         folder = self.run_dir / "analysis"
         return sorted(folder.glob("*.png")) if folder.is_dir() else []
 
+    _manifest: dict[str, Any] | None = None
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        if self._manifest is None:
+            self._manifest = _read_optional_json(self.run_dir / "manifest.json", verify=False) or {}
+        return self._manifest
+
     @property
     def class_names(self) -> list[str] | None:
-        manifest = _read_optional_json(self.run_dir / "manifest.json", verify=False)
-        names = (manifest or {}).get("class_names")
+        names = self.manifest.get("class_names")
         return [str(n) for n in names] if isinstance(names, list) else None
+
+    @property
+    def data_format(self) -> str | None:
+        """The training data's file format (``cifar-pickle``, ``image-folder``, ...) from ``manifest.json``."""
+        source = self.manifest.get("source")
+        return str(source["format"]) if isinstance(source, dict) and source.get("format") else None
+
+    def cost(self) -> dict[str, float] | None:
+        """Training cost from ``metrics.jsonl``: epochs, mean ``seconds`` per epoch, total seconds, and the peak
+        CPU RSS / CUDA memory (MB, max over epochs) where logged; None without a timed epoch."""
+        rows = [r for r in self.metrics if isinstance(r.get("seconds"), (int, float))]
+        if not rows:
+            return None
+        out = {"epochs": float(len(rows)), "seconds_per_epoch": sum(r["seconds"] for r in rows) / len(rows),
+               "seconds": float(sum(r["seconds"] for r in rows))}
+        for key in ("peak_rss_mb", "peak_cuda_mb"):
+            vals = [float(r[key]) for r in rows
+                    if isinstance(r.get(key), (int, float)) and not isinstance(r[key], bool)]
+            if vals:
+                out[key] = max(vals)
+        return out
 
 
 @dataclass

@@ -25,8 +25,10 @@ table { border-collapse: collapse; margin: .8em 0 1.2em; font-size: .85em; }
 caption { caption-side: top; text-align: left; padding-bottom: .4em; }
 th, td { border: 1px solid #d8d8d8; padding: .25em .5em; vertical-align: top; }
 th { background: #f3f5f8; text-align: left; }
-td:first-child, td:nth-child(2) { white-space: nowrap; }
-td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+td { overflow-wrap: anywhere; }
+td:first-child { min-width: 9em; }
+td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; overflow-wrap: normal; }
+td.num .m, td.num .e { white-space: nowrap; }
 tbody tr:nth-child(even) { background: #fafbfc; }
 img { max-width: 100%; height: auto; border: 1px solid #eee; margin: .4em 0; }
 figure { margin: .8em 0 1.4em; }

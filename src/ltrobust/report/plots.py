@@ -2,7 +2,11 @@
 
 - :func:`per_class_figure`: per-class clean and robust recall with the training counts (RoBal Fig. 1,
   REAT Fig. 4b);
-- :func:`tradeoff_figure`: clean vs robust accuracy across variants;
+- :func:`tradeoff_figure`: clean vs robust accuracy across variants (``metric="tail_group"``: tail clean vs
+  tail robust, 002 Fig. 1b);
+- :func:`class_groups_figure`: accuracy over groups of classes sorted by training count (002 Fig. 8);
+- :func:`per_class_comparison_figure`: per-class recall of several variants in one plot;
+- :func:`class_curves_figure`: per-class clean and robust validation accuracy over epochs (TAET Fig. 2);
 - :func:`ae_distribution_figure`: predicted classes of the training AEs over epochs, from
   ``metrics.jsonl`` ``ae_pred_counts`` (REAT Fig. 1, 5, 6);
 - :func:`audit_figure`: accuracy under logit re-scaling ``W / 10^kappa`` from ``eval/audit.json``
@@ -10,7 +14,7 @@
 - :func:`curves_figure`: loss parts, learning rate and validation clean / robust accuracy per epoch.
 
 Each function returns a :class:`matplotlib.figure.Figure` (or None when the data it needs is absent);
-:func:`save_png` writes it atomically.
+:func:`save_figure` writes it atomically as PNG, PDF and SVG.
 """
 
 from __future__ import annotations
@@ -27,21 +31,31 @@ from matplotlib.ticker import MaxNLocator
 
 from .. import io
 from ..evaluation.metrics import class_order
-from .collect import Group, RunFiles, data_label, method_loss
+from .collect import Group, RunFiles
 from .tables import attack_title
 
 CLEAN_COLOR, ROBUST_COLOR, COUNT_COLOR = "#4C72B0", "#C44E52", "#7F7F7F"
 #: metrics.jsonl keys that are not loss parts
-NOT_LOSSES = ("epoch", "lr", "seconds", "images_per_s")
+NOT_LOSSES = ("epoch", "lr", "seconds", "images_per_s", "peak_rss_mb", "peak_cuda_mb")
 
 
-def save_png(fig: Figure, path: str | Path, dpi: int = 100) -> Path:
-    """Render ``fig`` with Agg and write the PNG atomically."""
+#: the formats every report figure is written in (PNG for the page; PDF and SVG for papers and slides)
+FORMATS = ("png", "pdf", "svg")
+
+
+def save_figure(fig: Figure, path: str | Path, dpi: int = 100, formats: Sequence[str] = FORMATS) -> list[Path]:
+    """Write ``fig`` once per format next to ``path`` (its suffix replaced), atomically; returns the paths."""
     FigureCanvasAgg(fig)
-    buf = _io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
-    io.atomic_write_bytes(path, buf.getvalue())
-    return Path(path)
+    out = []
+    for i, fmt in enumerate(formats):
+        target = Path(path).with_suffix(f".{fmt}")
+        buf = _io.BytesIO()
+        fig.savefig(buf, format=fmt, dpi=dpi, **({"metadata": {"Date": None}} if fmt in ("svg", "pdf") else {}))
+        io.atomic_write_bytes(target, buf.getvalue())
+        out.append(target)
+        if i == 0:  # the layout is solved by the first rendering; the other formats reuse it
+            fig.set_layout_engine("none")
+    return out
 
 
 def _stat(v: Any) -> tuple[float, float]:
@@ -100,40 +114,184 @@ def per_class_figure(g: Group, robust: str | None, class_names: Sequence[str] | 
 
 
 # ----------------------------------------------------------------------------------------- trade-off
+METRIC_LABELS = {"accuracy": "accuracy", "balanced_accuracy": "balanced accuracy", "tail_group": "tail-group accuracy"}
+MARKERS = "osD^v<>pP*Xh"
+
+
+def variant_styles(groups: Sequence[Group]) -> dict[str, tuple[str, str]]:
+    """One (colour, marker) per variant, the same in every figure: colours cycle first, then markers, so up to
+    120 variants look different."""
+    return {g.gid: (f"C{i % 10}", MARKERS[(i // 10) % len(MARKERS)]) for i, g in enumerate(groups)}
+
+
 def tradeoff_figure(groups: Sequence[Group], robust: str | None, metric: str = "accuracy") -> Figure | None:
-    """Clean (x) vs robust (y) accuracy of each variant, mean ± std over seeds; colour by method,
-    marker by training set."""
+    """Clean (x) vs robust (y) ``metric`` of each variant, mean ± std over seeds; each variant has its own
+    colour and marker and is named (by its label, as in the tables) in a legend beside the axes, so labels
+    never overlap the points or each other. ``metric="tail_group"``: 002 Fig. 1b, tail clean vs tail robust."""
     pts = [(g, g.value("clean", metric), g.value(robust, metric)) for g in groups] if robust else []
     pts = [(g, c, r) for g, c, r in pts if c and r]
     if not pts:
         return None
-    fig = Figure(figsize=(6.4, 4.8), layout="constrained")
+    styles = variant_styles(groups)
+    width = 6.4 + (2.6 if max(len(g.label) for g, _, _ in pts) > 24 else 1.8)
+    fig = Figure(figsize=(width, 4.6), layout="constrained")
     ax = fig.add_subplot(1, 1, 1)
-    methods = list(dict.fromkeys(method_loss(g) for g, _, _ in pts))
-    data = list(dict.fromkeys(f"{g.config.get('data.dataset')} {data_label(g.config)}" for g, _, _ in pts))
-    markers = "os^Dv<>pP*X"
-    colors = [f"C{i % 10}" for i in range(len(methods))]
     for g, c, r in pts:
-        mi = methods.index(method_loss(g))
-        di = data.index(f"{g.config.get('data.dataset')} {data_label(g.config)}")
+        color, marker = styles[g.gid]
         ax.errorbar(c["mean"], r["mean"], xerr=c["std"] if g.n > 1 else None, yerr=r["std"] if g.n > 1 else None,
-                    fmt=markers[di % len(markers)], color=colors[mi], ms=7, capsize=2, elinewidth=0.8)
-        if len(pts) <= 24:
-            ax.annotate(g.label if len(g.label) <= 40 else g.gid, (c["mean"], r["mean"]), textcoords="offset points",
-                        xytext=(5, 4), fontsize=7)
-    from matplotlib.lines import Line2D
-
-    handles = [Line2D([], [], color=colors[i], marker="o", ls="", label=m) for i, m in enumerate(methods)]
-    if len(data) > 1:
-        handles += [Line2D([], [], color="k", marker=markers[i % len(markers)], ls="", label=d) for i, d in enumerate(data)]
-    if len(handles) <= 16:
-        ax.legend(handles=handles, fontsize=7, frameon=False, loc="best")
-    label = "balanced accuracy" if metric == "balanced_accuracy" else "accuracy"
+                    fmt=marker, color=color, ms=7, capsize=2, elinewidth=0.8, label=g.label)
+    ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.02, 1.0),
+              ncol=1 if len(pts) <= 20 else 2, borderaxespad=0.0)
+    label = METRIC_LABELS.get(metric, metric.replace("_", " "))
     ax.set_xlabel(f"clean {label} (%)")
     ax.set_ylabel(f"{attack_title(robust)} {label} (%)")
-    ax.set_title(f"clean vs {attack_title(robust)} trade-off", fontsize=10)
-    ax.margins(0.15)  # room for the labels
+    what = "tail-group clean vs robust (002 Fig. 1b)" if metric == "tail_group" else f"clean vs {attack_title(robust)}"
+    ax.set_title(f"{what} trade-off", fontsize=10)
+    ax.margins(0.12)
     ax.grid(alpha=0.3)
+    return fig
+
+
+# ------------------------------------------------------------------------------ class groups / per class
+def _per_class_means(g: Group, attack: str) -> list[float] | None:
+    per = (g.aggregate.get(attack) or {}).get("per_class")
+    if not isinstance(per, list) or len(per) != len(g.class_counts):
+        return None
+    return [_stat(v)[0] for v in per]
+
+
+def class_group_bounds(n_classes: int) -> list[tuple[int, int]]:
+    """Consecutive groups of the classes sorted by training count: 10 groups (002 Fig. 8 splits CIFAR-100
+    into 10) when there are at least 30 classes, else 3 (head / body / tail thirds, as the tables)."""
+    k = 10 if n_classes >= 30 else min(3, n_classes)
+    edges = [round(i * n_classes / k) for i in range(k + 1)]
+    return [(a, b) for a, b in zip(edges, edges[1:]) if b > a]
+
+
+def class_groups_figure(groups: Sequence[Group], robust: str | None) -> Figure | None:
+    """Mean per-class recall over consecutive groups of classes sorted by training count (head first), one bar
+    per variant, clean (left) and robust (right) (002 Fig. 8); variants with the same classes only."""
+    usable = [g for g in groups if g.class_counts and _per_class_means(g, "clean") is not None]
+    if not usable:
+        return None
+    C = len(usable[0].class_counts)
+    usable = [g for g in usable if len(g.class_counts) == C]
+    bounds = class_group_bounds(C)
+    attacks = ["clean"] + ([robust] if robust else [])
+    styles = variant_styles(groups)
+    fig = Figure(figsize=(5.2 * len(attacks) + 1.8, 3.6), layout="constrained")
+    x = np.arange(len(bounds))
+    width = 0.8 / len(usable)
+    ticks = [f"{a + 1}" if b - a == 1 else f"{a + 1}-{b}" for a, b in bounds]
+    for j, attack in enumerate(attacks):
+        ax = fig.add_subplot(1, len(attacks), j + 1)
+        for i, g in enumerate(usable):
+            means = _per_class_means(g, attack)
+            if means is None:
+                continue
+            order = class_order(g.class_counts)
+            vals = [float(np.nanmean([means[c] for c in order[a:b]])) for a, b in bounds]
+            ax.bar(x + (i - (len(usable) - 1) / 2) * width, vals, width, color=styles[g.gid][0],
+                   label=g.label if j == len(attacks) - 1 else None)
+        ax.set_xticks(x)
+        ax.set_xticklabels(ticks, fontsize=8)
+        ax.set_xlabel("classes by training count (rank, head first)")
+        ax.set_ylabel("mean recall (%)")
+        ax.set_ylim(0, 100)
+        ax.set_title(f"{attack_title(attack)}: accuracy over class groups", fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    return fig
+
+
+def per_class_comparison_figure(groups: Sequence[Group], robust: str | None,
+                                class_names: Sequence[str] | None = None) -> Figure | None:
+    """Per-class recall of every variant (mean over seeds), one line per variant, classes sorted by training
+    count; clean (left) and robust (right). Drawn when at least two variants share the classes."""
+    usable = [g for g in groups if g.class_counts and _per_class_means(g, "clean") is not None]
+    if len(usable) < 2:
+        return None
+    counts = usable[0].class_counts
+    usable = [g for g in usable if g.class_counts == counts]
+    if len(usable) < 2:
+        return None
+    order = class_order(counts)
+    C = len(order)
+    attacks = ["clean"] + ([robust] if robust else [])
+    styles = variant_styles(groups)
+    fig = Figure(figsize=(max(5.0, min(9.0, 0.3 * C + 3)) * len(attacks) + 1.8, 3.6), layout="constrained")
+    x = np.arange(C)
+    for j, attack in enumerate(attacks):
+        ax = fig.add_subplot(1, len(attacks), j + 1)
+        for g in usable:
+            means = _per_class_means(g, attack)
+            if means is None:
+                continue
+            color, marker = styles[g.gid]
+            ax.plot(x, [means[c] for c in order], marker=marker if C <= 30 else None, ms=4, lw=1.2, color=color,
+                    label=g.label if j == len(attacks) - 1 else None)
+        _class_ticks(ax, order, class_names)
+        ax.set_xlim(-0.5, C - 0.5)
+        ax.set_ylim(0, 100)
+        ax.set_xlabel("class (sorted by training count)")
+        ax.set_ylabel("recall (%)")
+        ax.set_title(f"{attack_title(attack)}: per-class recall of each variant", fontsize=10)
+        ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    return fig
+
+
+def per_class_epochs(runs: Sequence[RunFiles], key: str) -> tuple[list[int], np.ndarray] | None:
+    """Epochs and the mean over ``runs`` of ``val[key]`` (per-class validation accuracy, %), (E, C); only
+    epochs every run logged. ``key``: ``per_class_clean`` or ``per_class_rob`` (metrics.jsonl)."""
+    per_run = []
+    for r in runs:
+        rows = {}
+        for rec in r.metrics:
+            v = (rec.get("val") or {}).get(key) if isinstance(rec.get("val"), dict) else None
+            if isinstance(v, list) and v:
+                rows[int(rec.get("epoch", len(rows)))] = np.asarray([math.nan if x is None else x for x in v], float)
+        if rows:
+            per_run.append(rows)
+    if not per_run:
+        return None
+    epochs = sorted(set.intersection(*(set(r) for r in per_run)))
+    if not epochs or len({len(r[e]) for r in per_run for e in epochs}) != 1:
+        return None
+    return epochs, np.stack([np.mean([r[e] for r in per_run], axis=0) for e in epochs])
+
+
+def class_curves_figure(g: Group, runs: Sequence[RunFiles], class_names: Sequence[str] | None = None) -> Figure | None:
+    """Per-class validation accuracy over training epochs, clean (left) and robust (right), one line per
+    class coloured from head (dark) to tail (light) (TAET Fig. 2); mean over the variant's seeds; from
+    ``metrics.jsonl`` ``val.per_class_clean`` / ``val.per_class_rob``."""
+    panels = [(t, got) for t, got in (("clean", per_class_epochs(runs, "per_class_clean")),
+                                       ("PGD", per_class_epochs(runs, "per_class_rob"))) if got is not None]
+    counts = g.class_counts
+    if not panels:
+        return None
+    fig = Figure(figsize=(5.0 * len(panels) + 1.6, 3.6), layout="constrained")
+    cmap = _viridis()
+    for j, (title, (epochs, acc)) in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), j + 1)
+        C = acc.shape[1]
+        order = class_order(counts) if len(counts) == C else list(range(C))
+        ep = [e + 1 for e in epochs]
+        for rank, c in enumerate(order):
+            name = str(class_names[c]) if class_names and c < len(class_names) else str(c)
+            ax.plot(ep, acc[:, c], color=cmap(0.9 * rank / max(C - 1, 1)), lw=1.1,
+                    marker="." if len(ep) < 30 else None, label=name if j == len(panels) - 1 and C <= 20 else None)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("validation recall (%)")
+        ax.set_ylim(-2, 102)
+        ax.set_title(f"per-class {title} accuracy during training", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if len(order) <= 20:
+        ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.02, 1.0), title="class (head first)",
+                  title_fontsize=7)
+    n = len(runs)
+    fig.suptitle(g.label + (f" (mean of {n} seeds)" if n > 1 else ""), fontsize=10)
     return fig
 
 

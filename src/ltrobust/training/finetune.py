@@ -107,6 +107,7 @@ def finetune(trainer: Any) -> dict[str, Any]:
         rows = [r for r in io.read_jsonl(metrics) if not str(r.get("stage", "")).startswith("finetune")]
         rows.append({"epoch": epoch, "stage": f"finetune-{kind}", "steps": steps, "val": val})
         io.write_jsonl(metrics, rows)
+        trainer.track(rows[-1], epoch, prefix="finetune")
         state = trainer.state(epoch)  # last.pt: the fine-tuned model; best.pt keeps the selected epoch
         state["finetuned"] = True
         io.save_checkpoint(last, state)

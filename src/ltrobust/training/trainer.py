@@ -4,7 +4,9 @@ Per step: the method crafts its training AEs on the unwrapped model (BatchNorm i
 loss is computed on the (possibly DDP-wrapped) model in train mode, the trainer steps SGD and calls
 the method's ``after_step`` hook. Per epoch: validation (clean and PGD on a balanced sample of the
 validation split, never the test set), the distribution of predicted classes of training AEs, the mean
-of every named loss part, then ``metrics.jsonl`` and the checkpoints, written atomically.
+of every named loss part, the cost (seconds, peak memory: :mod:`.cost`), then ``metrics.jsonl`` (and the
+``train.logger`` tracker: :mod:`.loggers`) and the checkpoints, written atomically. Epochs are numbered
+from 0 everywhere: the log, the progress bar, ``metrics.jsonl``, the checkpoints and ``train_summary.json``.
 
 Resume is exact: the last checkpoint holds the model, optimiser, EMA, method state and every RNG
 stream, and each epoch's data order is a pure function of (seed, epoch), so training 2 epochs, being
@@ -14,8 +16,8 @@ killed and resuming to 4 gives the same weights as 4 epochs straight (determinis
 from __future__ import annotations
 
 import contextlib
-
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass, replace
@@ -32,13 +34,16 @@ from ..config import RunConfig, dump_yaml, load_run_config, loss_options, method
 from ..errors import CheckpointError, ConfigError, TrainingDiverged
 from ..device import flush_denormals, resolve_amp, resolve_device, unwrap  # noqa: F401 (re-exported)
 from ..registry import LOSSES, METHODS
+from .cost import peak_memory_mb, reset_peaks
+from .loggers import Logger, build_logger, scalars_of
 from .schedules import lr_at, schedule_length_terms
 from .state import rng_state, set_determinism, set_rng_state  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
 #: config keys that may differ when resuming a run folder
-_RESUMABLE_DIFFS = ("train.epochs", "train.progress", "train.device", "train.max_steps_per_epoch", "eval.", "name", "out")
+_RESUMABLE_DIFFS = ("train.epochs", "train.progress", "train.device", "train.max_steps_per_epoch", "train.logger",
+                    "eval.", "name", "out", "reference")
 
 
 @dataclass
@@ -86,6 +91,7 @@ class Trainer:
         set_determinism(cfg.train.seed, cfg.train.deterministic)
         self._data = data
         self._built = False
+        self.tracker: Logger | None = None  # the train.logger tracker, open during fit (main process)
 
     # ----------------------------------------------------------------------------------- building
     def build(self) -> None:
@@ -272,6 +278,16 @@ class Trainer:
                               f"into {self.run_dir}/{missing[0]}.")
         start = self._prepare_run_dir()
         self.method.setup(self)
+        if self.dist.main:
+            self.tracker = build_logger(self.cfg.train.logger, self.run_dir, start, to_dict(self.cfg))
+        try:
+            return self._epochs(start)
+        finally:
+            if self.tracker is not None:
+                self.tracker.close()
+                self.tracker = None
+
+    def _epochs(self, start: int) -> dict[str, Any]:
         epochs = self.cfg.train.epochs
         for epoch in range(start, epochs):
             record = self.train_epoch(epoch)
@@ -283,11 +299,12 @@ class Trainer:
             self.method.on_epoch_end(epoch, record)
             if self.dist.main:
                 io.append_jsonl(self.run_dir / "metrics.jsonl", record)
+                self.track(record, epoch)
                 if val is not None and val["rob_balanced"] > self.best["val_rob"]:
                     self.best = {"epoch": epoch, "val_rob": val["rob_balanced"], "val_clean": val["clean_balanced"]}
                     self.save_weights(self.ckpt_dir / "best.pt", epoch, val)
                 io.save_checkpoint(self.ckpt_dir / "last.pt", self.state(epoch))
-            log.info("epoch %d/%d %s", epoch + 1, epochs, _fmt_record(record))
+            log.info("epoch %d/%d %s", epoch, epochs - 1, _fmt_record(record))
         if self.dist.main and epochs > 0 and not (self.ckpt_dir / "best.pt").exists():
             # no validation ran: "best" is the last epoch (before any fine-tuning), said so in the summary
             self.save_weights(self.ckpt_dir / "best.pt", epochs - 1, None)
@@ -298,12 +315,19 @@ class Trainer:
         summary = {"run_dir": str(self.run_dir), "epochs": epochs, "best": self.best,
                    "method": self.cfg.method.name, "loss": self.cfg.method.loss}
         if self.dist.main:
-            summary["collapse"] = collapse_verdict(io.read_jsonl(self.run_dir / "metrics.jsonl"), self.num_classes,
-                                                   self.cfg)
+            rows = io.read_jsonl(self.run_dir / "metrics.jsonl")
+            summary.update(cost_summary(rows))
+            summary["collapse"] = collapse_verdict(rows, self.num_classes, self.cfg)
             if summary["collapse"]["collapsed"]:
                 log.warning("%s: %s", self.run_dir, summary["collapse"]["message"])
             io.write_json(self.run_dir / "train_summary.json", summary)
         return summary
+
+    def track(self, row: dict[str, Any], step: int, prefix: str = "") -> None:
+        """Send the scalars of a ``metrics.jsonl`` row to the ``train.logger`` tracker (main process; no-op
+        without one)."""
+        if self.tracker is not None:
+            self.tracker.log_scalars(step, scalars_of(row, prefix))
 
     def _val_due(self, epoch: int) -> bool:
         t = self.cfg.train
@@ -324,9 +348,10 @@ class Trainer:
         n_steps = len(self.loader)
         if cfg.train.max_steps_per_epoch:
             n_steps = min(n_steps, cfg.train.max_steps_per_epoch)
+        reset_peaks(self.device)
         t0 = time.perf_counter()
         n_seen = 0
-        bar = _progress(n_steps, f"epoch {epoch + 1}/{cfg.train.epochs}", cfg.train.progress and self.dist.main)
+        bar = _progress(n_steps, f"epoch {epoch}/{cfg.train.epochs - 1}", cfg.train.progress and self.dist.main)
         for step, (x, y) in enumerate(self.loader):
             if step >= n_steps:
                 break
@@ -366,9 +391,12 @@ class Trainer:
                 dist.broadcast(buf, src=0)
         seconds = time.perf_counter() - t0
         denom = max(min(n_steps, len(self.loader)), 1)
-        record: dict[str, Any] = {"epoch": epoch, "lr": lr_at(self.cfg, epoch), "seconds": seconds,
-                                  "images_per_s": n_seen * self.dist.world_size / max(seconds, 1e-9)}
-        record.update({k: float(v) / denom for k, v in sums.items()})
+        # rounded at the source: no float noise in the JSON (0.01, not 0.010000000000000002)
+        record: dict[str, Any] = {"epoch": epoch, "lr": float(f"{lr_at(self.cfg, epoch):.12g}"),
+                                  "seconds": round(seconds, 3),
+                                  "images_per_s": round(n_seen * self.dist.world_size / max(seconds, 1e-9), 2),
+                                  **peak_memory_mb(self.device)}
+        record.update({k: _float32_value(v / denom) for k, v in sums.items()})
         record["ae_pred_counts"] = ae_counts.tolist()
         return record
 
@@ -377,7 +405,7 @@ class Trainer:
         if bad_step >= 0:
             last = self.ckpt_dir / "last.pt"
             kept = f"the last good checkpoint {last} is kept" if last.exists() else "no checkpoint was written yet"
-            raise TrainingDiverged(f"the training loss became non-finite at epoch {epoch + 1}, step {bad_step + 1}; "
+            raise TrainingDiverged(f"the training loss became non-finite at epoch {epoch}, step {bad_step}; "
                                    f"{kept}. Lower train.lr, use train.precision=fp32, or check the data.")
 
     # -------------------------------------------------------------------------------- validation
@@ -481,6 +509,25 @@ def _config_diffs(old: dict[str, Any], new: dict[str, Any], prefix: str = "") ->
         elif a != b and not any(key == d or (d.endswith(".") and key.startswith(d)) for d in _RESUMABLE_DIFFS):
             diffs.append(f"{key}: {a!r} -> {b!r}")
     return diffs
+
+
+def cost_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """``{"seconds_per_epoch", "peak_rss_mb", "peak_cuda_mb"}`` of ``metrics.jsonl`` rows (every trained epoch,
+    resumed ones included): the mean training seconds per epoch and the largest peaks (``None`` when no epoch
+    recorded them, e.g. ``peak_cuda_mb`` on CPU)."""
+    epochs = [r for r in rows if "stage" not in r and "seconds" in r]
+
+    def peak(key: str) -> float | None:
+        vals = [r[key] for r in epochs if r.get(key) is not None]
+        return max(vals) if vals else None
+
+    seconds = round(math.fsum(r["seconds"] for r in epochs) / len(epochs), 3) if epochs else None
+    return {"seconds_per_epoch": seconds, "peak_rss_mb": peak("peak_rss_mb"), "peak_cuda_mb": peak("peak_cuda_mb")}
+
+
+def _float32_value(t: torch.Tensor) -> float:
+    """A float32 scalar as the shortest decimal that reads back to it (2.3025851, not 2.302585124969482)."""
+    return float(str(t.float().cpu().numpy()))
 
 
 def _fmt_record(r: dict[str, Any]) -> str:

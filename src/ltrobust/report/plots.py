@@ -276,7 +276,7 @@ def class_curves_figure(g: Group, runs: Sequence[RunFiles], class_names: Sequenc
         ax = fig.add_subplot(1, len(panels), j + 1)
         C = acc.shape[1]
         order = class_order(counts) if len(counts) == C else list(range(C))
-        ep = [e + 1 for e in epochs]
+        ep = list(epochs)  # numbered as in metrics.jsonl and the training log (from 0)
         for rank, c in enumerate(order):
             name = str(class_names[c]) if class_names and c < len(class_names) else str(c)
             ax.plot(ep, acc[:, c], color=cmap(0.9 * rank / max(C - 1, 1)), lw=1.1,
@@ -338,7 +338,7 @@ def ae_distribution_figure(g: Group, runs: Sequence[RunFiles], class_names: Sequ
     for i, e in enumerate(pick):
         row = shares[epochs.index(e)][order]
         ax.bar(x + (i - (len(pick) - 1) / 2) * width, row, width, color=cmap(i / max(len(pick) - 1, 1)),
-               label=f"epoch {e + 1}")
+               label=f"epoch {e}")
     ax.set_ylabel("share of training AEs (%)")
     ax.set_xlabel("predicted class (sorted by training count)")
     _class_ticks(ax, order, class_names)
@@ -349,7 +349,7 @@ def ae_distribution_figure(g: Group, runs: Sequence[RunFiles], class_names: Sequ
     axh.set_ylabel("epoch")
     rows = list(range(0, len(epochs), max(1, math.ceil(len(epochs) / 12))))
     axh.set_yticks(rows)
-    axh.set_yticklabels([str(epochs[i] + 1) for i in rows], fontsize=8)
+    axh.set_yticklabels([str(epochs[i]) for i in rows], fontsize=8)
     _class_ticks(axh, order, class_names)
     fig.colorbar(im, ax=axh, label="share (%)")
     axh.set_title("share per epoch", fontsize=10)
@@ -586,7 +586,7 @@ def curves_figure(g: Group, runs: Sequence[tuple[str, RunFiles]]) -> Figure | No
     axes = [fig.add_subplot(1, n_panels, i + 1) for i in range(n_panels)]
     alpha = 1.0 if len(logged) == 1 else 0.75
     for j, (name, rows) in enumerate(logged):
-        ep = [int(r.get("epoch", i)) + 1 for i, r in enumerate(rows)]
+        ep = [int(r.get("epoch", i)) for i, r in enumerate(rows)]  # from 0, as metrics.jsonl
         first = j == 0
         for i, p in enumerate(parts):
             y = [r.get(p) if isinstance(r.get(p), (int, float)) else math.nan for r in rows]

@@ -431,7 +431,7 @@ def config_table(groups: Sequence[Group]) -> Table:
         for e in g.entries:
             epoch = e.result.get("checkpoint_epoch")
             rows.append([g.label, str(e.run_dir), e.tag, fmt_value(e.seed),
-                         str(epoch + 1) if isinstance(epoch, int) and epoch >= 0 else DASH, str(e.result.get("n", DASH))])
+                         str(epoch) if isinstance(epoch, int) and epoch >= 0 else DASH, str(e.result.get("n", DASH))])
             anchors.append(g.gid)
     return Table(header, rows, [False, False, False, True, True, True], "runs and evaluations behind each variant",
                  anchors=anchors)

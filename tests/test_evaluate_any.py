@@ -389,7 +389,8 @@ def test_every_method_trains_a_plain_module_or_says_what_it_needs(name):
     x, y = torch.rand(6, 1, 8, 8), torch.tensor([0, 1, 2, 0, 1, 2])
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
     method = METHODS.get(name)(counts, AttackConfig(steps=2), LOSSES.get("ce")(counts))
-    needs = {"reat": "return_features=True", "robal": "CosineHead", "he": "cosine head"}
+    needs = {"reat": "return_features=True", "robal": "CosineHead", "he": "cosine head",
+             "las_at": "strategy network"}
     if name in needs:
         with pytest.raises(ConfigError, match=needs[name]):
             method.forward(model, x, y)

@@ -123,6 +123,12 @@ class LASAT(Method):
             self._load_strategy(self._pending)
             self._pending = None
 
+    def _require_strategy(self) -> None:
+        if self.strategy is None or self.policy_opt is None:
+            raise ConfigError("las_at needs its strategy network, which setup(trainer) builds beside the target "
+                              "model: train through ltrobust.experiments.train (or the Trainer), or call "
+                              "method.setup(context) with a context holding .cfg, .data and .device.")
+
     def choices(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         o = self.options
         return (torch.tensor(o.eps_choices, device=device, dtype=torch.float32) * o.unit,
@@ -131,8 +137,7 @@ class LASAT(Method):
 
     def policy(self, x: torch.Tensor) -> list[Categorical]:
         """One categorical distribution per hyper-parameter (eps, iterations, step), each over the batch."""
-        if self.strategy is None:
-            raise ConfigError("las_at's strategy network is built by setup(trainer): train through the Trainer.")
+        self._require_strategy()
         logits = self.strategy(x).float()  # (B, sum(sizes))
         return [Categorical(logits=part) for part in logits.split(self.sizes, dim=1)]
 
@@ -184,7 +189,7 @@ class LASAT(Method):
 
     def policy_step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """One REINFORCE update of the strategy network; returns the policy loss."""
-        assert self.strategy is not None and self.policy_opt is not None
+        self._require_strategy()
         self.strategy.train()
         dists = self.policy(x)
         actions = [d.sample() for d in dists]
@@ -202,7 +207,7 @@ class LASAT(Method):
         self.step_count += 1
         if self.step_count % self.options.interval == 0:
             self.policy_step(model, x, y)
-        assert self.strategy is not None
+        self._require_strategy()
         with torch.no_grad(), eval_mode(self.strategy):
             actions = [d.sample() for d in self.policy(x)]
         return self.strategy_attack(model, x, y, actions)
@@ -235,6 +240,6 @@ class LASAT(Method):
                 self._load_strategy(state)
 
     def _load_strategy(self, state: dict[str, Any]) -> None:
-        assert self.strategy is not None and self.policy_opt is not None
+        self._require_strategy()
         self.strategy.load_state_dict(state["strategy"])
         self.policy_opt.load_state_dict(state["policy_opt"])

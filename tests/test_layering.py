@@ -1,7 +1,7 @@
 """The package layering, read from the source: a lower layer never imports a higher one.
 
 Pipeline: data -> models -> attacks / losses -> methods -> training / evaluation -> analysis / experiments
--> report -> cli, over the base modules (errors, registry, config, io, device) that every layer may use.
+-> report -> cli, over the base modules (errors, registry, config, io, device, run_folder) that every layer may use.
 Every ``import`` and ``from ... import`` of every module is read with :mod:`ast` (function-local imports
 included, since a lazy import is still a dependency), resolved to the ltrobust package it names, and checked
 against :data:`FORBIDDEN`.
@@ -16,7 +16,7 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "ltrobust"
 
-BASE = {"errors", "registry", "config", "io", "device"}
+BASE = {"errors", "registry", "config", "io", "device", "run_folder"}
 UPPER = {"methods", "training", "evaluation", "analysis", "experiments", "report", "cli"}
 
 #: package -> packages it must never import (the rules of the architecture issue, plus the ranks between them)

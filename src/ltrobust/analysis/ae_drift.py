@@ -33,6 +33,7 @@ from ..config import load_run_config
 from ..evaluation.metrics import class_groups
 from ..errors import ConfigError
 from ..registry import ANALYSES
+from ..run_folder import RunFolder
 from .base import Analysis, CommonOptions, RunContext, new_figure
 
 GROUPS = ("head", "body", "tail")
@@ -59,8 +60,9 @@ class AEDrift(Analysis):
 
     def _one(self, ctx: RunContext, opts: AEDriftOptions) -> dict[str, Any]:
         run_dir = ctx.run_dir
-        cfg = load_run_config(run_dir / "config.yaml")
-        rows = [r for r in io.read_jsonl(run_dir / "metrics.jsonl")
+        folder = RunFolder(run_dir)
+        cfg = load_run_config(folder.config)
+        rows = [r for r in io.read_jsonl(folder.metrics)
                 if isinstance(r.get("ae_drift"), dict) and r["ae_drift"].get("per_class_l2") is not None]
         if not rows:
             if not cfg.train.record_ae_drift:
@@ -71,7 +73,7 @@ class AEDrift(Analysis):
                     f"train.record_ae_drift=true`; train.ae_drift_samples=N sets the sample size).")
             raise ConfigError(f"run {run_dir} recorded AE drift but has no epoch with a drift yet: the first "
                               f"epoch has no previous AEs, so train at least 2 epochs.")
-        manifest = io.read_json(run_dir / "manifest.json")
+        manifest = io.read_json(folder.manifest)
         counts = [int(c) for c in manifest["counts"]["train"]]
         names = list(manifest.get("class_names") or [str(c) for c in range(len(counts))])
         C = len(counts)

@@ -38,6 +38,7 @@ from .. import io
 from ..config import fmt_fraction, parse_value, resolve_config
 from ..errors import CheckpointError, ConfigError
 from ..registry import ANALYSES
+from ..run_folder import RunFolder
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +131,7 @@ def run_dir_of(path: str | Path) -> Path:
     if p.is_dir():
         return p
     if p.is_file():
-        return p.parent.parent if p.parent.name == "checkpoints" else p.parent
+        return RunFolder.of_checkpoint(p).root
     raise CheckpointError(f"{p} does not exist: pass a run folder (runs/NAME) or a checkpoint file (.pt).")
 
 

@@ -52,6 +52,7 @@ from .. import io
 from ..attacks.pgd import eval_mode
 from ..attacks.suite import AttackSpec, parse_attack
 from ..errors import ConfigError
+from ..run_folder import RunFolder
 from .evaluator import _spec_dict, attack_flags, derive_seed, library_versions, predict
 
 log = logging.getLogger(__name__)
@@ -469,7 +470,7 @@ def audit_run(path: str | Path, overrides: Sequence[str] = (), device: str | Non
     io.write_json(audit_path(run.run_dir, tag), result)
     io.atomic_write_text(audit_path(run.run_dir, tag, ".md"), audit_markdown(result))
     log.info("audit of %s: flags %s", tag, ", ".join(result["flags"]) or "none")
-    eval_json = run.run_dir / "eval" / f"{tag}.json"
+    eval_json = RunFolder(run.run_dir).eval_result(tag)
     if eval_json.exists():  # flags appear in the eval reports already written
         try:
             ev = io.read_json(eval_json)

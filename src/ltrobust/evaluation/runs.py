@@ -21,6 +21,7 @@ from .. import io
 from ..config import EvalConfig, RunConfig, from_dict, load_run_config, loss_options, method_options, resolve_config
 from ..errors import CheckpointError, ConfigError
 from ..registry import ADJUSTMENTS, LOSSES, METHODS
+from ..run_folder import RunFolder
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ def _config_from_checkpoint(state: dict[str, Any], path: Path) -> RunConfig:
             raise CheckpointError(f"the run config embedded in {path} is not a mapping; use a checkpoint written "
                                   f"by ltrobust train.")
         return from_dict(raw)
-    cfg_path = path.parent.parent / "config.yaml"
+    cfg_path = RunFolder.of_checkpoint(path).config
     if cfg_path.exists():
         return load_run_config(cfg_path)
     raise CheckpointError(f"{path} carries no run config and no config.yaml was found next to it; evaluate "
@@ -84,10 +85,11 @@ def _with_data_location(cfg: RunConfig, run_dir: Path, ckpt: Path, overrides: Se
 
     Without either, ``data_dir`` is unset: data sets that need one say so."""
     given = [o.partition("=")[2] for o in overrides if o.partition("=")[0] in ("data_dir", "data.data_dir")]
-    cfg_path = run_dir / "config.yaml"
+    folder = RunFolder(run_dir)
+    cfg_path = folder.config
     if given:
         where, data_dir = "the command line", given[-1] or None
-    elif ckpt.parent == run_dir / "checkpoints" and cfg_path.is_file():
+    elif ckpt.parent == folder.checkpoints and cfg_path.is_file():
         where, data_dir = str(cfg_path), load_run_config(cfg_path).data.data_dir
     else:
         where, data_dir = "nowhere (pass data_dir=PATH if the data set needs one)", None
@@ -100,14 +102,13 @@ def resolve_run_path(path: str | Path, checkpoint: str = "best") -> tuple[Path, 
     """``(run_dir, checkpoint_file)`` for a run folder or a checkpoint file."""
     p = Path(path)
     if p.is_dir():
-        ckpt = p / "checkpoints" / f"{checkpoint}.pt"
+        ckpt = RunFolder(p).checkpoint(checkpoint)
         if not ckpt.exists():
             raise CheckpointError(f"{p} has no checkpoints/{checkpoint}.pt; is it a finished ltrobust run folder? "
                                   f"(train it with `ltrobust train ... name={p.name}`)")
         return p, ckpt
     if p.exists():
-        run_dir = p.parent.parent if p.parent.name == "checkpoints" else p.parent
-        return run_dir, p
+        return RunFolder.of_checkpoint(p).root, p
     raise CheckpointError(f"{p} does not exist: pass a run folder (runs/NAME) or a checkpoint file (.pt).")
 
 
@@ -233,7 +234,7 @@ def _image_size(cfg: RunConfig, state: dict[str, Any]) -> int:
 def audit_path(run_dir: str | Path, tag: str, suffix: str = ".json") -> Path:
     """Where the gradient-masking audit of a deployed model lives: ``<run>/eval/audit.json`` for the
     default deployed model (tag ``best``), ``<run>/eval/audit-<tag>.json`` for any other."""
-    return Path(run_dir) / "eval" / (("audit" if tag == "best" else f"audit-{tag}") + suffix)
+    return RunFolder(run_dir).audit(tag, suffix)
 
 
 def audit_summary(run_dir: str | Path, tag: str) -> dict[str, Any] | None:
@@ -254,7 +255,7 @@ def audit_summary(run_dir: str | Path, tag: str) -> dict[str, Any] | None:
 
 def training_collapse(run_dir: str | Path) -> dict[str, Any] | None:
     """The collapse verdict of the run's training (``train_summary.json``) when it collapsed, else None."""
-    path = Path(run_dir) / "train_summary.json"
+    path = RunFolder(run_dir).summary
     try:
         verdict = io.read_json(path).get("collapse") if path.is_file() else None
     except CheckpointError as exc:
@@ -303,7 +304,7 @@ def evaluate_run(path: str | Path, overrides: Sequence[str] = (), device: str | 
     collapse = training_collapse(run.run_dir)
     if collapse is not None:
         meta["collapse"] = collapse
-    ev = Evaluation(run.deployed, data.test, run.class_counts, cfg.eval.attacks, run.run_dir / "eval", tag=tag,
+    ev = Evaluation(run.deployed, data.test, run.class_counts, cfg.eval.attacks, RunFolder(run.run_dir).eval_dir, tag=tag,
                     eps=cfg.eval.eps, step_size=cfg.eval.step_size, norm=cfg.eval.norm,
                     batch_size=cfg.eval.batch_size, chunk_size=cfg.eval.chunk_size, n_samples=cfg.eval.n_samples,
                     seed=cfg.eval.seed, mode=cfg.eval.mode, tail_group=cfg.eval.tail_group or None, meta=meta,

@@ -19,6 +19,7 @@ from typing import Any, Callable, Sequence
 
 from .. import io
 from ..config import resolve_config
+from ..run_folder import RunFolder
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ def run_demo(overrides: Sequence[str] = (), out: str | None = None,
                               f"name={_slug(label)}"])
         run_dir = out_dir / _slug(label)
         t0 = time.perf_counter()
-        if not (run_dir / "train_summary.json").exists():
+        if not RunFolder(run_dir).summary.exists():
             print(f"training {label:<14} ({cfg.method.name}, loss {cfg.method.loss}) ...", flush=True)
             train(cfg)
         train_s = round(time.perf_counter() - t0, 3)

@@ -56,7 +56,7 @@ def run_stage(stage: Stage, trainer: Trainer) -> nn.Module:
     try:
         path: str | Path | None = stage.path
         if not path:
-            path = Path(trainer.run_dir) / stage.name
+            path = trainer.folder.stage(stage.name).root
             log.info("%s: stage %r -> %s (%d epochs, batch %d)", trainer.cfg.method.name, stage.name, path,
                      stage.config.train.epochs, stage.config.train.batch_size)
             data = stage.data(trainer.data) if stage.data is not None else trainer.data

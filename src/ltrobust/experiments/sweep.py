@@ -46,6 +46,7 @@ import yaml
 from .. import io
 from ..config import PRESET_DIR, RunConfig, from_flat, load_run_config, parse_value, resolve_config, to_dict, to_flat
 from ..errors import ConfigError, LtrobustError
+from ..run_folder import RunFolder
 from ..attacks import check_attacks
 from ..config import fmt_value
 
@@ -303,17 +304,18 @@ def training_done(run_dir: Path, cfg: RunConfig) -> bool:
 
     Raises :class:`ConfigError` when the folder holds a finished run of a different config.
     """
-    summary_path = run_dir / "train_summary.json"
+    folder = RunFolder(run_dir)
+    summary_path = folder.summary
     if not summary_path.is_file():
         return False
     try:
         summary = io.read_json(summary_path)
     except LtrobustError:
         return False
-    if (run_dir / "config.yaml").is_file():
+    if folder.config.is_file():
         from ..training.trainer import _config_diffs
 
-        diffs = _config_diffs(to_dict(load_run_config(run_dir / "config.yaml")), to_dict(cfg))
+        diffs = _config_diffs(to_dict(load_run_config(folder.config)), to_dict(cfg))
         if diffs:
             raise ConfigError(f"run folder {run_dir} holds a finished run with a different config "
                               f"({'; '.join(diffs[:4])}); delete the folder or choose another out=.")
@@ -322,7 +324,7 @@ def training_done(run_dir: Path, cfg: RunConfig) -> bool:
 
 def evaluation_done(run_dir: Path, cfg: RunConfig) -> bool:
     """True when ``eval/<tag>.json`` exists with the same evaluation settings as ``cfg``."""
-    path = run_dir / "eval" / f"{eval_tag(cfg)}.json"
+    path = RunFolder(run_dir).eval_result(eval_tag(cfg))
     if not path.is_file():
         return False
     try:
@@ -356,7 +358,7 @@ def execute(job: dict[str, Any]) -> dict[str, Any]:
     elif job["stage"] == "eval":
         ecfg = resolve_config(job["overrides"], base=cfg)
         if job.get("fresh"):
-            shutil.rmtree(run_dir / "eval" / f"{eval_tag(ecfg)}_chunks", ignore_errors=True)
+            shutil.rmtree(RunFolder(run_dir).eval_chunks(eval_tag(ecfg)), ignore_errors=True)
         if job.get("fresh") or not evaluation_done(run_dir, ecfg):
             from ..evaluation.runs import evaluate_run
 

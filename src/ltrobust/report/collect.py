@@ -28,6 +28,7 @@ from .. import io
 from ..config import fmt_value  # noqa: F401 (re-exported for the tables)
 from ..evaluation.metrics import aggregate_seeds
 from ..errors import CheckpointError, ConfigError
+from ..run_folder import RunFolder
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ class Entry:
         """Training collapsed to chance (the verdict ``ltrobust eval`` copies from ``train_summary.json``)."""
         verdict = self.result.get("collapse")
         if verdict is None:
-            verdict = (_read_optional_json(self.run_dir / "train_summary.json") or {}).get("collapse")
+            verdict = (_read_optional_json(RunFolder(self.run_dir).summary) or {}).get("collapse")
         return bool((verdict or {}).get("collapsed"))
 
 
@@ -81,15 +82,13 @@ class RunFiles:
     @property
     def metrics(self) -> list[dict[str, Any]]:
         if self._metrics is None:
-            self._metrics = io.read_jsonl(self.run_dir / "metrics.jsonl")
+            self._metrics = io.read_jsonl(RunFolder(self.run_dir).metrics)
         return self._metrics
 
     def audit_file(self, tag: str) -> Path:
         """``eval/audit.json`` for the deployed model of tag ``best``, ``eval/audit-<tag>.json`` for any
-        other (where ``ltrobust audit`` writes it: :func:`ltrobust.evaluation.runs.audit_path`)."""
-        from ..evaluation.runs import audit_path
-
-        return audit_path(self.run_dir, tag)
+        other (where ``ltrobust audit`` writes it: :meth:`ltrobust.run_folder.RunFolder.audit`)."""
+        return RunFolder(self.run_dir).audit(tag)
 
     def audit(self, tag: str) -> dict[str, Any] | None:
         """The gradient-masking audit of the deployed model ``tag``, or None when there is none (or it is
@@ -108,7 +107,7 @@ class RunFiles:
     @property
     def manifest(self) -> dict[str, Any]:
         if self._manifest is None:
-            self._manifest = _read_optional_json(self.run_dir / "manifest.json", verify=False) or {}
+            self._manifest = _read_optional_json(RunFolder(self.run_dir).manifest, verify=False) or {}
         return self._manifest
 
     @property
@@ -204,7 +203,7 @@ def flatten_config(cfg: dict[str, Any]) -> dict[str, Any]:
 
 def eval_results(run_dir: Path) -> list[tuple[str, dict[str, Any]]]:
     """``(tag, eval JSON)`` of every evaluation stored in ``<run_dir>/eval``, sorted by tag."""
-    folder = run_dir / "eval"
+    folder = RunFolder(run_dir).eval_dir
     if not folder.is_dir():
         return []
     out = []
@@ -218,7 +217,7 @@ def eval_results(run_dir: Path) -> list[tuple[str, dict[str, Any]]]:
 
 
 def is_run_dir(path: Path) -> bool:
-    return (path / "config.yaml").is_file() and any((path / p).exists() for p in ("metrics.jsonl", "eval", "checkpoints"))
+    return RunFolder(path).is_run()
 
 
 def find_run_dirs(root: Path) -> list[Path]:
@@ -241,7 +240,7 @@ def _entry(run_dir: Path, tag: str, result: dict[str, Any], label: str | None = 
         import yaml
 
         try:
-            flat = flatten_config(yaml.safe_load((run_dir / "config.yaml").read_text()) or {})
+            flat = flatten_config(yaml.safe_load(RunFolder(run_dir).config.read_text()) or {})
         except (OSError, yaml.YAMLError):
             flat = {}
         for k, meta in (("method.name", "method"), ("method.loss", "loss"), ("data.dataset", "dataset"),
@@ -291,7 +290,7 @@ def collect(inputs: Sequence[str | Path], tags: Iterable[str] | None = None) -> 
         if sweep is not None and isinstance(sweep.get("entries"), list):
             for item in sweep["entries"]:
                 run_dir = (path / item["run"]) if not Path(item["run"]).is_absolute() else Path(item["run"])
-                data = _read_optional_json(run_dir / "eval" / f"{item['tag']}.json")
+                data = _read_optional_json(RunFolder(run_dir).eval_result(item["tag"]))
                 if data is None:
                     if run_dir not in unevaluated:
                         unevaluated.append(run_dir)

@@ -44,7 +44,7 @@ def finetune(trainer: Any) -> dict[str, Any]:
 
     t = trainer.cfg.train
     model = unwrap(trainer.model)
-    last = trainer.ckpt_dir / "last.pt"
+    last = trainer.folder.checkpoint("last")
     if last.exists() and io.load_checkpoint(last).get("finetuned"):
         log.info("fine-tuning already done in %s", trainer.run_dir)
         return {}
@@ -102,7 +102,7 @@ def finetune(trainer: Any) -> dict[str, Any]:
     epoch = t.epochs - 1
     val = trainer.validate(epoch) if trainer.data.val is not None and len(trainer.data.val.labels) else None
     if trainer.dist.main:
-        metrics = trainer.run_dir / "metrics.jsonl"
+        metrics = trainer.folder.metrics
         # a run killed after this row but before last.pt below redoes the stage: keep one row, not two
         rows = [r for r in io.read_jsonl(metrics) if not str(r.get("stage", "")).startswith("finetune")]
         rows.append({"epoch": epoch, "stage": f"finetune-{kind}", "steps": steps, "val": val})

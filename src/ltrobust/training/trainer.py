@@ -34,6 +34,7 @@ from ..config import RunConfig, dump_yaml, load_run_config, loss_options, method
 from ..errors import CheckpointError, ConfigError, TrainingDiverged
 from ..device import flush_denormals, resolve_amp, resolve_device, unwrap  # noqa: F401 (re-exported)
 from ..registry import LOSSES, METHODS
+from ..run_folder import RunFolder
 from .cost import peak_memory_mb, reset_peaks
 from .loggers import Logger, build_logger, scalars_of
 from .schedules import lr_at, schedule_length_terms
@@ -153,13 +154,18 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------- paths
     @property
+    def folder(self) -> RunFolder:
+        """The paths of this run's folder (:mod:`ltrobust.run_folder`)."""
+        return RunFolder(self.run_dir)
+
+    @property
     def ckpt_dir(self) -> Path:
-        return self.run_dir / "checkpoints"
+        return self.folder.checkpoints
 
     def _prepare_run_dir(self) -> int:
         """Write config and manifest, or check them against a run being resumed; returns start epoch."""
-        cfg_path = self.run_dir / "config.yaml"
-        last = self.ckpt_dir / "last.pt"
+        cfg_path = self.folder.config
+        last = self.folder.checkpoint("last")
         if self.resume and last.exists():
             old = load_run_config(cfg_path)
             diffs = _config_diffs(to_dict(old), to_dict(self.cfg))
@@ -177,15 +183,15 @@ class Trainer:
                 log.info("%s: train.epochs %d -> %d (extended: the finished epochs are those of a straight run "
                          "of %d)", self.run_dir, old.train.epochs, self.cfg.train.epochs, self.cfg.train.epochs)
             if self.dist.main:  # drop metrics of epochs that were not checkpointed
-                rows = [r for r in io.read_jsonl(self.run_dir / "metrics.jsonl") if r.get("epoch", -1) < start]
-                io.write_jsonl(self.run_dir / "metrics.jsonl", rows)
+                rows = [r for r in io.read_jsonl(self.folder.metrics) if r.get("epoch", -1) < start]
+                io.write_jsonl(self.folder.metrics, rows)
             return start
         if self.dist.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             io.atomic_write_text(cfg_path, dump_yaml(self.cfg))
-            io.write_json(self.run_dir / "manifest.json", self.data.manifest)
-            if (self.run_dir / "metrics.jsonl").exists():
-                (self.run_dir / "metrics.jsonl").unlink()
+            io.write_json(self.folder.manifest, self.data.manifest)
+            if self.folder.metrics.exists():
+                self.folder.metrics.unlink()
         return 0
 
     # -------------------------------------------------------------------------------- checkpoints
@@ -264,7 +270,7 @@ class Trainer:
         folder fails at once with :class:`~ltrobust.errors.RunInUse` instead of interleaving checkpoints.
         """
         self.build()
-        lock = io.run_lock(self.run_dir / ".lock", "training") if self.dist.main else contextlib.nullcontext()
+        lock = io.run_lock(self.folder.lock, "training") if self.dist.main else contextlib.nullcontext()
         with lock:
             return self._fit()
 
@@ -298,16 +304,16 @@ class Trainer:
                 record["ae_drift"] = self.ae_drift()
             self.method.on_epoch_end(epoch, record)
             if self.dist.main:
-                io.append_jsonl(self.run_dir / "metrics.jsonl", record)
+                io.append_jsonl(self.folder.metrics, record)
                 self.track(record, epoch)
                 if val is not None and val["rob_balanced"] > self.best["val_rob"]:
                     self.best = {"epoch": epoch, "val_rob": val["rob_balanced"], "val_clean": val["clean_balanced"]}
-                    self.save_weights(self.ckpt_dir / "best.pt", epoch, val)
-                io.save_checkpoint(self.ckpt_dir / "last.pt", self.state(epoch))
+                    self.save_weights(self.folder.checkpoint("best"), epoch, val)
+                io.save_checkpoint(self.folder.checkpoint("last"), self.state(epoch))
             log.info("epoch %d/%d %s", epoch, epochs - 1, _fmt_record(record))
-        if self.dist.main and epochs > 0 and not (self.ckpt_dir / "best.pt").exists():
+        if self.dist.main and epochs > 0 and not self.folder.checkpoint("best").exists():
             # no validation ran: "best" is the last epoch (before any fine-tuning), said so in the summary
-            self.save_weights(self.ckpt_dir / "best.pt", epochs - 1, None)
+            self.save_weights(self.folder.checkpoint("best"), epochs - 1, None)
         if self.cfg.train.finetune != "none" and start <= epochs:
             from .finetune import finetune
 
@@ -315,12 +321,12 @@ class Trainer:
         summary = {"run_dir": str(self.run_dir), "epochs": epochs, "best": self.best,
                    "method": self.cfg.method.name, "loss": self.cfg.method.loss}
         if self.dist.main:
-            rows = io.read_jsonl(self.run_dir / "metrics.jsonl")
+            rows = io.read_jsonl(self.folder.metrics)
             summary.update(cost_summary(rows))
             summary["collapse"] = collapse_verdict(rows, self.num_classes, self.cfg)
             if summary["collapse"]["collapsed"]:
                 log.warning("%s: %s", self.run_dir, summary["collapse"]["message"])
-            io.write_json(self.run_dir / "train_summary.json", summary)
+            io.write_json(self.folder.summary, summary)
         return summary
 
     def track(self, row: dict[str, Any], step: int, prefix: str = "") -> None:
@@ -403,7 +409,7 @@ class Trainer:
     def _check_finite(self, first_bad: torch.Tensor, epoch: int) -> None:
         bad_step = int(first_bad)
         if bad_step >= 0:
-            last = self.ckpt_dir / "last.pt"
+            last = self.folder.checkpoint("last")
             kept = f"the last good checkpoint {last} is kept" if last.exists() else "no checkpoint was written yet"
             raise TrainingDiverged(f"the training loss became non-finite at epoch {epoch}, step {bad_step}; "
                                    f"{kept}. Lower train.lr, use train.precision=fp32, or check the data.")

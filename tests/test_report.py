@@ -236,6 +236,10 @@ def test_rows_are_labelled_by_the_loss_actually_used(tmp_path):
               group("g3", {"loss_label": "margin-bias ce + kl"}, "robal")]
     _label(groups)
     assert [g.label for g in groups] == ["at_bsl + bsl", "pgd_at + ce", "robal + margin-bias ce + kl"]
+    from ltrobust.report.tables import _id_columns
+
+    _, rows = _id_columns(groups)  # the Method column of every table (HTML, Markdown, LaTeX) says the same
+    assert [r[0] for r in rows] == ["at_bsl + bsl", "pgd_at + ce", "robal + margin-bias ce + kl"]
 
 
 def test_audit_shapes_are_read_tolerantly():

@@ -68,7 +68,7 @@ def run_demo(overrides: Sequence[str] = (), out: str | None = None,
         run_dir = out_dir / _slug(label)
         t0 = time.perf_counter()
         if not RunFolder(run_dir).summary.exists():
-            print(f"training {label:<14} ({cfg.method.name}, loss {cfg.method.loss}) ...", flush=True)
+            print(f"training {label:<14} (preset {preset}) ...", flush=True)
             train(cfg)
         train_s = round(time.perf_counter() - t0, 3)
         result = evaluate_run(run_dir, EVAL, progress=False)

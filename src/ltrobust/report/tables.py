@@ -170,7 +170,7 @@ def _id_columns(groups: Sequence[Group]) -> tuple[list[str], list[list[str]]]:
     header.append("Seeds")
     rows = []
     for g in groups:
-        method = f"{g.config.get('method.name', '?')} + {g.config.get('method.loss', '?')}"
+        method = method_loss(g)  # by the loss actually trained with (loss_label), not the configured loss=
         row = [g.label if labelled else method + (COLLAPSED if g.collapsed else "")]
         if labelled:
             row.append(method + (f" ({g.setting})" if g.setting else ""))

@@ -19,17 +19,10 @@ runs one fixed c without the binary search, so it does not return the minimal pe
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from .objectives import logit_margin
 from .pgd import eval_mode
-
-
-def _margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """z_y - max_{i != y} z_i, shape (B,)."""
-    z = logits.float()
-    z_y = z.gather(1, y[:, None]).squeeze(1)
-    return z_y - z.masked_fill(F.one_hot(y, z.shape[1]).bool(), float("-inf")).amax(1)
 
 
 def cw_l2_minimal(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int = 100, binary_steps: int = 9,
@@ -68,7 +61,7 @@ def cw_l2_minimal(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int
             for it in range(steps):
                 x_adv = (torch.tanh(w) + 1) / 2
                 logits = model(x_adv)
-                margin = _margin(logits, y)  # (B,)
+                margin = logit_margin(logits, y)  # (B,)
                 dist = (x_adv - x).flatten(1).pow(2).sum(1)  # (B,) squared l_2
                 loss = dist + const * margin.clamp_min(-kappa)
                 (w.grad,) = torch.autograd.grad(loss.sum(), w)  # the input only: no parameter's .grad is touched

@@ -27,6 +27,12 @@ def _other_max(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return logits.masked_fill(mask, float("-inf")).amax(dim=1)
 
 
+def logit_margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``z_y - max_{i != y} z_i`` (B,): positive iff the point is classified as ``y`` (C&W's f_6 margin)."""
+    z = logits.float()
+    return z.gather(1, y[:, None]).squeeze(1) - _other_max(z, y)
+
+
 def ce(logits: torch.Tensor, y: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
     """Cross-entropy. ``scale`` multiplies the logits first (the adaptive x10 attack, REAT Sec. 5.2)."""
     return F.cross_entropy(scale * logits.float(), y, reduction="none")
@@ -37,9 +43,7 @@ def cw(logits: torch.Tensor, y: torch.Tensor, kappa: float = 50.0) -> torch.Tens
 
     It equals ``min(max_{i != y} z_i - z_y, kappa) - kappa``: the margin clamped at kappa.
     """
-    z = logits.float()
-    z_y = z.gather(1, y[:, None]).squeeze(1)
-    return -F.relu(z_y - _other_max(z, y) + kappa)
+    return -F.relu(logit_margin(logits, y) + kappa)
 
 
 def dlr(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

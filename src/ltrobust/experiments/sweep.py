@@ -313,9 +313,9 @@ def training_done(run_dir: Path, cfg: RunConfig) -> bool:
     except LtrobustError:
         return False
     if folder.config.is_file():
-        from ..training.trainer import _config_diffs
+        from ..training.trainer import config_diffs
 
-        diffs = _config_diffs(to_dict(load_run_config(folder.config)), to_dict(cfg))
+        diffs = config_diffs(to_dict(load_run_config(folder.config)), to_dict(cfg))
         if diffs:
             raise ConfigError(f"run folder {run_dir} holds a finished run with a different config "
                               f"({'; '.join(diffs[:4])}); delete the folder or choose another out=.")

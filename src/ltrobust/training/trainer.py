@@ -168,7 +168,7 @@ class Trainer:
         last = self.folder.checkpoint("last")
         if self.resume and last.exists():
             old = load_run_config(cfg_path)
-            diffs = _config_diffs(to_dict(old), to_dict(self.cfg))
+            diffs = config_diffs(to_dict(old), to_dict(self.cfg))
             if diffs:
                 raise ConfigError(f"run folder {self.run_dir} holds a run with a different config ({'; '.join(diffs[:5])}). "
                                   f"Choose another name=..., or delete the folder to start over.")
@@ -505,13 +505,16 @@ def collapse_verdict(rows: list[dict[str, Any]], num_classes: int, cfg: RunConfi
     return {"collapsed": bool(collapsed), "best_val_clean_balanced": best, "chance": chance, "message": message}
 
 
-def _config_diffs(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+def config_diffs(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """``key: old -> new`` for every setting that differs between two nested run configs (``to_dict``),
+    leaving out what may change when a run is resumed (``train.epochs`` within its rules, progress, device,
+    eval settings, names). A non-empty list means the folder holds another run."""
     diffs = []
     for k in sorted(set(old) | set(new)):
         key = f"{prefix}{k}"
         a, b = old.get(k), new.get(k)
         if isinstance(a, dict) and isinstance(b, dict) and k not in ("args", "loss_args"):
-            diffs += _config_diffs(a, b, key + ".")
+            diffs += config_diffs(a, b, key + ".")
         elif a != b and not any(key == d or (d.endswith(".") and key.startswith(d)) for d in _RESUMABLE_DIFFS):
             diffs.append(f"{key}: {a!r} -> {b!r}")
     return diffs

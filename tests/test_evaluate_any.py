@@ -115,6 +115,13 @@ def test_evaluate_out_dir_resumes_and_save_writes_eval_files(digits, mlp, tmp_pa
     assert "| FGSM |" in (tmp_path / "saved" / "mine.md").read_text()
     flags = np.load(tmp_path / "saved" / "mine_samples.npz")["flags"]
     np.testing.assert_array_equal(flags[1], first.robust["fgsm"])
+    # other attacks into the same out_dir and tag: the stored result is kept, and the error names eval.tag / tag=
+    before = (tmp_path / "ev" / "eval.json").read_bytes()
+    with pytest.raises(ConfigError, match="other settings.*eval.tag="):
+        ltrobust.evaluate(mlp, (x, y), out_dir=tmp_path / "ev", **{**kw, "attacks": ("clean", "pgd5")})
+    assert (tmp_path / "ev" / "eval.json").read_bytes() == before
+    other = ltrobust.evaluate(mlp, (x, y), out_dir=tmp_path / "ev", tag="pgd5", **{**kw, "attacks": ("clean", "pgd5")})
+    assert "pgd5" in other.accuracy and (tmp_path / "ev" / "pgd5.json").is_file()
 
 
 def test_evaluate_refuses_bad_input_with_one_line(digits, mlp):

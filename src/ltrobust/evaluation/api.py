@@ -220,6 +220,10 @@ def evaluate(model: nn.Module, data: Any, *, class_counts: Sequence[int] | None 
                    meta=meta, progress=progress, num_classes=num_classes)
     with tempfile.TemporaryDirectory(prefix="ltrobust-eval-") if out_dir is None else contextlib.nullcontext(out_dir) as folder:
         ev = Evaluation(model, split, class_counts, attacks, folder, tag=tag, **options)
+        if out_dir is not None:
+            from .runs import refuse_overwrite
+
+            refuse_overwrite(ev)  # a stored result of other settings is kept, never silently replaced
         result = ev.run()
         samples = io.read_npz(Path(folder) / result["samples"])
     return EvalResult(result=result, samples=samples)

@@ -158,6 +158,9 @@ def _robustbench(arch: str, weights: Path) -> nn.Module:
                           "in Python and pass it to ltrobust.evaluate.")
     if not weights.is_file():
         raise CheckpointError(f"weights={weights} does not exist.")
+    # read once with weights_only=True first: whatever RobustBench's own torch.load does, a file that asks to
+    # build Python objects is refused here
+    io.load_checkpoint(weights, map_location="cpu", refused_advice=PICKLED_MODEL_ADVICE)
     with tempfile.TemporaryDirectory() as tmp:  # RobustBench's layout <dir>/<dataset>/<threat>/<name>.pt
         folder = Path(tmp) / dataset / threat
         folder.mkdir(parents=True)

@@ -47,6 +47,40 @@ def measure_peaks(device: torch.device, n: int = 0) -> dict[str, float]:
     return peaks
 
 
+def subnormal_penalty(reps: int = 15, size: int = 32) -> dict[str, float]:
+    """What flushing subnormal floats buys on this CPU: time on subnormal operands unflushed / flushed.
+
+    A 3x3 convolution (16 -> 16 channels, batch 16) and an element-wise multiply-add run on inputs that are
+    all subnormal fp32 (below 1.2e-38), alternately with ``torch.set_flush_denormal`` off and on (the same
+    tensors and kernels; flushed, the operands read as zero); each ratio is the median time unflushed over
+    the median time flushed. Near 1: this CPU handles subnormals at full speed and the flush changes no
+    speed here. Several times 1: the CPU takes a slow assist per subnormal operand, the slow-down issue 19
+    measured (89 -> 49 images/s over three epochs). The caller's flush setting is restored.
+    """
+    import statistics
+
+    gen = torch.Generator().manual_seed(0)
+    xs = 1e-39 * torch.randn(16, 16, size, size, generator=gen)   # every entry subnormal
+    w = 0.1 * torch.randn(16, 16, 3, 3, generator=gen)
+    g = torch.randn(16, 16, size, size, generator=gen)
+    cases = {"conv": lambda: F.conv2d(xs, w, padding=1), "elementwise": lambda: torch.addcmul(xs, xs, g)}
+    was = bool(torch.tensor([1e-39]).mul(1.0).item() == 0.0)  # torch has no getter: flushed, a subnormal reads 0
+    times: dict[str, list[list[float]]] = {k: [[], []] for k in cases}
+    try:
+        for _ in range(reps):
+            for flush in (False, True):
+                torch.set_flush_denormal(flush)
+                for name, fn in cases.items():
+                    fn()
+                    t = time.perf_counter()
+                    fn()
+                    times[name][int(flush)].append(time.perf_counter() - t)
+    finally:
+        torch.set_flush_denormal(was)
+    return {f"{name}_unflushed_over_flushed": statistics.median(t[0]) / statistics.median(t[1])
+            for name, t in times.items()}
+
+
 class _GlobalOnly:
     """Stands in for FlopCounterMode's ModuleTracker, whose backward hooks raise under
     ``torch.autograd.grad`` ("A leaf node was passed to _will_engine_execute_node"): count globally only."""

@@ -30,6 +30,17 @@ def print_machine(result: dict[str, Any], amp: torch.dtype | None) -> None:
     if busy_warning(m):
         print(busy_warning(m))
 
+def describe_subnormal_penalty(penalty: dict[str, float]) -> str:
+    """One line: how much slower this CPU runs on unflushed subnormal operands, and what that means here."""
+    worst = max(penalty.values())
+    verdict = ("this CPU handles subnormals at full speed: the flush changes no speed here, and a reference "
+               "that keeps subnormals is not slowed by them" if worst < 1.3 else
+               "this CPU slows down on subnormals: a loop that keeps them (the papers' code) loses speed as "
+               "training produces them; ltrobust flushes them")
+    return (f"subnormal operands, unflushed / flushed time: conv x{penalty['conv_unflushed_over_flushed']:.2f}, "
+            f"element-wise x{penalty['elementwise_unflushed_over_flushed']:.2f}: {verdict}")
+
+
 def fmt(v: Any, d: int = 1) -> str:
     return f"{v:.{d}f}" if isinstance(v, (int, float)) else "-"
 

@@ -54,8 +54,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness as H  # noqa: E402
 import reference_loop as ref  # noqa: E402
 from fastpath import fast_path_checks  # noqa: E402
-from flops import ltrobust_step_flops, measure_peaks, model_flops, reference_step_flops  # noqa: E402
-from report import print_machine, print_summary, print_train_row  # noqa: E402
+from flops import ltrobust_step_flops, measure_peaks, model_flops, reference_step_flops, subnormal_penalty  # noqa: E402
+from report import describe_subnormal_penalty, print_machine, print_summary, print_train_row  # noqa: E402
 
 log = logging.getLogger("speed")
 
@@ -157,6 +157,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     fp32_peak = peaks["tf32"] if "tf32" in peaks and torch.backends.cudnn.allow_tf32 else peaks["fp32"]
     peaks_used = {"ltrobust": peaks["bf16"] if amp == torch.bfloat16 else fp32_peak, "reference": fp32_peak}
     result["peak_used"] = peaks_used | {"note": "CUDA fp32 convolutions use TF32 (cudnn.allow_tf32) unless disabled"}
+    if device.type == "cpu":
+        penalty = subnormal_penalty()
+        result["subnormal_penalty"] = penalty
+        print(describe_subnormal_penalty(penalty))
 
     out = Path(args.out) if args.out else H.HERE / "results" / (
         f"speed-{device.type}-{_dt.date.today().isoformat()}.json")

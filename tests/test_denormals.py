@@ -78,3 +78,22 @@ def test_validation_flushes_subnormals(denormals_kept):
     cfg = resolve_config(["attack.steps=1"])
     quick_robustness(_model(), _split(), 3, cfg.attack, steps=1, n_samples=6)
     assert flushing()
+
+
+@pytest.mark.parametrize("flush_before", [False, True])
+def test_speed_benchmark_subnormal_probe_restores_the_flush_setting(denormals_kept, monkeypatch, flush_before):
+    """benchmarks/flops.py ``subnormal_penalty`` (printed and stored by speed.py on CPU) times subnormal
+    operands unflushed against flushed and leaves the caller's setting as it found it, either way."""
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import flops
+    from report import describe_subnormal_penalty
+
+    torch.set_flush_denormal(flush_before)
+    penalty = flops.subnormal_penalty(reps=2, size=8)
+    assert flushing() is flush_before
+    assert set(penalty) == {"conv_unflushed_over_flushed", "elementwise_unflushed_over_flushed"}
+    assert all(0 < v < float("inf") for v in penalty.values())
+    assert "full speed" in describe_subnormal_penalty({k: 1.0 for k in penalty})
+    assert "slows down" in describe_subnormal_penalty({k: 3.0 for k in penalty})

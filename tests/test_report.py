@@ -316,7 +316,7 @@ def test_csv_and_latex_numbers_equal_the_json(report):
         assert f"\\label{{{label}}}" in tex
     assert result["latex_table"] in tex
     lrows = _latex_rows(tex, "tab:main")
-    header, body = lrows[0], {r[0]: dict(zip(lrows[0], r)) for r in lrows[1:]}
+    body = {r[0]: dict(zip(lrows[0], r)) for r in lrows[1:]}
     ce = [_results(dirs[("ce", 0)]), _results(dirs[("ce", 1)])]
     bsl = _results(dirs[("bsl", 0)])
     for title, attack in (("Clean", "clean"), ("FGSM", "fgsm"), ("PGD-5", "pgd5"), ("Worst case", "worst_case")):
@@ -362,6 +362,48 @@ def test_latex_document_compiles(report, tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-2000:]
     assert (tmp_path / "report.pdf").read_bytes()[:5] == b"%PDF-"
+
+
+def _long_table():
+    """A per-class table of CIFAR-100's size (100 rows): one row per class, a best cell in bold."""
+    from ltrobust.report.tables import LONG_TABLE_ROWS, Table
+
+    rows = [[f"class_{i}", str(500 - 4 * i), f"{90 - 0.5 * i:.2f}", f"{40 - 0.3 * i:.2f}"] for i in range(100)]
+    assert len(rows) > LONG_TABLE_ROWS
+    return Table(["class", "train images", "clean", "PGD-20"], rows, [False, True, True, True],
+                 caption="Per-class recall", bold={(0, 2)})
+
+
+def test_a_table_longer_than_a_page_is_a_longtable_with_every_row_and_a_repeated_header():
+    from ltrobust.report.export import latex_document
+    from ltrobust.report.tables import Table
+
+    tex = _long_table().latex("tab:per-class-x")
+    assert tex.startswith("\\begingroup") and "\\begin{longtable}{lrrr}" in tex and "\\begin{table}" not in tex
+    assert "\\caption{Per-class recall}\\label{tab:per-class-x}" in tex
+    first, rest = tex.split("\\endfirsthead", 1)
+    header = "class & train images & clean & PGD-20 \\\\"
+    assert header in first and header in rest.split("\\endhead", 1)[0]        # repeated on every page
+    assert "class\\_0 & 500 & \\textbf{90.00} & 40.00 \\\\" in tex
+    assert all(f"class\\_{i} & " in tex for i in range(100))
+    short = Table(["A"], [["x"]] * 40, [False]).latex()
+    assert short.startswith("\\begin{table}") and "longtable" not in short
+    assert "\\usepackage{longtable}" in latex_document("t", [("x", _long_table())])
+
+
+@pytest.mark.skipif(PDFLATEX is None, reason="no TeX engine installed (apt-get install texlive-latex-recommended "
+                                             "for pdflatex with booktabs)")
+def test_a_100_class_table_compiles_over_several_pages_without_an_oversized_float(tmp_path):
+    from ltrobust.report.export import latex_document
+
+    (tmp_path / "t.tex").write_text(latex_document("long", [("per-class-x", _long_table())]))
+    proc = subprocess.run([PDFLATEX, "-interaction=nonstopmode", "-halt-on-error", "t.tex"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    log = (tmp_path / "t.log").read_text(errors="replace")
+    assert "Float too large" not in log and "Overfull \\vbox" not in log
+    pages = re.search(r"Output written on t.pdf \((\d+) pages?", log)
+    assert pages and int(pages.group(1)) >= 2, log[-1500:]
 
 
 def test_figures_are_also_pdf_and_svg_at_the_dpi_setting(report, tmp_path):

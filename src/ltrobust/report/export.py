@@ -2,7 +2,8 @@
 number of every evaluation in ``report.csv``.
 
 - :func:`latex_document`: a standalone ``article`` holding the given tables, each a ``table`` float with a
-  ``\\label{tab:<name>}``; copy a table into a paper as it is (``\\usepackage{booktabs,graphicx}``).
+  ``\\label{tab:<name>}`` (a page-breaking ``longtable`` when it has more than 40 rows); copy a table into a
+  paper as it is (``\\usepackage{booktabs,graphicx,longtable}``).
 - :func:`results_csv`: one row per (run, evaluation) entry, identification columns, then one column per
   metric of the eval JSON (``clean.accuracy``, ``pgd20.tail_group``, ``clean.per_class.3``, ...) at full
   precision (Python's shortest round-trip form, so a cell reads back as the JSON's float exactly).
@@ -27,9 +28,9 @@ ID_COLUMNS = ("variant", "label", "run", "tag", "seed", "method", "loss", "datas
 def latex_document(title: str, tables: Sequence[tuple[str, Table]], figures: Sequence[str] = ()) -> str:
     """A compilable LaTeX document with ``tables`` (``(name, table)``; ``\\label{tab:name}``)."""
     out = ["% Written by `ltrobust report`: the report's tables in booktabs form. Each table float can be",
-           "% copied into a paper as it is (\\usepackage{booktabs,graphicx}); best per column in bold.",
+           "% copied into a paper as it is (\\usepackage{booktabs,graphicx,longtable}); best per column in bold.",
            "\\documentclass{article}", "\\usepackage[margin=1.5cm,landscape]{geometry}",
-           "\\usepackage{booktabs}", "\\usepackage{graphicx}",
+           "\\usepackage{booktabs}", "\\usepackage{graphicx}", "\\usepackage{longtable}",
            f"\\title{{{latex_escape(title)}}}", "\\date{}", "\\begin{document}", "\\maketitle", ""]
     for name, table in tables:
         out += [table.latex(f"tab:{name}"), ""]

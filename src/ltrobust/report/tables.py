@@ -75,10 +75,33 @@ class Table:
         return "\n".join(out)
 
     def latex(self, label: str = "") -> str:
-        """A booktabs ``table`` (``\\toprule`` / ``\\midrule`` / ``\\bottomrule``, numeric columns right
-        aligned, ``$\\pm$``, column bests in ``\\textbf``, shrunk to ``\\linewidth`` when wider); needs
-        ``\\usepackage{booktabs,graphicx}``."""
+        """Booktabs LaTeX (``\\toprule`` / ``\\midrule`` / ``\\bottomrule``, numeric columns right aligned,
+        ``$\\pm$``, column bests in ``\\textbf``); needs ``\\usepackage{booktabs,graphicx,longtable}``.
+
+        Up to :data:`LONG_TABLE_ROWS` rows: a ``table`` float, shrunk to ``\\linewidth`` when wider. Longer
+        tables (the per-class table of CIFAR-100-LT has 100 rows) would run off the page as a float, so they
+        are a ``longtable`` that breaks across pages and repeats its header on each."""
         spec = "".join("r" if n else "l" for n in self.numeric)
+        header = " & ".join(latex_escape(h) for h in self.header) + " \\\\"
+        body = []
+        for i, row in enumerate(self.rows):
+            if i in self.rules and i > 0:
+                body.append("\\midrule")
+            cells = [latex_escape(v) for v in row]
+            cells = [f"\\textbf{{{c}}}" if (i, j) in self.bold else c for j, c in enumerate(cells)]
+            body.append(" & ".join(cells) + " \\\\")
+        if len(self.rows) > LONG_TABLE_ROWS:
+            cols = len(self.header)
+            out = ["\\begingroup\\small", f"\\begin{{longtable}}{{{spec}}}"]
+            if self.caption or label:
+                out.append(f"\\caption{{{latex_escape(self.caption)}}}" + (f"\\label{{{label}}}" if label else "")
+                           + " \\\\")
+            out += ["\\toprule", header, "\\midrule", "\\endfirsthead",
+                    f"\\multicolumn{{{cols}}}{{l}}{{\\emph{{(continued)}}}} \\\\", "\\toprule", header, "\\midrule",
+                    "\\endhead", "\\midrule", f"\\multicolumn{{{cols}}}{{r}}{{\\emph{{(continued on the next page)}}}} \\\\",
+                    "\\endfoot", "\\bottomrule", "\\endlastfoot"]
+            out += body + ["\\end{longtable}", "\\endgroup"]
+            return "\n".join(out) + "\n"
         out = ["\\begin{table}[ht]", "\\centering", "\\small"]
         if self.caption:
             out.append(f"\\caption{{{latex_escape(self.caption)}}}")
@@ -86,17 +109,13 @@ class Table:
             out.append(f"\\label{{{label}}}")
         # shrunk to the text width only when wider (\\resizebox of graphicx)
         out += ["\\resizebox{\\ifdim\\width>\\linewidth\\linewidth\\else\\width\\fi}{!}{%",
-                f"\\begin{{tabular}}{{{spec}}}", "\\toprule",
-                " & ".join(latex_escape(h) for h in self.header) + " \\\\", "\\midrule"]
-        for i, row in enumerate(self.rows):
-            if i in self.rules and i > 0:
-                out.append("\\midrule")
-            cells = [latex_escape(v) for v in row]
-            cells = [f"\\textbf{{{c}}}" if (i, j) in self.bold else c for j, c in enumerate(cells)]
-            out.append(" & ".join(cells) + " \\\\")
-        out += ["\\bottomrule", "\\end{tabular}}", "\\end{table}"]
+                f"\\begin{{tabular}}{{{spec}}}", "\\toprule", header, "\\midrule"]
+        out += body + ["\\bottomrule", "\\end{tabular}}", "\\end{table}"]
         return "\n".join(out) + "\n"
 
+
+#: tables with more rows than this are written as a page-breaking ``longtable`` instead of a ``table`` float
+LONG_TABLE_ROWS = 40
 
 _LATEX_SPECIAL = {"\\": "\\textbackslash{}", "&": "\\&", "%": "\\%", "$": "\\$", "#": "\\#", "_": "\\_",
                   "{": "\\{", "}": "\\}", "~": "\\textasciitilde{}", "^": "\\textasciicircum{}",

@@ -321,7 +321,6 @@ def test_mma_an_pgd_and_bisection_follow_algorithm_1_by_hand():
     assert torch.equal(x_adv[~correct], x[~correct])  # misclassified points train on the clean image
     found = eps[correct]
     assert (found < d_max).any() and (found >= d_max).any()  # margins found inside and beyond d_max
-    assert float(m._eps0) == pytest.approx(float(eps[correct].mean()), abs=1e-6)  # next batch's eps0
 
     # loss: (1 - c) (1/B) sum_i [eps_i < d_max or wrong] CE(z(x'_i)) + c mean CE(z(x)), c = 1/3
     keep = (~correct) | (eps < d_max)
@@ -344,15 +343,105 @@ def test_mma_with_a_fixed_eps_is_pgd_at_on_that_eps(tmp_path):
     assert_same_weights(a, b)
 
 
-def test_mma_resumes_its_starting_radius_and_refuses_what_it_would_ignore():
+def _context(n: int):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(data=SimpleNamespace(train=[None] * n), device=torch.device("cpu"))
+
+
+def test_mma_starts_each_point_from_its_own_last_margin(monkeypatch):
+    """The authors' dct_eps: a point's next search starts at its last margin, never below eps_min (eps_min
+    before its first visit, and after a visit where it was misclassified: margin 0)."""
+    import ltrobust.methods.mma as mma_module
+
+    balls = []
+
+    def spy(model, x, y, threat, **kw):
+        balls.append(threat.eps.flatten().clone())
+        return pgd(model, x, y, threat, **kw)
+
+    monkeypatch.setattr(mma_module, "pgd", spy)
+    model, (x, _, y) = confident_model(), batch(n=7)
+    model.eval()
+    m = make("mma", attack=AttackConfig(steps=2), d_max=0.2, eps_min=0.01, search_steps=6)
+    m.setup(_context(20))
+    assert torch.equal(m._margins, torch.full((20,), 0.01))
+    first = torch.tensor([3, 4, 5, 6, 7, 8, 9])
+    m.on_batch(first)
+    m.train_attack(model, x, y)
+    assert torch.equal(balls[0], torch.full((7,), 0.01))  # first visit: eps_min
+    assert torch.equal(m._margins[first], m._eps.float()) and (m._eps == 0).any() and (m._eps > 0.01).any()
+    assert torch.equal(m._margins[:3], torch.full((3,), 0.01)) and m._seen[first].all() and not m._seen[:3].any()
+
+    found = m._eps.clone()  # margins of dataset points 3..9
+    second = torch.tensor([9, 8, 7, 0, 1, 2, 3])  # four points seen before, in another order, three new ones
+    m.on_batch(second)
+    m.train_attack(model, x, y)
+    last = torch.stack([found[6], found[5], found[4], torch.tensor(0.0), torch.tensor(0.0), torch.tensor(0.0),
+                        found[0]])
+    assert torch.equal(balls[1], last.clamp_min(0.01))  # a 0 margin (misclassified last time) starts at eps_min
+    assert (found[[6, 5, 4, 0]] > 0.01).any() and torch.equal(m._margins[second], m._eps.float())
+    m.train_attack(model, x, y)  # without indices (no on_batch): every point from eps_min
+    assert torch.equal(balls[2], torch.full((7,), 0.01))
+
+
+def test_mma_margin_tables_of_two_processes_merge_into_each_points_last_margin():
+    from ltrobust.methods.mma import merge_margins
+
+    old = torch.tensor([0.1, 0.1, 0.1, 0.1, 0.1])
+    ranks = [(torch.tensor([0.3, 0.1, 0.0, 0.1, 0.1]), torch.tensor([True, False, True, False, False])),
+             (torch.tensor([0.1, 0.2, 0.1, 0.5, 0.1]), torch.tensor([False, True, False, True, False]))]
+    for r, (margins, seen) in enumerate(ranks):  # all_reduce: sum over both processes' tensors, in call order
+        other_m, other_s = ranks[1 - r]
+        queue = [torch.where(other_s, other_m, 0.0), other_s.float()]
+        merge_margins(margins, seen, all_reduce=lambda t: t.add_(queue.pop(0)))
+    for margins, _ in ranks:
+        assert torch.allclose(margins, torch.tensor([0.3, 0.2, 0.0, 0.5, 0.1]))
+    both_m, both_s = torch.tensor([0.2, 0.1]), torch.tensor([True, False])  # one point seen by both: the mean
+    queue = [torch.tensor([0.4, 0.0]), torch.tensor([1.0, 0.0])]
+    merge_margins(both_m, both_s, all_reduce=lambda t: t.add_(queue.pop(0)))
+    assert torch.allclose(both_m, torch.tensor([0.3, 0.1])) and old.eq(0.1).all()
+
+
+def test_mma_trainer_hands_over_each_batchs_indices_and_resumes_the_margins(tmp_path):
+    from ltrobust.data import build_data, train_loader
+    from ltrobust.errors import CheckpointError
+
+    cfg = resolve_config(TINY + [f"out={tmp_path}", "name=mma", "method=mma"])
+    Trainer(cfg).fit()
+    margins = io.load_checkpoint(tmp_path / "mma" / "checkpoints" / "last.pt")["method"]["margins"]
+    data = build_data(cfg.data)
+    assert margins.shape == (len(data.train),)
+    loader = train_loader(data, batch_size=32, seed=cfg.train.seed)
+    seen = torch.zeros(len(data.train), dtype=torch.bool)
+    seen[loader.epoch_order(0)[:2 * 32]] = True  # max_steps_per_epoch=2 batches of 32
+    assert (margins[~seen] == 0.005).all() and (margins[seen] != 0.005).all()
+    m = make("mma")
+    m.load_state_dict({"margins": margins})
+    m.setup(_context(len(margins)))
+    assert torch.equal(m._margins, margins)
+    with pytest.raises(CheckpointError, match="training set has 10"):
+        make("mma").__class__.setup(m, _context(10))
+
+
+def test_mma_killed_after_an_epoch_resumes_to_the_weights_and_margins_of_a_straight_run(tmp_path,
+                                                                                        die_after_checkpoint):
+    over = ["method=mma", "epochs=3"]
+    a = train_weights(over, tmp_path, "straight")
+    with die_after_checkpoint(1, run_name="killed"):
+        train_weights(over, tmp_path, "killed")
+    b = train_weights(over, tmp_path, "killed")
+    assert_same_weights(a, b)
+    margins = [io.load_checkpoint(tmp_path / n / "checkpoints" / "last.pt")["method"]["margins"]
+               for n in ("straight", "killed")]
+    assert torch.equal(*margins)
+
+
+def test_mma_refuses_what_it_would_ignore():
     m = make("mma")
     assert m.d_max == pytest.approx(32 / 255) and m.eps_min == 0.005
     l2 = make("mma", attack=AttackConfig(norm="l2", eps=0.5, step_size=0.1))
     assert l2.d_max == 2.0 and l2.eps_min == 0.5
-    m._eps0 = torch.tensor(0.07)
-    n = make("mma")
-    n.load_state_dict(m.state_dict())
-    assert float(n._eps0) == pytest.approx(0.07)
     with pytest.raises(ConfigError, match="d_max"):
         make("mma", adaptive=False, d_max=0.1)
     with pytest.raises(ConfigError, match="loss_mode"):

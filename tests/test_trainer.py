@@ -143,6 +143,7 @@ cfg = resolve_config(sys.argv[2:])
 tr = Trainer(cfg)
 tr.fit()
 torch.save(tr.model.state_dict(), f"{sys.argv[1]}/rank{dist.get_rank()}.pt")
+torch.save(tr.method.state_dict(), f"{sys.argv[1]}/method{dist.get_rank()}.pt")
 dist.destroy_process_group()
 """
 
@@ -160,6 +161,24 @@ def test_two_torchrun_processes_with_gloo_end_with_identical_weights(tmp_path):
     for k in r0:
         assert torch.equal(r0[k], r1[k]), k
     assert (tmp_path / "ddp" / "checkpoints" / "last.pt").exists()
+
+
+def test_mma_under_two_gloo_processes_ends_each_epoch_with_one_margin_table(tmp_path):
+    """Each process attacks its slice of every batch and keeps its points' margins; the epoch-end merge
+    gives both processes (and the checkpoint) the same table, every point's margin from its last visit."""
+    script = tmp_path / "ddp_train.py"
+    script.write_text(DDP_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29518",
+           str(script), str(tmp_path)] + TINY + ["epochs=2", f"out={tmp_path}", "name=ddp", "train.precision=fp32",
+                                                 "method=mma", "train.val_every=0"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m0 = torch.load(tmp_path / "method0.pt", weights_only=True)["margins"]
+    m1 = torch.load(tmp_path / "method1.pt", weights_only=True)["margins"]
+    assert torch.equal(m0, m1)
+    assert torch.equal(io.load_checkpoint(tmp_path / "ddp" / "checkpoints" / "last.pt")["method"]["margins"], m0)
+    assert (m0 != 0.005).all()  # every point visited (one pass per epoch): none left at eps_min
 
 
 @pytest.mark.parametrize("kind", ["crt", "rw", "lws"])

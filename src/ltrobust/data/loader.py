@@ -114,7 +114,8 @@ class DeviceLoader:
             probability proportional to 1 / n_y: every class equally likely, for cRT fine-tuning).
         class_counts: counts for the class-balanced sampler (default: from the labels).
 
-    ``len(loader)`` is the number of batches per epoch. ``state_dict()`` / ``load_state_dict()``
+    ``batch_indices`` holds the training-set indices (int64 (B,), CPU) of the batch last yielded, for
+    methods that keep state per sample (MMA). ``len(loader)`` is the number of batches per epoch. ``state_dict()`` / ``load_state_dict()``
     record (epoch, next batch) for exact resume; iteration continues where it stopped, and a
     completed pass moves to the next epoch. Call ``set_epoch(e)`` at each epoch start to make the
     order independent of how many passes came before.
@@ -154,6 +155,7 @@ class DeviceLoader:
             size = split.image_size if self.streamed else int(split.images.shape[-1])
             self._policy = _policy_transform(augment, size)
         self.epoch, self._batch = 0, 0
+        self.batch_indices: torch.Tensor | None = None
 
     def __len__(self) -> int:
         n, b = self.num_samples, self.batch_size
@@ -209,7 +211,7 @@ class DeviceLoader:
                     x, y = x[to_device(rep, x.device)], y[to_device(rep, y.device)]
             else:
                 x, y = self._array_batch(idx, mix_seed(self.seed, epoch, b + 1))
-            self._batch = b + 1
+            self._batch, self.batch_indices = b + 1, idx
             if self.pad_last:
                 mask = torch.arange(len(idx), device=self.device) < real
                 yield x, y, mask

@@ -63,6 +63,9 @@ class Method:
     required_head: ClassVar[str | None] = None
     #: False for methods without adversarial examples (natural training).
     adversarial: ClassVar[bool] = True
+    #: True for methods that keep state per training sample (MMA's margins): the trainer then calls
+    #: :meth:`on_batch` with each batch's training-set indices before its attack.
+    uses_sample_indices: ClassVar[bool] = False
 
     def __init__(self, class_counts: Sequence[int], attack: AttackConfig, loss: Any, options: Any = None,
                  total_epochs: int = 1, amp_dtype: torch.dtype | None = None) -> None:
@@ -145,6 +148,10 @@ class Method:
 
     def on_epoch_end(self, epoch: int, stats: dict[str, Any]) -> None:
         """``stats['ae_pred_counts']`` holds the predicted-class counts of this epoch's training AEs."""
+
+    def on_batch(self, indices: torch.Tensor) -> None:
+        """The training-set indices (int64 (B,), CPU) of the batch about to be attacked (called by the
+        trainer only for methods with ``uses_sample_indices``; a padded batch repeats indices)."""
 
     def after_step(self, model: nn.Module) -> None:
         """Called after the optimiser step (AWP restores the weights here)."""

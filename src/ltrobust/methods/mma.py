@@ -14,25 +14,29 @@ reaches ``d_max`` (the hinge of the MMA objective). As in the authors' ``trainer
    ``L_MMA = (1/B) sum_i [eps_i < d_max or x_i misclassified] * L(z(x'_i), y_i)`` and c = 1/3
    (``clean_coeff=0`` is the paper's OMMA).
 
-``L`` is CE or any long-tailed loss (its per-sample form). The one departure: the authors keep each training
-point's last margin as its next ``eps0`` (a table keyed by dataset index); the trainer hands a method no
-indices, so ``eps0`` is the mean margin of the previous batch's correct points (never below ``eps_min``).
-With ``adaptive=false`` every point is attacked at ``attack.eps`` with ``attack.step_size`` (no search, no
+``L`` is CE or any long-tailed loss (its per-sample form). As in the authors' ``trainer.py`` (``dct_eps``), each
+training point starts its search from its own last margin, never below ``eps_min`` (``eps_min`` before its first
+visit; 0, hence ``eps_min``, after a visit where it was misclassified): the trainer hands the method each batch's
+training-set indices (:meth:`on_batch`), the margins live in a table of the training set's size, saved in the
+checkpoint, and under DDP the processes merge their tables at the end of every epoch. Called without indices
+(``train_attack`` alone), every point starts at ``eps_min``. With ``adaptive=false`` every point is attacked at ``attack.eps`` with ``attack.step_size`` (no search, no
 hinge, no correctness split): with ``clean_coeff=0`` and ``attack_loss=ce`` that is exactly ``pgd_at``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
 from ..attacks import pgd
 from ..attacks.pgd import autocast, eval_mode
-from ..errors import ConfigError
+from ..data.loader import to_device
+from ..errors import CheckpointError, ConfigError
 from ..registry import METHODS
 from .at_bsl import require_outer_loss_mode
 from .base import Method, forward_train
@@ -48,6 +52,22 @@ def soft_logit_margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     z = logits.float()
     others = z.masked_fill(F.one_hot(y, z.shape[1]).bool(), float("-inf"))
     return torch.logsumexp(others, dim=1) - z.gather(1, y[:, None]).squeeze(1)
+
+
+def merge_margins(margins: torch.Tensor, seen: torch.Tensor,
+                  all_reduce: Callable[[torch.Tensor], Any] = dist.all_reduce) -> None:
+    """Merge the processes' margin tables after an epoch under DDP, in place (``all_reduce`` sums over them).
+
+    Each process attacked its own slice of every batch, so it holds this epoch's margins of its own samples
+    only (``seen``, (N,) bool). Afterwards every process holds, per sample, the mean of the margins found for
+    it this epoch (the one margin, when each sample went to one process, as with the uniform sampler), or
+    the margin it had before when no process saw it.
+    """
+    total = torch.where(seen, margins, torch.zeros_like(margins))
+    count = seen.to(margins.dtype)
+    all_reduce(total)
+    all_reduce(count)
+    margins.copy_(torch.where(count > 0, total / count.clamp_min(1), margins))
 
 
 @dataclass(frozen=True)
@@ -88,6 +108,7 @@ class MMA(Method):
 
     name = "mma"
     Options = MMAOptions
+    uses_sample_indices = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -102,9 +123,40 @@ class MMA(Method):
                               f"{MAX_EPS_FACTOR * self.d_max}: lower eps_min or raise d_max.")
         if o.adaptive and self.attack_cfg.steps < 1:
             raise ConfigError("mma needs attack.steps >= 1 for AN-PGD (the authors use 10).")
-        self._eps0: torch.Tensor | None = None  # scalar: the next batch's starting radius
+        self._margins: torch.Tensor | None = None  # (N,) each training point's last margin (setup; the authors' dct_eps)
+        self._seen: torch.Tensor | None = None  # (N,) bool: margins this process updated this epoch (DDP merge)
+        self._indices: torch.Tensor | None = None  # this batch's training-set indices (on_batch)
         self._eps: torch.Tensor | None = None  # (B,) this batch's margins (0 for misclassified points)
         self._keep: torch.Tensor | None = None  # (B,) which AE losses count (hinge)
+
+    # ------------------------------------------------------------------------ per-sample margins
+    def setup(self, context: Any) -> None:
+        """A margin per training point (``eps_min`` until its first visit), unless resumed from a checkpoint."""
+        n, device = len(context.data.train), context.device
+        if self._margins is None:
+            self._margins = torch.full((n,), self.eps_min, device=device)
+        elif len(self._margins) != n:
+            raise CheckpointError(f"mma: the checkpoint holds margins of {len(self._margins)} training points, this "
+                                  f"run's training set has {n}: the data changed; start a new run (another out= or name=).")
+        self._margins = self._margins.to(device)
+        self._seen = torch.zeros(n, dtype=torch.bool, device=device)
+
+    def on_batch(self, indices: torch.Tensor) -> None:
+        self._indices = indices
+
+    def _batch_indices(self, batch: int) -> torch.Tensor | None:
+        """This batch's indices into the margin table (consumed), or None without a table or indices."""
+        idx, self._indices = self._indices, None
+        if idx is None or self._margins is None or len(idx) != batch:
+            return None
+        return to_device(idx, self._margins.device)
+
+    def on_epoch_end(self, epoch: int, stats: dict[str, Any]) -> None:
+        if self._margins is None:
+            return
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            merge_margins(self._margins, self._seen)
+        self._seen.zero_()
 
     # ------------------------------------------------------------------------------------- attack
     def attack_objective(self, x: torch.Tensor, y: torch.Tensor) -> tuple[Any, dict[str, Any]]:
@@ -137,9 +189,11 @@ class MMA(Method):
             return pgd(model, x, y, self.threat, steps=a.steps, step_size=a.step_size, objective=objective,
                        random_start=a.random_start, amp_dtype=self.amp_dtype)
         shape = (-1, *([1] * (x.dim() - 1)))
-        self._eps0 = torch.tensor(self.eps_min) if self._eps0 is None else self._eps0
-        self._eps0 = self._eps0.to(x.device)
-        eps0 = self._eps0.clamp(self.eps_min, MAX_EPS_FACTOR * self.d_max).expand(x.shape[0]).contiguous()  # (B,)
+        idx = self._batch_indices(x.shape[0])
+        if idx is None:
+            eps0 = torch.full((x.shape[0],), self.eps_min, device=x.device)
+        else:  # each point's last margin, never below eps_min (the authors' get_eps)
+            eps0 = self._margins[idx].clamp(self.eps_min, MAX_EPS_FACTOR * self.d_max).to(x.device)
         with eval_mode(model):
             correct = self._margin(model, x, y) < 0  # (B,)
             x_pgd = pgd(model, x, y, self.threat.per_sample(eps0, x.dim()), steps=a.steps,
@@ -147,9 +201,9 @@ class MMA(Method):
                         random_start=a.random_start, use_eval_mode=False, amp_dtype=self.amp_dtype)
             unit = (x_pgd - x) / (eps0.view(shape) + 1e-12)
             eps = torch.where(correct, self.bisection(model, x, y, unit, eps0), torch.zeros_like(eps0))
-        n_correct = correct.sum()
-        mean_eps = eps.sum() / n_correct.clamp_min(1)
-        self._eps0 = torch.where(n_correct > 0, mean_eps, self._eps0)
+        if idx is not None:  # the authors' update_eps: every point of the batch, 0 for misclassified ones
+            self._margins[idx] = eps.to(self._margins.device, self._margins.dtype)
+            self._seen[idx] = True
         self._eps, self._keep = eps, ~correct | (eps < self.d_max)
         return (x + eps.view(shape) * unit).clamp(0.0, 1.0).detach()
 
@@ -176,10 +230,11 @@ class MMA(Method):
     # ------------------------------------------------------------------------------------- resume
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
-        if self._eps0 is not None:
-            state["eps0"] = float(self._eps0)
+        if self._margins is not None:
+            state["margins"] = self._margins.detach().cpu().clone()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
-        self._eps0 = torch.tensor(float(state["eps0"])) if "eps0" in state else None
+        if "margins" in state:
+            self._margins = torch.as_tensor(state["margins"], dtype=torch.float32).clone()

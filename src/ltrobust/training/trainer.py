@@ -361,8 +361,11 @@ class Trainer:
         for step, (x, y) in enumerate(self.loader):
             if step >= n_steps:
                 break
+            ranks = slice(self.dist.rank, None, self.dist.world_size)
             if self.dist.world_size > 1:  # every rank draws the same global batch; each takes its slice
-                x, y = x[self.dist.rank::self.dist.world_size], y[self.dist.rank::self.dist.world_size]
+                x, y = x[ranks], y[ranks]
+            if method.uses_sample_indices:
+                method.on_batch(self.loader.batch_indices[ranks])
             if cfg.train.channels_last and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
             lr = lr_at(cfg, epoch + step / max(n_steps, 1))

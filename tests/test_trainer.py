@@ -181,6 +181,26 @@ def test_mma_under_two_gloo_processes_ends_each_epoch_with_one_margin_table(tmp_
     assert (m0 != 0.005).all()  # every point visited (one pass per epoch): none left at eps_min
 
 
+def test_las_at_under_two_gloo_processes_keeps_one_strategy_network(tmp_path):
+    """REINFORCE on each process's slice, with the rewards and policy gradients averaged over the processes
+    and the strategy network's BatchNorm statistics too: both processes end with the same network."""
+    script = tmp_path / "ddp_train.py"
+    script.write_text(DDP_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29519",
+           str(script), str(tmp_path)] + TINY + ["epochs=1", f"out={tmp_path}", "name=ddp", "train.precision=fp32",
+                                                 "method=las_at", "method.interval=1", "train.val_every=0",
+                                                 "train.max_steps_per_epoch=3"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    s0 = torch.load(tmp_path / "method0.pt", weights_only=True)
+    s1 = torch.load(tmp_path / "method1.pt", weights_only=True)
+    assert s0["step_count"] == s1["step_count"] == 3
+    assert s0["strategy"].keys() == s1["strategy"].keys()
+    for k in s0["strategy"]:
+        assert torch.equal(s0["strategy"][k], s1["strategy"][k]), k
+
+
 @pytest.mark.parametrize("kind", ["crt", "rw", "lws"])
 def test_finetune_stage_trains_only_the_head(tmp_path, kind):
     """The fine-tuning stage leaves the backbone and BatchNorm statistics exactly as training left them."""

@@ -28,6 +28,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch.distributions import Categorical
@@ -195,13 +196,32 @@ class LASAT(Method):
         actions = [d.sample() for d in dists]
         x_adv = self.strategy_attack(model, x, y, actions)
         r = self.reward(model, x, x_adv, y)
+        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        if world > 1:  # DDP: the reward of the global batch (each process holds a slice of it)
+            dist.all_reduce(r)
+            r = r / world
         loss = -r * sum(d.log_prob(act).mean() for d, act in zip(dists, actions))
         self.policy_opt.zero_grad(set_to_none=True)
         loss.backward()
+        if world > 1:
+            self._sync_strategy(world)
         nn.utils.clip_grad_norm_(self.strategy.parameters(), self.options.clip_grad_norm)
         self.policy_opt.step()
         self.last_reward = r.detach()
         return loss.detach()
+
+    def _sync_strategy(self, world: int) -> None:
+        """DDP: average the policy gradients and the BatchNorm statistics of the processes, so that every
+        process keeps the same strategy network (one REINFORCE step on the global batch)."""
+        for p in self.strategy.parameters():
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            dist.all_reduce(p.grad)
+            p.grad.div_(world)
+        for b in self.strategy.buffers():
+            if b.is_floating_point():
+                dist.all_reduce(b)
+                b.div_(world)
 
     def train_attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         self.step_count += 1

@@ -19,8 +19,9 @@ training point starts its search from its own last margin, never below ``eps_min
 visit; 0, hence ``eps_min``, after a visit where it was misclassified): the trainer hands the method each batch's
 training-set indices (:meth:`on_batch`), the margins live in a table of the training set's size, saved in the
 checkpoint, and under DDP the processes merge their tables at the end of every epoch. Called without indices
-(``train_attack`` alone), every point starts at ``eps_min``. With ``adaptive=false`` every point is attacked at ``attack.eps`` with ``attack.step_size`` (no search, no
-hinge, no correctness split): with ``clean_coeff=0`` and ``attack_loss=ce`` that is exactly ``pgd_at``.
+(``train_attack`` alone), every point starts at ``eps_min``. With ``adaptive=false`` every point is attacked at
+``attack.eps`` with ``attack.step_size`` (no search, no hinge, no correctness split): with ``clean_coeff=0`` and
+``attack_loss=ce`` that is exactly ``pgd_at``.
 """
 
 from __future__ import annotations
@@ -123,7 +124,7 @@ class MMA(Method):
                               f"{MAX_EPS_FACTOR * self.d_max}: lower eps_min or raise d_max.")
         if o.adaptive and self.attack_cfg.steps < 1:
             raise ConfigError("mma needs attack.steps >= 1 for AN-PGD (the authors use 10).")
-        self._margins: torch.Tensor | None = None  # (N,) each training point's last margin (setup; the authors' dct_eps)
+        self._margins: torch.Tensor | None = None  # (N,) each training point's last margin (the authors' dct_eps)
         self._seen: torch.Tensor | None = None  # (N,) bool: margins this process updated this epoch (DDP merge)
         self._indices: torch.Tensor | None = None  # this batch's training-set indices (on_batch)
         self._eps: torch.Tensor | None = None  # (B,) this batch's margins (0 for misclassified points)
@@ -137,7 +138,8 @@ class MMA(Method):
             self._margins = torch.full((n,), self.eps_min, device=device)
         elif len(self._margins) != n:
             raise CheckpointError(f"mma: the checkpoint holds margins of {len(self._margins)} training points, this "
-                                  f"run's training set has {n}: the data changed; start a new run (another out= or name=).")
+                                  f"run's training set has {n}: the data changed; start a new run (another out= "
+                                  f"or name=).")
         self._margins = self._margins.to(device)
         self._seen = torch.zeros(n, dtype=torch.bool, device=device)
 

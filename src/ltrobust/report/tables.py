@@ -96,10 +96,11 @@ class Table:
             if self.caption or label:
                 out.append(f"\\caption{{{latex_escape(self.caption)}}}" + (f"\\label{{{label}}}" if label else "")
                            + " \\\\")
-            out += ["\\toprule", header, "\\midrule", "\\endfirsthead",
-                    f"\\multicolumn{{{cols}}}{{l}}{{\\emph{{(continued)}}}} \\\\", "\\toprule", header, "\\midrule",
-                    "\\endhead", "\\midrule", f"\\multicolumn{{{cols}}}{{r}}{{\\emph{{(continued on the next page)}}}} \\\\",
-                    "\\endfoot", "\\bottomrule", "\\endlastfoot"]
+            note = lambda align, text: f"\\multicolumn{{{cols}}}{{{align}}}{{\\emph{{({text})}}}} \\\\"  # noqa: E731
+            out += ["\\toprule", header, "\\midrule", "\\endfirsthead",  # first page
+                    note("l", "continued"), "\\toprule", header, "\\midrule", "\\endhead",  # later pages
+                    "\\midrule", note("r", "continued on the next page"), "\\endfoot",
+                    "\\bottomrule", "\\endlastfoot"]
             out += body + ["\\end{longtable}", "\\endgroup"]
             return "\n".join(out) + "\n"
         out = ["\\begin{table}[ht]", "\\centering", "\\small"]

@@ -30,6 +30,7 @@ def print_machine(result: dict[str, Any], amp: torch.dtype | None) -> None:
     if busy_warning(m):
         print(busy_warning(m))
 
+
 def describe_subnormal_penalty(penalty: dict[str, float]) -> str:
     """One line: how much slower this CPU runs on unflushed subnormal operands, and what that means here."""
     worst = max(penalty.values())

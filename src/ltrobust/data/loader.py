@@ -115,8 +115,8 @@ class DeviceLoader:
         class_counts: counts for the class-balanced sampler (default: from the labels).
 
     ``batch_indices`` holds the training-set indices (int64 (B,), CPU) of the batch last yielded, for
-    methods that keep state per sample (MMA). ``len(loader)`` is the number of batches per epoch. ``state_dict()`` / ``load_state_dict()``
-    record (epoch, next batch) for exact resume; iteration continues where it stopped, and a
+    methods that keep state per sample (MMA). ``len(loader)`` is the number of batches per epoch.
+    ``state_dict()`` / ``load_state_dict()`` record (epoch, next batch) for exact resume; iteration continues where it stopped, and a
     completed pass moves to the next epoch. Call ``set_epoch(e)`` at each epoch start to make the
     order independent of how many passes came before.
     """

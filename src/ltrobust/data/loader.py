@@ -116,9 +116,9 @@ class DeviceLoader:
 
     ``batch_indices`` holds the training-set indices (int64 (B,), CPU) of the batch last yielded, for
     methods that keep state per sample (MMA). ``len(loader)`` is the number of batches per epoch.
-    ``state_dict()`` / ``load_state_dict()`` record (epoch, next batch) for exact resume; iteration continues where it stopped, and a
-    completed pass moves to the next epoch. Call ``set_epoch(e)`` at each epoch start to make the
-    order independent of how many passes came before.
+    ``state_dict()`` / ``load_state_dict()`` record (epoch, next batch) for exact resume; iteration
+    continues where it stopped, and a completed pass moves to the next epoch. Call ``set_epoch(e)`` at
+    each epoch start to make the order independent of how many passes came before.
     """
 
     def __init__(self, split: ArraySplit | StreamSplit, batch_size: int, shuffle: bool = False,

@@ -402,20 +402,33 @@ def test_unknown_logger_names_the_choices():
 
 
 def test_peak_rss_is_the_peak_since_the_reset():
+    import mmap
+
     from ltrobust.training.cost import peak_memory_mb, peak_rss_mb, reset_peaks
 
     if not Path("/proc/self/clear_refs").exists():
         pytest.skip("the peak RSS can be reset only on Linux (/proc/self/clear_refs); elsewhere it is the process peak")
     cpu = torch.device("cpu")
-    reset_peaks(cpu)
-    before = peak_rss_mb()
-    buf = np.ones(64 * 2 ** 20, dtype=np.uint8)  # 64 MiB, every page touched
-    during = peak_memory_mb(cpu)
-    del buf
-    reset_peaks(cpu)
-    after = peak_rss_mb()
-    assert during["peak_rss_mb"] >= before + 60 and after <= during["peak_rss_mb"] - 50
-    assert during["peak_cuda_mb"] is None
+    size = 64 * 2 ** 20
+
+    def attempt() -> tuple[float, float, float]:
+        reset_peaks(cpu)
+        before = peak_rss_mb()
+        # 64 MiB of fresh anonymous pages, every page touched (not np.ones: after a long test session malloc
+        # may serve it from freed heap memory that is already resident, and the RSS would not grow)
+        buf = mmap.mmap(-1, size)
+        for offset in range(0, size, mmap.PAGESIZE):
+            buf[offset] = 1
+        during = peak_memory_mb(cpu)
+        assert during["peak_cuda_mb"] is None
+        buf.close()
+        reset_peaks(cpu)
+        return before, during["peak_rss_mb"], peak_rss_mb()
+
+    # The kernel may reclaim other pages of this process meanwhile (the RSS is shared with the whole OS), so
+    # one of three attempts must show it; a broken reset or peak fails all three.
+    tries = [attempt() for _ in range(3)]
+    assert any(during >= before + 60 and after <= during - 50 for before, during, after in tries), tries
 
 
 def test_tensorboard_shows_a_redone_epoch_once_after_a_resume(tmp_path, monkeypatch):

@@ -104,6 +104,35 @@ def test_gairat_kappa_counts_correct_iterates_and_weights_follow_sec_3_3():
     assert torch.allclose(out["loss"].detach(), expected, atol=1e-6)
 
 
+def test_gairat_under_ddp_normalises_over_the_whole_batch_so_the_averaged_gradient_is_one_processs():
+    """Two processes, each with half of the batch: with the sums all-reduced, each half's weights are the
+    whole batch's weights, and the average of the two processes' gradients (what DDP applies) equals the
+    gradient of one process on the whole batch. Normalised per half, it would not."""
+    from ltrobust.methods.gairat import gair_weights
+
+    model, (_, x_adv, y) = tiny_model(), batch(n=6)
+    kappa = torch.tensor([0.0, 1.0, 4.0, 4.0, 4.0, 3.0])  # the halves' raw weight sums differ
+    whole = gair_weights(kappa, 4, -1.0)
+    halves = [slice(0, 3), slice(3, 6)]
+    raw = [(torch.tanh(-1.0 + (2 - kappa[h]) * 5.0 / 2) + 1) / 2 for h in halves]  # Sec. 3.3, K = 4, h = 2
+    weights = []
+    for r, h in enumerate(halves):  # all_reduce: add the other process's (sum of raw weights, count)
+        other = torch.stack([raw[1 - r].sum(), torch.tensor(3.0)])
+        weights.append(gair_weights(kappa[h], 4, -1.0, all_reduce=lambda t, o=other: t.add_(o)))
+        assert torch.allclose(weights[r], whole[h], atol=1e-6)
+
+    def grads(xa, ya, w):
+        model.zero_grad()
+        (ce_rows(model(xa), ya) * w).mean().backward()
+        return [p.grad.clone() for p in model.parameters()]
+
+    single = grads(x_adv, y, whole)
+    ddp = [grads(x_adv[h], y[h], weights[r]) for r, h in enumerate(halves)]
+    per_half = [grads(x_adv[h], y[h], gair_weights(kappa[h], 4, -1.0)) for h in halves]
+    assert all(torch.allclose((a + b) / 2, g, atol=1e-6) for a, b, g in zip(*ddp, single))
+    assert not all(torch.allclose((a + b) / 2, g, atol=1e-6) for a, b, g in zip(*per_half, single))
+
+
 def test_gairat_with_all_weights_equal_is_pgd_at(tmp_path):
     model, (x, x_adv, y) = tiny_model(), batch()
     for loss in ("ce", "bsl"):

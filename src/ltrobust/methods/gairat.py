@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from ..attacks import pgd
@@ -78,7 +79,8 @@ class CountCorrect:
         return self.objective(logits, y, **kwargs)
 
 
-def gair_weights(kappa: torch.Tensor, steps: int, lam: float, weight_fn: str = "tanh") -> torch.Tensor:
+def gair_weights(kappa: torch.Tensor, steps: int, lam: float, weight_fn: str = "tanh",
+                 all_reduce: Callable[[torch.Tensor], Any] | None = None) -> torch.Tensor:
     """GAIRAT's instance weights from the geometry values ``kappa`` (B,), normalised to mean 1.
 
     Args:
@@ -86,9 +88,12 @@ def gair_weights(kappa: torch.Tensor, steps: int, lam: float, weight_fn: str = "
         steps: K, the number of PGD steps (at least 2 for tanh and sigmoid).
         lam: lambda; +inf gives all-equal weights.
         weight_fn: tanh | sigmoid | discrete.
+        all_reduce: under DDP, a sum over the processes (``torch.distributed.all_reduce``): each process
+            holds a slice of the batch, and the weights are normalised over the whole batch, so that the
+            averaged gradients equal a single process's on the whole batch.
 
     Returns:
-        (B,) float32, ``w_i * B / sum_j w_j``.
+        (B,) float32, ``w_i * B / sum_j w_j`` (B and the sum over the whole batch).
     """
     kappa = kappa.float()
     if weight_fn == "discrete":
@@ -97,7 +102,10 @@ def gair_weights(kappa: torch.Tensor, steps: int, lam: float, weight_fn: str = "
         h = steps // 2
         t = lam + (h - kappa) * 5.0 / h
         w = (torch.tanh(t) + 1) / 2 if weight_fn == "tanh" else torch.sigmoid(t)
-    return w * kappa.numel() / w.sum()
+    total = torch.stack([w.sum(), torch.tensor(float(kappa.numel()), device=w.device)])
+    if all_reduce is not None:
+        all_reduce(total)
+    return w * total[1] / total[0]
 
 
 @METHODS.register("gairat")
@@ -164,7 +172,9 @@ class GAIRAT(Method):
         else:
             if self._kappa is None or self._kappa.shape[0] != y.shape[0]:
                 raise RuntimeError("gairat.compute_loss needs the kappa of this batch: call train_attack first.")
-            w = gair_weights(self._kappa, self.attack_cfg.steps, self.lam(), self.options.weight_fn)
+            ddp = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+            w = gair_weights(self._kappa, self.attack_cfg.steps, self.lam(), self.options.weight_fn,
+                             all_reduce=dist.all_reduce if ddp else None)
             loss = (self.outer_loss(logits_adv, y, reduction="none") * w).mean()
             out["weight_max"] = w.max().detach()
         if self._kappa is not None:

@@ -148,12 +148,14 @@ dist.destroy_process_group()
 """
 
 
-def test_two_torchrun_processes_with_gloo_end_with_identical_weights(tmp_path):
+@pytest.mark.parametrize("method", [[], ["method=gairat", "method.begin_epoch=1"]], ids=["pgd_at", "gairat"])
+def test_two_torchrun_processes_with_gloo_end_with_identical_weights(tmp_path, method):
     script = tmp_path / "ddp_train.py"
     script.write_text(DDP_SCRIPT)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
-           str(script), str(tmp_path)] + TINY + ["epochs=2", f"out={tmp_path}", "name=ddp", "train.precision=fp32"]
+           str(script), str(tmp_path)] + TINY + ["epochs=2", f"out={tmp_path}", "name=ddp",
+                                                 "train.precision=fp32"] + method
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)

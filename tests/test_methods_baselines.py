@@ -19,11 +19,11 @@ from ltrobust.attacks import pgd
 from ltrobust.attacks.threat import Linf
 from ltrobust.config import AttackConfig, resolve_config
 from ltrobust.errors import ConfigError
-from ltrobust.registry import LOSSES, METHODS, MODELS
+from ltrobust.registry import LOSSES, METHODS
 from ltrobust.training.trainer import Trainer
 
-COUNTS = [100, 20, 5]  # head, body, tail
-C = len(COUNTS)
+from lt_fixtures import COUNTS, C, batch, tiny_model  # tests/lt_fixtures.py (tests/ is on sys.path)
+
 NEW_METHODS = ["he", "mma", "avmixup", "gairat"]
 TINY = ["dataset=digits-lt", "model=smallcnn", "model.width=4", "train.batch_size=32", "train.progress=false",
         "train.val_every=0", "train.precision=fp32", "train.deterministic=true", "attack.steps=2",
@@ -37,19 +37,6 @@ def make(name: str, loss: str = "ce", attack: AttackConfig | None = None, total_
     cls = METHODS.get(name)
     loss_obj = LOSSES.get(loss)(list(COUNTS), options=loss_args or {}, total_epochs=total_epochs)
     return cls(list(COUNTS), attack or AttackConfig(), loss_obj, cls.Options(**options), total_epochs=total_epochs)
-
-
-def tiny_model(head: str = "linear", seed: int = 0, **kw) -> nn.Module:
-    torch.manual_seed(seed)
-    return MODELS.build("mlp", num_classes=C, in_channels=1, width=8, image_size=4, head=head, **kw)
-
-
-def batch(seed: int = 1, n: int = 7):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.rand(n, 1, 4, 4, generator=g)
-    x_adv = (x + (torch.rand(x.shape, generator=g) * 2 - 1) * 8 / 255).clamp(0, 1)
-    y = torch.tensor([0, 0, 0, 1, 1, 2, 2][:n])
-    return x, x_adv, y
 
 
 def ce_rows(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -24,10 +24,10 @@ from ltrobust.config import AttackConfig, list_presets, resolve_config
 from ltrobust.experiments import train
 from ltrobust.training.trainer import Trainer
 from ltrobust.errors import ConfigError
-from ltrobust.registry import LOSSES, METHODS, MODELS
+from ltrobust.registry import LOSSES, METHODS
 
-COUNTS = [100, 20, 5]  # head, body, tail
-C = len(COUNTS)
+from lt_fixtures import COUNTS, C, batch, tiny_model  # tests/lt_fixtures.py (tests/ is on sys.path)
+
 TINY = ["dataset=digits-lt", "model=mlp", "model.width=16", "train.batch_size=32", "train.progress=false",
         "train.val_every=0", "train.precision=fp32", "attack.steps=2", "train.max_steps_per_epoch=2"]
 
@@ -40,19 +40,6 @@ def make(name: str, loss: str = "ce", counts=COUNTS, attack: AttackConfig | None
     cls = METHODS.get(name)
     loss_obj = LOSSES.get(loss)(list(counts), options=loss_args or {}, total_epochs=total_epochs)
     return cls(list(counts), attack or AttackConfig(), loss_obj, cls.Options(**options), total_epochs=total_epochs)
-
-
-def tiny_model(head: str = "linear", seed: int = 0, width: int = 8) -> nn.Module:
-    torch.manual_seed(seed)
-    return MODELS.build("mlp", num_classes=C, in_channels=1, width=width, image_size=4, head=head)
-
-
-def batch(seed: int = 1, n: int = 7):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.rand(n, 1, 4, 4, generator=g)
-    x_adv = (x + (torch.rand(x.shape, generator=g) * 2 - 1) * 8 / 255).clamp(0, 1)
-    y = torch.tensor([0, 0, 0, 1, 1, 2, 2][:n])
-    return x, x_adv, y
 
 
 def log_softmax_row(z: torch.Tensor) -> torch.Tensor:

@@ -40,6 +40,14 @@ def flush_denormals(device: torch.device) -> None:
         torch.set_flush_denormal(True)
 
 
+def world_size() -> int:
+    """Processes of the running torch.distributed group (1 outside torchrun / DDP): methods that keep state
+    of their own (MMA's margins, LAS-AT's strategy network, GAIRAT's weight sum) combine it over them."""
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
 def cpu_has_native_bf16() -> bool:
     """True on CPUs with AMX or AVX512-BF16, where bf16 autocast is fast."""
     try:

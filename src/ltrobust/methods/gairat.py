@@ -30,6 +30,7 @@ from torch import nn
 
 from ..attacks import pgd
 from ..attacks.objectives import Objective, get_objective
+from ..device import world_size
 from ..errors import ConfigError
 from ..registry import METHODS
 from .base import Method, forward_train
@@ -102,10 +103,12 @@ def gair_weights(kappa: torch.Tensor, steps: int, lam: float, weight_fn: str = "
         h = steps // 2
         t = lam + (h - kappa) * 5.0 / h
         w = (torch.tanh(t) + 1) / 2 if weight_fn == "tanh" else torch.sigmoid(t)
-    total = torch.stack([w.sum(), torch.tensor(float(kappa.numel()), device=w.device)])
-    if all_reduce is not None:
-        all_reduce(total)
-    return w * total[1] / total[0]
+    total, count = w.sum(), kappa.numel()
+    if all_reduce is not None:  # (sum, count) over the processes; no host copy on the hot path
+        sums = torch.stack([total, torch.full_like(total, count)])
+        all_reduce(sums)
+        total, count = sums[0], sums[1]
+    return w * count / total
 
 
 @METHODS.register("gairat")
@@ -172,9 +175,8 @@ class GAIRAT(Method):
         else:
             if self._kappa is None or self._kappa.shape[0] != y.shape[0]:
                 raise RuntimeError("gairat.compute_loss needs the kappa of this batch: call train_attack first.")
-            ddp = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
             w = gair_weights(self._kappa, self.attack_cfg.steps, self.lam(), self.options.weight_fn,
-                             all_reduce=dist.all_reduce if ddp else None)
+                             all_reduce=dist.all_reduce if world_size() > 1 else None)
             loss = (self.outer_loss(logits_adv, y, reduction="none") * w).mean()
             out["weight_max"] = w.max().detach()
         if self._kappa is not None:

@@ -35,6 +35,7 @@ from torch.distributions import Categorical
 
 from ..attacks import pgd
 from ..attacks.pgd import eval_mode
+from ..device import world_size
 from ..errors import ConfigError
 from ..registry import METHODS
 from .base import Method, forward_train
@@ -196,7 +197,7 @@ class LASAT(Method):
         actions = [d.sample() for d in dists]
         x_adv = self.strategy_attack(model, x, y, actions)
         r = self.reward(model, x, x_adv, y)
-        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        world = world_size()
         if world > 1:  # DDP: the reward of the global batch (each process holds a slice of it)
             dist.all_reduce(r)
             r = r / world

@@ -37,6 +37,7 @@ from torch import nn
 from ..attacks import pgd
 from ..attacks.pgd import autocast, eval_mode
 from ..data.loader import to_device
+from ..device import world_size
 from ..errors import CheckpointError, ConfigError
 from ..registry import METHODS
 from .at_bsl import require_outer_loss_mode
@@ -156,7 +157,7 @@ class MMA(Method):
     def on_epoch_end(self, epoch: int, stats: dict[str, Any]) -> None:
         if self._margins is None:
             return
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        if world_size() > 1:
             merge_margins(self._margins, self._seen)
         self._seen.zero_()
 

@@ -221,3 +221,108 @@ def test_pgd20_not_weaker_than_torchattacks():
         clean = (model(xt).argmax(1) == yt).float().mean().item() * 100
     assert clean > 90 and acc_theirs < clean
     assert acc_ours <= acc_theirs + 0.5, (acc_ours, acc_theirs)
+
+
+def _trades_style_loop(model, x, y, eps, step, steps, start):
+    """The inner loop of the TRADES code (also AT-BSL's, RoBal's and TAET's), written in its own form:
+    it carries ``x_adv`` itself, starts at ``x + start`` unclipped, and projects after every step."""
+    x_adv = x + start
+    for _ in range(steps):
+        x_adv = x_adv.detach().requires_grad_(True)
+        loss = F.cross_entropy(model(x_adv), y)
+        (grad,) = torch.autograd.grad(loss, x_adv)
+        x_adv = x_adv.detach() + step * grad.sign()
+        x_adv = torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0.0, 1.0)
+    return x_adv
+
+
+def test_normal_start_is_the_trades_codes_start_and_loop():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 16), nn.Tanh(), nn.Linear(16, 3)).double()
+    x = torch.rand(10, 1, 1, 12, dtype=torch.float64)
+    x[:, :, :, :4] = 0.0  # on the box boundary: the official start leaves [0, 1] there
+    y = torch.randint(0, 3, (10,))
+    start = 0.001 * torch.randn(x.shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    ours = pgd(model, x, y, Linf(8 / 255), steps=7, step_size=2 / 255, random_start="normal",
+               generator=torch.Generator().manual_seed(5))
+    theirs = _trades_style_loop(model, x, y, 8 / 255, 2 / 255, 7, start)
+    assert torch.allclose(ours, theirs, rtol=0, atol=1e-12)
+    # steps=0: the start itself, clipped into [0, 1] (every returned example lies in the box)
+    zero = pgd(model, x, y, Linf(8 / 255), steps=0, random_start="normal", generator=torch.Generator().manual_seed(5))
+    assert torch.equal(zero, (x + start).clamp(0, 1))
+    assert zero.min() >= 0 and (zero - x).abs().max() <= 0.01
+
+
+def test_random_start_kinds_and_bad_kind():
+    model, _ = _binary_linear()
+    x = _x_interior(4, 12)
+    y = torch.zeros(4, dtype=torch.long)
+    for off in (False, "none"):
+        assert torch.equal(pgd(model, x, y, Linf(0.1), steps=0, random_start=off), x)
+    uniform = pgd(model, x, y, Linf(0.1), steps=0, random_start="uniform", generator=torch.Generator().manual_seed(1))
+    assert torch.equal(uniform, pgd(model, x, y, Linf(0.1), steps=0, random_start=True,
+                                    generator=torch.Generator().manual_seed(1)))
+    assert (uniform - x).abs().max() > 0.05  # spread over the ball, not 0.001 around x
+    with pytest.raises(ConfigError, match="random_start='gauss'"):
+        pgd(model, x, y, Linf(0.1), steps=1, random_start="gauss")
+
+
+class _BNNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm1d(12)
+        self.fc = nn.Linear(12, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.bn(x.flatten(1)))
+
+
+@pytest.mark.parametrize("was_training", [True, False])
+def test_bn_modes_while_attacking(was_training):
+    torch.manual_seed(0)
+    x = torch.rand(16, 1, 1, 12)
+    y = torch.randint(0, 3, (16,))
+
+    def attack(mode):
+        torch.manual_seed(1)
+        model = _BNNet()
+        model.bn.running_mean.fill_(0.5)
+        model.train(was_training)
+        x_adv = pgd(model, x, y, Linf(0.05), steps=3, step_size=0.01, random_start=False, bn_mode=mode)
+        assert model.training is was_training and model.bn.track_running_stats  # mode and flag restored
+        return model, x_adv
+
+    model, x_eval = attack("eval")  # running statistics used, none updated
+    assert torch.equal(model.bn.running_mean, torch.full((12,), 0.5)) and int(model.bn.num_batches_tracked) == 0
+    model, x_train = attack("train")  # batch statistics; every step's forward updates the running ones
+    assert int(model.bn.num_batches_tracked) == 3 and not torch.equal(model.bn.running_mean, torch.full((12,), 0.5))
+    model, x_batch = attack("batch")  # batch statistics, running ones untouched
+    assert torch.equal(model.bn.running_mean, torch.full((12,), 0.5)) and int(model.bn.num_batches_tracked) == 0
+    assert torch.equal(x_train, x_batch)  # the same batch statistics, so the same examples
+    assert not torch.equal(x_eval, x_batch)
+    with pytest.raises(ConfigError, match="bn_mode='frozen'"):
+        pgd(_BNNet(), x, y, Linf(0.05), steps=1, bn_mode="frozen")
+
+
+def test_attack_config_start_and_bn_mode():
+    from ltrobust.config import AttackConfig, resolve_config
+
+    assert AttackConfig(random_start=True).random_start == "uniform"
+    assert AttackConfig(random_start=False).random_start == "none"
+    assert resolve_config(["attack.random_start=normal"]).attack.random_start == "normal"
+    assert resolve_config(["attack.random_start=false"]).attack.random_start == "none"
+    assert resolve_config(["attack.bn_mode=batch"]).attack.bn_mode == "batch"
+    with pytest.raises(ConfigError, match="attack.random_start='gaussian': use uniform"):
+        resolve_config(["attack.random_start=gaussian"])
+    with pytest.raises(ConfigError, match="attack.bn_mode='running': use eval, train or batch"):
+        resolve_config(["attack.bn_mode=running"])
+
+
+def test_method_bn_mode_default_and_override():
+    from ltrobust.config import AttackConfig
+    from ltrobust.registry import LOSSES, METHODS
+
+    counts = [20, 10, 5]
+    ce = LOSSES.get("ce")(counts)
+    assert METHODS.get("pgd_at")(counts, AttackConfig(), ce).bn_mode == "eval"
+    assert METHODS.get("pgd_at")(counts, AttackConfig(bn_mode="train"), ce).bn_mode == "train"

@@ -100,6 +100,10 @@ class ModelConfig:
         _check(self.head in ("linear", "cosine"), f"model.head={self.head!r}: use linear or cosine.")
 
 
+#: ``attack.random_start`` as booleans (older configs and presets) and their start kinds
+_START_ALIASES = {"true": "uniform", "yes": "uniform", "1": "uniform", "false": "none", "no": "none", "0": "none"}
+
+
 @dataclass(frozen=True)
 class AttackConfig:
     """The training-time attack (SPEC 3: l_inf PGD-10, eps 8/255, step 2/255, random start)."""
@@ -108,7 +112,12 @@ class AttackConfig:
     eps: float = 8 / 255
     step_size: float = 2 / 255
     steps: int = 10
-    random_start: bool = True
+    #: where the attack starts: uniform (in the ball; true), normal (x + 0.001 N(0, I), the TRADES code's
+    #: start that the AT-BSL, RoBal and TAET codes use), none (the clean image; false)
+    random_start: str = "uniform"
+    #: BatchNorm while attacking: eval (running statistics), train (batch statistics, running ones updated),
+    #: batch (batch statistics, running ones untouched); empty: the method's own default
+    bn_mode: str = ""
     loss_mode: str = "outer"  #: where a long-tailed loss applies: outer | inner | both
     #: the AE-generation loss (a LOSSES name) apart from the outer one, e.g. rw with loss=bsl (REAT Table 2);
     #: empty: as loss_mode says. Methods with an attack objective of their own (TRADES' KL, ...) refuse it
@@ -116,6 +125,12 @@ class AttackConfig:
     loss_args: Mapping[str, Any] = field(default_factory=dict)  #: options of attack.loss, e.g. {power: 0.5}
 
     def __post_init__(self) -> None:
+        start = _START_ALIASES.get(str(self.random_start).lower(), self.random_start)
+        _check(start in ("uniform", "normal", "none"), f"attack.random_start={self.random_start!r}: use uniform "
+               "(or true), normal (x + 0.001 N(0, I)) or none (or false).")
+        object.__setattr__(self, "random_start", start)
+        _check(self.bn_mode in ("", "eval", "train", "batch"), f"attack.bn_mode={self.bn_mode!r}: use eval, train "
+               "or batch, or leave it empty for the method's default.")
         _check(self.norm in ("linf", "l2"), f"attack.norm={self.norm!r}: use linf or l2.")
         _check(self.loss or not self.loss_args, "attack.loss_args is set but attack.loss is empty: name the attack "
                "loss, e.g. attack.loss=rw.")

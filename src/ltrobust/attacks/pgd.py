@@ -18,11 +18,47 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from .objectives import Objective, get_objective
 from .threat import ThreatModel
 
 #: Objective options whose first dimension is the batch (indexed when restarts attack a subset).
 PER_SAMPLE_OPTIONS = frozenset({"target_logits"})
+
+#: Where the attack starts (``random_start``). ``uniform``: uniform in the ball, clipped to [0, 1] (Madry et
+#: al.); ``normal``: ``x + 0.001 * N(0, I)``, the start of the TRADES code that AT-BSL, RoBal and TAET's code
+#: copy, unclipped before the first gradient as there; ``none``: the clean image.
+START_KINDS = ("uniform", "normal", "none")
+#: The standard deviation of the ``normal`` start (the official codes' 0.001, in pixel units).
+NORMAL_START_STD = 0.001
+
+#: BatchNorm while the attack runs (``bn_mode``). ``eval``: running statistics (SPEC 3); ``train``: batch
+#: statistics, the running statistics updated by every attack step, as a loop that attacks after
+#: ``model.train()`` does (Wong et al.'s Fast-AT code); ``batch``: batch statistics with the running
+#: statistics left untouched (``track_running_stats`` off, as RobustLT's code attacks).
+BN_MODES = ("eval", "train", "batch")
+
+
+def start_kind(random_start: bool | str) -> str:
+    """The start kind of ``random_start``: ``True`` is ``uniform``, ``False`` / ``None`` is ``none``."""
+    if random_start is True:
+        return "uniform"
+    if random_start is False or random_start is None:
+        return "none"
+    if random_start not in START_KINDS:
+        raise ConfigError(f"random_start={random_start!r}: use one of {', '.join(START_KINDS)} (or True / False).")
+    return random_start
+
+
+def initial_delta(threat: ThreatModel, x: torch.Tensor, random_start: bool | str,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """The perturbation the attack starts from (see :data:`START_KINDS`)."""
+    kind = start_kind(random_start)
+    if kind == "uniform":
+        return threat.random_start(x, generator)
+    if kind == "normal":
+        return NORMAL_START_STD * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    return torch.zeros_like(x)
 
 
 @contextlib.contextmanager
@@ -37,6 +73,26 @@ def eval_mode(model: nn.Module, enabled: bool = True):
         model.train(was_training)
 
 
+@contextlib.contextmanager
+def attack_mode(model: nn.Module, bn_mode: str = "eval"):
+    """The model's mode while an attack runs (see :data:`BN_MODES`); mode and BatchNorm flags restored after."""
+    if bn_mode not in BN_MODES:
+        raise ConfigError(f"bn_mode={bn_mode!r}: use one of {', '.join(BN_MODES)}.")
+    was_training = model.training
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    tracked = [m.track_running_stats for m in norms]
+    model.train(bn_mode != "eval")
+    if bn_mode == "batch":
+        for m in norms:  # batch statistics, running buffers neither used nor updated
+            m.track_running_stats = False
+    try:
+        yield model
+    finally:
+        for m, t in zip(norms, tracked):
+            m.track_running_stats = t
+        model.train(was_training)
+
+
 def autocast(device: torch.device, dtype: torch.dtype | None):
     """bf16 / fp16 autocast on ``device`` when ``dtype`` is given, a no-op otherwise."""
     if dtype is None or dtype == torch.float32:
@@ -45,10 +101,10 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
 
 
 def _run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, steps: int,
-         step_size: float, objective: Objective, kwargs: Mapping[str, Any], random_start: bool,
+         step_size: float, objective: Objective, kwargs: Mapping[str, Any], random_start: str,
          momentum: float, targeted: bool, amp_dtype: torch.dtype | None,
          generator: torch.Generator | None) -> torch.Tensor:
-    delta = threat.random_start(x, generator) if random_start else torch.zeros_like(x)
+    delta = initial_delta(threat, x, random_start, generator)
     velocity = torch.zeros_like(x) if momentum else None
     sign = -1.0 if targeted else 1.0
     for _ in range(steps):
@@ -63,13 +119,15 @@ def _run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel
                 velocity.mul_(momentum).add_(grad)
                 grad = velocity
             delta = threat.clip(x, delta + threat.step(grad, step_size))
+    if steps == 0 and random_start == "normal":  # the normal start is unclipped until the first step
+        delta = threat.clip(x, delta)
     return (x + delta).detach()
 
 
 def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, steps: int = 10,
-        step_size: float = 2 / 255, objective: str | Objective = "ce", random_start: bool = True,
+        step_size: float = 2 / 255, objective: str | Objective = "ce", random_start: bool | str = True,
         momentum: float = 0.0, restarts: int = 1, targeted: bool = False,
-        objective_kwargs: Mapping[str, Any] | None = None, use_eval_mode: bool = True,
+        objective_kwargs: Mapping[str, Any] | None = None, bn_mode: str = "eval",
         amp_dtype: torch.dtype | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
     """Projected gradient ascent on ``objective`` inside ``threat`` (Madry et al. 2018).
 
@@ -82,12 +140,16 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
         step_size: step length in the threat model's norm (pixel units).
         objective: name in :data:`~ltrobust.attacks.objectives.OBJECTIVES` or a callable
             ``(logits, y, **kw) -> (B,)`` to maximise.
-        random_start: start uniformly inside the ball.
+        random_start: where to start (:data:`START_KINDS`): ``True`` / ``"uniform"`` uniformly inside the
+            ball, ``"normal"`` at ``x + 0.001 * N(0, I)`` (the TRADES code's start), ``False`` / ``"none"``
+            at ``x``.
         momentum: MIM decay factor (0: plain PGD).
         restarts: further runs from new random starts, each only on points not yet misclassified.
         targeted: minimise the objective towards ``y`` instead.
         objective_kwargs: options of the objective (``kappa``, ``weights``, ``target_logits``, ...).
-        use_eval_mode: attack with BatchNorm in eval mode (mode restored afterwards).
+        bn_mode: BatchNorm while attacking (:data:`BN_MODES`): ``"eval"`` running statistics, ``"train"``
+            batch statistics with the running ones updated, ``"batch"`` batch statistics with the running
+            ones untouched. The model's mode is restored afterwards.
         amp_dtype: e.g. ``torch.bfloat16`` for autocast during the attack (training-time attacks).
         generator: random generator for the random start (default: the global one).
 
@@ -100,9 +162,10 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
     """
     obj = get_objective(objective)
     kwargs = dict(objective_kwargs or {})
+    start = start_kind(random_start)
     x = x.detach()
-    with eval_mode(model, use_eval_mode):
-        x_adv = _run(model, x, y, threat, steps, step_size, obj, kwargs, random_start, momentum,
+    with attack_mode(model, bn_mode):
+        x_adv = _run(model, x, y, threat, steps, step_size, obj, kwargs, start, momentum,
                      targeted, amp_dtype, generator)
         for _ in range(restarts - 1):
             with torch.no_grad(), autocast(x.device, amp_dtype):
@@ -112,8 +175,8 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
             if idx.numel() == 0:
                 break
             sub_kw = {k: (v[idx] if k in PER_SAMPLE_OPTIONS else v) for k, v in kwargs.items()}
-            x_adv[idx] = _run(model, x[idx], y[idx], threat, steps, step_size, obj, sub_kw, True,
-                              momentum, targeted, amp_dtype, generator)
+            x_adv[idx] = _run(model, x[idx], y[idx], threat, steps, step_size, obj, sub_kw,
+                              start if start != "none" else "uniform", momentum, targeted, amp_dtype, generator)
     return x_adv
 
 

@@ -63,6 +63,8 @@ class Method:
     required_head: ClassVar[str | None] = None
     #: False for methods without adversarial examples (natural training).
     adversarial: ClassVar[bool] = True
+    #: BatchNorm while crafting training AEs when ``attack.bn_mode`` is empty (``ltrobust.attacks.pgd.BN_MODES``)
+    attack_bn_mode: ClassVar[str] = "eval"
     #: True for methods that keep state per training sample (MMA's margins): the trainer then calls
     #: :meth:`on_batch` with each batch's training-set indices before its attack.
     uses_sample_indices: ClassVar[bool] = False
@@ -73,6 +75,8 @@ class Method:
         self.num_classes = len(self.class_counts)
         self.attack_cfg = attack
         self.threat = threat_model(attack.norm, attack.eps)
+        #: BatchNorm while attacking: ``attack.bn_mode``, else the method's own default
+        self.bn_mode = attack.bn_mode or self.attack_bn_mode
         self.loss = loss
         self.options = options if options is not None else self.Options()
         self.total_epochs = total_epochs
@@ -92,11 +96,12 @@ class Method:
 
     # ------------------------------------------------------------------ the two things a method says
     def train_attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Training AEs: PGD on the attack objective with BatchNorm in eval mode (SPEC 3)."""
+        """Training AEs: PGD on the attack objective, BatchNorm as ``self.bn_mode`` says (SPEC 3: eval)."""
         a = self.attack_cfg
         objective, kwargs = self.attack_objective(x, y)
         return pgd(model, x, y, self.threat, steps=a.steps, step_size=a.step_size, objective=objective,
-                   random_start=a.random_start, objective_kwargs=kwargs, amp_dtype=self.amp_dtype)
+                   random_start=a.random_start, objective_kwargs=kwargs, bn_mode=self.bn_mode,
+                   amp_dtype=self.amp_dtype)
 
     def attack_objective(self, x: torch.Tensor, y: torch.Tensor) -> tuple[Any, dict[str, Any]]:
         """``attack.loss`` when set (REAT Table 2: RW / RWS / ENR in the attack, BSL outside); else CE, or the

@@ -25,4 +25,4 @@ class FGSMAT(FGSMRS):
 
     name = "fgsm_at"
     Options = FGSMATOptions
-    random_start = False
+    random_start = "none"

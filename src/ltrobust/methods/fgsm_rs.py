@@ -25,11 +25,11 @@ class FGSMRS(PGDAT):
 
     name = "fgsm_rs"
     Options = FGSMRSOptions
-    random_start: bool = True  #: the uniform start in the eps-ball (``fgsm_at``: none)
+    random_start: str = "uniform"  #: the uniform start in the eps-ball (``fgsm_at``: none)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if not self.attack_cfg.random_start:
+        if self.attack_cfg.random_start == "none":
             raise ConfigError("method 'fgsm_rs' always starts from a uniform random point (the RS of its name), so "
                               "attack.random_start=false would be ignored: drop it, or use method=pgd_at "
                               "attack.steps=1 for FGSM without a random start.")
@@ -37,4 +37,5 @@ class FGSMRS(PGDAT):
     def train_attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         objective, kwargs = self.attack_objective(x, y)
         return pgd(model, x, y, self.threat, steps=1, step_size=self.options.step_factor * self.threat.eps,
-                   objective=objective, random_start=self.random_start, objective_kwargs=kwargs, amp_dtype=self.amp_dtype)
+                   objective=objective, random_start=self.random_start, objective_kwargs=kwargs, bn_mode=self.bn_mode,
+                   amp_dtype=self.amp_dtype)

@@ -162,7 +162,8 @@ class GAIRAT(Method):
         objective, kwargs = self.attack_objective(x, y)
         counter = CountCorrect(objective, x.shape[0], x.device)
         x_adv = pgd(model, x, y, self.threat, steps=a.steps, step_size=a.step_size, objective=counter,
-                    random_start=a.random_start, objective_kwargs=kwargs, amp_dtype=self.amp_dtype)
+                    random_start=a.random_start, objective_kwargs=kwargs, bn_mode=self.bn_mode,
+                    amp_dtype=self.amp_dtype)
         self._kappa = counter.kappa
         return x_adv
 

@@ -155,7 +155,8 @@ class LASAT(Method):
             idx = (iters == k).nonzero().squeeze(1)
             x_adv[idx] = pgd(model, x[idx], y[idx], self.threat.per_sample(eps[idx], x.dim()), steps=int(k),
                              step_size=step[idx].view(shape), objective=objective, objective_kwargs=kwargs,
-                             random_start=self.attack_cfg.random_start, amp_dtype=self.amp_dtype)
+                             random_start=self.attack_cfg.random_start, bn_mode=self.bn_mode,
+                             amp_dtype=self.amp_dtype)
         return x_adv
 
     # --------------------------------------------------------------------------------- the game

@@ -190,7 +190,7 @@ class MMA(Method):
         if not self.options.adaptive:
             self._eps, self._keep = torch.full((x.shape[0],), a.eps, device=x.device), None
             return pgd(model, x, y, self.threat, steps=a.steps, step_size=a.step_size, objective=objective,
-                       random_start=a.random_start, amp_dtype=self.amp_dtype)
+                       random_start=a.random_start, bn_mode=self.bn_mode, amp_dtype=self.amp_dtype)
         shape = (-1, *([1] * (x.dim() - 1)))
         idx = self._batch_indices(x.shape[0])
         if idx is None:
@@ -201,7 +201,7 @@ class MMA(Method):
             correct = self._margin(model, x, y) < 0  # (B,)
             x_pgd = pgd(model, x, y, self.threat.per_sample(eps0, x.dim()), steps=a.steps,
                         step_size=(self.step_scale * eps0 / a.steps).view(shape), objective=objective,
-                        random_start=a.random_start, use_eval_mode=False, amp_dtype=self.amp_dtype)
+                        random_start=a.random_start, bn_mode="train", amp_dtype=self.amp_dtype)
             unit = (x_pgd - x) / (eps0.view(shape) + 1e-12)
             eps = torch.where(correct, self.bisection(model, x, y, unit, eps0), torch.zeros_like(eps0))
         if idx is not None:  # the authors' update_eps: every point of the batch, 0 for misclassified ones

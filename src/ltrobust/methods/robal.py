@@ -163,7 +163,8 @@ class RoBal(Method):
         a = self.attack_cfg
         target = ScaleOneCosine(model).train(model.training)  # pgd restores the wrapper's mode onto the model
         return pgd(target, x, y, self.threat, steps=self.options.attack_steps,
-                   step_size=a.step_size, objective="ce", random_start=a.random_start, amp_dtype=self.amp_dtype)
+                   step_size=a.step_size, objective="ce", random_start=a.random_start, bn_mode=self.bn_mode,
+                   amp_dtype=self.amp_dtype)
 
     def _cosines(self, model: nn.Module, x: torch.Tensor, s: float) -> torch.Tensor:
         """Unscaled cosines (B, C) in train mode through the model's forward (DDP-safe): ``z / s``."""

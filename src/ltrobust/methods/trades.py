@@ -46,7 +46,7 @@ class Trades(Method):
         target = clean_logits_eval(model, x, self.amp_dtype)  # (B, C)
         return pgd(model, x, y, self.threat, steps=a.steps, step_size=a.step_size, objective="kl",
                    random_start=a.random_start, objective_kwargs={"target_logits": target},
-                   amp_dtype=self.amp_dtype)
+                   bn_mode=self.bn_mode, amp_dtype=self.amp_dtype)
 
     def compute_loss(self, model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor,
                      y: torch.Tensor) -> dict[str, torch.Tensor]:

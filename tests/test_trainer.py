@@ -110,6 +110,26 @@ def test_non_finite_loss_stops_with_epoch_and_step_and_keeps_checkpoint(tmp_path
     assert all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
 
 
+def test_train_step_from_outside_equals_train_epoch(tmp_path):
+    """start_epoch + train_step on the loader's batches (the public hook of benchmarks/parity) trains exactly
+    like train_epoch."""
+    over = TINY + ["epochs=1", "train.precision=fp32", "train.max_steps_per_epoch=2", "method=at_bsl",
+                   "attack.random_start=normal"]
+    a = Trainer(resolve_config(over + [f"out={tmp_path}", "name=a"]))
+    b = Trainer(resolve_config(over + [f"out={tmp_path}", "name=b"]))
+    a.build()
+    b.build()
+    torch.manual_seed(3)
+    a.train_epoch(0)
+    torch.manual_seed(3)
+    b.start_epoch(0)
+    for step, (x, y) in zip(range(2), b.loader):
+        out = b.train_step(x, y, b.lr(0, step, len(b.loader)))
+    assert set(out) >= {"loss", "logits_adv", "x_adv"} and out["x_adv"].shape == x.shape
+    for (k, va), vb in zip(a.model.state_dict().items(), b.model.state_dict().values()):
+        assert torch.equal(va, vb), k
+
+
 def test_lr_schedules():
     cfg = resolve_config(["train.lr=0.1", "epochs=100", "train.milestones=75,90"])
     assert lr_at(cfg, 0) == 0.1 and lr_at(cfg, 74.9) == 0.1

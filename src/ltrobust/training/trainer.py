@@ -340,13 +340,55 @@ class Trainer:
         return t.val_every > 0 and self.data.val is not None and len(self.data.val.labels) > 0 and (
             (epoch + 1) % t.val_every == 0 or epoch + 1 == t.epochs)
 
-    def train_epoch(self, epoch: int) -> dict[str, Any]:
-        cfg, method, model = self.cfg, self.method, self.train_model
-        attack_model = self.attack_model
+    def start_epoch(self, epoch: int) -> None:
+        """Prepare epoch ``epoch`` (from 0): subnormal flushing on CPU, the method's epoch hook, the loader's
+        order, the model in train mode. :meth:`train_epoch` calls it; call it yourself before driving
+        :meth:`train_step` from outside."""
         flush_denormals(self.device)  # every epoch: code run between epochs may have switched it off
-        method.on_epoch_start(epoch)
+        self.method.on_epoch_start(epoch)
         self.loader.set_epoch(epoch)
-        model.train()
+        self.train_model.train()
+
+    def lr(self, epoch: int, step: int = 0, steps: int = 1) -> float:
+        """The learning rate of step ``step`` of ``steps`` in epoch ``epoch`` (``train.schedule``, a pure function)."""
+        return lr_at(self.cfg, epoch + step / max(steps, 1))
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> dict[str, torch.Tensor]:
+        """One optimiser step on the batch ``(x, y)`` at learning rate ``lr``: the method's training AEs (on the
+        plain model), its loss (model in train mode), ``zero_grad``, ``backward``, the SGD step, the method's
+        ``after_step`` and the EMA update, exactly as :meth:`train_epoch` runs each batch.
+
+        Public so that training can be driven batch by batch from outside (a notebook, the parity harness of
+        ``benchmarks/parity``): call :meth:`build` and :meth:`start_epoch` first. Parameters' ``.grad`` keep
+        this step's gradients until the next step.
+
+        Args:
+            x: images (B, C, H, W) in [0, 1], on the trainer's device (this process's share under DDP).
+            y: labels (B,) int64.
+            lr: the learning rate of this step (e.g. :meth:`lr`).
+
+        Returns:
+            The method's output (``loss``, its named parts, detached ``logits_adv``) plus ``x_adv``, the
+            detached training inputs the loss saw (the AEs; ``x`` for a method without them).
+        """
+        method = self.method
+        if self.cfg.train.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        x_adv = method.train_attack(self.attack_model, x, y) if method.adversarial else x
+        out = method.compute_loss(self.train_model, x, x_adv, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        self.optimizer.step()
+        method.after_step(unwrap(self.model))
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+        return {**out, "x_adv": x_adv.detach()}
+
+    def train_epoch(self, epoch: int) -> dict[str, Any]:
+        cfg, method = self.cfg, self.method
+        self.start_epoch(epoch)
         C = self.num_classes
         sums: dict[str, torch.Tensor] = {}
         ae_counts = torch.zeros(C, dtype=torch.long, device=self.device)
@@ -366,25 +408,13 @@ class Trainer:
                 x, y = x[ranks], y[ranks]
             if method.uses_sample_indices:
                 method.on_batch(self.loader.batch_indices[ranks])
-            if cfg.train.channels_last and x.dim() == 4:
-                x = x.contiguous(memory_format=torch.channels_last)
-            lr = lr_at(cfg, epoch + step / max(n_steps, 1))
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
-            x_adv = method.train_attack(attack_model, x, y) if method.adversarial else x
-            out = method.compute_loss(model, x, x_adv, y)
+            out = self.train_step(x, y, self.lr(epoch, step, n_steps))
             loss = out["loss"]
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            method.after_step(unwrap(self.model))
-            if self.ema is not None:
-                self.ema.update_parameters(self.model)
             with torch.no_grad():  # bookkeeping on the device: no host sync per step
                 bad = ~torch.isfinite(loss.detach())
                 first_bad = torch.where((first_bad < 0) & bad, torch.full_like(first_bad, step), first_bad)
                 for k, v in out.items():
-                    if k != "logits_adv" and torch.is_tensor(v) and v.dim() == 0:
+                    if k not in ("logits_adv", "x_adv") and torch.is_tensor(v) and v.dim() == 0:
                         sums[k] = sums.get(k, torch.zeros((), device=self.device)) + v.detach().float()
                 if out.get("logits_adv") is not None:
                     ae_counts += torch.bincount(out["logits_adv"].argmax(1), minlength=C)

@@ -253,6 +253,23 @@ def test_normal_start_is_the_trades_codes_start_and_loop():
     assert zero.min() >= 0 and (zero - x).abs().max() <= 0.01
 
 
+def test_given_start_is_used_as_is_and_reproduces_another_codes_start():
+    """``start=`` replaces the random start, unclipped before the first gradient: with the TRADES loop's own
+    uniform start (x + U(-eps, eps), not clipped, as the AT-BSL evaluation code draws it) the attack equals it."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 16), nn.Tanh(), nn.Linear(16, 3)).double()
+    x = torch.rand(10, 1, 1, 12, dtype=torch.float64)
+    x[:, :, :, :4] = 1.0  # on the box boundary: the start leaves [0, 1] there
+    y = torch.randint(0, 3, (10,))
+    start = torch.empty_like(x).uniform_(-8 / 255, 8 / 255)
+    theirs = _trades_style_loop(model, x, y, 8 / 255, 2 / 255, 5, start)
+    ours = pgd(model, x, y, Linf(8 / 255), steps=5, step_size=2 / 255, random_start=True, start=start)
+    assert torch.allclose(ours, theirs, rtol=0, atol=1e-12)
+    assert torch.equal(pgd(model, x, y, Linf(8 / 255), steps=0, start=start), (x + start).clamp(0, 1))
+    with pytest.raises(ConfigError, match="one starting perturbation per image"):
+        pgd(model, x, y, Linf(8 / 255), steps=1, start=start[:3])
+
+
 def test_random_start_kinds_and_bad_kind():
     model, _ = _binary_linear()
     x = _x_interior(4, 12)

@@ -103,8 +103,8 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
 def _run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, steps: int,
          step_size: float, objective: Objective, kwargs: Mapping[str, Any], random_start: str,
          momentum: float, targeted: bool, amp_dtype: torch.dtype | None,
-         generator: torch.Generator | None) -> torch.Tensor:
-    delta = initial_delta(threat, x, random_start, generator)
+         generator: torch.Generator | None, start: torch.Tensor | None = None) -> torch.Tensor:
+    delta = initial_delta(threat, x, random_start, generator) if start is None else start.detach().clone()
     velocity = torch.zeros_like(x) if momentum else None
     sign = -1.0 if targeted else 1.0
     for _ in range(steps):
@@ -119,7 +119,7 @@ def _run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel
                 velocity.mul_(momentum).add_(grad)
                 grad = velocity
             delta = threat.clip(x, delta + threat.step(grad, step_size))
-    if steps == 0 and random_start == "normal":  # the normal start is unclipped until the first step
+    if steps == 0 and (random_start == "normal" or start is not None):  # unclipped until the first step
         delta = threat.clip(x, delta)
     return (x + delta).detach()
 
@@ -128,7 +128,8 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
         step_size: float = 2 / 255, objective: str | Objective = "ce", random_start: bool | str = True,
         momentum: float = 0.0, restarts: int = 1, targeted: bool = False,
         objective_kwargs: Mapping[str, Any] | None = None, bn_mode: str = "eval",
-        amp_dtype: torch.dtype | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+        amp_dtype: torch.dtype | None = None, generator: torch.Generator | None = None,
+        start: torch.Tensor | None = None) -> torch.Tensor:
     """Projected gradient ascent on ``objective`` inside ``threat`` (Madry et al. 2018).
 
     Args:
@@ -152,6 +153,9 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
             ones untouched. The model's mode is restored afterwards.
         amp_dtype: e.g. ``torch.bfloat16`` for autocast during the attack (training-time attacks).
         generator: random generator for the random start (default: the global one).
+        start: a given starting perturbation ``delta`` (B, C, H, W) instead of a random one (the first
+            run; restarts draw ``random_start``). It is used as given, not clipped before the first
+            gradient, so another code's start is reproduced exactly (``benchmarks/parity``).
 
     Returns:
         Adversarial images (B, C, H, W), detached, inside the ball and inside [0, 1].
@@ -162,11 +166,14 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
     """
     obj = get_objective(objective)
     kwargs = dict(objective_kwargs or {})
-    start = start_kind(random_start)
+    kind = start_kind(random_start)
     x = x.detach()
+    if start is not None and start.shape != x.shape:
+        raise ConfigError(f"start has shape {tuple(start.shape)} but the images have {tuple(x.shape)}: give one "
+                          "starting perturbation per image.")
     with attack_mode(model, bn_mode):
-        x_adv = _run(model, x, y, threat, steps, step_size, obj, kwargs, start, momentum,
-                     targeted, amp_dtype, generator)
+        x_adv = _run(model, x, y, threat, steps, step_size, obj, kwargs, kind, momentum,
+                     targeted, amp_dtype, generator, start)
         for _ in range(restarts - 1):
             with torch.no_grad(), autocast(x.device, amp_dtype):
                 pred = model(x_adv).argmax(1)
@@ -176,7 +183,7 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
                 break
             sub_kw = {k: (v[idx] if k in PER_SAMPLE_OPTIONS else v) for k, v in kwargs.items()}
             x_adv[idx] = _run(model, x[idx], y[idx], threat, steps, step_size, obj, sub_kw,
-                              start if start != "none" else "uniform", momentum, targeted, amp_dtype, generator)
+                              kind if kind != "none" else "uniform", momentum, targeted, amp_dtype, generator)
     return x_adv
 
 

@@ -73,6 +73,19 @@ def test_balanced_softmax_by_hand():
         assert close(LOSSES.build("bsl", COUNTS, tau=tau)(t(Z), y()), sum(per) / 2)
 
 
+def test_float64_logits_keep_float64_in_the_loss_and_the_attack_objective():
+    """A float64 model's logits are not rounded to float32 (bf16 / fp32 logits are computed in float32)."""
+    from ltrobust.attacks.objectives import ce as ce_objective
+
+    z = torch.tensor(Z, dtype=torch.float64)
+    loss = LOSSES.build("bsl", COUNTS)(z, y())
+    per = [ce([a + math.log(p) for a, p in zip(Z[i], (0.6, 0.3, 0.1))], Y[i]) for i in range(2)]
+    assert loss.dtype == torch.float64 and abs(float(loss) - sum(per) / 2) < 1e-14
+    assert balanced_softmax_loss(z, y(), COUNTS).dtype == torch.float64
+    assert ce_objective(z, y()).dtype == torch.float64
+    assert LOSSES.build("bsl", COUNTS)(z.to(torch.bfloat16), y()).dtype == torch.float32
+
+
 def test_balanced_softmax_with_equal_counts_is_ce():
     assert close(balanced_softmax_loss(t(Z), y(), [7, 7, 7], tau=1.0), float(cross_entropy(t(Z), y())))
 

@@ -40,6 +40,17 @@ def flush_denormals(device: torch.device) -> None:
         torch.set_flush_denormal(True)
 
 
+def widen(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in float32, or unchanged when it is float64: losses and attack objectives compute in float32 at
+    least (bf16 / fp16 logits under autocast are upcast) without rounding a float64 model's logits to float32.
+
+    Example::
+
+        F.cross_entropy(widen(logits), y)   # float32 for bf16 / fp32 logits, float64 for float64 ones
+    """
+    return t if t.dtype == torch.float64 else t.float()
+
+
 def world_size() -> int:
     """Processes of the running torch.distributed group (1 outside torchrun / DDP): methods that keep state
     of their own (MMA's margins, LAS-AT's strategy network, GAIRAT's weight sum) combine it over them."""

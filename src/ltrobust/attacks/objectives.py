@@ -1,8 +1,8 @@
 """Attack objectives: per-sample losses (B,) that an attack *maximises*.
 
-Each is ``objective(logits (B, C), y (B,), **options) -> (B,)`` computed in float32, so it is the same
-under bf16 autocast. The PGD loop, every training method's inner maximisation and the evaluation suite
-pick one by name from :data:`OBJECTIVES`.
+Each is ``objective(logits (B, C), y (B,), **options) -> (B,)`` computed in float32 (float64 logits stay
+float64), so it is the same under bf16 autocast. The PGD loop, every training method's inner maximisation
+and the evaluation suite pick one by name from :data:`OBJECTIVES`.
 """
 
 from __future__ import annotations
@@ -12,13 +12,14 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from ..device import widen
 from ..errors import ConfigError
 
 Objective = Callable[..., torch.Tensor]
 
 
 def _as_tensor(values: Sequence[float] | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return torch.as_tensor(values, dtype=torch.float32, device=like.device)
+    return torch.as_tensor(values, dtype=widen(like).dtype, device=like.device)
 
 
 def _other_max(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -29,13 +30,13 @@ def _other_max(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def logit_margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """``z_y - max_{i != y} z_i`` (B,): positive iff the point is classified as ``y`` (C&W's f_6 margin)."""
-    z = logits.float()
+    z = widen(logits)
     return z.gather(1, y[:, None]).squeeze(1) - _other_max(z, y)
 
 
 def ce(logits: torch.Tensor, y: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
     """Cross-entropy. ``scale`` multiplies the logits first (the adaptive x10 attack, REAT Sec. 5.2)."""
-    return F.cross_entropy(scale * logits.float(), y, reduction="none")
+    return F.cross_entropy(scale * widen(logits), y, reduction="none")
 
 
 def cw(logits: torch.Tensor, y: torch.Tensor, kappa: float = 50.0) -> torch.Tensor:
@@ -48,7 +49,7 @@ def cw(logits: torch.Tensor, y: torch.Tensor, kappa: float = 50.0) -> torch.Tens
 
 def dlr(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Difference of logits ratio (Croce & Hein 2020, Eq. 6), untargeted."""
-    z = logits.float()
+    z = widen(logits)
     z_sorted = z.sort(dim=1).values
     z_y = z.gather(1, y[:, None]).squeeze(1)
     return -(z_y - _other_max(z, y)) / (z_sorted[:, -1] - z_sorted[:, -3] + 1e-12)
@@ -56,15 +57,15 @@ def dlr(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def kl(logits: torch.Tensor, y: torch.Tensor, target_logits: torch.Tensor) -> torch.Tensor:
     """KL(p(target) || p(x')) per sample: TRADES' inner maximisation (``target_logits`` = clean logits)."""
-    log_p = F.log_softmax(logits.float(), dim=1)
-    p_t = F.softmax(target_logits.float(), dim=1)
+    log_p = F.log_softmax(widen(logits), dim=1)
+    p_t = F.softmax(widen(target_logits), dim=1)
     return F.kl_div(log_p, p_t, reduction="none").sum(dim=1)
 
 
 def weighted_ce(logits: torch.Tensor, y: torch.Tensor, weights: Sequence[float] | torch.Tensor) -> torch.Tensor:
     """Class-weighted cross-entropy ``w_y * CE`` (REAT's re-balancing loss, 001 Eq. 1)."""
     w = _as_tensor(weights, logits)
-    return w[y] * F.cross_entropy(logits.float(), y, reduction="none")
+    return w[y] * F.cross_entropy(widen(logits), y, reduction="none")
 
 
 def balanced_ce(logits: torch.Tensor, y: torch.Tensor, class_counts: Sequence[float] | torch.Tensor,
@@ -72,7 +73,7 @@ def balanced_ce(logits: torch.Tensor, y: torch.Tensor, class_counts: Sequence[fl
     """Balanced-softmax cross-entropy ``CE(z + tau * log pi, y)``."""
     counts = _as_tensor(class_counts, logits)
     log_prior = torch.log(counts / counts.sum())
-    return F.cross_entropy(logits.float() + tau * log_prior, y, reduction="none")
+    return F.cross_entropy(widen(logits) + tau * log_prior, y, reduction="none")
 
 
 OBJECTIVES: dict[str, Objective] = {

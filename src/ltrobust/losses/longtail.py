@@ -1,7 +1,8 @@
 """Long-tailed classification losses (SPEC 3, "Long-tailed losses"), as pure functions and as LOSSES entries.
 
 Every loss is a function ``loss(logits (B, C), targets (B,) int64, class_counts (C,), ..., reduction)``
-computed in float32 (``logits.float()``), so it gives the same value under bf16 autocast; the device
+computed in float32 (``widen(logits)``; float64 logits stay float64), so it gives the same value under bf16
+autocast; the device
 comes from ``logits``. The general form is RoBal's (003 Eq. 3)::
 
     L'(x, y) = -r_w(y) * log softmax(g(z))_y
@@ -42,6 +43,7 @@ from typing import Any, ClassVar, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
+from ..device import widen
 from ..errors import ConfigError
 from ..registry import LOSSES
 
@@ -76,10 +78,10 @@ def as_counts(class_counts: Sequence[float] | torch.Tensor, device: torch.device
 
 
 def log_prior(class_counts: Sequence[float] | torch.Tensor,
-              device: torch.device | str | None = None) -> torch.Tensor:
-    """``log pi_c = log(n_c / sum_j n_j)``, (C,) float32."""
+              device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``log pi_c = log(n_c / sum_j n_j)``, (C,), computed in float64 and returned as ``dtype``."""
     counts = as_counts(class_counts, dtype=torch.float64)
-    return torch.log(counts / counts.sum()).to(dtype=torch.float32, device=device)
+    return torch.log(counts / counts.sum()).to(dtype=dtype, device=device)
 
 
 def _check_reduction(reduction: str) -> None:
@@ -102,7 +104,7 @@ def _reduce(per_sample: torch.Tensor, reduction: str, sample_weights: torch.Tens
 def _class_weights(weight: Sequence[float] | torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:
     if weight is None:
         return None
-    w = torch.as_tensor(weight, dtype=torch.float32, device=like.device)
+    w = torch.as_tensor(weight, dtype=widen(like).dtype, device=like.device)
     if w.ndim != 1 or w.numel() != like.shape[1]:
         raise ConfigError(f"weight must hold one value per class ({like.shape[1]}), got shape {tuple(w.shape)}.")
     return w
@@ -186,7 +188,7 @@ def ldam_margins(class_counts: Sequence[float] | torch.Tensor, max_margin: float
 # ----------------------------------------------------------------------------------- loss functions
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     """Cross-entropy in float32. logits (B, C), targets (B,) -> scalar, or (B,) for ``"none"``."""
-    return _weighted_ce(logits.float(), targets, None, reduction)
+    return _weighted_ce(widen(logits), targets, None, reduction)
 
 
 def balanced_softmax_loss(logits: torch.Tensor, targets: torch.Tensor, class_counts: Sequence[float] | torch.Tensor,
@@ -206,7 +208,8 @@ def balanced_softmax_loss(logits: torch.Tensor, targets: torch.Tensor, class_cou
 
         loss = balanced_softmax_loss(model(x_adv), y, counts, tau=1.0)
     """
-    z = logits.float() + tau * log_prior(class_counts, logits.device)  # (B, C)
+    z = widen(logits)
+    z = z + tau * log_prior(class_counts, z.device, z.dtype)  # (B, C)
     return _weighted_ce(z, targets, None, reduction)
 
 
@@ -226,7 +229,7 @@ def ldam_loss(logits: torch.Tensor, targets: torch.Tensor, class_counts: Sequenc
         weight: optional (C,) class weights (DRW: :func:`drw_weights`); "mean" is then the weighted mean.
         reduction: "mean" | "none" | "sum".
     """
-    z = logits.float()  # (B, C)
+    z = widen(logits)  # (B, C)
     m = ldam_margins(class_counts, max_margin).to(z.device)[targets]  # (B,)
     z = z - F.one_hot(targets, z.shape[1]).to(z.dtype) * m[:, None]
     return _weighted_ce(s * z, targets, _class_weights(weight, logits), reduction)
@@ -252,7 +255,7 @@ def focal_loss(logits: torch.Tensor, targets: torch.Tensor, gamma: float = 2.0,
     _check_reduction(reduction)
     if form not in FOCAL_FORMS:
         raise ConfigError(f"focal form={form!r}: use one of {', '.join(FOCAL_FORMS)}.")
-    z = logits.float()  # (B, C)
+    z = widen(logits)  # (B, C)
     if form == "softmax":
         nll = -F.log_softmax(z, dim=1).gather(1, targets[:, None])  # -log p_y, (B, 1)
     else:
@@ -290,7 +293,7 @@ def class_aware_temperature_loss(logits: torch.Tensor, targets: torch.Tensor,
     gamma = 0.3. Head classes keep their logits, tail logits shrink during training (so the tail is
     favoured when the plain logits are used at test time). gamma = 0 is CE.
     """
-    z = logits.float() * class_temperatures(class_counts, gamma).to(logits.device)  # (B, C)
+    z = widen(logits) * class_temperatures(class_counts, gamma).to(logits.device)  # (B, C)
     return _weighted_ce(z, targets, None, reduction)
 
 
@@ -308,7 +311,7 @@ def reweighted_loss(logits: torch.Tensor, targets: torch.Tensor, class_counts: S
     "mean" is the weighted mean.
     """
     w = inverse_frequency_weights(class_counts, power).to(logits.device)
-    return _weighted_ce(logits.float(), targets, w, reduction)
+    return _weighted_ce(widen(logits), targets, w, reduction)
 
 
 # ------------------------------------------------------------------------------- registered classes
@@ -341,15 +344,15 @@ class LongTailLoss:
         self._device: dict[tuple[str, torch.device], torch.Tensor] = {}
 
     def _set(self, key: str, value: torch.Tensor) -> None:
-        """Store a per-class tensor (C,); its device copies are made again on next use."""
-        self._host[key] = value.to(torch.float32)
+        """Store a per-class tensor (C,) (kept in float64); its device copies are made again on next use."""
+        self._host[key] = value.to(torch.float64)
         self._device = {k: v for k, v in self._device.items() if k[0] != key}
 
-    def _on(self, key: str, device: torch.device) -> torch.Tensor:
-        """The stored tensor ``key`` on ``device``, copied once per device (not every step)."""
-        t = self._device.get((key, device))
+    def _on(self, key: str, device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The stored tensor ``key`` on ``device`` as ``dtype``, copied once per device and dtype (not every step)."""
+        t = self._device.get((key, device, dtype))
         if t is None:
-            t = self._device[(key, device)] = self._host[key].to(device)
+            t = self._device[(key, device, dtype)] = self._host[key].to(device=device, dtype=dtype)
         return t
 
     def __call__(self, logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
@@ -488,10 +491,11 @@ class BalancedSoftmaxLoss(LongTailLoss):
     def __init__(self, class_counts: Sequence[float] | torch.Tensor, options: Any = None,
                  total_epochs: int = 1, **overrides: Any) -> None:
         super().__init__(class_counts, options, total_epochs, **overrides)
-        self._set("bias", self.options.tau * log_prior(self.class_counts))
+        self._set("bias", self.options.tau * log_prior(self.class_counts, dtype=torch.float64))
 
     def adjust_logits(self, logits: torch.Tensor) -> torch.Tensor:
-        return logits.float() + self._on("bias", logits.device)  # (B, C)
+        z = widen(logits)
+        return z + self._on("bias", z.device, z.dtype)  # (B, C)
 
     def __call__(self, logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
         return _weighted_ce(self.adjust_logits(logits), targets, None, reduction)
@@ -529,10 +533,10 @@ class LDAMLoss(LongTailLoss):
             self._set("weights", drw_weights(self.epoch, self.class_counts, start, self.options.beta))
 
     def __call__(self, logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-        z = logits.float()  # (B, C)
-        m = self._on("margins", z.device)[targets]  # (B,)
+        z = widen(logits)  # (B, C)
+        m = self._on("margins", z.device, z.dtype)[targets]  # (B,)
         z = z - F.one_hot(targets, z.shape[1]).to(z.dtype) * m[:, None]
-        w = self._on("weights", z.device) if self.drw_active else None
+        w = self._on("weights", z.device, z.dtype) if self.drw_active else None
         return _weighted_ce(self.options.s * z, targets, w, reduction)
 
 
@@ -577,7 +581,8 @@ class ClassAwareTemperatureLoss(LongTailLoss):
         self._set("temperatures", class_temperatures(self.class_counts, self.options.gamma))
 
     def adjust_logits(self, logits: torch.Tensor) -> torch.Tensor:
-        return logits.float() * self._on("temperatures", logits.device)  # (B, C)
+        z = widen(logits)
+        return z * self._on("temperatures", z.device, z.dtype)  # (B, C)
 
     def __call__(self, logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
         return _weighted_ce(self.adjust_logits(logits), targets, None, reduction)
@@ -596,4 +601,5 @@ class ReweightedLoss(LongTailLoss):
         self._set("weights", inverse_frequency_weights(self.class_counts, self.options.power))
 
     def __call__(self, logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-        return _weighted_ce(logits.float(), targets, self._on("weights", logits.device), reduction)
+        z = widen(logits)
+        return _weighted_ce(z, targets, self._on("weights", z.device, z.dtype), reduction)

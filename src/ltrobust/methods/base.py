@@ -20,6 +20,7 @@ from torch import nn
 from ..attacks import pgd, threat_model
 from ..attacks.pgd import eval_mode
 from ..config import AttackConfig, RunConfig
+from ..device import widen
 from ..errors import ConfigError
 
 
@@ -115,7 +116,7 @@ class Method:
     def outer_loss(self, logits: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
         """The long-tailed loss as outer loss (``loss_mode`` outer / both), CE for ``inner``."""
         if self.attack_cfg.loss_mode == "inner":
-            return nn.functional.cross_entropy(logits.float(), y, reduction=reduction)
+            return nn.functional.cross_entropy(widen(logits), y, reduction=reduction)
         return self.loss(logits, y, reduction=reduction)
 
     def forward(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -221,11 +222,12 @@ def logits_and_features(model: nn.Module, x: torch.Tensor, method: str) -> tuple
 
 
 def forward_train(model: nn.Module, x: torch.Tensor, amp_dtype: torch.dtype | None) -> torch.Tensor:
-    """The model's forward pass in train mode under the step's autocast; logits returned in float32."""
+    """The model's forward pass in train mode under the step's autocast; logits returned in float32 (float64
+    for a float64 model)."""
     from ..attacks.pgd import autocast
 
     with autocast(x.device, amp_dtype):
-        return model(x).float()
+        return widen(model(x))
 
 
 def clean_logits_eval(model: nn.Module, x: torch.Tensor, amp_dtype: torch.dtype | None) -> torch.Tensor:
@@ -233,4 +235,4 @@ def clean_logits_eval(model: nn.Module, x: torch.Tensor, amp_dtype: torch.dtype 
     from ..attacks.pgd import autocast
 
     with torch.no_grad(), eval_mode(model), autocast(x.device, amp_dtype):
-        return model(x).float()
+        return widen(model(x))

@@ -238,3 +238,17 @@ def test_build_model_rejects_options_the_architecture_lacks():
 def test_bad_model_options_raise_config_errors(name, kw, match):
     with pytest.raises(ConfigError, match=match):
         MODELS.build(name, num_classes=3, **kw)
+
+
+def test_model_normalize_false_feeds_pixels_to_the_network():
+    """model.normalize=false (the official codes of the seed papers): the data set's mean / std are not used."""
+    from ltrobust.config import ModelConfig
+    from ltrobust.models import build_model
+
+    on = build_model(ModelConfig(name="smallcnn", width=4), 10, 3, (0.5, 0.4, 0.3), (0.2, 0.2, 0.2), 8)
+    off = build_model(ModelConfig(name="smallcnn", width=4, normalize=False), 10, 3, (0.5, 0.4, 0.3),
+                      (0.2, 0.2, 0.2), 8)
+    assert torch.equal(off.normalize.mean, torch.zeros(1, 3, 1, 1)) and torch.equal(off.normalize.std, torch.ones(1, 3, 1, 1))
+    assert torch.allclose(on.normalize.mean.flatten(), torch.tensor([0.5, 0.4, 0.3]))
+    x = torch.rand(2, 3, 8, 8)
+    assert torch.equal(off.normalize(x), x)

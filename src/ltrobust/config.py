@@ -90,6 +90,9 @@ class ModelConfig:
     depth: int = -1  #: WideResNet depth (34, 28); -1: default
     widen: int = -1  #: WideResNet widen factor; -1: default
     head: str = "linear"  #: linear | cosine
+    #: normalise inputs inside the model with the data set's per-channel mean and std; false: the network sees
+    #: [0, 1] pixels, as in the AT-BSL, RoBal, REAT and TAET codes (docs/parity.md)
+    normalize: bool = True
     cosine_scale: float = 10.0  #: s of the cosine head
     cosine_gamma: float = 1.0 / 32  #: gamma of the cosine head
     #: a local file of pretrained backbone weights (vit_b16: timm's ViT-B/16 checkpoint, e.g. the

@@ -170,13 +170,16 @@ def build_model(
     """Build the model a :class:`~ltrobust.config.ModelConfig` describes for a data set.
 
     ``width``, ``depth`` and ``widen`` equal to -1 mean "the architecture's default"; a depth or
-    widen factor given to an architecture that has none raises :class:`ConfigError`.
+    widen factor given to an architecture that has none raises :class:`ConfigError`. With
+    ``cfg_model.normalize`` false, ``mean`` and ``std`` are ignored: the network sees [0, 1] pixels.
 
     Example::
 
         model = build_model(cfg.model, data.num_classes, 3, data.mean, data.std, image_size=32)
     """
     factory = MODELS.get(cfg_model.name)
+    if not cfg_model.normalize:  # the network sees [0, 1] pixels (the official codes of the seed papers)
+        mean = std = None
     accepted = inspect.signature(factory).parameters
     kw: dict[str, int | str] = {}
     for key in ("depth", "widen"):

@@ -348,6 +348,9 @@ def test_policy_augment(augment, digits):
                                                                      padding=1, flip=False, seed=0)))
     assert x1.shape == (32, 1, 8, 8) and 0 <= x1.min() and x1.max() <= 1
     assert torch.equal(x1, x2) and torch.equal(y1, y2)
+    policy = loader._policy  # the AT-BSL code's policies: AutoAugment's CIFAR-10 policy, RandAugment(2, 8)
+    assert (str(policy.policy) == "AutoAugmentPolicy.CIFAR10" if augment == "autoaugment"
+            else (policy.num_ops, policy.magnitude) == (2, 8))
 
 
 def test_loader_rejects_bad_options():

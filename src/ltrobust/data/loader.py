@@ -74,13 +74,18 @@ def random_flip(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.where(to_device(mask, x.device)[:, None, None, None], x.flip(3), x)
 
 
+#: RandAugment's (num_ops, magnitude): the AT-BSL code's ``v2.RandAugment(2, 8)`` (AT-BSL-RA, 002 Table 4),
+#: not torchvision's default magnitude 9
+RANDAUGMENT = (2, 8)
+
+
 def _policy_transform(augment: str, image_size: int) -> Any:
     from torchvision.transforms import v2
 
     if augment == "autoaugment":
         policy = v2.AutoAugmentPolicy.CIFAR10 if image_size <= 64 else v2.AutoAugmentPolicy.IMAGENET
         return v2.AutoAugment(policy)
-    return v2.RandAugment()
+    return v2.RandAugment(*RANDAUGMENT)
 
 
 def policy_augment(x: torch.Tensor, transform: Any, seed: int) -> torch.Tensor:

@@ -92,9 +92,12 @@ KNOWN = {
         "With the same start injected, the attacks are equal (the '... AEs, same start' rows)",
         "the per-image disagreement counted in the row", ""),
     r"AutoAugment pixels|RandAugment pixels": Known(
-        "the same torchvision policy on a PIL image (theirs) and on a uint8 tensor (ltrobust's device loader): "
-        "the PIL and tensor back ends of some operations round differently",
-        "the row's max pixel difference, on the images and draws compared", ""),
+        "the same torchvision policy, with the same draws, on a PIL image (theirs) and on a uint8 tensor "
+        "(ltrobust's device loader): each operation alone agrees within one grey level (Color, Contrast, "
+        "AutoContrast round differently) except Rotate's nearest-neighbour sampling (about 0.1% of values), and "
+        "a following threshold or rescaling (Solarize, Posterize, AutoContrast, Equalize) can turn one level into "
+        "many", "the share of pixel values that differ, in the row: the same augmentation distribution up to "
+        "these rounding cases", ""),
     r"augmentation .*Tiny": Known(
         "their Tiny-ImageNet script defaults to --aug ra (AT-BSL-RA); the preset targets 002 Table 3's plain "
         "AT-BSL", "not measured (a different augmentation, not a different computation)",

@@ -81,6 +81,7 @@ def write_table(folder: Path, doc: Path = DOC) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("benchmarks.parity").setLevel(logging.INFO)  # a line per level done
     # the files written for a run are not the official bytes, and class 0 has no spare image for validation:
     # ltrobust's data warnings say so on every build
     logging.getLogger("ltrobust.data").setLevel(logging.ERROR)

@@ -9,6 +9,7 @@ their device calls made CPU calls, explains the rows that differ, and returns th
 
 from __future__ import annotations
 
+import logging
 import re
 import tempfile
 import time
@@ -20,6 +21,8 @@ import torch
 
 from .core import LEVELS, Known, ParityError, Report, Row
 from .official import Checkout, cpu_only
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -117,8 +120,10 @@ def run_method(spec: MethodSpec, path: str | Path, options: Options, command: st
             ctx = Context(checkout, options, Path(scratch), report)
             for level in LEVELS:
                 if level in options.levels and level in spec.checks:
+                    t = time.perf_counter()
                     for row in spec.checks[level](ctx):
                         report.add(spec.explain(row))
+                    log.info("%s: %s level done (%.0f s)", spec.name, level, time.perf_counter() - t)
             report.stand_ins = list(checkout.stand_ins)
     finally:
         torch.set_default_dtype(default_dtype)

@@ -61,18 +61,20 @@ def ours_steps(trainer: Any, batches: Sequence[tuple[torch.Tensor, torch.Tensor]
     """ltrobust's :meth:`Trainer.train_step` on each batch after ``torch.manual_seed(seed)`` (the seed their
     loop got before the same step), at the trainer's learning rate of step i of ``epoch``; the attack's forwards
     are observed through a :class:`~.official.Recorder` set as the trainer's attack model."""
-    recorder = Recorder(trainer.model)
+    recorder, saved = Recorder(trainer.model), trainer.attack_model
     trainer.attack_model = recorder
-    trainer.start_epoch(epoch)
     out = []
-    for i, ((x, y), seed) in enumerate(zip(batches, seeds)):
-        recorder.calls.clear()
-        torch.manual_seed(seed)
-        res = trainer.train_step(x, y, trainer.lr(epoch, i, len(trainer.loader)))
-        out.append(StepRecord([c[1] for c in recorder.calls], [c[0] for c in recorder.calls], res["x_adv"],
-                              res["logits_adv"], res["loss"].detach(), snapshot(trainer.model, "grads"),
-                              snapshot(trainer.model, "weights"), snapshot(trainer.model, "buffers")))
-    trainer.attack_model = trainer.model
+    try:
+        trainer.start_epoch(epoch)
+        for i, ((x, y), seed) in enumerate(zip(batches, seeds)):
+            recorder.calls.clear()
+            torch.manual_seed(seed)
+            res = trainer.train_step(x, y, trainer.lr(epoch, i, len(trainer.loader)))
+            out.append(StepRecord([c[1] for c in recorder.calls], [c[0] for c in recorder.calls], res["x_adv"],
+                                  res["logits_adv"], res["loss"].detach(), snapshot(trainer.model, "grads"),
+                                  snapshot(trainer.model, "weights"), snapshot(trainer.model, "buffers")))
+    finally:
+        trainer.attack_model = saved
     return out
 
 

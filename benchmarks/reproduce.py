@@ -121,7 +121,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "folder resumes from its last finished epoch")
     p.add_argument("--budget-s", type=float, default=None, help="wall-clock budget of the whole script: training stops "
                    "cleanly before an epoch that would end later than budget - eval reserve (default: no limit)")
-    p.add_argument("--eval-reserve-s", type=float, default=None, help="seconds kept for the evaluation (default 120 "
+    p.add_argument("--eval-reserve-s", type=float, default=None, help="seconds kept for the evaluation (default 150 "
                    "on a GPU, 0 in a dry run)")
     p.add_argument("--aa-n", type=int, default=None, help="balanced test images for AutoAttack (default 1000)")
     p.add_argument("--device", default="auto", help="train.device (auto: cuda when available)")
@@ -268,7 +268,7 @@ def _main(a: argparse.Namespace, argv: list[str] | None, t0: float, out: Path) -
     threads = a.threads if a.threads is not None else (1 if dry else None)
     if threads:
         torch.set_num_threads(threads)
-    reserve = a.eval_reserve_s if a.eval_reserve_s is not None else (0.0 if dry else 120.0)
+    reserve = a.eval_reserve_s if a.eval_reserve_s is not None else (0.0 if dry else 150.0)
     aa_n = a.aa_n if a.aa_n is not None else (DRY_RUN_AA_N if dry else 1000)
     deadline = t0 + a.budget_s - reserve if a.budget_s is not None else math.inf
     overrides = [f"preset={a.preset}"] + (DRY_RUN if dry else []) \

@@ -52,6 +52,7 @@ sys.path.insert(0, str(HERE))
 
 import torch  # noqa: E402
 
+from ltrobust.errors import LtrobustError  # noqa: E402
 from ltrobust.training.trainer import Trainer  # noqa: E402
 
 log = logging.getLogger("reproduce")
@@ -248,6 +249,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with logging_to(log_path):
         try:
             return _main(a, argv, t0, out)
+        except LtrobustError as exc:  # a bad preset, data folder or setting: one line, no traceback
+            log.error("%s", exc)
+            raise
         except Exception:
             log.exception("reproduce.py failed")
             raise
@@ -257,7 +261,6 @@ def _main(a: argparse.Namespace, argv: list[str] | None, t0: float, out: Path) -
     import harness as H
     from ltrobust import io
     from ltrobust.config import load_preset, method_options, resolve_config, to_dict
-    from ltrobust.errors import LtrobustError
     from ltrobust.evaluation.runs import evaluate_run
     from ltrobust.experiments.recipe import run_stage
     from ltrobust.registry import METHODS
@@ -345,8 +348,9 @@ def _main(a: argparse.Namespace, argv: list[str] | None, t0: float, out: Path) -
         "best": {k: v for k, v in (getattr(trainer, "best", None) or {}).items()},
         "peak_cuda_mb": max((r["peak_cuda_mb"] for r in rows if r.get("peak_cuda_mb") is not None), default=None)}
     if not result["training"]["complete"]:
+        why = "the budget ran out" if stopped else "the training failed: see errors"
         result["notes"].append(
-            f"TRUNCATED: {done} of {total} epochs were trained (the budget ran out), so these numbers are those of the "
+            f"TRUNCATED: {done} of {total} epochs were trained ({why}), so these numbers are those of the "
             f"first {done} epochs of the preset's schedule, NOT the preset's. Continue it with the same command and "
             f"--run-dir {run_dir} (it resumes from epoch {done}).")
     data_fmt = None
@@ -410,5 +414,9 @@ def _main(a: argparse.Namespace, argv: list[str] | None, t0: float, out: Path) -
 
 
 if __name__ == "__main__":
-    res = main()
+    try:
+        res = main()
+    except LtrobustError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
     sys.exit(1 if res["errors"] else 0)

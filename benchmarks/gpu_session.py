@@ -24,7 +24,7 @@ Files in ``--out`` (7 at most, each named with the device and the UTC date):
 ``-metrics.jsonl``. The exact device-tool call is in docs/speed.md.
 
 ``--dry-run``: the same steps on CPU with tiny sizes (device_check and reproduce in their dry-run modes; the
-wheels are installed only when ``--wheels`` holds some), in seconds; the test suite runs it.
+wheels are installed only when ``--wheels`` holds some), in about a minute of CPU; the test suite runs it.
 """
 
 from __future__ import annotations

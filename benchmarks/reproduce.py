@@ -317,8 +317,8 @@ def _main(a: argparse.Namespace, argv: list[str] | None, t0: float, out: Path) -
             trainer.build()
             for stage in stages:
                 trainer.method.use_stage(stage.name, run_stage(stage, trainer))
-            result["notes"].append(f"stages {', '.join(s.name for s in stages)} were trained (or loaded) before the "
-                                   "budget applies")
+            result["notes"].append(f"stage(s) {', '.join(s.name for s in stages)} trained (or loaded) without the "
+                                   "budget's check between epochs; their time counts against the main run's budget")
         trainer.fit()
         trainer.end()
     except BudgetSpent as exc:

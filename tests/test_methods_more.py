@@ -74,6 +74,34 @@ def test_fgsm_at_is_one_eps_step_from_the_clean_image():
     assert not torch.allclose(rs, x_adv)
 
 
+def test_fgsm_at_and_fgsm_rs_starts_and_batchnorm_modes():
+    """fgsm_at takes random_start=false (its presets' setting; issue 26: it inherited fgsm_rs' refusal) and the
+    default, refuses the ignored normal start; fgsm_rs refuses none / normal. fgsm_rs attacks in train mode by
+    default (Wong et al.'s code: batch statistics, running statistics updated by the attack), fgsm_at in eval."""
+    for start in ("none", "uniform"):
+        assert make("fgsm_at", attack=AttackConfig(random_start=start)).start == "none"
+    for name, bad in (("fgsm_at", "normal"), ("fgsm_rs", "none"), ("fgsm_rs", "normal")):
+        with pytest.raises(ConfigError, match="would be ignored"):
+            make(name, attack=AttackConfig(random_start=bad))
+    assert make("fgsm_rs").bn_mode == "train" and make("fgsm_at").bn_mode == "eval"
+    assert make("fgsm_rs", attack=AttackConfig(bn_mode="eval")).bn_mode == "eval"
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, C)).train()
+    x, y = batch()
+    for name, changed in (("fgsm_rs", True), ("fgsm_at", False)):
+        before = net[2].running_mean.clone()
+        make(name).train_attack(net, x, y)
+        assert (not torch.equal(net[2].running_mean, before)) is changed, name
+        assert net.training
+    # in train mode the step follows the gradient of the batch-statistics forward pass
+    m = make("fgsm_at", attack=AttackConfig(bn_mode="train"))
+    xr = x.clone().requires_grad_(True)
+    probe = __import__("copy").deepcopy(net)
+    (g,) = torch.autograd.grad(F.cross_entropy(probe(xr), y, reduction="sum"), xr)
+    assert torch.allclose(m.train_attack(net, x, y), (x + 8 / 255 * g.sign()).clamp(0, 1), atol=1e-7)
+
+
 # --------------------------------------------------------------------------------------- attack.loss
 def test_attack_loss_is_chosen_apart_from_the_outer_loss():
     model, (x, y) = linear_model(), batch()

@@ -300,13 +300,13 @@ def test_las_at_strategy_attack_is_pgd_with_each_images_budget():
 
 def test_las_at_policy_update_is_reinforce_on_the_reward():
     model, (x, y) = linear_model(), batch()
-    m = make("las_at", reward_b=0.0, reward_c=0.0, clip_grad_norm=1e9, policy_lr=0.1)
+    m = make("las_at", reward_b=0.0, reward_c=0.0, clip_grad_norm=1e9, policy_lr=0.1, strategy_model="target")
     m.setup(Ctx())
     before = {k: v.clone() for k, v in m.strategy.state_dict().items()}
     torch.manual_seed(7)
     m.policy_step(model, x, y)
     # by hand: the same draws, R1 = clamp(CE(f(x_adv), y), 0, 10), loss = -R1 * sum_heads mean_i log pi(a_i|x_i)
-    ref = make("las_at", reward_b=0.0, reward_c=0.0)
+    ref = make("las_at", reward_b=0.0, reward_c=0.0, strategy_model="target")
     ref.setup(Ctx())
     ref.strategy.load_state_dict(before)
     torch.manual_seed(7)
@@ -327,7 +327,7 @@ def test_las_at_reward_r2_r3_are_the_updated_copys_accuracies():
 
     model, (x, y) = linear_model(), batch()
     x_adv = (x + 8 / 255 * torch.randn_like(x).sign()).clamp(0, 1)
-    m = make("las_at", reward_a=0.5)
+    m = make("las_at", reward_a=0.5, strategy_model="target")
     ctx = Ctx()
     m.setup(ctx)
     torch.manual_seed(2)
@@ -340,11 +340,49 @@ def test_las_at_reward_r2_r3_are_the_updated_copys_accuracies():
     smoothed_cross_entropy(proxy(x_adv), y, 0.7).backward()
     opt.step()
     torch.manual_seed(2)
-    x_pgd = pgd(proxy, x, y, Linf(8 / 255), steps=10, step_size=2 / 255, restarts=2)
+    x_pgd = pgd(proxy, x, y, Linf(8 / 255), steps=10, step_size=2 / 255, restarts=2, bn_mode="train")
     r2 = 4 * (proxy(x_pgd).argmax(1) == y).float().mean()
     r3 = 2 * (proxy(x).argmax(1) == y).float().mean()
     assert torch.allclose(r, 0.5 * r1 + r2 + r3, atol=1e-6)
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), linear_model().parameters()))  # untouched
+
+
+def test_las_at_strategy_network_and_reward_batchnorm_follow_the_authors_code():
+    """The authors' strategy network is a fixed ResNet-18 (ResNet18_Strategy) whatever the target; their R2 PGD
+    runs on the updated copy left in train mode, whose running statistics then serve R2 / R3 (issue 26)."""
+    import copy
+
+    ctx = Ctx()
+    ctx.cfg = resolve_config(["model=smallcnn", "model.width=4"])
+    ctx.data = type("D", (), {"channels": 1, "mean": (0.5,), "std": (0.5,), "image_size": 8})()
+    official, target = make("las_at"), make("las_at", strategy_model="target")
+    official.setup(ctx)
+    target.setup(ctx)
+    assert official.strategy.feature_dim == 512 and target.strategy.feature_dim == 16  # ResNet-18 at width 64
+    assert official.strategy(torch.rand(2, 1, 8, 8)).shape == (2, sum(official.sizes))
+    with pytest.raises(ConfigError, match="reward_bn_mode"):
+        make("las_at", reward_bn_mode="frozen")
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, C)).train()
+    x, y = batch(n=12)
+    x_adv = (x + 8 / 255 * torch.randn_like(x).sign()).clamp(0, 1)
+    rewards = {}
+    for mode in ("train", "eval"):
+        m = make("las_at", reward_a=0.0, reward_c=0.0, strategy_model="target", reward_bn_mode=mode)
+        m.setup(Ctx())
+        torch.manual_seed(3)
+        rewards[mode] = m.reward(model, x, x_adv, y)
+        proxy = copy.deepcopy(model).train()  # by hand: one SGD step, PGD-10 x 2 restarts in `mode`, R2 in eval
+        opt = torch.optim.SGD(proxy.parameters(), lr=0.05, momentum=0.9, weight_decay=Ctx().cfg.train.weight_decay)
+        smoothed_cross_entropy(proxy(x_adv), y, 0.7).backward()
+        opt.step()
+        torch.manual_seed(3)
+        x_pgd = pgd(proxy, x, y, Linf(8 / 255), steps=10, step_size=2 / 255, restarts=2, bn_mode=mode)
+        proxy.eval()
+        with torch.no_grad():
+            assert torch.allclose(rewards[mode], 4 * (proxy(x_pgd).argmax(1) == y).float().mean()), mode
+    assert model.training
 
 
 # --------------------------------------------------------------------------------- through the CLI
@@ -405,7 +443,7 @@ def test_las_at_resumes_exactly_with_its_strategy_network(tmp_path, die_after_ch
 @pytest.mark.parametrize("training", [True, False])
 def test_new_method_keeps_the_model_mode_the_ball_and_parameter_grads(name, training):
     model, (x, y) = linear_model(), batch()
-    m = make(name)
+    m = make(name, **({"strategy_model": "target"} if name == "las_at" else {}))
     if name == "las_at":
         m.setup(Ctx())
     model.train(training)

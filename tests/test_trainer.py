@@ -191,7 +191,8 @@ def test_las_at_under_two_gloo_processes_keeps_one_strategy_network(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29519",
            str(script), str(tmp_path)] + TINY + ["epochs=1", f"out={tmp_path}", "name=ddp", "train.precision=fp32",
-                                                 "method=las_at", "method.interval=1", "train.val_every=0",
+                                                 "method=las_at", "method.interval=1", "method.strategy_model=target",
+                                                 "train.val_every=0",
                                                  "train.max_steps_per_epoch=3"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -231,10 +231,43 @@ def test_adt_entropy_term_is_the_tanh_gaussian_log_density():
     assert torch.allclose(tanh_gaussian_neg_log_prob(noise, sigma, v), -dist.log_prob(v), atol=1e-3)
 
 
-def test_adt_inner_step_is_a_signed_ascent_on_mu_and_rho():
+def test_adt_inner_loop_is_the_authors_adam_on_never_zeroed_gradients():
+    """The authors' adt_exp.py, written out: Adam(betas=(0, 0)) on mu and rho, one backward per draw of the
+    batch-mean objective, the .grad never zeroed between steps, rho from 0 (issue 26). The method's default
+    (inner_grad=cumulative, init_rho=0) gives the same distribution; per_step does not."""
+    model, (x, y) = linear_model(), batch()
+    eps, lr, lam, steps, draws = 8 / 255, 0.3, 0.01, 3, 2
+    attack = AttackConfig(eps=eps, steps=steps)
+    m = make("adt", attack=attack, samples=draws, inner_lr=lr, entropy_weight=lam)
+    torch.manual_seed(5)
+    mu, rho = m.distribution(model, x, y)
+
+    torch.manual_seed(5)
+    mean = torch.zeros_like(x, requires_grad=True)
+    var = torch.zeros_like(x, requires_grad=True)
+    adam = torch.optim.Adam([mean, var], lr=lr, betas=(0.0, 0.0))
+    for _ in range(steps):
+        for _ in range(draws):
+            std = F.softplus(var)
+            noise = torch.randn_like(x)
+            v = torch.tanh(mean + noise * std)
+            neg_logp = noise ** 2 / 2 + (std + 1e-8).log() + (1 - v ** 2 + 1e-8).log()
+            (-F.cross_entropy(model((x + eps * v).clamp(0, 1)), y) - lam * neg_logp.mean()).backward()
+        adam.step()  # no zero_grad: the gradients of every draw so far
+    assert torch.allclose(mu, mean.detach(), atol=1e-5) and torch.allclose(rho, var.detach(), atol=1e-5)
+    torch.manual_seed(5)
+    mu2, _ = make("adt", attack=attack, samples=draws, inner_lr=lr, entropy_weight=lam,
+                  inner_grad="per_step").distribution(model, x, y)
+    assert not torch.allclose(mu2, mu, atol=1e-3)
+    with pytest.raises(ConfigError, match="inner_grad"):
+        make("adt", inner_grad="momentum")
+
+
+def test_adt_per_step_inner_step_is_a_signed_ascent_on_mu_and_rho():
     model, (x, y) = linear_model(), batch()
     eps, lr = 8 / 255, 0.3
-    m = make("adt", attack=AttackConfig(eps=eps, steps=1), samples=1, inner_lr=lr, entropy_weight=0.0)
+    m = make("adt", attack=AttackConfig(eps=eps, steps=1), samples=1, inner_lr=lr, entropy_weight=0.0,
+             inner_grad="per_step", init_rho=-5.0)
     torch.manual_seed(5)
     mu, rho = m.distribution(model, x, y)
     torch.manual_seed(5)
@@ -247,7 +280,8 @@ def test_adt_inner_step_is_a_signed_ascent_on_mu_and_rho():
     # with the entropy term, a flat loss lets only the entropy move sigma: up, towards the uniform box
     flat = nn.Sequential(nn.Flatten(), nn.Linear(16, C))
     nn.init.zeros_(flat[1].weight)
-    m2 = make("adt", attack=AttackConfig(eps=eps, steps=3), samples=2, inner_lr=lr, entropy_weight=0.01)
+    m2 = make("adt", attack=AttackConfig(eps=eps, steps=3), samples=2, inner_lr=lr, entropy_weight=0.01,
+              inner_grad="per_step", init_rho=-5.0)
     _, rho2 = m2.distribution(flat, x, y)
     assert torch.allclose(rho2, torch.full_like(x, -5.0 + 3 * lr))
 

@@ -106,7 +106,35 @@ def check_adt() -> None:
               f"on average (mean |x' - x| {float((other - x).abs().mean()) * 255:.2f}/255)")
 
 
-CHECKS = {"mma": check_mma, "adt": check_adt}
+def robust_accuracy(model, data, attack: str) -> float:
+    """Accuracy (%) of ``model`` under one suite attack on the first 500 test images (eps 0.15, step 0.015)."""
+    from ltrobust.attacks import parse_attack, run_attack
+
+    spec = parse_attack(attack, eps=EPS, step_size=EPS / 10)
+    hits = total = 0
+    for x, y, *_ in eval_loader(data.test, 250):
+        x_adv = run_attack(spec, model, x, y, seed=0)
+        with torch.no_grad():
+            hits += int((model(x_adv).argmax(1) == y).sum())
+        total += len(y)
+        if total >= 500:
+            break
+    return 100.0 * hits / total
+
+
+def check_he() -> None:
+    head = ("model.head=cosine", "model.cosine_scale=10", "model.cosine_gamma=0")
+    tr, model, _, _ = toy("he", head)
+    model.eval()
+    served = {s: make(tr, "he", AttackConfig(), serve=s).deployed(model) for s in ("cosine", "scaled")}
+    print("he (PGD-AT-HE, s 10, m 0.2; 500 digits test images, eps 0.15):")
+    for attack in ("clean", "pgd20", "adaptive", "cw20"):
+        accs = {s: robust_accuracy(m, tr.data, attack) for s, m in served.items()}
+        print(f"  {attack}: served cos (serve=cosine) {accs['cosine']:.1f} %, served s cos (serve=scaled) "
+              f"{accs['scaled']:.1f} %")
+
+
+CHECKS = {"mma": check_mma, "adt": check_adt, "he": check_he}
 
 
 def main(argv: list[str]) -> None:

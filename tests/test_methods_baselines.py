@@ -268,6 +268,23 @@ def test_he_with_margin_zero_is_its_base_on_a_scaled_cosine_head(base, tmp_path)
     assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
+def test_he_serves_the_raw_cosines_as_the_authors_code_or_s_cos():
+    """The authors' network outputs cos (s lives in the loss) and their evaluation attacks it: serve=cosine
+    (default) deploys cos, serve=scaled deploys s cos; same predictions, another temperature for CE attacks."""
+    model, (x, _, y) = he_model(), batch()
+    served = make("he").deployed(model)
+    assert torch.allclose(served(x).detach(), normalised_cosines(model, x), atol=1e-5)
+    assert torch.equal(served(x).argmax(1), model(x).argmax(1)) and served.head is model.head
+    assert torch.allclose(served.logits_from_head(model(x)), served(x)) and served.describe()["serve"] == "cosine"
+    assert make("he", serve="scaled").deployed(model) is model
+    torch.manual_seed(0)
+    on_cos = pgd(served, x, y, Linf(0.3), steps=3, step_size=0.1)
+    torch.manual_seed(0)
+    assert not torch.equal(on_cos, pgd(model, x, y, Linf(0.3), steps=3, step_size=0.1))  # CE sees another softmax
+    with pytest.raises(ConfigError, match="serve"):
+        make("he", serve="logits")
+
+
 def test_he_refuses_what_it_would_ignore_or_change(tmp_path):
     with pytest.raises(ConfigError, match="beta"):
         make("he", beta=3.0)

@@ -197,8 +197,9 @@ def test_avmixup_with_gamma_one_and_no_smoothing_is_pgd_at(tmp_path, monkeypatch
     # with every alpha 0 the training input is the PGD AE itself: the run is pgd_at's, weight for weight
     monkeypatch.setattr(AVmixup, "mix_weights", lambda self, n, device: torch.zeros(n, device=device))
     a = train_weights(["method=avmixup", "method.gamma=1", "method.lambda1=1", "method.lambda2=1"], tmp_path, "av")
-    b = train_weights(["method=pgd_at"], tmp_path, "pgd_at")
+    b = train_weights(["method=pgd_at", "attack.bn_mode=batch"], tmp_path, "pgd_at")  # avmixup's (the authors')
     assert_same_weights(a, b)
+    assert make("avmixup").bn_mode == "batch" and make("avmixup", attack=AttackConfig(bn_mode="eval")).bn_mode == "eval"
 
 
 def test_avmixup_refuses_losses_without_a_soft_label_form():

@@ -214,10 +214,34 @@ def test_cw_l2_finds_the_closed_form_minimal_perturbation_of_a_linear_model():
 
 
 def test_cw_l2_names():
-    assert parse_attack("cw_l2").steps == 100 and parse_attack("cw_l2").norm == "l2"
+    """cw_l2 is the authors' setting (up to 10,000 Adam iterations per round); cw_l2-100 the fast one (issue 26)."""
+    assert parse_attack("cw_l2").steps == 10_000 and parse_attack("cw_l2").norm == "l2"
+    assert parse_attack("cw_l2-100").steps == 100 and parse_attack("cw_l2-100").family == "cw_l2"
     assert parse_attack("cw100-l2").family == "cw" and parse_attack("pgd20").norm == "linf"
     with pytest.raises(ConfigError):
         parse_attack("cw_l3")
+
+
+def test_cw_l2_aborts_a_round_as_the_authors_code():
+    """The authors' check runs at iterations 0, k, 2k, ... (``iteration % (MAX // 10) == 0``), before the iterate is
+    recorded: a round whose loss never falls ends after k + 1 forward passes (the old ``(it + 1) % k`` took 2k)."""
+
+    class Stuck(nn.Module):  # constant logits: the loss c * margin never falls, no point is ever broken
+        def __init__(self) -> None:
+            super().__init__()
+            self.calls = 0
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.calls += 1
+            return torch.tensor([[2.0, 0.0, 0.0]]).expand(x.shape[0], 3) + 0 * x.flatten(1)[:, :1]
+
+    model, (x, _) = Stuck(), batch(n=4)
+    y = torch.zeros(4, dtype=torch.long)
+    _, norm = cw_l2_minimal(model, x, y, steps=100, binary_steps=1)
+    assert model.calls == 10 + 1 and torch.isinf(norm).all()
+    model.calls = 0
+    cw_l2_minimal(model, x, y, steps=100, binary_steps=2, abort_early=False)
+    assert model.calls == 200
 
 
 # ---------------------------------------------------------------------------------------------- ADT

@@ -158,7 +158,25 @@ def check_trades() -> None:
         print(f"  digits-LT, 15 epochs, attack.random_start={start}: clean {accs[0]:.1f} %, PGD-20 {accs[1]:.1f} %")
 
 
-CHECKS = {"mma": check_mma, "adt": check_adt, "he": check_he, "trades": check_trades}
+def check_las_at() -> None:
+    from types import SimpleNamespace
+
+    tr, model, x, y = toy()
+    torch.manual_seed(0)
+    x_adv = pgd(copy.deepcopy(model), x, y, make(tr, "pgd_at", AttackConfig()).threat, steps=10, step_size=2 / 255)
+    context = SimpleNamespace(cfg=tr.cfg, data=tr.data, device=torch.device("cpu"),
+                              optimizer=SimpleNamespace(param_groups=[{"lr": 0.1}]))
+    out = {}
+    for mode in ("train", "eval"):
+        m = make(tr, "las_at", AttackConfig(), reward_a=0.0, reward_c=0.0, strategy_model="target", reward_bn_mode=mode)
+        m.setup(context)
+        torch.manual_seed(1)
+        out[mode] = float(m.reward(copy.deepcopy(model), x, x_adv, y)) / 4 * 100  # R2 / r2_scale, in %
+    print(f"las_at: R2's PGD-10 accuracy of the one-step-updated copy on 64 images (eps 8/255): reward_bn_mode=train "
+          f"(the authors') {out['train']:.1f} %, reward_bn_mode=eval {out['eval']:.1f} %")
+
+
+CHECKS = {"mma": check_mma, "adt": check_adt, "he": check_he, "trades": check_trades, "las_at": check_las_at}
 
 
 def main(argv: list[str]) -> None:

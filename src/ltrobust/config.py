@@ -165,12 +165,17 @@ class TrainConfig:
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 5e-4
-    schedule: str = "step"  #: step | cosine | constant
+    schedule: str = "step"  #: step | cosine | constant | piecewise
     milestones: tuple[int, ...] = ()  #: epochs where the step schedule multiplies lr by lr_decay
     #: how milestones count epochs: 0 (the first epoch is 0; decay from the (m+1)-th epoch on) | 1 (the first
     #: epoch is 1, as the AT-BSL and RoBal authors' code; decay from the m-th epoch on). docs/methods.md
     milestone_base: int = 0
     lr_decay: float = 0.1
+    #: piecewise: lr = train.lr x the linear interpolation of lr_factors at lr_epochs (fractional epochs counted
+    #: from 0, non-decreasing; an epoch given twice is a jump; held constant beyond the ends), evaluated every
+    #: step as Wong et al.'s ``np.interp`` schedules (e.g. Fast-AT's cycle: lr_epochs=0,7.5,15 lr_factors=0,1,0)
+    lr_epochs: tuple[float, ...] = ()
+    lr_factors: tuple[float, ...] = ()
     warmup_epochs: int = 0
     precision: str = "auto"  #: auto (bf16 where native) | bf16 | fp32
     channels_last: bool = True
@@ -216,8 +221,22 @@ class TrainConfig:
         _check(self.finetune_epochs >= 1, f"train.finetune_epochs={self.finetune_epochs} must be >= 1 (turn "
                "fine-tuning off with train.finetune=none).")
         _check(self.ae_drift_samples >= 1, f"train.ae_drift_samples={self.ae_drift_samples} must be >= 1.")
-        _check(self.schedule in ("step", "cosine", "constant"),
-               f"train.schedule={self.schedule!r}: use step, cosine or constant.")
+        _check(self.schedule in ("step", "cosine", "constant", "piecewise"),
+               f"train.schedule={self.schedule!r}: use step, cosine, constant or piecewise.")
+        if self.schedule == "piecewise":
+            _check(len(self.lr_epochs) == len(self.lr_factors) >= 1, f"train.schedule=piecewise needs as many "
+                   f"train.lr_factors as train.lr_epochs (got {len(self.lr_epochs)} epochs, {len(self.lr_factors)} "
+                   "factors), e.g. train.lr_epochs=0,7.5,15 train.lr_factors=0,1,0.")
+            _check(all(a <= b for a, b in zip(self.lr_epochs, self.lr_epochs[1:])) and min(self.lr_epochs) >= 0,
+                   f"train.lr_epochs={list(self.lr_epochs)} must be non-negative and non-decreasing (a repeated "
+                   "epoch is a jump).")
+            _check(all(f >= 0 for f in self.lr_factors), f"train.lr_factors={list(self.lr_factors)} must be >= 0.")
+            _check(self.warmup_epochs == 0, "train.warmup_epochs does not combine with train.schedule=piecewise: "
+                   "put the warm-up into train.lr_epochs / lr_factors (e.g. 0,2,... and 0,1,...).")
+        else:
+            _check(not self.lr_epochs and not self.lr_factors, f"train.lr_epochs / train.lr_factors are only used "
+                   f"by train.schedule=piecewise (schedule is {self.schedule!r}): drop them, or set "
+                   "train.schedule=piecewise.")
         _check(self.precision in ("auto", "bf16", "fp32"),
                f"train.precision={self.precision!r}: use auto, bf16 or fp32.")
         _check(self.sampler in ("uniform", "class_balanced"),
@@ -359,6 +378,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return ()
             seq = value if isinstance(value, (list, tuple)) else [value]
             return tuple(int(v) for v in seq)
+        if tp.startswith("tuple[float"):
+            if value in (None, "", "none"):
+                return ()
+            seq = value if isinstance(value, (list, tuple)) else [value]
+            return tuple(_coerce(v, "float", key) for v in seq)
         if tp.startswith("tuple[str"):
             seq = value if isinstance(value, (list, tuple)) else [value]
             return tuple(str(v) for v in seq)

@@ -3,9 +3,10 @@
 Names: ``clean``, ``fgsm``, ``pgd<k>`` (CE, uniform start), ``mim<k>`` (momentum 1.0), ``cw<k>``
 (CW_inf margin, kappa 50), ``adaptive`` / ``adaptive<k>`` (PGD on CE of logits x10, REAT Sec. 5.2;
 AT-BSL's LSA), ``aa`` (AutoAttack standard), ``apgd`` (APGD-CE + APGD-T, RoBal's subset), ``square``
-(Square alone, the black-box check of the audit), ``cw_l2`` / ``cw_l2-<k>`` (the optimisation-based
-Carlini-Wagner l_2 attack, k Adam iterations per binary-search round, default 100; always l_2). A ``-l2`` suffix switches to the l_2 threat model
-(``pgd20-l2``, ``cw100-l2``: PGD on the CW margin in the l_2 ball). Families are registered in
+(Square alone, the black-box check of the audit), ``cw_l2`` (the optimisation-based Carlini-Wagner l_2
+attack at the authors' setting: up to 10,000 Adam iterations per binary-search round, early abort) /
+``cw_l2-<k>`` (k iterations per round; ``cw_l2-100`` is the fast setting; always l_2). A ``-l2`` suffix switches
+to the l_2 threat model (``pgd20-l2``, ``cw100-l2``: PGD on the CW margin in the l_2 ball). Families are registered in
 :data:`~ltrobust.registry.ATTACKS`.
 """
 
@@ -77,8 +78,11 @@ def _adaptive(steps: int | None = None, **base: Any) -> AttackSpec:
 
 @ATTACKS.register("cw_l2")
 def _cw_l2(steps: int | None = None, **base: Any) -> AttackSpec:
-    # the authors' l_2 settings (attacks.cw_l2); eps bounds the minimal perturbation found
-    return AttackSpec(family="cw_l2", steps=steps or 100, random_start=False,
+    # the authors' l_2 settings (attacks.cw_l2: up to 10,000 iterations per round); cw_l2-K: K iterations (the
+    # fast cw_l2-100); eps bounds the minimal perturbation found
+    from .cw_l2 import REFERENCE_STEPS
+
+    return AttackSpec(family="cw_l2", steps=steps or REFERENCE_STEPS, random_start=False,
                       objective_kwargs=(("binary_steps", 9), ("lr", 0.01), ("initial_const", 1e-3), ("kappa", 0.0)),
                       **base)
 

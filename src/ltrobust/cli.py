@@ -24,7 +24,7 @@ IMPORT_OPTIONS = dict(dest="imports", action="append", metavar="MODULE",
                            "entries exist; also $LTROBUST_PLUGINS=mod1,mod2")
 
 EPILOG_EVAL = """\
-attacks: clean, fgsm, pgdK, mimK, cwK, adaptive[K], aa, apgd, square; suffix -l2 for the l_2 ball.
+attacks: clean, fgsm, bimK, pgdK, mimK, cwK, adaptive[K], aa, apgd, square; suffix -l2 for the l_2 ball.
 
 a run or checkpoint written by ltrobust train:
   ltrobust eval runs/NAME attacks=clean,fgsm,pgd20,pgd100,mim20,cw20,cw100,aa,adaptive checkpoint=best

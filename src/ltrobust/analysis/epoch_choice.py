@@ -115,6 +115,7 @@ class EpochChoice(Analysis):
 
     def plot(self, result: dict[str, Any], opts: EpochChoiceOptions):
         import matplotlib
+        from matplotlib.ticker import MaxNLocator
 
         runs = result["runs_epochs"]
         fig = new_figure(9.5, 3.4 * len(runs))
@@ -143,7 +144,8 @@ class EpochChoice(Analysis):
                 steps = next((s for s in (r["val"] or r["test"])["pgd_steps"] if s is not None), None)
                 title = "clean" if part == "clean" else f"PGD-{steps}" if steps else "robust"
                 ax.set_title(f"{r['label']}: {title}", fontsize=9)
-                ax.set_xlabel("epoch")
+                ax.set_xlabel("epoch (from 0, as metrics.jsonl)")
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
                 ax.set_ylabel(f"{what} (%)")
                 ax.set_ylim(0, 100)
                 ax.grid(alpha=0.3)

@@ -109,6 +109,9 @@ class ZeroGrad(Analysis):
 
     def plot(self, result: dict[str, Any], opts: ZeroGradOptions):
         import matplotlib
+        from matplotlib.ticker import MaxNLocator
+
+        from ..evaluation.evaluator import column_title
 
         rows = result["by_kappa"]
         fig = new_figure(4.2 * (1 + len(rows)), 3.6)
@@ -120,7 +123,7 @@ class ZeroGrad(Analysis):
             axes[0].plot(it, row["overall"], "o-", ms=2.5, color=tab(i), label=f"kappa = {row['kappa']:g}")
             axes[0].axhline(row["clean_accuracy"], color=tab(i), ls=":", lw=1)
         axes[0].plot([], [], "k:", lw=1, label="clean accuracy A_nat")
-        axes[0].set_title(f"all {result['n']} test images ({attack['name'].upper()})", fontsize=9)
+        axes[0].set_title(f"all {result['n']} test images ({column_title(attack['name'])})", fontsize=9)
         axes[0].legend(fontsize=7)
         counts = result["class_counts"]
         order = class_order(counts)
@@ -137,6 +140,7 @@ class ZeroGrad(Analysis):
             if len(order) <= 12:
                 ax.legend(fontsize=6, ncol=2, title="class (training images)", title_fontsize=6)
         for ax in axes:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_xlabel("PGD iteration")
             ax.set_ylim(0, 100)
             ax.grid(alpha=0.3)

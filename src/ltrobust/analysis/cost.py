@@ -113,23 +113,24 @@ class Cost(Analysis):
         import numpy as np
 
         rows = result["methods"]
-        fig = new_figure(max(7.0, 1.1 * len(rows) + 3.0), 3.8)
-        ax_t, ax_m = fig.subplots(1, 2)
-        x = np.arange(len(rows))
-        names = [r["label"] for r in rows]
-        for ax, key, color, ylabel in ((ax_t, "seconds_per_epoch", "#4C72B0", "training time per epoch (s)"),
+        fig = new_figure(10.0, 1.4 + 0.32 * len(rows))
+        ax_t, ax_m = fig.subplots(1, 2, sharey=True)
+        y = np.arange(len(rows))
+        for ax, key, color, xlabel in ((ax_t, "seconds_per_epoch", "#4C72B0", "training time per epoch (s)"),
                                        (ax_m, "peak_memory_mb", "#C44E52", f"{result['memory_label']} (MiB)")):
             m = np.array([r[key]["mean"] if r[key]["mean"] is not None else np.nan for r in rows], dtype=float)
             s = np.array([r[key]["std"] or 0.0 for r in rows], dtype=float)
-            ax.bar(x, m, 0.6, yerr=s if (s > 0).any() else None, color=color, capsize=2)
-            for xi, v in zip(x, m):
+            ax.barh(y, m, 0.6, xerr=s if (s > 0).any() else None, color=color, capsize=2)
+            top = max(float(np.nanmax(m + s)), 1e-9) if np.isfinite(m).any() else 1.0
+            for yi, v in zip(y, m):
                 if np.isfinite(v):
-                    ax.text(xi, v, f"{v:.3g}", ha="center", va="bottom", fontsize=7)
-            ax.set_xticks(x)
-            ax.set_xticklabels(names, rotation=35 if max(len(n) for n in names) > 6 else 0, ha="right", fontsize=7)
-            ax.set_ylabel(ylabel, fontsize=8)
-            ax.set_ylim(0, max(np.nanmax(m + s), 1e-9) * 1.18 if np.isfinite(m).any() else 1)
-            ax.grid(axis="y", alpha=0.3)
+                    ax.text(v + 0.01 * top, yi, f"{v:,.0f}" if v >= 100 else f"{v:.3g}", va="center", fontsize=7)
+            ax.set_xlim(0, top * 1.18)
+            ax.set_xlabel(xlabel, fontsize=8)
+            ax.grid(axis="x", alpha=0.3)
+        ax_t.set_yticks(y)
+        ax_t.set_yticklabels([r["label"] for r in rows], fontsize=7)
+        ax_t.invert_yaxis()  # the first method on top, as the grid lists them
         ax_t.set_title("time per epoch (mean ± std over seeds)", fontsize=9)
         ax_m.set_title("peak memory", fontsize=9)
         return fig

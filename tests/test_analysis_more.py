@@ -118,7 +118,7 @@ def test_taet_stage1_sweep_and_its_plot_from_the_cli(tmp_path):
             "eval.attacks=clean,pgd3", "eval.n_samples=0", "train.seed=0"]
     assert main(["sweep", "taet-stage1-digits", f"out={tmp_path / 's'}", *over]) == 0
     assert main(["analyze", "sensitivity", str(tmp_path / "s"), "key=stage1_epochs", "metric=balanced_accuracy",
-                 f"out={tmp_path}"]) == 0
+                 "tag=last", f"out={tmp_path}"]) == 0
     res = io.read_json(tmp_path / "sensitivity.json")
     (line,) = res["lines"]
     assert [p["x"] for p in line["points"]] == [0, 2, 4, 6, 8] and res["metric"] == "balanced_accuracy"

@@ -30,7 +30,8 @@ from ltrobust.registry import ANALYSES
 TINY = ["dataset=digits-lt", "model=smallcnn", "model.width=8", "epochs=3", "train.batch_size=64", "attack.steps=2",
         "train.val_samples=50", "train.val_attack_steps=2", "train.progress=false", "train.record_ae_drift=true",
         "train.ae_drift_samples=60", "train.precision=fp32"]
-KINDS = ["ae-drift", "attack-budget", "confusion", "embedding", "feature-norm", "gaussian-theory"]
+KINDS = ["ae-drift", "attack-budget", "confusion", "cost", "embedding", "epoch-choice", "feature-norm",
+         "gaussian-theory", "sensitivity", "zero-grad"]
 
 
 @pytest.fixture(scope="module")

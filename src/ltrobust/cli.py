@@ -24,7 +24,7 @@ IMPORT_OPTIONS = dict(dest="imports", action="append", metavar="MODULE",
                            "entries exist; also $LTROBUST_PLUGINS=mod1,mod2")
 
 EPILOG_EVAL = """\
-attacks: clean, fgsm, pgdK, mimK, cwK, adaptive[K], aa, apgd, square; suffix -l2 for the l_2 ball.
+attacks: clean, fgsm, bimK, pgdK, mimK, cwK, adaptive[K], aa, apgd, square; suffix -l2 for the l_2 ball.
 
 a run or checkpoint written by ltrobust train:
   ltrobust eval runs/NAME attacks=clean,fgsm,pgd20,pgd100,mim20,cw20,cw100,aa,adaptive checkpoint=best
@@ -226,8 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
     au.add_argument("run", metavar="RUN_OR_CHECKPOINT")
     au.add_argument("overrides", nargs="*", metavar="key=value")
 
-    an = sub.add_parser("analyze", help="the papers' analyses: feature-norm, embedding, ae-drift, "
-                                        "attack-budget, gaussian-theory, confusion", formatter_class=raw,
+    an = sub.add_parser("analyze", help="the papers' analyses: feature-norm, embedding, ae-drift, attack-budget, "
+                                        "gaussian-theory, confusion, zero-grad, sensitivity, cost, epoch-choice",
+                        formatter_class=raw,
                         epilog=_analyze_epilog())
     an.add_argument("kind")
     an.add_argument("runs", nargs="*", metavar="RUN_OR_CHECKPOINT / key=value")
@@ -311,7 +312,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     runs = [r for r in args.runs if "=" not in r]
     overrides = [r for r in args.runs if "=" in r]
     out = run_analysis(args.kind, runs, overrides)
-    print(f"wrote {out['png']} and {out['json']}")
+    print("wrote " + ", ".join(str(p) for p in out.values()))
     return 0
 
 

@@ -190,6 +190,10 @@ class TrainConfig:
     val_every: int = 1
     val_samples: int = 1000  #: validation images per epoch (balanced sample); 0: all
     val_attack_steps: int = 10
+    #: also evaluate every validated epoch on a balanced sample of the *test* split (val_samples images,
+    #: the same PGD): stored as "test" in metrics.jsonl, marked split=test, never used to choose a checkpoint
+    #: (docs/analysis.md, epoch-choice)
+    epoch_test: bool = False
     seed: int = 0
     deterministic: bool = False
     device: str = "auto"  #: auto | cpu | cuda | cuda:N

@@ -13,6 +13,13 @@ kind                 what                                                       
 ``attack-budget``    robust accuracy vs PGD steps and vs eps, per run and tail     REAT Fig. 4a, 8
 ``gaussian-theory``  tail errors of optimal / logistic-regression classifiers      002 Theorem 1, Cor. 1, Fig. 2-3
 ``confusion``        clean and adversarial confusion; where tail AEs land          REAT Fig. 1, 5; SPEC 4
+``zero-grad``        share of input pixels with a zero gradient per PGD step,      RoBal Fig. 2
+                     per class, under logit re-scaling
+``sensitivity``      clean / robust accuracy against one swept config key,        002 Fig. 6-7; TAET Fig. 7
+                     overall and tail (stored results only)
+``cost``             time per epoch and peak memory per method (stored records)   TAET Fig. 6a; REAT Table 14
+``epoch-choice``     clean / robust accuracy per epoch, and what each checkpoint  REAT Sec. 5 (its checkpoint
+                     rule would report (stored per-epoch evaluations)             chosen on the test set)
 ===================  ============================================================  ===========================
 
 Example::
@@ -24,7 +31,8 @@ Example::
 Docs: ``docs/analysis.md``.
 """
 
-from . import ae_drift, attack_budget, confusion, embedding, feature_norm, gaussian_theory  # noqa: F401 (register)
+from . import (ae_drift, attack_budget, confusion, cost, embedding, epoch_choice, feature_norm,  # noqa: F401
+               gaussian_theory, sensitivity, zero_grad)  # (register)
 from .base import Analysis, CommonOptions, RunContext, replot, run_analysis
 
 __all__ = ["Analysis", "CommonOptions", "RunContext", "replot", "run_analysis"]

@@ -13,7 +13,7 @@ inside the step loop (restarts synchronise once between restarts, only when ther
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
@@ -60,6 +60,12 @@ def initial_delta(threat: ThreatModel, x: torch.Tensor, random_start: bool | str
         return NORMAL_START_STD * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
     return torch.zeros_like(x)
 
+#: ``observer(step, x_adv, grad)``: called at every step of the loop, before the update, with the point the
+#: gradient was taken at (B, C, H, W) and the raw input gradient of the objective there (before momentum
+#: or the sign). It must not synchronise with the host if the caller cares about speed (keep its numbers
+#: on the device, e.g. append ``(grad == 0).flatten(1).float().mean(1)`` to a list).
+Observer = Callable[[int, torch.Tensor, torch.Tensor], None]
+
 
 @contextlib.contextmanager
 def eval_mode(model: nn.Module, enabled: bool = True):
@@ -103,16 +109,18 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
 def _run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, steps: int,
          step_size: float, objective: Objective, kwargs: Mapping[str, Any], random_start: str,
          momentum: float, targeted: bool, amp_dtype: torch.dtype | None,
-         generator: torch.Generator | None) -> torch.Tensor:
+         generator: torch.Generator | None, observer: Observer | None = None) -> torch.Tensor:
     delta = initial_delta(threat, x, random_start, generator)
     velocity = torch.zeros_like(x) if momentum else None
     sign = -1.0 if targeted else 1.0
-    for _ in range(steps):
+    for step in range(steps):
         delta.requires_grad_(True)
         with autocast(x.device, amp_dtype):
             logits = model(x + delta)  # (B, C)
         loss = sign * objective(logits, y, **kwargs)  # (B,)
         (grad,) = torch.autograd.grad(loss.sum(), delta)
+        if observer is not None:  # only when asked: an analysis watching the loop (no cost otherwise)
+            observer(step, x + delta.detach(), grad)
         with torch.no_grad():
             if velocity is not None:  # MIM (Dong et al. 2018): accumulate l_1-normalised gradients
                 grad = grad / grad.abs().flatten(1).sum(1).clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
@@ -128,7 +136,8 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
         step_size: float = 2 / 255, objective: str | Objective = "ce", random_start: bool | str = True,
         momentum: float = 0.0, restarts: int = 1, targeted: bool = False,
         objective_kwargs: Mapping[str, Any] | None = None, bn_mode: str = "eval",
-        amp_dtype: torch.dtype | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+        amp_dtype: torch.dtype | None = None, generator: torch.Generator | None = None,
+        observer: Observer | None = None) -> torch.Tensor:
     """Projected gradient ascent on ``objective`` inside ``threat`` (Madry et al. 2018).
 
     Args:
@@ -152,6 +161,8 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
             ones untouched. The model's mode is restored afterwards.
         amp_dtype: e.g. ``torch.bfloat16`` for autocast during the attack (training-time attacks).
         generator: random generator for the random start (default: the global one).
+        observer: ``observer(step, x_adv, grad)`` called at each step (see :data:`Observer`; restarts call
+            it again from step 0 on the subset they attack); None, the default, adds nothing to the loop.
 
     Returns:
         Adversarial images (B, C, H, W), detached, inside the ball and inside [0, 1].
@@ -166,7 +177,7 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
     x = x.detach()
     with attack_mode(model, bn_mode):
         x_adv = _run(model, x, y, threat, steps, step_size, obj, kwargs, start, momentum,
-                     targeted, amp_dtype, generator)
+                     targeted, amp_dtype, generator, observer)
         for _ in range(restarts - 1):
             with torch.no_grad(), autocast(x.device, amp_dtype):
                 pred = model(x_adv).argmax(1)
@@ -176,7 +187,8 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
                 break
             sub_kw = {k: (v[idx] if k in PER_SAMPLE_OPTIONS else v) for k, v in kwargs.items()}
             x_adv[idx] = _run(model, x[idx], y[idx], threat, steps, step_size, obj, sub_kw,
-                              start if start != "none" else "uniform", momentum, targeted, amp_dtype, generator)
+                              start if start != "none" else "uniform", momentum, targeted, amp_dtype, generator,
+                              observer)
     return x_adv
 
 

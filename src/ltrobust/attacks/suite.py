@@ -1,6 +1,7 @@
 """Named attacks of the evaluation suite (SPEC 4), each a configuration of :func:`~.pgd.pgd` or of AutoAttack.
 
-Names: ``clean``, ``fgsm``, ``pgd<k>`` (CE, uniform start), ``mim<k>`` (momentum 1.0), ``cw<k>``
+Names: ``clean``, ``fgsm``, ``bim<k>`` (iterative FGSM from the clean image, no random start; Kurakin et al.,
+ICLR 2017 workshop), ``pgd<k>`` (CE, uniform start), ``mim<k>`` (momentum 1.0), ``cw<k>``
 (CW_inf margin, kappa 50), ``adaptive`` / ``adaptive<k>`` (PGD on CE of logits x10, REAT Sec. 5.2;
 AT-BSL's LSA), ``aa`` (AutoAttack standard), ``apgd`` (APGD-CE + APGD-T, RoBal's subset), ``square``
 (Square alone, the black-box check of the audit), ``cw_l2`` (the optimisation-based Carlini-Wagner l_2
@@ -54,6 +55,13 @@ def _clean(**base: Any) -> AttackSpec:
 @ATTACKS.register("fgsm")
 def _fgsm(steps: int | None = None, **base: Any) -> AttackSpec:
     return AttackSpec(family="fgsm", steps=1, random_start=False, **{**base, "step_size": base["eps"]})
+
+
+@ATTACKS.register("bim")
+def _bim(steps: int | None = None, **base: Any) -> AttackSpec:
+    # BIM / I-FGSM (Kurakin, Goodfellow and Bengio, "Adversarial examples in the physical world", ICLR 2017
+    # workshop): PGD on CE started at the clean image; 10 steps by default (torchattacks' BIM).
+    return AttackSpec(family="bim", steps=10 if steps is None else steps, random_start=False, **base)
 
 
 @ATTACKS.register("pgd")
@@ -133,8 +141,14 @@ def check_attacks(eval_cfg: Any) -> list[AttackSpec]:
 
 
 def run_attack(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int = 0,
-               num_classes: int | None = None) -> torch.Tensor:
-    """Run one resolved attack on a batch; returns adversarial images (clean images for ``clean``)."""
+               num_classes: int | None = None, observer: Any = None) -> torch.Tensor:
+    """Run one resolved attack on a batch; returns adversarial images (clean images for ``clean``).
+
+    ``observer``: passed to the PGD loop (:data:`ltrobust.attacks.pgd.Observer`); only attacks that are a
+    configuration of :func:`~.pgd.pgd` (fgsm, bim, pgd, mim, cw, adaptive) accept one."""
+    if observer is not None and (spec.aa_version or spec.family in ("clean", "cw_l2")):
+        raise ConfigError(f"attack {spec.name!r} is not a configuration of the PGD loop, so it cannot be observed "
+                          f"step by step: use fgsm, bimK, pgdK, mimK, cwK or adaptiveK.")
     if spec.family == "clean":
         return x
     flush_denormals(x.device)
@@ -151,5 +165,6 @@ def run_attack(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torch.Ten
     gen = torch.Generator(device=x.device).manual_seed(seed)
     return pgd(model, x, y, threat_model(spec.norm, spec.eps), steps=spec.steps, step_size=spec.step_size,
                objective=spec.objective, random_start=spec.random_start, momentum=spec.momentum,
-               restarts=spec.restarts, objective_kwargs=dict(spec.objective_kwargs), generator=gen)
+               restarts=spec.restarts, objective_kwargs=dict(spec.objective_kwargs), generator=gen,
+               observer=observer)
 

@@ -508,7 +508,7 @@ def column_title(name: str) -> str:
         return COLUMN_TITLES[name]
     if name.startswith("adaptive"):
         return f"Adaptive x10 PGD-{name[len('adaptive'):]}".replace("--", "-")
-    for fam, title in (("pgd", "PGD"), ("mim", "MIM"), ("cw", "CW")):
+    for fam, title in (("pgd", "PGD"), ("mim", "MIM"), ("cw", "CW"), ("bim", "BIM")):
         if name.startswith(fam):
             return f"{title}-{name[len(fam):]}".replace("--", "-")
     return name

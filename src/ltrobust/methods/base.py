@@ -68,6 +68,9 @@ class Method:
     #: True for methods that keep state per training sample (MMA's margins): the trainer then calls
     #: :meth:`on_batch` with each batch's training-set indices before its attack.
     uses_sample_indices: ClassVar[bool] = False
+    #: optimiser steps on each batch (Free-AT's replay count m): the trainer runs ``train_attack``,
+    #: ``compute_loss``, the SGD step and ``after_step`` that many times on the same batch.
+    replays: int = 1
 
     def __init__(self, class_counts: Sequence[int], attack: AttackConfig, loss: Any, options: Any = None,
                  total_epochs: int = 1, amp_dtype: torch.dtype | None = None) -> None:

@@ -300,6 +300,8 @@ class Trainer:
             val = self.validate(epoch) if self._val_due(epoch) else None
             if val is not None:
                 record["val"] = val
+                if self.cfg.train.epoch_test:  # asked for explicitly; never read by the checkpoint choice below
+                    record["test"] = self.test_split_epoch()
             if self.cfg.train.record_ae_drift and self.dist.main:  # forked RNG: other ranks need not run it
                 record["ae_drift"] = self.ae_drift()
             self.method.on_epoch_end(epoch, record)
@@ -352,6 +354,7 @@ class Trainer:
         ae_counts = torch.zeros(C, dtype=torch.long, device=self.device)
         first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
         n_steps = len(self.loader)
+        replays = int(method.replays)
         if cfg.train.max_steps_per_epoch:
             n_steps = min(n_steps, cfg.train.max_steps_per_epoch)
         reset_peaks(self.device)
@@ -371,23 +374,24 @@ class Trainer:
             lr = lr_at(cfg, epoch + step / max(n_steps, 1))
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            x_adv = method.train_attack(attack_model, x, y) if method.adversarial else x
-            out = method.compute_loss(model, x, x_adv, y)
-            loss = out["loss"]
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            method.after_step(unwrap(self.model))
-            if self.ema is not None:
-                self.ema.update_parameters(self.model)
-            with torch.no_grad():  # bookkeeping on the device: no host sync per step
-                bad = ~torch.isfinite(loss.detach())
-                first_bad = torch.where((first_bad < 0) & bad, torch.full_like(first_bad, step), first_bad)
-                for k, v in out.items():
-                    if k != "logits_adv" and torch.is_tensor(v) and v.dim() == 0:
-                        sums[k] = sums.get(k, torch.zeros((), device=self.device)) + v.detach().float()
-                if out.get("logits_adv") is not None:
-                    ae_counts += torch.bincount(out["logits_adv"].argmax(1), minlength=C)
+            for _ in range(replays):  # 1, or Free-AT's m: the same batch, m optimiser steps
+                x_adv = method.train_attack(attack_model, x, y) if method.adversarial else x
+                out = method.compute_loss(model, x, x_adv, y)
+                loss = out["loss"]
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+                method.after_step(unwrap(self.model))
+                if self.ema is not None:
+                    self.ema.update_parameters(self.model)
+                with torch.no_grad():  # bookkeeping on the device: no host sync per step
+                    bad = ~torch.isfinite(loss.detach())
+                    first_bad = torch.where((first_bad < 0) & bad, torch.full_like(first_bad, step), first_bad)
+                    for k, v in out.items():
+                        if k != "logits_adv" and torch.is_tensor(v) and v.dim() == 0:
+                            sums[k] = sums.get(k, torch.zeros((), device=self.device)) + v.detach().float()
+                    if out.get("logits_adv") is not None:
+                        ae_counts += torch.bincount(out["logits_adv"].argmax(1), minlength=C)
             n_seen += y.shape[0]
             if step % 25 == 24 or step == n_steps - 1:
                 self._check_finite(first_bad, epoch)
@@ -399,7 +403,7 @@ class Trainer:
             for buf in self.model.buffers():  # every rank ends the epoch with rank 0's BatchNorm statistics
                 dist.broadcast(buf, src=0)
         seconds = time.perf_counter() - t0
-        denom = max(min(n_steps, len(self.loader)), 1)
+        denom = max(min(n_steps, len(self.loader)), 1) * replays  # loss parts: the mean over optimiser steps
         # rounded at the source: no float noise in the JSON (0.01, not 0.010000000000000002)
         record: dict[str, Any] = {"epoch": epoch, "lr": float(f"{lr_at(self.cfg, epoch):.12g}"),
                                   "seconds": round(seconds, 3),
@@ -431,6 +435,23 @@ class Trainer:
         return quick_robustness(self.eval_model(), self.data.val, self.num_classes, self.cfg.attack,
                                 steps=t.val_attack_steps, n_samples=t.val_samples, seed=t.seed,
                                 batch_size=max(self.cfg.train.batch_size, 256))
+
+    def test_split_epoch(self) -> dict[str, Any]:
+        """``train.epoch_test``: the same per-epoch evaluation as :meth:`validate` on a balanced sample of the
+        *test* split, for the epoch-choice figure (how the choice of checkpoint moves the result; REAT picks
+        its checkpoint on the test set). Marked ``"split": "test"``; the trainer never chooses a checkpoint
+        with it. Run in a forked RNG, so the training streams (CPU and CUDA) are untouched and resume stays
+        exact."""
+        from ..evaluation.evaluator import quick_robustness
+
+        t = self.cfg.train
+        cuda = [self.device.index if self.device.index is not None else torch.cuda.current_device()] \
+            if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
+            out = quick_robustness(self.eval_model(), self.data.test, self.num_classes, self.cfg.attack,
+                                   steps=t.val_attack_steps, n_samples=t.val_samples, seed=t.seed,
+                                   batch_size=max(t.batch_size, 256))
+        return {"split": "test", "used_for_selection": False, **out}
 
     # ------------------------------------------------------------------------------- AE drift
     def ae_drift(self) -> dict[str, Any]:

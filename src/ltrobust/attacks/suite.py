@@ -129,8 +129,11 @@ def check_attacks(eval_cfg: Any) -> list[AttackSpec]:
 
 
 def run_attack(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int = 0,
-               num_classes: int | None = None) -> torch.Tensor:
-    """Run one resolved attack on a batch; returns adversarial images (clean images for ``clean``)."""
+               num_classes: int | None = None, observer: Any = None) -> torch.Tensor:
+    """Run one resolved attack on a batch; returns adversarial images (clean images for ``clean``).
+
+    ``observer``: passed to AutoAttack (``aa``, ``apgd``, ``square``), which reports the start and end of each
+    of its attacks to it (:func:`~.autoattack.run_autoattack`); the other attacks ignore it."""
     if spec.family == "clean":
         return x
     flush_denormals(x.device)
@@ -138,7 +141,7 @@ def run_attack(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torch.Ten
         from .autoattack import run_autoattack
 
         x_adv, _ = run_autoattack(model, x, y, eps=spec.eps, norm="Linf" if spec.norm == "linf" else "L2",
-                                  version=spec.aa_version, batch_size=x.shape[0], seed=seed)
+                                  version=spec.aa_version, batch_size=x.shape[0], seed=seed, observer=observer)
         return x_adv
     if spec.family == "cw_l2":
         from .cw_l2 import cw_l2

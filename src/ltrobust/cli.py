@@ -30,7 +30,9 @@ a run or checkpoint written by ltrobust train:
   ltrobust eval runs/NAME attacks=clean,fgsm,pgd20,pgd100,mim20,cw20,cw100,aa,adaptive checkpoint=best
 
 weights ltrobust did not write (results in out=, default runs/eval/<name>):
-  ltrobust eval weights=PATH model=ARCH [model.OPTION=v] [model.mean=..,..,.. model.std=..,..,..] dataset=... data_dir=...
+  ltrobust eval weights=PATH model=ARCH [name=NAME] [model.OPTION=v] [model.mean=..,..,.. model.std=..,..,..] dataset=... data_dir=...
+  NAME: the model's name in results and reports (default: the file's stem and a short hash, model-3f2a9c1b);
+        eps=, attacks=, seed=, ... are the evaluation's settings, as for a run
   ARCH: an ltrobust model (ltrobust list), torchvision.<name>, timm.<name>,
         robustbench.<dataset>.<threat>.<name> (pip install 'ltrobust[robustbench]'), or module:callable
   e.g. ltrobust eval weights=r18.pt model=torchvision.resnet18 dataset=imagefolder data_dir=data/mine attacks=clean,pgd20,aa
@@ -272,7 +274,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from .evaluation.evaluator import markdown_table
+    from .evaluation.evaluator import markdown_table, model_title
 
     overrides = list(args.overrides)
     if args.run and "=" in args.run:  # `ltrobust eval weights=PATH model=ARCH ...`
@@ -284,6 +286,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             raise ConfigError(f"give either a run ({args.run}) or weights=PATH, not both.")
         result = evaluate_weights(overrides)
         print(markdown_table(result))
+        print(f"evaluated: {model_title(result)} ({result.get('weights')})")
         print(f"results: {result['out']}/{result['tag']}.json")
         return 0
     if not args.run:
@@ -293,6 +296,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     result = evaluate_run(args.run, overrides)
     print(markdown_table(result))
+    print(f"evaluated: {model_title(result)}")  # which checkpoint, of which epoch of how many
     print(f"results: {result['run']}/eval/{result['tag']}.json")
     return 0
 

@@ -38,6 +38,19 @@ def _check(cond: bool, msg: str) -> None:
         raise ConfigError(msg)
 
 
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+
+
+def check_name(key: str, value: str, example: str = "pgd100") -> str:
+    """``value`` as a file name of its own (a result tag, a model name): letters, digits, ``.``, ``_``, ``+``
+    and ``-``, never a path (``/``, ``\\``, ``..``) that would write outside the folder it names a file in."""
+    text = str(value)
+    if not _NAME_RE.match(text) or ".." in text or len(text) > 120:
+        raise ConfigError(f"{key}={text!r} is not a name: use letters, digits, '.', '_', '+' and '-' (no '/' or "
+                          f"'..', at most 120 characters), e.g. {key}={example}.")
+    return text
+
+
 def _check_eps(name: str, value: float) -> None:
     _check(0.0 <= value <= 1.0, f"{name}={fmt_fraction(value)} is outside [0, 1]: eps is in pixel units of images in "
            f"[0, 1], e.g. 8/255 for l_inf; write {name}=8/255.")
@@ -250,6 +263,11 @@ class EvalConfig:
         _check(self.step_size >= 0, f"eval.step_size={self.step_size} must be >= 0, e.g. eval.step_size=2/255.")
         _check(self.tail_group >= 0, f"eval.tail_group={self.tail_group} is negative: use 0 (C // 10) or a class "
                "count.")
+        if self.norm == "l2":
+            _check(0.0 <= self.eps < float("inf"), f"eval.eps={self.eps} must be a finite radius >= 0 (l_2 in pixel "
+                   "units of images in [0, 1], e.g. eval.eps=0.5).")
+        if self.tag:
+            check_name("eval.tag", self.tag)
 
 
 @dataclass(frozen=True)

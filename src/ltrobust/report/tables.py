@@ -23,7 +23,7 @@ from typing import Any, Sequence
 
 from ..evaluation.evaluator import column_title
 from ..evaluation.metrics import aggregate_seeds, class_order, class_spread
-from .collect import COLLAPSED, Group, data_label, fmt_value, method_loss, ordered_attacks
+from .collect import COLLAPSED, Group, data_label, fmt_value, method_loss, ordered_attacks, unfinished_mark
 
 DASH = "-"
 GROUP_COLUMNS = (("head", "Head"), ("body", "Body"), ("tail", "Tail"), ("many", "Many"), ("medium", "Medium"),
@@ -178,7 +178,8 @@ def _id_columns(groups: Sequence[Group]) -> tuple[list[str], list[list[str]]]:
     labelled = any(e.label for g in groups for e in g.entries)
     datasets = {g.config.get("data.dataset") for g in groups}
     profiles = {data_label(g.config) for g in groups}
-    header = ["Variant" if labelled else "Method"]
+    foreign = all(e.foreign for g in groups for e in g.entries)  # models ltrobust did not train: named, not method + loss
+    header = ["Variant" if labelled else ("Model" if foreign else "Method")]
     if labelled:
         header.append("Method")
     if len(datasets) > 1:
@@ -191,7 +192,7 @@ def _id_columns(groups: Sequence[Group]) -> tuple[list[str], list[list[str]]]:
     rows = []
     for g in groups:
         method = method_loss(g)  # by the loss actually trained with (loss_label), not the configured loss=
-        row = [g.label if labelled else method + (COLLAPSED if g.collapsed else "")]
+        row = [g.label if labelled else method + (COLLAPSED if g.collapsed else "") + unfinished_mark(g)]
         if labelled:
             row.append(method + (f" ({g.setting})" if g.setting else ""))
         if len(datasets) > 1:

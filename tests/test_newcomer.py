@@ -226,3 +226,40 @@ def test_without_class_counts_the_table_says_tail_needs_them(digits, mlp):
     text = repr(ltrobust.evaluate(mlp, (x[:40], y[:40]), attacks="clean", progress=False))
     assert "tail: needs class_counts" in text and np.all([" - " in ln or ln.rstrip().endswith(")") for ln in
                                                           text.splitlines()[2:3]])
+
+
+# --------------------------------------------------------------------------- 5. ltrobust's own cache
+def _png_folder(root: Path) -> None:
+    from PIL import Image
+
+    rng = np.random.RandomState(0)
+    for split, n in (("train", 3), ("test", 2)):
+        for c in ("cat", "dog"):
+            (root / split / c).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.randint(0, 256, (8, 8, 3)).astype(np.uint8)).save(root / split / c / f"{i}.png")
+
+
+def test_image_folder_caches_go_to_ltrobusts_cache_folder_never_into_the_data(tmp_path, monkeypatch):
+    from ltrobust import cli
+    from ltrobust.data.formats.base import cache_dir
+
+    data = tmp_path / "my data"
+    _png_folder(data)
+    listing = sorted(p.relative_to(data) for p in data.rglob("*"))
+    # default: the platform's user cache folder (XDG_CACHE_HOME on Linux), overridable by the environment
+    monkeypatch.delenv("LTROBUST_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    if sys.platform.startswith("linux"):
+        assert cache_dir() == tmp_path / "xdg" / "ltrobust"
+    monkeypatch.setenv("LTROBUST_CACHE_DIR", str(tmp_path / "env"))
+    assert cache_dir() == tmp_path / "env"
+    build_data(DataConfig(dataset="imagefolder", data_dir=str(data)))
+    assert len(list((tmp_path / "env").glob("my data-*/imagefolder-*.npz"))) == 2  # train and test
+    # the CLI option, before or after the command
+    for argv in (["--cache-dir", str(tmp_path / "opt1"), "data", "info", "imagefolder", f"data_dir={data}"],
+                 ["data", "info", "imagefolder", f"data_dir={data}", "--cache-dir", str(tmp_path / "opt2")]):
+        assert cli.main(argv) == 0
+    for folder in ("opt1", "opt2"):
+        assert len(list((tmp_path / folder).glob("my data-*/imagefolder-*.npz"))) == 2, folder
+    assert sorted(p.relative_to(data) for p in data.rglob("*")) == listing  # the data folder is untouched

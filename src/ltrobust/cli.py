@@ -23,6 +23,13 @@ IMPORT_OPTIONS = dict(dest="imports", action="append", metavar="MODULE",
                       help="import MODULE first (repeatable), so its @MODELS / @DATASETS / @METHODS.register "
                            "entries exist; also $LTROBUST_PLUGINS=mod1,mod2")
 
+CACHE_FLAG = ("--cache-dir",)
+CACHE_OPTIONS = dict(dest="cache_dir", metavar="DIR",
+                     help="ltrobust's cache folder (decoded image folders; never written into your data): "
+                          "default the user cache folder, ~/.cache/ltrobust on Linux; also $LTROBUST_CACHE_DIR")
+#: flags that take a value and are not settings (dashed_options leaves them and their value alone)
+VALUE_FLAGS = IMPORT_FLAG + CACHE_FLAG
+
 EPILOG_EVAL = """\
 attacks: clean, fgsm, pgdK, mimK, cwK, adaptive[K], aa, apgd, square; suffix -l2 for the l_2 ball.
 
@@ -202,15 +209,18 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.add_argument(*IMPORT_FLAG, **IMPORT_OPTIONS, default=[])
-    plugins = argparse.ArgumentParser(add_help=False)  # --import also after the command
+    p.add_argument(*CACHE_FLAG, **CACHE_OPTIONS, default=None)
+    plugins = argparse.ArgumentParser(add_help=False)  # --import and --cache-dir also after the command
     plugins.add_argument(*IMPORT_FLAG, **IMPORT_OPTIONS, default=argparse.SUPPRESS)
+    plugins.add_argument(*CACHE_FLAG, **CACHE_OPTIONS, default=argparse.SUPPRESS)
     sub = p.add_subparsers(dest="command", required=True)
     raw = argparse.RawDescriptionHelpFormatter
     sub.add_parser = functools.partial(sub.add_parser, parents=[plugins])  # type: ignore[method-assign]
 
     data = sub.add_parser("data", help="data set tools")
     dsub = data.add_subparsers(dest="data_command", required=True)
-    info = dsub.add_parser("info", help="per-class counts, head/body/tail and many/medium/few groups")
+    info = dsub.add_parser("info", help="per-class counts, head/body/tail and many/medium/few groups",
+                           parents=[plugins])
     info.add_argument("dataset")
     info.add_argument("overrides", nargs="*", metavar="key=value")
 
@@ -380,9 +390,9 @@ def dashed_options(argv: Sequence[str]) -> list[str]:
     out: list[str] = []
     args = list(argv)
     for i, arg in enumerate(args):
-        if not arg.startswith("--") or arg in ("--", "--help", "--verbose") or arg.split("=")[0] in IMPORT_FLAG:
+        if not arg.startswith("--") or arg in ("--", "--help", "--verbose") or arg.split("=")[0] in VALUE_FLAGS:
             continue
-        if i > 0 and args[i - 1] in IMPORT_FLAG:  # a module name after --import
+        if i > 0 and args[i - 1] in VALUE_FLAGS:  # a module name after --import, a folder after --cache-dir
             continue
         key, eq, value = arg[2:].partition("=")
         if not eq:
@@ -404,6 +414,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
+    if args.cache_dir:  # also seen by the processes a sweep starts
+        import os
+
+        from .data.formats.base import CACHE_ENV
+
+        os.environ[CACHE_ENV] = args.cache_dir
     try:
         from .registry import load_plugins
 

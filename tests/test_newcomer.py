@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 import ltrobust
-from ltrobust.config import DataConfig
+from ltrobust.config import DataConfig, resolve_config
 from ltrobust.data import build_data
 from ltrobust.errors import ConfigError, DataError
 from ltrobust.evaluation import progress as progress_mod
@@ -263,3 +263,19 @@ def test_image_folder_caches_go_to_ltrobusts_cache_folder_never_into_the_data(tm
     for folder in ("opt1", "opt2"):
         assert len(list((tmp_path / folder).glob("my data-*/imagefolder-*.npz"))) == 2, folder
     assert sorted(p.relative_to(data) for p in data.rglob("*")) == listing  # the data folder is untouched
+
+
+# ------------------------------------------------------------------------------ 8. pgd_at-digits
+def test_pgd_at_digits_preset_has_the_threat_model_and_budget_of_the_other_digits_presets():
+    from dataclasses import replace
+
+    from ltrobust.config import list_presets
+
+    pgd = resolve_config(["preset=pgd_at-digits"])
+    assert pgd == resolve_config(["preset=pgd-at-digits"]) and "pgd-at-digits" in list_presets()
+    assert (pgd.method.name, pgd.method.loss) == ("pgd_at", "ce")
+    for name in ("at-bsl-digits", "reat-digits", "robal-digits", "fgsm-at-digits", "taet-digits"):
+        other = resolve_config([f"preset={name}"])
+        # everything but the method (and the model head a method needs) is the same: data, attack, budget, eval
+        assert replace(pgd, method=other.method, model=other.model, preset=other.preset) == other, name
+    assert resolve_config(["preset=at_bsl-digits"]) == resolve_config(["preset=at-bsl-digits"])

@@ -434,14 +434,25 @@ def _nested_from_flat(flat: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     return nested
 
 
+def preset_name(name: str) -> str:
+    """The file name of a preset: ``name``, or with ``_`` written ``-`` when only that one exists
+    (``pgd_at-digits`` -> ``pgd-at-digits``)."""
+    if "_" in name and not (PRESET_DIR / f"{name}.yaml").exists() and (
+            PRESET_DIR / f"{name.replace('_', '-')}.yaml").exists():
+        return name.replace("_", "-")
+    return name
+
+
 def load_preset(name: str) -> dict[str, Any]:
     """Load ``configs/<name>.yaml`` (safe YAML) as a flat ``{dotted.key: value}`` mapping.
 
-    A preset may name a ``base`` preset that it extends.
+    A preset may name a ``base`` preset that it extends. Preset names are written with hyphens; the method
+    name's underscore is accepted too (``pgd_at-digits`` is ``pgd-at-digits``, ``at_bsl-digits`` is
+    ``at-bsl-digits``).
     """
     path = Path(name)
     if not path.suffix:
-        path = PRESET_DIR / f"{name}.yaml"
+        path = PRESET_DIR / f"{preset_name(name)}.yaml"
     if not path.exists():
         available = list_presets()
         close = difflib.get_close_matches(name, available, n=3, cutoff=0.4)
@@ -516,7 +527,7 @@ def resolve_config(overrides: Sequence[str] | Mapping[str, Any] = (), base: RunC
     for k, v in pairs:
         if k == "preset":
             flat.update(load_preset(str(v)))
-            flat["preset"] = str(v)
+            flat["preset"] = preset_name(str(v))
     # Resolve method and loss names first, so their own options can be recognised.
     expanded = [(ALIASES.get(k, k), v) for k, v in pairs if k != "preset"]
     for k, v in expanded:

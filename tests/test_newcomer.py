@@ -110,6 +110,14 @@ def test_time_left_is_hand_computable_from_budgets_and_measured_rates(monkeypatc
         mean_rate = 6.0 / (100 + 2790 + 60 * per_image["aa/apgd-ce"] + 10 * per_image["aa/apgd-t"])
         expect = 20 * per_image["aa/apgd-t"] * t_rate + 30 * (per_image["aa/fab-t"] + per_image["aa/square"]) * mean_rate
         assert p.remaining() == pytest.approx(expect)
+        for name in ("fab-t", "square"):
+            p.autoattack("stage", name=name)
+            p.units += 30 * per_image[f"aa/{name}"]
+            clock.t += 1.0
+        p.autoattack("end")  # the call's 60 images are done: nothing is left
+        assert p.attack_images_done() == 60 and p.remaining() == 0.0
+        p.batch_done(60)  # attack_flags reports the same batch: not counted twice
+        assert p.attack_images_done() == 60 and p.remaining() == 0.0
 
 
 @pytest.mark.slow  # AutoAttack on 200 digits images: about 20 s on 2 shared cores

@@ -249,7 +249,7 @@ class EvalConfig:
     seed: int = 0  #: seed of the test sample and of every attack's randomness
     mode: str = "cascade"  #: cascade (each attack on the images still robust) | standalone
     tag: str = ""  #: suffix of the result files, for several evaluations of one checkpoint
-    tail_group: int = 0  #: classes in the T-Clean / T-PGD tail group; 0: C // 10 (002's convention)
+    tail_group: int = 0  #: classes in the T-Clean / T-PGD tail group; 0: C // 10 (Cho et al.'s (ICLR 2025) convention)
 
     def __post_init__(self) -> None:
         _check(self.norm in ("linf", "l2"), f"eval.norm={self.norm!r}: use linf or l2.")
@@ -615,7 +615,7 @@ def check_reference(value: Any) -> tuple[dict[str, Any], ...]:
 
     Each item::
 
-        - source: 001_59d8b7d2bde7d541.txt   # the paper's text file (shared/papers)
+        - source: "Li, Xu and Zhang, ..., arXiv:2307.10205 (2023)"   # the paper: authors, title, venue
           paper: REAT                          # short name shown in the report (optional)
           table: Table 1
           settings: {epochs: 80, data: cifar-pickle, checkpoint: best-test}   # the paper's run settings
@@ -643,8 +643,9 @@ def check_reference(value: Any) -> tuple[dict[str, Any], ...]:
                               f"values, note.")
         for k in ("source", "table"):
             if not isinstance(item.get(k), str) or not item[k].strip():
-                raise ConfigError(f"{where}: `{k}` must name the paper's {'text file' if k == 'source' else 'table'}, "
-                                  f"e.g. {k}: {'001_59d8b7d2bde7d541.txt' if k == 'source' else 'Table 1'}.")
+                what = "the paper (authors, venue)" if k == "source" else "the paper's table"
+                raise ConfigError(f"{where}: `{k}` must name {what}, "
+                                  f"e.g. {k}: {'Wu et al., CVPR 2021' if k == 'source' else 'Table 1'}.")
         values = item.get("values")
         if not isinstance(values, Mapping) or not values:
             raise ConfigError(f"{where}: `values` must map metrics to the paper's numbers, e.g. "

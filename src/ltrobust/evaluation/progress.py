@@ -116,7 +116,7 @@ class EvalProgress:
         self.finished_chunk = False
         self.chunk_t0 = self.t0
         self.attack: Any = None
-        self.attack_n = self.attack_done = 0
+        self.attack_n = self.attack_done = self.credited = 0
         self.stage_key: str | None = None
         self.stage_pred = 0.0
         self.stage_t0 = self.t0
@@ -172,7 +172,7 @@ class EvalProgress:
         """Attack ``spec`` starts on ``n`` images."""
         now = time.perf_counter()
         self.attack, self.attack_n, self.attack_done = spec, int(n), 0
-        self.call = None
+        self.call, self.credited = None, 0
         stages = self.stages[spec.name]
         # AutoAttack's stages open with its calls (autoattack "start"); until then nothing is predicted here
         self._open_stage(now, stages[0][0], n * stages[0][1] if len(stages) == 1 else 0.0)
@@ -186,8 +186,11 @@ class EvalProgress:
         self.attack = None
 
     def batch_done(self, n: int) -> None:
-        """A batch of ``n`` images of the current attack is done."""
-        self.attack_done += int(n)
+        """A batch of ``n`` images of the current attack is done (those AutoAttack's "end" counted are not counted
+        again)."""
+        already = min(self.credited, int(n))
+        self.credited -= already
+        self.attack_done += int(n) - already
         self.draw(time.perf_counter())
 
     def autoattack(self, event: str, **info: Any) -> None:
@@ -215,6 +218,8 @@ class EvalProgress:
                 seen = self.survival.setdefault(key, [0.0, 0.0])
                 seen[0] += self.call["entered"].get(key, 0)
                 seen[1] += self.call["n"]
+            self.attack_done += self.call["n"]  # its images are done (batch_done, right after, does not count them again)
+            self.credited += self.call["n"]
             self.call = None
             self._open_stage(now, f"{self.attack.name}/between", 0.0)  # checks and predictions between calls
         self.draw(now, force=event != "after")

@@ -28,8 +28,11 @@ ID_COLUMNS = ("variant", "label", "run", "tag", "seed", "method", "loss", "datas
 def latex_document(title: str, tables: Sequence[tuple[str, Table]], figures: Sequence[str] = ()) -> str:
     """A compilable LaTeX document with ``tables`` (``(name, table)``; ``\\label{tab:name}``)."""
     out = ["% Written by `ltrobust report`: the report's tables in booktabs form. Each table float can be",
-           "% copied into a paper as it is (\\usepackage{booktabs,graphicx,longtable}); best per column in bold.",
-           "\\documentclass{article}", "\\usepackage[margin=1.5cm,landscape]{geometry}",
+           "% copied into a paper as it is (\\usepackage{booktabs,graphicx,longtable}, \\usepackage[T1]{fontenc});",
+           "% best per column in bold. Every text is escaped for LaTeX (_ & % # $ { } ~ ^ \\ < > | and the unicode",
+           "% marks the report writes).",
+           "\\documentclass{article}", "\\usepackage[T1]{fontenc}", "\\usepackage[utf8]{inputenc}",
+           "\\usepackage[margin=1.5cm,landscape]{geometry}",
            "\\usepackage{booktabs}", "\\usepackage{graphicx}", "\\usepackage{longtable}",
            f"\\title{{{latex_escape(title)}}}", "\\date{}", "\\begin{document}", "\\maketitle", ""]
     for name, table in tables:

@@ -310,6 +310,7 @@ class Evaluation:
         self.tail_group = tail_group
         self.meta = meta or {}
         self.progress = progress
+        self.progress_log: list[tuple[float, float | None]] = []  #: (elapsed, estimated seconds left) of the last run
         self.indices = balanced_subset(split.labels, n_samples, seed)
         self.device = next(model.parameters()).device
         self.data = data_identity(split, self.indices, data_source)

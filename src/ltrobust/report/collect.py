@@ -79,12 +79,14 @@ class Entry:
     def unfinished(self) -> dict[str, Any] | None:
         """``{"epochs_done", "epochs"}`` when the run's training stopped before its last epoch (killed), else
         None: from the eval JSON's ``training`` record, or the run folder (no ``train_summary.json``)."""
-        training = self.result.get("training")
-        if not isinstance(training, dict) and not self.foreign:
-            training = training_state(self.run_dir, self.flat.get("train.epochs"))
-        if isinstance(training, dict) and training.get("finished") is False:
-            return {"epochs_done": training.get("epochs_done"), "epochs": training.get("epochs")}
-        return None
+        if "_unfinished" not in self.__dict__:
+            training = self.result.get("training")
+            if not isinstance(training, dict) and not self.foreign:
+                training = training_state(self.run_dir, self.flat.get("train.epochs"))
+            done = isinstance(training, dict) and training.get("finished") is False
+            self.__dict__["_unfinished"] = ({"epochs_done": training.get("epochs_done"),  # type: ignore[union-attr]
+                                             "epochs": training.get("epochs")} if done else None)  # type: ignore[union-attr]
+        return self.__dict__["_unfinished"]
 
     @property
     def collapsed(self) -> bool:
@@ -268,14 +270,13 @@ def find_foreign_results(root: Path, run_dirs: Sequence[Path] = ()) -> list[tupl
     """``(path, eval JSON)`` of the evaluations of models ltrobust did not train at or below ``root`` (the
     ``out=`` folders of ``ltrobust eval weights=...``, the ``out_dir`` of ``ltrobust.evaluate``), outside the
     run folders ``run_dirs``, report folders and chunk folders; sorted by path."""
-    runs = [r.resolve() for r in run_dirs]
+    runs = {r.resolve() for r in run_dirs}
     found = []
     for path in sorted(root.rglob("*.json")):
         parts = path.relative_to(root).parts[:-1]
         if any(p == "report" or p.endswith("_chunks") for p in parts) or path.name.startswith("audit"):
             continue
-        resolved = path.resolve()
-        if any(r == resolved.parent or r in resolved.parents for r in runs):
+        if runs and not runs.isdisjoint(path.resolve().parents):  # inside a run folder: read as a run
             continue
         data = _read_optional_json(path)
         if data is not None and isinstance(data.get("results"), dict) and is_foreign_result(data):

@@ -124,13 +124,18 @@ class EvalProgress:
         self.call: dict[str, Any] | None = None
         self.bar: Any = None
         self._hook: Any = None
+        self._redirect: Any = None
 
     # ------------------------------------------------------------------------------ lifecycle
     def __enter__(self) -> "EvalProgress":
         if self.enabled:  # progress=False leaves the model untouched
             self._hook = self.model.register_forward_hook(self._on_forward)
             from tqdm.auto import tqdm
+            from tqdm.contrib.logging import logging_redirect_tqdm
 
+            # log lines (AutoAttack's per-attack lines in the CLI) print above the bar instead of breaking it
+            self._redirect = logging_redirect_tqdm()
+            self._redirect.__enter__()
             self.bar = tqdm(total=100, desc=self.desc, leave=True, dynamic_ncols=True, unit="",
                             bar_format=BAR_FORMAT)
         self.t0 = self.last_draw = time.perf_counter()
@@ -149,6 +154,9 @@ class EvalProgress:
                 self._text(f"{self.total_images} img · {titles} · {_clock(time.perf_counter() - self.t0)}")
             self.bar.close()
             self.bar = None
+        if self._redirect is not None:
+            self._redirect.__exit__(*exc)
+            self._redirect = None
 
     # --------------------------------------------------------------------------------- events
     def begin_chunk(self, m: int) -> None:

@@ -129,15 +129,18 @@ def _write_image_folder(root, classes, per_class, test_per_class, size=32, ext="
 
 
 def test_image_folder_reads_sorts_and_caches(tmp_path, monkeypatch):
+    monkeypatch.setenv("LTROBUST_CACHE_DIR", str(tmp_path / "cache"))
     classes = ["truck", "airplane", "cat", "bird", "deer", "dog", "frog", "horse", "ship", "automobile"]
-    _write_image_folder(tmp_path, classes, per_class=4, test_per_class=2)
+    _write_image_folder(tmp_path / "data", classes, per_class=4, test_per_class=2)
+    tmp_path = tmp_path / "data"
     cfg = DataConfig(dataset="cifar10-lt", data_dir=str(tmp_path), imbalance=2, val_per_class=0)
     d = build_data(cfg)
     assert d.class_names == sorted(classes) and d.class_counts == class_counts("exp", 4, 10, 2)
     first = np.array(Image.open(tmp_path / "train" / "airplane" / "0000.png"))  # png: lossless
     pos = d.manifest["indices"]["train"]["0"].index(0)
     assert torch.equal(d.train.images[pos], torch.from_numpy(first).permute(2, 0, 1))
-    assert list((tmp_path / ".ltrobust_cache").glob("imagefolder-train-*.npz"))
+    assert list((tmp_path.parent / "cache").glob("data-*/imagefolder-train-*.npz"))  # ltrobust's cache folder
+    assert not list(tmp_path.rglob("*.npz"))  # nothing written into the user's data
 
     def no_decoding(*args, **kw):
         raise AssertionError("the second build must read the cache")

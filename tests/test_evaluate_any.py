@@ -162,23 +162,28 @@ def test_worst_case_with_autoattack_is_never_above_a_direct_autoattack_run(digit
     assert any("robust accuracy after APGD-CE" in m for m in lines)
 
 
-def test_autoattack_progress_lines_and_time_left(caplog):
-    progress = AutoAttackProgress(["apgd-ce", "apgd-t", "fab-t", "square"], 100)
+def test_autoattack_progress_lines_and_observer_events(caplog):
+    events = []
+    progress = AutoAttackProgress(["apgd-ce", "apgd-t", "fab-t", "square"], 100,
+                                  lambda event, **info: events.append((event, info)))
     pkg = logging.getLogger("test-auto-attack")
     pkg.propagate = False
     pkg.addHandler(progress)
     pkg.setLevel(logging.DEBUG)
     with caplog.at_level(logging.INFO, logger="ltrobust.attacks.autoattack"):
         pkg.debug("initial accuracy: 80.00%")
+        pkg.debug("running apgd-ce")
         pkg.debug("robust accuracy after APGD-CE: 40.00% (total time 8.0 s)")
+        pkg.debug("running apgd-t")
         pkg.debug("robust accuracy after APGD-T: 20.00% (total time 14.0 s)")
     pkg.removeHandler(progress)
     msgs = [r.getMessage() for r in caplog.records]
-    # after APGD-CE: 8 s on 80% of the images -> 0.1 s per %; 3 attacks left on 40% -> 12 s
-    assert "AutoAttack 1/4: robust accuracy after APGD-CE 40.00% (8 s so far, about 12 s left for apgd-t, fab-t, " \
-           "square)" in msgs
-    # after APGD-T: 14 s on 80 + 40 = 120 % -> 14/120 s per %; 2 attacks on 20 % -> 4.67 s
-    assert "AutoAttack 2/4: robust accuracy after APGD-T 20.00% (14 s so far, about 5 s left for fab-t, square)" in msgs
+    # no time-left guess in the log (it was 4-8x too low): the evaluation's progress bar measures each attack
+    assert "AutoAttack 1/4: robust accuracy after APGD-CE 40.00% (8 s so far)" in msgs
+    assert "AutoAttack 2/4: robust accuracy after APGD-T 20.00% (14 s so far)" in msgs
+    assert events == [("start", {"attacks": ["apgd-ce", "apgd-t", "fab-t", "square"], "n": 100, "robust": 0.8}),
+                      ("stage", {"name": "apgd-ce"}), ("after", {"name": "apgd-ce", "robust": 0.4}),
+                      ("stage", {"name": "apgd-t"}), ("after", {"name": "apgd-t", "robust": 0.2})]
 
 
 # ------------------------------------------------------------------------------------ image folders

@@ -109,7 +109,7 @@ def test_attack_loss_is_chosen_apart_from_the_outer_loss():
     objective, kw = m.attack_objective(x, y)
     z = model(x).detach()
     w = torch.tensor(COUNTS, dtype=torch.float64) ** -0.5
-    w = (w * C / w.sum()).float()  # RWS weights, summing to C (001 Table 2)
+    w = (w * C / w.sum()).float()  # RWS weights, summing to C (Li et al., arXiv 2023, Table 2)
     ce = -z.log_softmax(1).gather(1, y[:, None]).squeeze(1)
     assert torch.allclose(objective(z, y, **kw), w[y] * ce, atol=1e-6)
     # the outer loss stays the balanced softmax

@@ -38,6 +38,19 @@ def _check(cond: bool, msg: str) -> None:
         raise ConfigError(msg)
 
 
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+
+
+def check_name(key: str, value: str, example: str = "pgd100") -> str:
+    """``value`` as a file name of its own (a result tag, a model name): letters, digits, ``.``, ``_``, ``+``
+    and ``-``, never a path (``/``, ``\\``, ``..``) that would write outside the folder it names a file in."""
+    text = str(value)
+    if not _NAME_RE.match(text) or ".." in text or len(text) > 120:
+        raise ConfigError(f"{key}={text!r} is not a name: use letters, digits, '.', '_', '+' and '-' (no '/' or "
+                          f"'..', at most 120 characters), e.g. {key}={example}.")
+    return text
+
+
 def _check_eps(name: str, value: float) -> None:
     _check(0.0 <= value <= 1.0, f"{name}={fmt_fraction(value)} is outside [0, 1]: eps is in pixel units of images in "
            f"[0, 1], e.g. 8/255 for l_inf; write {name}=8/255.")
@@ -274,7 +287,7 @@ class EvalConfig:
     seed: int = 0  #: seed of the test sample and of every attack's randomness
     mode: str = "cascade"  #: cascade (each attack on the images still robust) | standalone
     tag: str = ""  #: suffix of the result files, for several evaluations of one checkpoint
-    tail_group: int = 0  #: classes in the T-Clean / T-PGD tail group; 0: C // 10 (002's convention)
+    tail_group: int = 0  #: classes in the T-Clean / T-PGD tail group; 0: C // 10 (Cho et al.'s (ICLR 2025) convention)
 
     def __post_init__(self) -> None:
         _check(self.norm in ("linf", "l2"), f"eval.norm={self.norm!r}: use linf or l2.")
@@ -288,6 +301,11 @@ class EvalConfig:
         _check(self.step_size >= 0, f"eval.step_size={self.step_size} must be >= 0, e.g. eval.step_size=2/255.")
         _check(self.tail_group >= 0, f"eval.tail_group={self.tail_group} is negative: use 0 (C // 10) or a class "
                "count.")
+        if self.norm == "l2":
+            _check(0.0 <= self.eps < float("inf"), f"eval.eps={self.eps} must be a finite radius >= 0 (l_2 in pixel "
+                   "units of images in [0, 1], e.g. eval.eps=0.5).")
+        if self.tag:
+            check_name("eval.tag", self.tag)
 
 
 @dataclass(frozen=True)
@@ -459,14 +477,25 @@ def _nested_from_flat(flat: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     return nested
 
 
+def preset_name(name: str) -> str:
+    """The file name of a preset: ``name``, or with ``_`` written ``-`` when only that one exists
+    (``pgd_at-digits`` -> ``pgd-at-digits``)."""
+    if "_" in name and not (PRESET_DIR / f"{name}.yaml").exists() and (
+            PRESET_DIR / f"{name.replace('_', '-')}.yaml").exists():
+        return name.replace("_", "-")
+    return name
+
+
 def load_preset(name: str) -> dict[str, Any]:
     """Load ``configs/<name>.yaml`` (safe YAML) as a flat ``{dotted.key: value}`` mapping.
 
-    A preset may name a ``base`` preset that it extends.
+    A preset may name a ``base`` preset that it extends. Preset names are written with hyphens; the method
+    name's underscore is accepted too (``pgd_at-digits`` is ``pgd-at-digits``, ``at_bsl-digits`` is
+    ``at-bsl-digits``).
     """
     path = Path(name)
     if not path.suffix:
-        path = PRESET_DIR / f"{name}.yaml"
+        path = PRESET_DIR / f"{preset_name(name)}.yaml"
     if not path.exists():
         available = list_presets()
         close = difflib.get_close_matches(name, available, n=3, cutoff=0.4)
@@ -541,7 +570,7 @@ def resolve_config(overrides: Sequence[str] | Mapping[str, Any] = (), base: RunC
     for k, v in pairs:
         if k == "preset":
             flat.update(load_preset(str(v)))
-            flat["preset"] = str(v)
+            flat["preset"] = preset_name(str(v))
     # Resolve method and loss names first, so their own options can be recognised.
     expanded = [(ALIASES.get(k, k), v) for k, v in pairs if k != "preset"]
     for k, v in expanded:
@@ -629,7 +658,7 @@ def check_reference(value: Any) -> tuple[dict[str, Any], ...]:
 
     Each item::
 
-        - source: 001_59d8b7d2bde7d541.txt   # the paper's text file (shared/papers)
+        - source: "Li, Xu and Zhang, ..., arXiv:2307.10205 (2023)"   # the paper: authors, title, venue
           paper: REAT                          # short name shown in the report (optional)
           table: Table 1
           settings: {epochs: 80, data: cifar-pickle, checkpoint: best-test}   # the paper's run settings
@@ -657,8 +686,9 @@ def check_reference(value: Any) -> tuple[dict[str, Any], ...]:
                               f"values, note.")
         for k in ("source", "table"):
             if not isinstance(item.get(k), str) or not item[k].strip():
-                raise ConfigError(f"{where}: `{k}` must name the paper's {'text file' if k == 'source' else 'table'}, "
-                                  f"e.g. {k}: {'001_59d8b7d2bde7d541.txt' if k == 'source' else 'Table 1'}.")
+                what = "the paper (authors, venue)" if k == "source" else "the paper's table"
+                raise ConfigError(f"{where}: `{k}` must name {what}, "
+                                  f"e.g. {k}: {'Wu et al., CVPR 2021' if k == 'source' else 'Table 1'}.")
         values = item.get("values")
         if not isinstance(values, Mapping) or not values:
             raise ConfigError(f"{where}: `values` must map metrics to the paper's numbers, e.g. "

@@ -52,7 +52,7 @@ class CommonOptions:
     device: str = "auto"  #: auto | cpu | cuda | cuda:N
     seed: int = 0  #: seeds the test subset, the attacks' random starts, t-SNE and sampled data
     batch_size: int = 256  #: images per attack / forward batch
-    dpi: int = 80  #: resolution of the PNG
+    dpi: int = 200  #: resolution of the PNG (print quality)
     palette: bool = True  #: store the PNG with a 256-colour palette (several times smaller); false: full colour
 
 

@@ -10,7 +10,7 @@ Reads stored results only (``eval/<tag>.json`` and the runs' configs; no model, 
 grouped by every other setting (seeds and bookkeeping keys aside); a group whose runs take at least two
 values of ``key`` is one set of lines, a point is the mean over seeds (error bars: sample std). One line per
 evaluated attack (``clean``, ``pgd20``, ``aa``, ...), in the left panel the overall ``metric``, in the right
-one the tail (``tail=tail_group``: 002's tail class / group, T-Clean and T-PGD; ``tail=tail``: the rarest third).
+one the tail (``tail=tail_group``: Cho et al.'s tail class / group, T-Clean and T-PGD; ``tail=tail``: the rarest third).
 
 Example::
 
@@ -39,7 +39,7 @@ class SensitivityOptions(CommonOptions):
     tag: str = "best"  #: eval tag read from each run (best, last, best-logit_adjust1, ...)
     attacks: tuple[str, ...] = ()  #: attacks drawn (default: every attack of the evaluations, worst case aside)
     metric: str = "accuracy"  #: accuracy | balanced_accuracy (TAET's balanced accuracy / robustness)
-    tail: str = "tail_group"  #: tail_group (002's T-Clean / T-PGD) | tail (the rarest third)
+    tail: str = "tail_group"  #: tail_group (Cho et al.'s T-Clean / T-PGD) | tail (the rarest third)
     seed_keys: str = "train.seed"  #: keys aggregated over (comma-separated)
 
 
@@ -95,7 +95,7 @@ def _number(value: Any, key: str, run: str) -> float:
 
 @ANALYSES.register("sensitivity")
 class Sensitivity(Analysis):
-    """Clean / robust accuracy against one swept setting, overall and tail (002 Fig. 6-7, TAET Fig. 7)."""
+    """Clean / robust accuracy against one swept setting, overall and tail (Cho et al., ICLR 2025, Fig. 6-7, TAET Fig. 7)."""
 
     name = "sensitivity"
     Options = SensitivityOptions

@@ -141,11 +141,13 @@ def check_attacks(eval_cfg: Any) -> list[AttackSpec]:
 
 
 def run_attack(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int = 0,
-               num_classes: int | None = None, observer: Any = None) -> torch.Tensor:
+               num_classes: int | None = None, observer: Any = None, aa_events: Any = None) -> torch.Tensor:
     """Run one resolved attack on a batch; returns adversarial images (clean images for ``clean``).
 
     ``observer``: passed to the PGD loop (:data:`ltrobust.attacks.pgd.Observer`); only attacks that are a
-    configuration of :func:`~.pgd.pgd` (fgsm, bim, pgd, mim, cw, adaptive) accept one."""
+    configuration of :func:`~.pgd.pgd` (fgsm, bim, pgd, mim, cw, adaptive) accept one. ``aa_events``: passed
+    to AutoAttack (``aa``, ``apgd``, ``square``), which reports the start and end of each of its attacks to it
+    (:func:`~.autoattack.run_autoattack`'s ``observer``, a progress bar's hook); the other attacks ignore it."""
     if observer is not None and (spec.aa_version or spec.family in ("clean", "cw_l2")):
         raise ConfigError(f"attack {spec.name!r} is not a configuration of the PGD loop, so it cannot be observed "
                           f"step by step: use fgsm, bimK, pgdK, mimK, cwK or adaptiveK.")
@@ -156,7 +158,7 @@ def run_attack(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torch.Ten
         from .autoattack import run_autoattack
 
         x_adv, _ = run_autoattack(model, x, y, eps=spec.eps, norm="Linf" if spec.norm == "linf" else "L2",
-                                  version=spec.aa_version, batch_size=x.shape[0], seed=seed)
+                                  version=spec.aa_version, batch_size=x.shape[0], seed=seed, observer=aa_events)
         return x_adv
     if spec.family == "cw_l2":
         from .cw_l2 import cw_l2

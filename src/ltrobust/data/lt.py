@@ -462,7 +462,7 @@ def resample_gamma(cfg: DataConfig, counts: list[int]) -> float:
 
 def balanced_resample(train: Split, class_counts: list[int], gamma: float, seed: int = 0,
                       tail: str = "tile") -> Split:
-    """The balanced self-teacher set D_B of 002: ``int(gamma * n_min)`` images per class.
+    """The balanced self-teacher set D_B of Cho et al. (ICLR 2025): ``int(gamma * n_min)`` images per class.
 
     Head classes are down-sampled without replacement, tail classes up-sampled with replacement
     (see :func:`~.profiles.balanced_resample_indices`; ``tail="iid"`` for i.i.d. draws).

@@ -6,8 +6,10 @@ The architecture is named by ``model=`` (:mod:`ltrobust.models.foreign`: an ltro
 constructor). ``model.mean=`` / ``model.std=`` declare the input normalisation the weights were trained
 with (applied inside the model, so attacks stay in pixel space); without them the model sees images in
 [0, 1]. The data set, attacks and threat model are the usual keys (``dataset=``, ``data_dir=``,
-``attacks=``, ``eps=``, ...). Results go to ``out=`` (default ``runs/eval/<name>``, ``name=`` or the weights
-file's stem) as ``eval.json``, ``eval.md`` and ``eval_samples.npz``, chunked and resumable.
+``attacks=``, ``eps=`` (the evaluation's eps, as in ``ltrobust eval RUN``), ...). ``name=`` names the model in
+results and reports (default: the weights file's stem and a short hash of the file, ``model-3f2a9c1b``).
+Results go to ``out=`` (default ``runs/eval/<name>``) as ``eval.json``, ``eval.md`` and ``eval_samples.npz``,
+chunked and resumable; a result of other weights already there is kept (the command fails, naming the fix).
 
 Example::
 
@@ -18,13 +20,14 @@ Example::
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
 from torch import nn
 
-from ..config import ModelConfig, parse_value, resolve_config, to_dict
+from ..config import ModelConfig, check_name, parse_value, resolve_config, to_dict
 from ..errors import ConfigError
 from ..io import sha256_file
 
@@ -94,7 +97,8 @@ def evaluate_weights(overrides: Sequence[str], device: str | None = None, progre
     from ..data import build_data
     from ..device import resolve_device
     from .api import evaluate
-    from .runs import deployed_description
+    from .evaluator import model_fingerprint
+    from .runs import deployed_description, eval_overrides, refuse_other_model
 
     spec, rest = split_overrides(overrides)
     if not spec.get("weights"):
@@ -105,20 +109,35 @@ def evaluate_weights(overrides: Sequence[str], device: str | None = None, progre
                           "ltrobust names).")
     if not Path(spec["weights"]).is_file():
         raise ConfigError(f"weights={spec['weights']} does not exist.")
-    cfg = resolve_config(rest)
+    if spec.get("name"):
+        check_name("name", spec["name"], "wrn-34-10")
+    # a bare key that names an eval. setting means it (eps=4/255 is eval.eps), as in `ltrobust eval RUN`
+    cfg = resolve_config(eval_overrides(rest))
     dev = resolve_device(device or cfg.train.device)
-    data = build_data(cfg.data, "cpu")
-    model = build_weights_model(spec, data.num_classes, data.channels, data.image_size).to(dev)
-    name = spec.get("name") or Path(spec["weights"]).stem
+    weights_sha256 = sha256_file(spec["weights"])
+    name = spec.get("name") or default_name(spec["weights"], weights_sha256)
     out = Path(spec.get("out") or Path("runs") / "eval" / name)
     tag = "eval" + (f"-{cfg.eval.tag}" if cfg.eval.tag else "")
-    meta = {"weights": str(spec["weights"]), "weights_sha256": sha256_file(spec["weights"]), "model": spec["model"],
+    data = build_data(cfg.data, "cpu")
+    model = build_weights_model(spec, data.num_classes, data.channels, data.image_size).to(dev)
+    meta = {"weights": str(spec["weights"]), "weights_sha256": weights_sha256, "model": spec["model"],
             "model_options": spec["options"], "mean": spec.get("mean"), "std": spec.get("std"),
             "dataset": cfg.data.dataset, "data": to_dict(cfg)["data"], "eps": cfg.eval.eps, "norm": cfg.eval.norm,
             "step_size": cfg.eval.step_size, "deployed": deployed_description(model), "device": str(dev)}
+    fix = (f"evaluate it into another folder (out=DIR), or delete {out / (tag + '.json')} to replace it"
+           if spec.get("out") else f"give it another name (name=NAME: results in runs/eval/NAME), or delete "
+           f"{out / (tag + '.json')} to replace it")
+    refuse_other_model(out / f"{tag}.json", {"model_name": name, "model_fingerprint": model_fingerprint(model)}, fix)
     res = evaluate(model, data.test, class_counts=data.class_counts, attacks=cfg.eval.attacks, eps=cfg.eval.eps,
                    norm=cfg.eval.norm, step_size=cfg.eval.step_size, n_samples=cfg.eval.n_samples,
                    batch_size=cfg.eval.batch_size, out_dir=out, tag=tag, seed=cfg.eval.seed, mode=cfg.eval.mode,
                    chunk_size=cfg.eval.chunk_size, tail_group=cfg.eval.tail_group or None, progress=progress,
-                   meta=meta)
+                   name=name, meta=meta)
     return {**res.result, "out": str(out)}
+
+
+def default_name(weights: str | Path, sha256: str) -> str:
+    """The name of weights evaluated without ``name=``: the file's stem and the first 8 hex digits of its
+    SHA-256 (``model-3f2a9c1b``), so two files called ``model.pt`` never share a result folder."""
+    stem = re.sub(r"[^A-Za-z0-9._+-]", "_", Path(weights).stem).lstrip("._-+") or "weights"
+    return f"{stem[:100]}-{sha256[:8]}"

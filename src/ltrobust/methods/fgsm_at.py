@@ -1,9 +1,9 @@
 """FGSM adversarial training without random start (Goodfellow et al., ICLR 2015), RoBal's "FGSM-AT".
 
-RoBal's ImageNet-LT study (RoBal supplementary Sec. B.4, Table S8) trains ResNet-50 with single-step AT at eps
-2/255 and 4/255 in two variants: "FGSM-AT", one signed-gradient step of size eps from the clean image (this
-method), and "Fast-AT" (Wong et al., ICLR 2020), a step of 1.25 eps from a uniform random start (``fgsm_rs``).
-The presets ``fgsm-at-imagenetlt-resnet50`` / ``fast-at-imagenetlt-resnet50`` hold the settings.
+RoBal's ImageNet-LT study (Wu et al., CVPR 2021, supplement Sec. B.4, Table S8) trains ResNet-50 with
+single-step AT at eps 2/255 and 4/255 in two variants: "FGSM-AT", one signed-gradient step of size eps from
+the clean image (this method), and "Fast-AT" (Wong et al., ICLR 2020), a step of 1.25 eps from a uniform
+random start (``fgsm_rs``). The presets ``fgsm-at-imagenetlt-resnet50`` / ``fast-at-imagenetlt-resnet50`` hold the settings.
 
 The step always starts at the clean image: ``attack.random_start=none`` (the presets' setting) and the global
 default ``uniform`` both give that start (FGSM-AT has no random start by definition; ``fgsm_rs`` is the

@@ -97,7 +97,8 @@ def decode_images(paths: Sequence[Path], mode: str, cache_name: str, cache_dirs:
 
     The cache key covers every path (relative to ``root``, so a relative or absolute ``data_dir``
     finds the same cache), size and modification time: editing, adding or removing a file rebuilds
-    it. The cache is written to the first writable folder of ``cache_dirs``. All images must share
+    it. The cache is written to the first writable folder of ``cache_dirs`` (:func:`cache_dirs_for`:
+    ltrobust's own cache folder, never the data folder). All images must share
     one size (the file with a different size is named otherwise) unless ``size`` resizes them
     (:func:`decode_image`; give it a ``cache_name`` of its own).
     """
@@ -166,10 +167,25 @@ def _write_cache(images: np.ndarray, key: str, cache_name: str, cache_dirs: Sequ
                 [str(f) for f in cache_dirs])
 
 
+#: the environment variable naming ltrobust's cache folder (``ltrobust --cache-dir DIR`` sets it)
+CACHE_ENV = "LTROBUST_CACHE_DIR"
+
+
+def cache_dir() -> Path:
+    """ltrobust's own cache folder: ``$LTROBUST_CACHE_DIR`` (``ltrobust --cache-dir DIR`` sets it), else the
+    platform's user cache folder (``platformdirs.user_cache_dir("ltrobust")``: ``~/.cache/ltrobust`` on Linux,
+    ``~/Library/Caches/ltrobust`` on macOS, ``%LOCALAPPDATA%\\ltrobust\\Cache`` on Windows)."""
+    given = os.environ.get(CACHE_ENV, "").strip()
+    if given:
+        return Path(given).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("ltrobust", appauthor=False))
+
+
 def cache_dirs_for(root: Path) -> list[Path]:
-    """Where decoded-image caches go: ``<root>/.ltrobust_cache``, else a per-user cache folder
-    (``$LTROBUST_CACHE_DIR`` or ``~/.cache/ltrobust``) keyed by the data folder's path."""
+    """Where the decoded-image caches of the data folder ``root`` go: ``<cache_dir()>/<name>-<hash of its
+    path>``, never inside the user's data folder (which may be read-only, shared or under version control)."""
     root = Path(root).resolve()
     tag = hashlib.sha1(str(root).encode()).hexdigest()[:12]
-    user = Path(os.environ.get("LTROBUST_CACHE_DIR", Path.home() / ".cache" / "ltrobust"))
-    return [root / ".ltrobust_cache", user / f"{root.name}-{tag}"]
+    return [cache_dir() / f"{root.name}-{tag}"]

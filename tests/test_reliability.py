@@ -848,7 +848,7 @@ def test_methods_refuse_options_they_would_ignore():
                 METHODS.get(name)(counts, AttackConfig(loss_mode=mode), bsl)
     with pytest.raises(ConfigError, match="attack.loss_mode"):  # awp over trades inherits the refusal
         METHODS.get("awp")(counts, AttackConfig(loss_mode="inner"), bsl, AWPOptions(base="trades"))
-    with pytest.raises(ConfigError, match="attack.random_start=false would be ignored"):
+    with pytest.raises(ConfigError, match="attack.random_start=none would be ignored"):
         METHODS.get("fgsm_rs")(counts, AttackConfig(random_start=False), bsl)
     for bad in ({"gamma": float("nan")}, {"gamma": -0.5}, {"proxy_lr": 0.0}, {"beta": 3.0}):
         with pytest.raises(ConfigError):

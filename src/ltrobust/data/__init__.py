@@ -4,7 +4,8 @@ Importing this package registers the data sets in :data:`ltrobust.registry.DATAS
 (``digits-lt``, ``cifar10-lt``, ``cifar100-lt``, ``tinyimagenet-lt``, ``imagenet-lt``, ``dermamnist``).
 """
 
-from .loader import DeviceLoader, eval_loader, random_crop, random_flip, train_loader
+from .augment import random_crop, random_flip
+from .loader import DeviceLoader, eval_loader, train_loader
 from .lt import (SPECS, DatasetSpec, LTData, balanced_resample, build_data, data_info, get_spec, resample_gamma,
                  resize_uint8)
 from .profiles import (balanced_order, balanced_resample_indices, class_counts, class_groups, class_orders,

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError
+from .augment import policy_augment
 
 
 def decode_stream_image(path: str, size: int, train: bool, flip: bool = True, seed: int = 0,
@@ -40,8 +41,6 @@ def decode_stream_image(path: str, size: int, train: bool, flip: bool = True, se
         im = im.crop((left, top, left + size, top + size))
     x = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1)  # (3, S, S)
     if train and policy is not None:
-        from .loader import policy_augment
-
         x = policy_augment(x[None], policy, seed)[0]
     return x
 

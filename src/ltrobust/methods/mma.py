@@ -36,7 +36,7 @@ from torch import nn
 
 from ..attacks import pgd
 from ..attacks.pgd import autocast, eval_mode
-from ..data.loader import to_device
+from ..data.augment import to_device
 from ..device import world_size
 from ..errors import CheckpointError, ConfigError
 from ..registry import METHODS

@@ -22,7 +22,8 @@ import math
 import os
 import pickle
 import re
-import tempfile
+import secrets
+import stat
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -64,12 +65,40 @@ def storage_error(exc: OSError) -> CheckpointError | None:
     return _write_failure(exc.filename if exc.filename is not None else "a file", exc)
 
 
+def temp_file_beside(path: str | Path) -> tuple[int, str]:
+    """Create a new hidden temporary file ``.NAME.<random>.tmp`` in ``path``'s folder, to be renamed over
+    ``path``; returns ``(fd, temporary path)``, the file open for writing.
+
+    Its permissions are those ``open(path, "w")`` would give: the mode of ``path`` when it exists, else
+    ``0o666`` less the process umask (``tempfile.mkstemp`` would make every file ``0600``, unreadable to
+    the rest of a lab that shares a run folder). Raises ``OSError`` when the folder refuses it.
+    """
+    path = Path(path)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            fd = os.open(tmp, flags, 0o666)  # the kernel applies the umask, as for open()
+        except FileExistsError:
+            continue
+        try:
+            mode = stat.S_IMODE(os.stat(path).st_mode)
+        except OSError:
+            return fd, str(tmp)
+        with _suppress():  # an existing file keeps its mode, as when open() rewrites it
+            os.fchmod(fd, mode)
+        return fd, str(tmp)
+    raise FileExistsError(errno.EEXIST, "no free temporary file name", str(path.parent))
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temporary file in the same folder, fsync, rename)."""
+    """Write ``data`` to ``path`` atomically (temporary file in the same folder, fsync, rename).
+
+    The file gets the permissions ``open(path, "w")`` would give it (:func:`temp_file_beside`)."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = temp_file_beside(path)
     except OSError as exc:
         raise _write_failure(path, exc) from None
     try:
@@ -312,7 +341,7 @@ def run_lock(path: str | Path, what: str) -> Iterator[None]:
         return
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)  # umask applies, as for open()
     except OSError as exc:
         err = storage_error(exc)
         if err is not None:

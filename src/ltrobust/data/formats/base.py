@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -17,6 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from ...errors import DataError
+from ...io import temp_file_beside
 
 log = logging.getLogger(__name__)
 
@@ -147,12 +147,12 @@ def _write_cache(images: np.ndarray, key: str, cache_name: str, cache_dirs: Sequ
     for folder in cache_dirs:
         folder = Path(folder)
         tmp = None
+        target = folder / f"{cache_name}-{key[:16]}.npz"
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(suffix=".npz.tmp", dir=folder)
+            fd, tmp = temp_file_beside(target)  # the umask's permissions, as open() gives
             with os.fdopen(fd, "wb") as fh:
                 np.savez(fh, images=images, key=np.array(key))
-            target = folder / f"{cache_name}-{key[:16]}.npz"
             os.replace(tmp, target)
             for old in folder.glob(f"{cache_name}-*.npz"):
                 if old != target:

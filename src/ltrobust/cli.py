@@ -32,7 +32,7 @@ a run or checkpoint written by ltrobust train:
 weights ltrobust did not write (results in out=, default runs/eval/<name>):
   ltrobust eval weights=PATH model=ARCH [model.OPTION=v] [model.mean=..,..,.. model.std=..,..,..] dataset=... data_dir=...
   ARCH: an ltrobust model (ltrobust list), torchvision.<name>, timm.<name>,
-        robustbench.<dataset>.<threat>.<name> (pip install 'ltrobust[robustbench]'), or module:callable
+        robustbench.<dataset>.<threat>.<name> (pip install -e '.[robustbench]'), or module:callable
   e.g. ltrobust eval weights=r18.pt model=torchvision.resnet18 dataset=imagefolder data_dir=data/mine attacks=clean,pgd20,aa
 """
 
@@ -396,13 +396,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: settings are written key=value, not --key value: write {' '.join(dashed)} instead.",
               file=sys.stderr)
         return 2
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
     try:
         from .registry import load_plugins
 
+        # the help lists every registered name, so building the parser imports the built-in entries and the
+        # plug-ins of $LTROBUST_PLUGINS: a broken one fails here, before any work, with one error line
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                            format="%(levelname)s %(name)s: %(message)s")
         load_plugins(args.imports)
         return COMMANDS[args.command](args)
     except LtrobustError as exc:

@@ -25,6 +25,7 @@ import re
 import secrets
 import stat
 import time
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -273,12 +274,15 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     atomic_write_bytes(path, MAGIC + digest + b"\n" + payload)
 
 
-def load_checkpoint(path: str | Path, map_location: Any = "cpu", refused_advice: str | None = None) -> dict[str, Any]:
+def load_checkpoint(path: str | Path, map_location: Any = "cpu", refused_advice: str | None = None,
+                    expected: str | None = None) -> dict[str, Any]:
     """Load a checkpoint safely (``weights_only=True``), verifying the checksum of ltrobust files.
 
     Raises :class:`CheckpointError` naming the file and the fix when it is missing, truncated,
     corrupt or would need arbitrary code to unpickle (``refused_advice``: the fix to give then, for files
-    that ltrobust did not write; they load without the missing-checksum warning).
+    that ltrobust did not write; they load without the missing-checksum warning). ``expected`` describes
+    what a file ltrobust did not write should be (e.g. weights saved with ``torch.save``): a file that
+    ``torch.load`` cannot read is then named for what it is (a plain pickle, an empty file, ...) beside it.
     """
     path = Path(path)
     try:
@@ -298,7 +302,9 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu", refused_advice:
         log.log(logging.DEBUG if refused_advice else logging.WARNING,
                 "%s has no ltrobust checksum header; loading it with weights_only=True", path)
     try:
-        return torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch warns about the pickle protocol of files it then reads or refuses
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            return torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many types for a damaged file
         refused = re.search(r"GLOBAL ([\w.]+)", str(exc)) if isinstance(exc, pickle.UnpicklingError) else None
         if refused:  # weights_only refused a global: the file asks to build Python objects
@@ -307,9 +313,30 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu", refused_advice:
                                   f"weights_only=True (tensors, numbers, strings, lists and dicts only). "
                                   + (refused_advice or "Use a checkpoint written by ltrobust; for other weights, "
                                      "save model.state_dict() and run `ltrobust eval weights=PATH model=ARCH ...`.")) from None
+        if expected is not None and not raw.startswith(MAGIC):
+            raise CheckpointError(f"{path} cannot be read: it is {file_kind(payload)}, but {expected}.") from None
         reason = " ".join(str(exc).split())[:200]
         raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({type(exc).__name__}: {reason}). "
                               f"{_OTHER_CHECKPOINT}") from None
+
+
+#: the first pickle of a legacy (non-zip) torch.save file: the magic number 0x1950a86a20f9469cfc6c
+_LEGACY_TORCH = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
+
+
+def file_kind(data: bytes) -> str:
+    """What a file that ``torch.load`` could not read looks like, from its first bytes (for messages)."""
+    if not data:
+        return "an empty file"
+    if data.startswith(b"PK\x03\x04"):
+        return "a zip archive that torch.load cannot read (a torch.save file cut short, or another zip file)"
+    if data.startswith(_LEGACY_TORCH):
+        return "a torch.save file in the legacy format, cut short or damaged"
+    if data[:1] == b"\x80":
+        return "a plain Python pickle (pickle.dump), not a torch.save file"
+    if len(data) > 10 and data[8:10] == b'{"':
+        return "a safetensors file (load it with safetensors.torch.load_file and pass the model to ltrobust.evaluate)"
+    return f"not a torch.save file (it starts with {data[:12]!r})"
 
 
 _OTHER_CHECKPOINT = ("Use the run's other checkpoint (checkpoint=best or checkpoint=last), or delete this file and "

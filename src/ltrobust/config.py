@@ -123,8 +123,10 @@ class AttackConfig:
             _check_eps("attack.eps", self.eps)
         else:
             _check(self.eps >= 0, f"attack.eps={self.eps} must be >= 0.")
-        _check(self.step_size >= 0, f"attack.step_size={self.step_size} must be >= 0.")
         _check(self.steps >= 0, f"attack.steps={self.steps} is negative: use 0 (no attack) or more.")
+        _check(self.step_size > 0 or self.steps == 0, f"attack.step_size={fmt_fraction(self.step_size)} must be > 0 "
+               f"with attack.steps={self.steps} (a step of 0 leaves the training AEs where they start): e.g. "
+               "attack.step_size=2/255, or attack.steps=0 for no attack.")
         _check(self.loss_mode in ("outer", "inner", "both"),
                f"attack.loss_mode={self.loss_mode!r}: use outer, inner or both.")
 
@@ -247,7 +249,8 @@ class EvalConfig:
         _check(self.chunk_size >= 1 and self.batch_size >= 1, "eval batch and chunk sizes must be >= 1.")
         _check(self.n_samples >= 0, f"eval.n_samples={self.n_samples} is negative: use 0 (the whole test set) or "
                "a sample size, e.g. eval.n_samples=1000.")
-        _check(self.step_size >= 0, f"eval.step_size={self.step_size} must be >= 0, e.g. eval.step_size=2/255.")
+        _check(self.step_size > 0, f"eval.step_size={fmt_fraction(self.step_size)} must be > 0 (with a step of 0 "
+               "the iterative attacks do not move): e.g. eval.step_size=2/255.")
         _check(self.tail_group >= 0, f"eval.tail_group={self.tail_group} is negative: use 0 (C // 10) or a class "
                "count.")
 
@@ -621,8 +624,9 @@ def check_reference(value: Any) -> tuple[dict[str, Any], ...]:
             raise ConfigError(f"{where}: `values` must map metrics to the paper's numbers, e.g. "
                               f"values: {{clean: 67.33, pgd20: 36.2, aa: 32.08}}.")
         for k, v in values.items():
-            if isinstance(v, bool) or not isinstance(v, (int, float)):
-                raise ConfigError(f"{where}: values.{k}={v!r} is not a number (write percentages, e.g. 36.2).")
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 100:  # NaN fails too
+                raise ConfigError(f"{where}: values.{k}={v!r} is not a percentage: write the paper's number in "
+                                  "[0, 100], e.g. 36.2 (leave out a metric the paper does not report).")
         settings = item.get("settings") or {}
         if not isinstance(settings, Mapping):
             raise ConfigError(f"{where}: `settings` must be a mapping, e.g. "
@@ -635,6 +639,16 @@ def check_reference(value: Any) -> tuple[dict[str, Any], ...]:
         out.append({**dict(item), "values": {str(k): float(v) for k, v in values.items()},
                     "settings": dict(settings)})
     return tuple(out)
+
+
+def model_config(name: str, options: Mapping[str, Any]) -> ModelConfig:
+    """A :class:`ModelConfig` of the ltrobust model ``name`` from ``model.<option>=value`` settings (values as
+    parsed from the command line, coerced like every config key; an unknown option names the valid ones)."""
+    types = {f.name: f.type for f in fields(ModelConfig) if f.name != "name"}
+    unknown = sorted(set(options) - set(types))
+    if unknown:
+        raise ConfigError(f"model {name!r} has no option {', '.join(unknown)}; its options: {', '.join(sorted(types))}.")
+    return ModelConfig(name=name, **{k: _coerce(v, types[k], f"model.{k}") for k, v in options.items()})
 
 
 def validate_names(cfg: RunConfig) -> None:

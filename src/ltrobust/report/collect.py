@@ -235,6 +235,8 @@ def find_run_dirs(root: Path) -> list[Path]:
 
 
 def _entry(run_dir: Path, tag: str, result: dict[str, Any], label: str | None = None) -> Entry:
+    from ..config import check_reference
+
     flat = flatten_config(result.get("config") or {})
     if not flat:  # an eval JSON without its config: fall back to the run's config.yaml
         import yaml
@@ -247,6 +249,12 @@ def _entry(run_dir: Path, tag: str, result: dict[str, Any], label: str | None = 
                         ("data.imbalance", "imbalance"), ("train.seed", "train_seed")):
             if meta in result:
                 flat[k] = result[meta]
+    try:  # the paper numbers as stored (a NaN written before they were checked is null in JSON): checked again
+        if flat.get("reference"):
+            flat["reference"] = list(check_reference(flat["reference"]))
+    except ConfigError as exc:
+        log.warning("%s (%s): its paper reference numbers are left out of the report: %s", run_dir, tag, exc)
+        flat["reference"] = []
     return Entry(run_dir=run_dir, tag=tag, result=result, flat=flat, label=label)
 
 

@@ -533,7 +533,7 @@ def quick_cases(work: Path, base: Path) -> list[Case]:
              r"division by zero \(.*broken_plugin_29\.py, line 1\); fix it", ["list", "--import", "broken_plugin_29"],
              setup=lambda: (work / "broken_plugin_29.py").write_text("x = 1 / 0\n")),
         Case("model module missing (before any image is decoded)", r"model=no_such_module_29:Net: cannot import "
-             r"'no_such_module_29'.*put its folder on PYTHONPATH",
+             r"'no_such_module_29'.*put that folder on PYTHONPATH",
              ["eval", f"weights={work / 'squeezenet.pt'}", "model=no_such_module_29:Net", "dataset=imagefolder",
               f"data_dir={png10}", "attacks=clean"], ctx=before, setup=lambda: (squeezenet(), png10_tree())),
         Case("bad indices file (before any image is decoded)", r"indices_file=.*repeated\.json lists test index 0 2 "
@@ -582,6 +582,173 @@ def quick_cases(work: Path, base: Path) -> list[Case]:
              [*weights, f"weights={work / 'garbage.pt'}", "model=torchvision.squeezenet1_1"],
              setup=lambda: (work / "garbage.pt").write_bytes(b"hello world " * 10)),
     ]
+
+
+def _edited_tree(root: Path, edit: Callable[[Path], Any]) -> Path:
+    """An image-folder CIFAR-10 (one 32 px PNG per class and split), then ``edit(root)``."""
+    _png_tree(root, 32, 32)
+    edit(root)
+    return root
+
+
+def _two_classes(root: Path, train_size: int = 16, test_sizes: tuple[int, int] = (16, 16)) -> Path:
+    from PIL import Image
+
+    for split, sizes in (("train", (train_size, train_size)), ("test", test_sizes)):
+        for c, size in enumerate(sizes):
+            (root / split / f"c{c}").mkdir(parents=True)
+            Image.new("RGB", (size, size), (90 * c, 80, 120)).save(root / split / f"c{c}" / "0000.png")
+    return root
+
+
+def second_pass_cases(work: Path, base: Path) -> list[Case]:
+    """The second pass of issue 29: new hostile or careless inputs (docs/reliability.md lists them with the
+    outcome before this pass)."""
+    small = work / "small.pt"
+    mod = work / "user_models_29.py"
+
+    def weights_file() -> Path:
+        return small if small.exists() else _save(io.load_checkpoint(base / "checkpoints" / "best.pt")["model"], small)
+
+    def user_module() -> None:
+        mod.write_text("x = 5\n\n\ndef none(**kw):\n    return None\n")
+        (work / "syntax_29.py").write_text("def f(:\n")
+
+    def ok(*extra: str, w: str | None = None) -> list[str]:
+        return ["eval", f"weights={w or small}", "model=smallcnn", "model.width=4", "dataset=digits-lt", "attacks=clean",
+                "eval.n_samples=10", *extra]
+
+    def foreign(arch: str) -> list[str]:
+        return ["eval", f"weights={small}", f"model={arch}", "dataset=digits-lt", "attacks=clean"]
+
+    def info(root: str, *extra: str) -> list[str]:
+        return ["data", "info", "cifar10-lt", f"data_dir={work / root}", *extra]
+
+    png10 = work / "png10_2"
+
+    def counts(name: str, text: str) -> Callable[[], Any]:
+        return lambda: ((png10.exists() or _png_tree(png10, 32, 32)), (work / name).write_text(text))
+
+    train_tiny = ["train", *TINY, f"out={work}", "epochs=1"]
+    return [
+        Case("train.lr= (empty)", r"train\.lr= is empty: give a value, or leave train\.lr out for its default",
+             ["train", "train.lr="]),
+        Case("eval.attacks= (empty)", r"eval\.attacks= is empty", ["train", "eval.attacks="]),
+        Case("epochs=abc", r"train\.epochs='abc' is not a valid int", ["train", "epochs=abc"]),
+        Case("imagefolder without data_dir", r"imagefolder needs data_dir=PATH", ["data", "info", "imagefolder"]),
+        Case("data_dir is a file", r"data folder .*afile is a file, not a folder", info("afile"),
+             setup=lambda: (work / "afile").write_text("x")),
+        Case("preset file that does not exist", r"preset file .*nope\.yaml does not exist: give a YAML file",
+             ["train", f"preset={work / 'nope.yaml'}"]),
+        Case("preset that is a YAML list", r"preset .*list\.yaml must be a mapping of sections to keys",
+             ["train", f"preset={work / 'list.yaml'}"], setup=lambda: (work / "list.yaml").write_text("- a\n- b\n")),
+        Case("eval of a folder that is no run", r"notrun has no checkpoints/best\.pt; is it a finished ltrobust run "
+             r"folder", ["eval", str(work / "notrun")], setup=lambda: (work / "notrun").mkdir()),
+        Case("eval of a missing path", r"missing does not exist: pass a run folder", ["eval", str(work / "missing")]),
+        Case("checkpoint=middle", r"checkpoint='middle': use best or last", ["eval", str(base), "checkpoint=middle"]),
+        Case("weights= an empty file", r"empty\.pt cannot be read: it is an empty file, but weights=PATH must be",
+             ok(w=str(work / "empty.pt")), setup=lambda: (work / "empty.pt").write_bytes(b"")),
+        Case("weights= a folder", r"weights=.*wdir is a folder, not a file", ok(w=str(work / "wdir")),
+             setup=lambda: (work / "wdir").mkdir()),
+        Case("weights= without model=", r"weights=PATH needs model=ARCH", ["eval", f"weights={small}",
+                                                                         "dataset=digits-lt"], setup=weights_file),
+        Case("weights= a bare tensor", r"tensor\.pt holds no state dict \(top-level keys Tensor\)",
+             ok(w=str(work / "tensor.pt")), setup=lambda: _save(torch.zeros(3), work / "tensor.pt")),
+        Case("weights of another width", r"do not fit the model LTModel: shape mismatch.*Check model= and its options",
+             ok("model.width=8"), setup=weights_file),
+        Case("model.head=foo", r"model\.head='foo': use linear or cosine", ok("model.head=foo"), setup=weights_file),
+        Case("unknown torchvision model", r"torchvision has no model 'resnet999'", foreign("torchvision.resnet999"),
+             setup=weights_file),
+        Case("module:attribute that is not callable", r"model=user_models_29:x: 'x' is not callable",
+             foreign("user_models_29:x"), setup=lambda: (weights_file(), user_module())),
+        Case("module:callable returning None", r"user_models_29:none returned NoneType, not a torch\.nn\.Module",
+             foreign("user_models_29:none"), setup=lambda: (weights_file(), user_module())),
+        Case("model module with a syntax error", r"importing 'syntax_29' failed: SyntaxError: invalid syntax",
+             foreign("syntax_29:f"), setup=lambda: (weights_file(), user_module())),
+        Case("model.std=-1", r"model\.std=-1 has a value <= 0", ok("model.std=-1"), setup=weights_file),
+        Case("zero-byte PNG", r"0001\.png: cannot identify image file", info("zero_byte"),
+             setup=lambda: _edited_tree(work / "zero_byte", lambda r: (r / "train/class0/0001.png").write_bytes(b""))),
+        Case("class folder holding only a .txt", r"class folder .*class3 holds no images", info("txt_only"),
+             setup=lambda: _edited_tree(work / "txt_only", lambda r: (
+                 (r / "train/class3/0000.png").unlink(), (r / "train/class3/readme.txt").write_text("x")))),
+        Case("image that is a broken symbolic link", r"0001\.png is a broken symbolic link \(to /nonexistent/x\.png\)",
+             info("dangling"), setup=lambda: _edited_tree(work / "dangling", lambda r: os.symlink(
+                 "/nonexistent/x.png", r / "train/class0/0001.png"))),
+        Case("truncated PNG", r"0001\.png: image file is truncated", info("truncated"),
+             setup=lambda: _edited_tree(work / "truncated", lambda r: (r / "train/class0/0001.png").write_bytes(
+                 (r / "train/class0/0000.png").read_bytes()[:60]))),
+        Case("image folder without test/", r"holds neither cifar-10-batches-py/ nor train/ \+ test/", info("no_test"),
+             setup=lambda: _edited_tree(work / "no_test", lambda r: shutil.rmtree(r / "test"))),
+        Case("test images of mixed sizes", r"is 20x20 but .* is 16x16: every image of a split must have one size\. "
+             r"Set image_size=N", ["data", "info", "imagefolder", f"data_dir={work / 'mixed'}"],
+             setup=lambda: _two_classes(work / "mixed", test_sizes=(16, 20))),
+        Case("1x1 images", r"smallcnn needs images of at least 2 px, got image_size=1",
+             ["eval", f"weights={small}", "model=smallcnn", "model.width=4", "dataset=imagefolder",
+              f"data_dir={work / 'one_px'}", "attacks=clean"],
+             setup=lambda: (weights_file(), _two_classes(work / "one_px", 1, (1, 1)))),
+        Case("class_counts JSON naming a class with no folder", r"has counts of classes \['zebra'\] that have no folder",
+             ["data", "info", "imagefolder", f"data_dir={png10}", f"class_counts={work / 'extra.json'}"],
+             setup=counts("extra.json", json.dumps({**{f"class{c}": 5 for c in range(10)}, "zebra": 3}))),
+        Case("class_counts JSON of floats", r"must list integers, one per class",
+             ["data", "info", "imagefolder", f"data_dir={png10}", f"class_counts={work / 'floats.json'}"],
+             setup=counts("floats.json", "[5.0, 3.0]")),
+        Case("indices_file that is a folder", r"cannot read data\.indices_file=.*idx_dir: \[Errno 21\] Is a directory",
+             ["data", "info", "digits-lt", f"indices_file={work / 'idx_dir'}"], setup=lambda: (work / "idx_dir").mkdir()),
+        Case("indices .npy of floats", r"idx\.npy: 'train' must be a flat list of integer indices",
+             ["data", "info", "digits-lt", f"indices_file={work / 'idx.npy'}"],
+             setup=lambda: __import__("numpy").save(work / "idx.npy", __import__("numpy").array([0.5, 1.5]))),
+        Case("indices text file without an index", r"idx\.txt: 'train' lists no index",
+             ["data", "info", "digits-lt", f"indices_file={work / 'idx.txt'}"],
+             setup=lambda: (work / "idx.txt").write_text("# nothing yet\n")),
+        Case("report of a JSON list", r"list\.json holds no evaluation results", ["report", str(work / "list.json")],
+             setup=lambda: (work / "list.json").write_text("[1, 2]")),
+        Case("train out= under a file", r"cannot write .*afile/sub/.*: a part of that path is a file, not a folder",
+             [*train_tiny, f"out={work / 'afile' / 'sub'}"], setup=lambda: (work / "afile").write_text("x")),
+        Case("eval out= under a file", r"cannot write .*afile/sub.*: a part of that path is a file, not a folder",
+             ok(f"out={work / 'afile' / 'sub'}"), setup=lambda: (weights_file(), (work / "afile").write_text("x"))),
+        Case("train name=../escape", r"name=\.\./escape is a run folder name inside out=.*not a path out of it",
+             [*train_tiny, "name=../escape"]),
+        Case("eval of a run whose config.yaml is a list", r"config\.yaml is not a mapping of sections to keys \(it "
+             r"holds a list\)", ["eval", str(work / "list_config")],
+             setup=lambda: copy_run(base, work / "list_config").joinpath("config.yaml").write_text("- 1\n")),
+        Case("eval of a run whose best.pt is a folder", r"best\.pt is a folder, not a file",
+             ["eval", str(work / "folder_ckpt")], setup=lambda: (
+                 copy_run(base, work / "folder_ckpt").joinpath("checkpoints/best.pt").unlink(),
+                 (work / "folder_ckpt/checkpoints/best.pt").mkdir())),
+        Case("--import a path", r"plugin '\.\./evil' .*is not a module name: write a dotted Python module name",
+             ["--import", "../evil", "list"]),
+        Case("--import a file name", r"plugin 'user_models_29\.py' .*is not a module name.*write user_models_29 and "
+             r"run from its folder", ["--import", "user_models_29.py", "list"], setup=user_module),
+        Case("plugin with a syntax error", r"plugin 'syntax_29' failed while importing: SyntaxError: invalid syntax "
+             r"\(syntax_29\.py, line 1\); fix it", ["--import", "syntax_29", "list"], setup=user_module),
+        Case("train an image folder without train/", r"has no training images \(no train/ folder\)",
+             [*train_tiny, "dataset=imagefolder", f"data_dir={work / 'test_only'}", "class_counts=1,1"],
+             setup=lambda: shutil.rmtree(_two_classes(work / "test_only") / "train")),
+        Case("train with class_counts that differ from train/", r"class_counts=.* differs from the training images per "
+             r"class in train/ \(\[1, 1\]\)", [*train_tiny, "dataset=imagefolder", f"data_dir={work / 'two'}",
+                                                "class_counts=5,5"], setup=lambda: _two_classes(work / "two")),
+        Case("train over a run of other settings that has no last.pt", r"holds checkpoints/best\.pt of a run with a "
+             r"different config \(train\.lr: 0\.1 -> 0\.01\) and no last\.pt to resume; its result is kept",
+             [*train_tiny, "name=no_last", "train.lr=0.01"],
+             setup=lambda: copy_run(base, work / "no_last").joinpath("checkpoints/last.pt").unlink()),
+    ]
+
+
+SECOND_PASS_INPUTS = [
+    "train.lr= (empty)", "eval.attacks= (empty)", "epochs=abc", "imagefolder without data_dir", "data_dir is a file",
+    "preset file that does not exist", "preset that is a YAML list", "eval of a folder that is no run",
+    "eval of a missing path", "checkpoint=middle", "weights= an empty file", "weights= a folder",
+    "weights= without model=", "weights= a bare tensor", "weights of another width", "model.head=foo",
+    "unknown torchvision model", "module:attribute that is not callable", "module:callable returning None",
+    "model module with a syntax error", "model.std=-1", "zero-byte PNG", "class folder holding only a .txt",
+    "image that is a broken symbolic link", "truncated PNG", "image folder without test/",
+    "test images of mixed sizes", "1x1 images", "class_counts JSON naming a class with no folder",
+    "class_counts JSON of floats", "indices_file that is a folder", "indices .npy of floats",
+    "indices text file without an index", "report of a JSON list", "train out= under a file",
+    "eval out= under a file", "train name=../escape", "eval of a run whose config.yaml is a list",
+    "eval of a run whose best.pt is a folder", "--import a path", "--import a file name",
+    "plugin with a syntax error", "train an image folder without train/",
+    "train with class_counts that differ from train/", "train over a run of other settings that has no last.pt"]
 
 
 ROUND3_INPUTS = ["plugin module missing ($LTROBUST_PLUGINS)", "decompression bomb PNG"]
@@ -664,14 +831,14 @@ def run_in_process(argv: list[str], cwd: Path, env: dict[str, str] | None, monke
     return subprocess.CompletedProcess(argv, code, out.out, out.err)
 
 
-@pytest.mark.parametrize("name", QUICK_INPUTS)
+@pytest.mark.parametrize("name", QUICK_INPUTS + SECOND_PASS_INPUTS)
 def test_bad_input_in_process_exits_2_with_one_line_naming_the_fix(name, tmp_path, base_run, monkeypatch, capsys,
                                                                    caplog):
     """The bad-input contract through ``cli.main`` in this process (a fresh interpreter per case would cost 4 s
     of imports each); ``before_work`` cases (issue 30 item 4) also log no image decoding before the error."""
     import logging
 
-    (case,) = [c for c in quick_cases(tmp_path, base_run) if c.name == name]
+    (case,) = [c for c in quick_cases(tmp_path, base_run) + second_pass_cases(tmp_path, base_run) if c.name == name]
     if case.setup is not None:
         case.setup()
     with caplog.at_level(logging.INFO):

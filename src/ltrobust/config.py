@@ -318,6 +318,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if value is None or (isinstance(value, str) and value.lower() in ("", "none", "null")):
             return None
         return _coerce(value, tp[: -len(" | None")], key)
+    if value is None and tp in ("float", "int", "bool") or value in (None, "") and tp.startswith("tuple[str"):
+        raise ConfigError(f"{key}= is empty: give a value, or leave {key} out for its default.")
     if isinstance(value, str) and _FRACTION.match(value):
         value = parse_value(value)
     try:
@@ -358,7 +360,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         raise
     except (TypeError, ValueError):
         shown = fmt_fraction(value) if isinstance(value, float) else repr(value)
-        raise ConfigError(f"{key}={shown} is not a valid {tp}.") from None
+        write = {"int": "a whole number", "float": "a number (e.g. 0.1, 1e-4 or 8/255)", "bool": "true or false"}
+        how = write.get(tp, "a comma-separated list" if tp.startswith("tuple") else "a mapping, e.g. {a: 1}"
+                        if tp.startswith("Mapping") else f"a {tp}")
+        raise ConfigError(f"{key}={shown} is not a valid {tp}: write {how}.") from None
     return value
 
 
@@ -427,6 +432,10 @@ def load_preset(name: str) -> dict[str, Any]:
     path = Path(name)
     if not path.suffix:
         path = PRESET_DIR / f"{name}.yaml"
+    if path.suffix and not path.is_file() and (Path(name).suffix or "/" in name):  # a file the user named
+        what = "is a folder" if path.is_dir() else "does not exist"
+        raise ConfigError(f"preset file {name} {what}: give a YAML file of sections and keys, or the name of a "
+                          f"built-in preset (ltrobust list shows them).")
     if not path.exists():
         available = list_presets()
         close = difflib.get_close_matches(name, available, n=3, cutoff=0.4)
@@ -437,7 +446,8 @@ def load_preset(name: str) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         raise yaml_error("preset", path, exc) from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"preset {path} must be a mapping of sections to keys.")
+        raise ConfigError(f"preset {path} must be a mapping of sections to keys, e.g. `train: {{epochs: 10}}` "
+                          f"(it holds a {type(raw).__name__}).")
     flat: dict[str, Any] = {}
     base = raw.pop("base", None)
     if base:
@@ -573,6 +583,10 @@ def from_flat(flat: Mapping[str, Any]) -> RunConfig:
         kwargs = {name: _coerce(v, hints[name], f"{sec}.{name}") for name, v in sections[sec].items()}
         built[sec] = cls(**kwargs)
     reference = check_reference(top.pop("reference", ()))
+    name = top.get("name")
+    if name and (Path(str(name)).is_absolute() or ".." in Path(str(name)).parts):
+        raise ConfigError(f"name={name} is a run folder name inside out= (it may hold sub-folders, e.g. "
+                          f"name=ablation/seed0), not a path out of it: to write elsewhere, set out=DIR.")
     cfg = RunConfig(**built, **{k: ("" if v is None else str(v)) for k, v in top.items()}, reference=reference)
     validate_names(cfg)
     return cfg
@@ -758,6 +772,9 @@ def load_run_config(path: str | Path) -> RunConfig:
         raise yaml_error("run config", path, exc) from None
     except OSError as exc:
         raise ConfigError(f"cannot read run config {path}: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"run config {path} is not a mapping of sections to keys (it holds a "
+                          f"{type(raw).__name__}): restore the config.yaml that ltrobust train wrote.")
     return from_dict(raw)
 
 

@@ -47,7 +47,8 @@ MAGIC = b"LTROBUST-CKPT v1\n"
 #: errno values of a storage that refuses writes, with the words the error message uses
 STORAGE_ERRORS = {errno.ENOSPC: "the disk is full", errno.EROFS: "the folder is on a read-only file system",
                   errno.EACCES: "permission denied", errno.EPERM: "permission denied",
-                  errno.EDQUOT: "the disk quota is exceeded"}
+                  errno.EDQUOT: "the disk quota is exceeded",
+                  errno.ENOTDIR: "a part of that path is a file, not a folder"}
 
 
 def _write_failure(path: str | Path, exc: OSError) -> CheckpointError:
@@ -289,6 +290,9 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu", refused_advice:
         raw = path.read_bytes()
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint {path} does not exist; pass a run folder or a .pt file.") from None
+    except IsADirectoryError:
+        raise CheckpointError(f"checkpoint {path} is a folder, not a file; pass a run folder or a .pt file. "
+                              f"{_OTHER_CHECKPOINT}") from None
     except OSError as exc:
         raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from None
     if raw.startswith(MAGIC):

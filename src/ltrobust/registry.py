@@ -14,6 +14,7 @@ parametrised tests find every entry by name without an if/elif chain::
 from __future__ import annotations
 
 import difflib
+from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 from .errors import ConfigError
@@ -147,6 +148,12 @@ def load_plugins(names: Iterable[str] = ()) -> list[str]:
     for name in wanted:
         if name in _plugins:
             continue
+        if name.endswith(".py") or not all(part.isidentifier() for part in name.split(".")):
+            stem = name[:-3] if name.endswith(".py") else name
+            hint = (f"; for the file {name}, write {Path(stem).name} and run from its folder (or add the folder to "
+                    "PYTHONPATH)") if name.endswith(".py") or "/" in name else ""
+            raise ConfigError(f"plugin {name!r} (from --import or ${PLUGINS_ENV}) is not a module name: write a "
+                              f"dotted Python module name such as mypkg.models{hint}.")
         before = [dict(r._entries) for r in _REGISTRIES]
         try:
             try:
@@ -161,10 +168,11 @@ def load_plugins(names: Iterable[str] = ()) -> list[str]:
         except ConfigError as exc:  # e.g. a name registered twice
             raise ConfigError(f"plugin {name!r}: {exc}") from None
         except Exception as exc:  # noqa: BLE001 - the plug-in's own code failed while importing
-            where = traceback.extract_tb(exc.__traceback__)[-1]
-            raise ConfigError(f"plugin {name!r} failed while importing: {type(exc).__name__}: {exc} "
-                              f"({where.filename}, line {where.lineno}); fix it (python -c 'import {name}' shows the "
-                              f"traceback), or leave it out of --import and ${PLUGINS_ENV}.") from None
+            where = "" if isinstance(exc, SyntaxError) else \
+                " ({0.filename}, line {0.lineno})".format(traceback.extract_tb(exc.__traceback__)[-1])
+            raise ConfigError(f"plugin {name!r} failed while importing: {type(exc).__name__}: {exc}{where}; fix it "
+                              f"(python -c 'import {name}' shows the traceback), or leave it out of --import and "
+                              f"${PLUGINS_ENV}.") from None
         _plugins.append(name)
         if name not in env:  # processes started from this one (sweep workers, DDP ranks) import it too
             env.append(name)

@@ -497,9 +497,11 @@ def class_counts_per_class(counts: list[int] | dict[str, int], text: str, class_
     """The counts of :func:`parse_class_counts` in the order of ``class_names`` (the class folders)."""
     if isinstance(counts, dict):
         missing = [n for n in class_names if n not in counts]
-        if missing:
-            raise ConfigError(f"class_counts has no count for classes {missing[:5]} (keys must be the class folder "
-                              "names).")
+        unknown = [n for n in counts if n not in class_names]
+        if missing or unknown:
+            what = f"no count for classes {missing[:5]}" if missing else f"counts of classes {unknown[:5]} that have no folder"
+            raise ConfigError(f"class_counts={text} has {what}: its keys must be the class folder names "
+                              f"({', '.join(class_names[:5])}{', ...' if len(class_names) > 5 else ''}).")
         return [counts[n] for n in class_names]
     if len(counts) != len(class_names):
         raise ConfigError(f"class_counts={text!r} lists {len(counts)} counts but there are {len(class_names)} classes: "

@@ -148,7 +148,8 @@ def evaluate_weights(overrides: Sequence[str], device: str | None = None, progre
                           "robustbench.<dataset>.<threat>.<name> or module:callable (ltrobust list shows the "
                           "ltrobust names).")
     if not Path(spec["weights"]).is_file():
-        raise ConfigError(f"weights={spec['weights']} does not exist.")
+        what = "is a folder, not a file" if Path(spec["weights"]).is_dir() else "does not exist"
+        raise ConfigError(f"weights={spec['weights']} {what}: give the file of weights saved with torch.save.")
     cfg = resolve_config(rest)
     dev = resolve_device(device or cfg.train.device)
     state = check_weights_spec(spec)  # model, options and weights file first: no image is decoded for a typo

@@ -176,12 +176,19 @@ def _parameters(fn: Any) -> Mapping[str, Any]:
 
 
 def _callable(spec: str) -> Any:
+    import os
+
     module_name, _, attr = spec.partition(":")
+    if os.getcwd() not in sys.path and "" not in sys.path:  # the current folder first, as python -m and plug-ins
+        sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ConfigError(f"model={spec}: cannot import {module_name!r} ({exc}); put its folder on PYTHONPATH or "
-                          "pip install its package.") from None
+        raise ConfigError(f"model={spec}: cannot import {module_name!r} ({exc}); run from its folder, put that "
+                          "folder on PYTHONPATH, or pip install its package.") from None
+    except Exception as exc:  # noqa: BLE001 - the user's module failed while importing
+        raise ConfigError(f"model={spec}: importing {module_name!r} failed: {type(exc).__name__}: {exc}; fix it "
+                          f"(python -c 'import {module_name}' shows the traceback).") from None
     obj: Any = module
     for part in attr.split("."):
         obj = getattr(obj, part, None)

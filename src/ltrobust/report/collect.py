@@ -289,7 +289,7 @@ def collect(inputs: Sequence[str | Path], tags: Iterable[str] | None = None) -> 
                 raise ConfigError(f"{path} is not an eval JSON: pass run folders, sweep folders or "
                                   f"<run>/eval/<tag>.json files.")
             data = io.read_json(path)
-            if not isinstance(data.get("results"), dict):
+            if not isinstance(data, dict) or not isinstance(data.get("results"), dict):
                 raise ConfigError(f"{path} holds no evaluation results (no 'results'); is it written by ltrobust eval?")
             run_dir = path.parent.parent if path.parent.name == "eval" else path.parent
             add(_entry(run_dir, path.stem, data))

@@ -61,14 +61,20 @@ def require_dir(path: str | os.PathLike | None, dataset: str, layout: str, how: 
         raise DataError(f"{dataset} needs data_dir=PATH, the folder holding\n{layout}\n{how}")
     p = Path(path).expanduser()
     if not p.is_dir():
-        raise DataError(f"{dataset}: data folder {p} does not exist. Expected layout:\n{layout}\n{how}")
+        what = "is a file, not a folder" if p.exists() else "does not exist"
+        raise DataError(f"{dataset}: data folder {p} {what}. Expected layout:\n{layout}\n{how}")
     return p
 
 
 def list_images(folder: Path) -> list[Path]:
-    """Image files directly inside ``folder``, sorted by name (ImageFolder's order)."""
-    return sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()),
-                  key=lambda p: p.name)
+    """Image files directly inside ``folder``, sorted by name (ImageFolder's order). An image name that is a
+    broken symbolic link is an error, not a silently smaller class."""
+    files = [p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS]
+    broken = [p for p in files if p.is_symlink() and not p.exists()]
+    if broken:
+        raise DataError(f"image file {broken[0]} is a broken symbolic link (to {os.readlink(broken[0])}): restore "
+                        "its target, or delete the link (and the cache) and build again.")
+    return sorted((p for p in files if p.is_file()), key=lambda p: p.name)
 
 
 #: PIL modes of 16-bit grey images (PNG, TIFF): values 0..65535

@@ -661,7 +661,8 @@ def model_config(name: str, options: Mapping[str, Any]) -> ModelConfig:
     types = {f.name: f.type for f in fields(ModelConfig) if f.name != "name"}
     unknown = sorted(set(options) - set(types))
     if unknown:
-        raise ConfigError(f"model {name!r} has no option {', '.join(unknown)}; its options: {', '.join(sorted(types))}.")
+        raise ConfigError(f"model {name!r} has no option {', '.join(unknown)}; its options: "
+                          f"{', '.join(sorted(types))}.")
     return ModelConfig(name=name, **{k: _coerce(v, types[k], f"model.{k}") for k, v in options.items()})
 
 

@@ -47,7 +47,8 @@ def install_hint(extra: str) -> str:
     Example::
 
         install_hint("robustbench")
-        # "pip install 'robustbench>=1.1' 'setuptools<81' (or, in the ltrobust source folder, pip install -e '.[robustbench]')"
+        # "pip install 'robustbench>=1.1' 'setuptools<81' (or, in the ltrobust source folder,
+        #  pip install -e '.[robustbench]')"
     """
     packages = " ".join(f"'{p}'" for p in EXTRAS[extra])
     return f"pip install {packages} (or, in the ltrobust source folder, pip install -e '.[{extra}]')"

@@ -499,7 +499,8 @@ def class_counts_per_class(counts: list[int] | dict[str, int], text: str, class_
         missing = [n for n in class_names if n not in counts]
         unknown = [n for n in counts if n not in class_names]
         if missing or unknown:
-            what = f"no count for classes {missing[:5]}" if missing else f"counts of classes {unknown[:5]} that have no folder"
+            what = (f"no count for classes {missing[:5]}" if missing else
+                    f"counts of classes {unknown[:5]} that have no folder")
             raise ConfigError(f"class_counts={text} has {what}: its keys must be the class folder names "
                               f"({', '.join(class_names[:5])}{', ...' if len(class_names) > 5 else ''}).")
         return [counts[n] for n in class_names]

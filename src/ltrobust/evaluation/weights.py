@@ -98,7 +98,8 @@ def build_weights_model(spec: dict[str, Any], num_classes: int, in_channels: int
     """The model ``spec`` names, with the weights of ``spec["weights"]`` (or ``state``, already read) loaded, in
     eval mode, on the CPU; checked to run on images of ``in_channels`` x ``image_size`` x ``image_size``."""
     from ..models import build_model
-    from ..models.foreign import Normalized, build_foreign, check_forward, is_foreign_name, load_weights, read_state_dict
+    from ..models.foreign import (Normalized, build_foreign, check_forward, is_foreign_name, load_weights,
+                                  read_state_dict)
 
     arch, weights = spec["model"], Path(spec["weights"])
     mean, std = spec.get("mean"), spec.get("std")
@@ -119,7 +120,8 @@ def build_weights_model(spec: dict[str, Any], num_classes: int, in_channels: int
         stored = [k for k in ("mean", "std") if f"normalize.{k}" in state]
         given = [k for k in stored if spec.get(k)]
         if given:
-            values = ", ".join(f"{k} {[round(v, 4) for v in state[f'normalize.{k}'].flatten().tolist()]}" for k in stored)
+            values = ", ".join(f"{k} {[round(v, 4) for v in state[f'normalize.{k}'].flatten().tolist()]}"
+                               for k in stored)
             log.warning("%s ignored: %s carries its own normalisation (%s), which is used.",
                         " and ".join(f"model.{k}" for k in given), weights, values)
             mean, std = (None if "mean" in stored else mean), (None if "std" in stored else std)

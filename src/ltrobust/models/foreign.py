@@ -147,7 +147,7 @@ def check_forward(model: nn.Module, in_channels: int, image_size: int, what: str
     try:
         with torch.no_grad():
             model(x)
-    except RuntimeError as exc:
+    except Exception as exc:  # noqa: BLE001 - any failure of the forward pass (the user's code included)
         raise ConfigError(forward_error(exc, what, in_channels, image_size)) from None
     finally:
         model.train(was_training)
@@ -238,8 +238,9 @@ def _robustbench_missing(exc: ImportError) -> str:
     try:
         version = importlib.metadata.version("robustbench")
     except importlib.metadata.PackageNotFoundError:
-        partial = (" (the robustbench folder found has no package metadata and imports only partly, e.g. the "
-                   "incomplete copy that torchattacks installs)") if (exc.name or "").split(".")[0] != "robustbench" else ""
+        partial = "" if (exc.name or "").split(".")[0] == "robustbench" else (
+            " (the robustbench folder found has no package metadata and imports only partly, e.g. the incomplete "
+            "copy that torchattacks installs)")
         return f"RobustBench is not installed{partial}: {install_hint('robustbench')}"
     missing = (exc.name or "").split(".")[0]
     if missing == "pkg_resources":

@@ -104,7 +104,8 @@ def open_image(path: str | os.PathLike, mode: str) -> Any:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             im = Image.open(path)
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
-        raise DataError(f"image file {path} was refused as a possible decompression bomb: {str(exc).rstrip('.')} (PIL's limit, "
+        reason = str(exc).rstrip(".")
+        raise DataError(f"image file {path} was refused as a possible decompression bomb: {reason} (PIL's limit, "
                         f"PIL.Image.MAX_IMAGE_PIXELS = {Image.MAX_IMAGE_PIXELS:,}). If it is a real image, replace it "
                         f"with a downscaled copy; else delete it (and its cache) and build again.") from None
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:

@@ -340,7 +340,7 @@ def _robustbench_installed() -> bool:
 
 
 @pytest.mark.skipif(not _robustbench_installed(), reason="the robustbench extra is not installed "
-                                                         "(pip install 'ltrobust[robustbench]')")
+                                                         "(pip install -e '.[robustbench]')")
 def test_cli_robustbench_checkpoint_of_a_robustbench_architecture(tmp_path):
     from ltrobust.models.foreign import build_foreign, robustbench_entry
 

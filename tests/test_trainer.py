@@ -380,7 +380,7 @@ def test_scalars_of_flattens_a_row():
 
 def test_tensorboard_logger_writes_every_scalar(tmp_path):
     pytest.importorskip("tensorboard", reason="train.logger=tensorboard needs the optional tensorboard package "
-                                              "(pip install 'ltrobust[tensorboard]'; the test extra installs it)")
+                                              "(pip install -e '.[tensorboard]'; the test extra installs it)")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from ltrobust.training.loggers import scalars_of
@@ -435,7 +435,7 @@ def test_peak_rss_is_the_peak_since_the_reset():
 
 def test_tensorboard_shows_a_redone_epoch_once_after_a_resume(tmp_path, monkeypatch):
     pytest.importorskip("tensorboard", reason="train.logger=tensorboard needs the optional tensorboard package "
-                                              "(pip install 'ltrobust[tensorboard]'; the test extra installs it)")
+                                              "(pip install -e '.[tensorboard]'; the test extra installs it)")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from conftest import Killed

@@ -573,12 +573,12 @@ def quick_cases(work: Path, base: Path) -> list[Case]:
              r"1 channel", [*weights, f"weights={work / 'squeezenet.pt'}", "model=torchvision.squeezenet1_1"],
              setup=lambda: squeezenet()),
         Case("weights= a plain pickle", r"raw\.pkl cannot be read: it is a plain Python pickle \(pickle\.dump\), not a "
-             r"torch\.save file, but weights=PATH must be a file written by torch\.save: "
-             r"torch\.save\(model\.state_dict\(\), PATH\)",
+             r"torch\.save file, but weights=PATH must be a file that torch\.save wrote from "
+             r"model\.state_dict\(\)",
              [*weights, f"weights={work / 'raw.pkl'}", "model=torchvision.squeezenet1_1"],
              setup=lambda: (work / "raw.pkl").write_bytes(__import__("pickle").dumps({"conv.weight": [1.0]}))),
         Case("weights= a file of garbage", r"garbage\.pt cannot be read: it is not a torch\.save file \(it starts with "
-             r"b'hello world '\), but weights=PATH must be a file written by torch\.save",
+             r"b'hello world '\), but weights=PATH must be a file that torch\.save wrote",
              [*weights, f"weights={work / 'garbage.pt'}", "model=torchvision.squeezenet1_1"],
              setup=lambda: (work / "garbage.pt").write_bytes(b"hello world " * 10)),
     ]

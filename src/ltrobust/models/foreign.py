@@ -43,8 +43,8 @@ STATE_KEYS = ("state_dict", "model_state_dict", "model", "net", "network", "stat
 PREFIXES = ("module.", "_orig_mod.")
 
 #: what a weights file ltrobust did not write must be
-WEIGHTS_EXPECTED = ("weights=PATH must be a file written by torch.save: torch.save(model.state_dict(), PATH), alone or "
-                    "under a key such as state_dict or model")
+WEIGHTS_EXPECTED = ("weights=PATH must be a file that torch.save wrote from model.state_dict() (alone, or under a key "
+                    "such as state_dict or model)")
 
 PICKLED_MODEL_ADVICE = (
     "A whole pickled model is never loaded. Where the model's class is defined, save only its weights, "

@@ -466,6 +466,7 @@ def test_tensorboard_without_the_package_names_the_extra(tmp_path, monkeypatch):
     from ltrobust.training.loggers import build_logger
 
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails as if it were not installed
-    with pytest.raises(ConfigError, match=r"needs the tensorboard package: pip install 'ltrobust\[tensorboard\]'"):
+    with pytest.raises(ConfigError, match=r"needs the tensorboard package: pip install 'tensorboard>=2\.10' \(or, in "
+                                          r"the ltrobust source folder, pip install -e '\.\[tensorboard\]'\)"):
         build_logger("tensorboard", tmp_path)
     assert build_logger("none", tmp_path) is None and not any(tmp_path.iterdir())

@@ -112,7 +112,7 @@ def test_reference_numbers_are_kept_through_presets_yaml_and_grids(tmp_path):
     points = load_grid(grid).points
     assert points[0].cfg.reference[0]["values"] == {"clean": 1.5} and points[1].cfg.reference == ()
     for bad, match in (({"table": "T"}, "source"), ({"source": "x", "table": "T", "values": {"clean": "high"}},
-                                                                "not a number"),
+                                                                "not a percentage"),
                        ({"source": "x", "table": "T", "values": {"a": 1}, "settings": {"epoch": 3}}, "epochs"),
                        ({"source": "x", "table": "T", "values": {"a": 1}, "settings": {"checkpoint": "best"}},
                         "best-val"), ({"source": "x", "table": "T", "values": {"a": 1}, "colour": 1}, "unknown key")):

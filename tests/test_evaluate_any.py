@@ -225,8 +225,17 @@ def test_imagefolder_counts_from_train_list_or_json(tmp_path, digits):
     (tmp_path / "counts.json").write_text(json.dumps({"c0": 7, "c1": 8, "c2": 9}))
     d = build_data(DataConfig(dataset="imagefolder", data_dir=str(root), class_counts=str(tmp_path / "counts.json")))
     assert d.class_counts == [7, 8, 9]
-    with pytest.raises(ConfigError, match="3 non-negative integers"):
+    with pytest.raises(ConfigError, match="lists 2 counts but there are 3 classes: give one per class"):
         build_data(DataConfig(dataset="imagefolder", data_dir=str(root), class_counts="1,2"))
+    for bad, match in (("[10,5,2", r"is not a list of numbers \(a bracket left open\?\)"),  # issue 29 item 11
+                       ("10,0,2", r"class 1 has 0 training images; every class needs a count >= 1"),  # item 18
+                       ("10,-1,2", r"class 1 has -1 training images"), ("10,a,2", "must list integers"),
+                       (str(tmp_path / "nope.json"), "no such file")):
+        with pytest.raises(ConfigError, match=r"class_counts=.*" + match):
+            build_data(DataConfig(dataset="imagefolder", data_dir=str(root), class_counts=bad))
+    (tmp_path / "zero.json").write_text(json.dumps({"c0": 7, "c1": 0, "c2": 9}))
+    with pytest.raises(ConfigError, match="c1 has 0 training images"):
+        build_data(DataConfig(dataset="imagefolder", data_dir=str(root), class_counts=str(tmp_path / "zero.json")))
     with pytest.raises(ConfigError, match="applies to dataset=imagefolder"):
         build_data(DataConfig(dataset="digits-lt", class_counts="1,2"))
 
@@ -336,7 +345,7 @@ def _robustbench_installed() -> bool:
 
 
 @pytest.mark.skipif(not _robustbench_installed(), reason="the robustbench extra is not installed "
-                                                         "(pip install 'ltrobust[robustbench]')")
+                                                         "(pip install -e '.[robustbench]')")
 def test_cli_robustbench_checkpoint_of_a_robustbench_architecture(tmp_path):
     from ltrobust.models.foreign import build_foreign, robustbench_entry
 

@@ -178,11 +178,59 @@ def test_indices_file_reads_a_published_split_exactly(tmp_path):
     npy = build_data(DataConfig(indices_file=str(tmp_path / "split.npy"), val_per_class=0))
     assert npy.class_counts == d.class_counts
     txt.write_text("5\n5\n")
-    with pytest.raises(DataError, match="twice"):
+    with pytest.raises(DataError, match="lists train index 5 2 times"):
         build_data(DataConfig(indices_file=str(txt)))
     txt.write_text("999999\n")
-    with pytest.raises(DataError, match="must lie in"):
+    with pytest.raises(DataError, match=r"train index 999999 is outside 0\.\.\d+"):
         build_data(DataConfig(indices_file=str(txt)))
+
+
+def _published(tmp_path, test, train=None):
+    ref = build_data(DataConfig(imbalance=10))
+    path = tmp_path / "split.json"
+    path.write_text(json.dumps({"train": ref.manifest["indices"]["train"] if train is None else train, "test": test}))
+    return path, ref
+
+
+@pytest.mark.parametrize("case, match", [
+    ("test duplicates", r"lists test index 0 2 times: each image once"),
+    ("test missing a class", r"selects no test image of class 3 \(3\): every class needs test images"),
+    ("test empty", r"'test' lists no index; list the test images, or leave 'test' out"),
+    ("train empty", r"'train' lists no index"),
+    ("negative", r"'test' holds the negative index -1"),
+    ("class keys not numbers", r"its keys must be class numbers and its values lists, got keys \['cat'\]"),
+    ("ragged", r"'train' must be a flat list of integer indices"),
+])
+def test_indices_file_test_lists_must_be_complete_and_distinct(tmp_path, case, match):
+    """Issue 29 items 5 and 11: duplicates, a missing class or no entry in a published split's test list were
+    accepted (per-class accuracies then counted an image twice or had no image of a class); a JSON of the wrong
+    shape gave a traceback. Each is a DataError naming the file, before any image is decoded."""
+    labels = build_data(DataConfig()).test.labels.numpy()
+    tests = {"test duplicates": [0, 0] + list(range(1, 60)), "test missing a class": np.flatnonzero(labels != 3).tolist(),
+             "test empty": [], "negative": [-1, 2]}
+    trains = {"train empty": [], "class keys not numbers": {"cat": [1, 2]}, "ragged": [[1, 2], [3]]}
+    path, _ = _published(tmp_path, tests.get(case, list(range(60))), trains.get(case))
+    with pytest.raises(DataError, match=str(path) + ".*" + match):
+        build_data(DataConfig(indices_file=str(path)))
+
+
+def test_indices_file_is_read_before_any_image(tmp_path, monkeypatch):
+    """Issue 30 item 4: a bad indices file fails before the data set's reader decodes anything."""
+    from ltrobust.data import lt
+
+    path, _ = _published(tmp_path, [0, 0, 1])
+    monkeypatch.setattr(lt, "get_spec", lambda name, real=lt.get_spec: _no_reader(real(name)))
+    with pytest.raises(DataError, match="lists test index 0 2 times"):
+        build_data(DataConfig(indices_file=str(path)))
+
+
+def _no_reader(spec):
+    from dataclasses import replace
+
+    def reader(cfg):
+        raise AssertionError("the data set was read before the indices file was checked")
+
+    return replace(spec, reader=reader)
 
 
 # -------------------------------------------------------------------------------------------- C&W-l2

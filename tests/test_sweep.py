@@ -264,7 +264,7 @@ def test_parallel_engine_runs_jobs_in_pinned_subprocesses(smoke, tmp_path, monke
 
 # ------------------------------------------------------------------------------------------- Ray
 def test_ray_engine_runs_each_job_as_a_ray_task(smoke, tmp_path):
-    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'ltrobust[ray]')")
+    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install -e '.[ray]')")
     out, _ = smoke
     copy = tmp_path / "ray"
     shutil.copytree(out, copy, ignore=shutil.ignore_patterns("report"))

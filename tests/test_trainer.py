@@ -405,7 +405,7 @@ def test_scalars_of_flattens_a_row():
 
 def test_tensorboard_logger_writes_every_scalar(tmp_path):
     pytest.importorskip("tensorboard", reason="train.logger=tensorboard needs the optional tensorboard package "
-                                              "(pip install 'ltrobust[tensorboard]'; the test extra installs it)")
+                                              "(pip install -e '.[tensorboard]'; the test extra installs it)")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from ltrobust.training.loggers import scalars_of
@@ -460,7 +460,7 @@ def test_peak_rss_is_the_peak_since_the_reset():
 
 def test_tensorboard_shows_a_redone_epoch_once_after_a_resume(tmp_path, monkeypatch):
     pytest.importorskip("tensorboard", reason="train.logger=tensorboard needs the optional tensorboard package "
-                                              "(pip install 'ltrobust[tensorboard]'; the test extra installs it)")
+                                              "(pip install -e '.[tensorboard]'; the test extra installs it)")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from conftest import Killed
@@ -491,6 +491,7 @@ def test_tensorboard_without_the_package_names_the_extra(tmp_path, monkeypatch):
     from ltrobust.training.loggers import build_logger
 
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails as if it were not installed
-    with pytest.raises(ConfigError, match=r"needs the tensorboard package: pip install 'ltrobust\[tensorboard\]'"):
+    with pytest.raises(ConfigError, match=r"needs the tensorboard package: pip install 'tensorboard>=2\.10' \(or, in "
+                                          r"the ltrobust source folder, pip install -e '\.\[tensorboard\]'\)"):
         build_logger("tensorboard", tmp_path)
     assert build_logger("none", tmp_path) is None and not any(tmp_path.iterdir())

@@ -41,7 +41,7 @@ weights ltrobust did not write (results in out=, default runs/eval/<name>):
   NAME: the model's name in results and reports (default: the file's stem and a short hash, model-3f2a9c1b);
         eps=, attacks=, seed=, ... are the evaluation's settings, as for a run
   ARCH: an ltrobust model (ltrobust list), torchvision.<name>, timm.<name>,
-        robustbench.<dataset>.<threat>.<name> (pip install 'ltrobust[robustbench]'), or module:callable
+        robustbench.<dataset>.<threat>.<name> (pip install -e '.[robustbench]'), or module:callable
   e.g. ltrobust eval weights=r18.pt model=torchvision.resnet18 dataset=imagefolder data_dir=data/mine attacks=clean,pgd20,aa
 """
 
@@ -411,19 +411,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: settings are written key=value, not --key value: write {' '.join(dashed)} instead.",
               file=sys.stderr)
         return 2
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
-    if args.cache_dir:  # also seen by the processes a sweep starts
-        import os
-
-        from .data.formats.base import CACHE_ENV
-
-        os.environ[CACHE_ENV] = args.cache_dir
     try:
         from .registry import load_plugins
 
+        # the help lists every registered name, so building the parser imports the built-in entries and the
+        # plug-ins of $LTROBUST_PLUGINS: a broken one fails here, before any work, with one error line
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                            format="%(levelname)s %(name)s: %(message)s")
+        if args.cache_dir:  # also seen by the processes a sweep starts
+            import os
+
+            from .data.formats.base import CACHE_ENV
+
+            os.environ[CACHE_ENV] = args.cache_dir
         load_plugins(args.imports)
         return COMMANDS[args.command](args)
     except LtrobustError as exc:

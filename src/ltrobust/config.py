@@ -151,8 +151,10 @@ class AttackConfig:
             _check_eps("attack.eps", self.eps)
         else:
             _check(self.eps >= 0, f"attack.eps={self.eps} must be >= 0.")
-        _check(self.step_size >= 0, f"attack.step_size={self.step_size} must be >= 0.")
         _check(self.steps >= 0, f"attack.steps={self.steps} is negative: use 0 (no attack) or more.")
+        _check(self.step_size > 0 or self.steps == 0, f"attack.step_size={fmt_fraction(self.step_size)} must be > 0 "
+               f"with attack.steps={self.steps} (a step of 0 leaves the training AEs where they start): e.g. "
+               "attack.step_size=2/255, or attack.steps=0 for no attack.")
         _check(self.loss_mode in ("outer", "inner", "both"),
                f"attack.loss_mode={self.loss_mode!r}: use outer, inner or both.")
 
@@ -298,7 +300,8 @@ class EvalConfig:
         _check(self.chunk_size >= 1 and self.batch_size >= 1, "eval batch and chunk sizes must be >= 1.")
         _check(self.n_samples >= 0, f"eval.n_samples={self.n_samples} is negative: use 0 (the whole test set) or "
                "a sample size, e.g. eval.n_samples=1000.")
-        _check(self.step_size >= 0, f"eval.step_size={self.step_size} must be >= 0, e.g. eval.step_size=2/255.")
+        _check(self.step_size > 0, f"eval.step_size={fmt_fraction(self.step_size)} must be > 0 (with a step of 0 "
+               "the iterative attacks do not move): e.g. eval.step_size=2/255.")
         _check(self.tail_group >= 0, f"eval.tail_group={self.tail_group} is negative: use 0 (C // 10) or a class "
                "count.")
         if self.norm == "l2":
@@ -371,6 +374,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if value is None or (isinstance(value, str) and value.lower() in ("", "none", "null")):
             return None
         return _coerce(value, tp[: -len(" | None")], key)
+    if value is None and tp in ("float", "int", "bool") or value in (None, "") and tp.startswith("tuple[str"):
+        raise ConfigError(f"{key}= is empty: give a value, or leave {key} out for its default.")
     if isinstance(value, str) and _FRACTION.match(value):
         value = parse_value(value)
     try:
@@ -416,7 +421,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         raise
     except (TypeError, ValueError):
         shown = fmt_fraction(value) if isinstance(value, float) else repr(value)
-        raise ConfigError(f"{key}={shown} is not a valid {tp}.") from None
+        write = {"int": "a whole number", "float": "a number (e.g. 0.1, 1e-4 or 8/255)", "bool": "true or false"}
+        how = write.get(tp, "a comma-separated list" if tp.startswith("tuple") else "a mapping, e.g. {a: 1}"
+                        if tp.startswith("Mapping") else f"a {tp}")
+        raise ConfigError(f"{key}={shown} is not a valid {tp}: write {how}.") from None
     return value
 
 
@@ -496,6 +504,10 @@ def load_preset(name: str) -> dict[str, Any]:
     path = Path(name)
     if not path.suffix:
         path = PRESET_DIR / f"{preset_name(name)}.yaml"
+    if path.suffix and not path.is_file() and (Path(name).suffix or "/" in name):  # a file the user named
+        what = "is a folder" if path.is_dir() else "does not exist"
+        raise ConfigError(f"preset file {name} {what}: give a YAML file of sections and keys, or the name of a "
+                          f"built-in preset (ltrobust list shows them).")
     if not path.exists():
         available = list_presets()
         close = difflib.get_close_matches(name, available, n=3, cutoff=0.4)
@@ -506,7 +518,8 @@ def load_preset(name: str) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         raise yaml_error("preset", path, exc) from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"preset {path} must be a mapping of sections to keys.")
+        raise ConfigError(f"preset {path} must be a mapping of sections to keys, e.g. `train: {{epochs: 10}}` "
+                          f"(it holds a {type(raw).__name__}).")
     flat: dict[str, Any] = {}
     base = raw.pop("base", None)
     if base:
@@ -642,6 +655,10 @@ def from_flat(flat: Mapping[str, Any]) -> RunConfig:
         kwargs = {name: _coerce(v, hints[name], f"{sec}.{name}") for name, v in sections[sec].items()}
         built[sec] = cls(**kwargs)
     reference = check_reference(top.pop("reference", ()))
+    name = top.get("name")
+    if name and (Path(str(name)).is_absolute() or ".." in Path(str(name)).parts):
+        raise ConfigError(f"name={name} is a run folder name inside out= (it may hold sub-folders, e.g. "
+                          f"name=ablation/seed0), not a path out of it: to write elsewhere, set out=DIR.")
     cfg = RunConfig(**built, **{k: ("" if v is None else str(v)) for k, v in top.items()}, reference=reference)
     validate_names(cfg)
     return cfg
@@ -694,8 +711,9 @@ def check_reference(value: Any) -> tuple[dict[str, Any], ...]:
             raise ConfigError(f"{where}: `values` must map metrics to the paper's numbers, e.g. "
                               f"values: {{clean: 67.33, pgd20: 36.2, aa: 32.08}}.")
         for k, v in values.items():
-            if isinstance(v, bool) or not isinstance(v, (int, float)):
-                raise ConfigError(f"{where}: values.{k}={v!r} is not a number (write percentages, e.g. 36.2).")
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 100:  # NaN fails too
+                raise ConfigError(f"{where}: values.{k}={v!r} is not a percentage: write the paper's number in "
+                                  "[0, 100], e.g. 36.2 (leave out a metric the paper does not report).")
         settings = item.get("settings") or {}
         if not isinstance(settings, Mapping):
             raise ConfigError(f"{where}: `settings` must be a mapping, e.g. "
@@ -708,6 +726,17 @@ def check_reference(value: Any) -> tuple[dict[str, Any], ...]:
         out.append({**dict(item), "values": {str(k): float(v) for k, v in values.items()},
                     "settings": dict(settings)})
     return tuple(out)
+
+
+def model_config(name: str, options: Mapping[str, Any]) -> ModelConfig:
+    """A :class:`ModelConfig` of the ltrobust model ``name`` from ``model.<option>=value`` settings (values as
+    parsed from the command line, coerced like every config key; an unknown option names the valid ones)."""
+    types = {f.name: f.type for f in fields(ModelConfig) if f.name != "name"}
+    unknown = sorted(set(options) - set(types))
+    if unknown:
+        raise ConfigError(f"model {name!r} has no option {', '.join(unknown)}; its options: "
+                          f"{', '.join(sorted(types))}.")
+    return ModelConfig(name=name, **{k: _coerce(v, types[k], f"model.{k}") for k, v in options.items()})
 
 
 def validate_names(cfg: RunConfig) -> None:
@@ -817,6 +846,9 @@ def load_run_config(path: str | Path) -> RunConfig:
         raise yaml_error("run config", path, exc) from None
     except OSError as exc:
         raise ConfigError(f"cannot read run config {path}: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"run config {path} is not a mapping of sections to keys (it holds a "
+                          f"{type(raw).__name__}): restore the config.yaml that ltrobust train wrote.")
     return from_dict(raw)
 
 

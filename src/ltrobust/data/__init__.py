@@ -5,7 +5,8 @@ Importing this package registers the data sets in :data:`ltrobust.registry.DATAS
 other long-tailed 2D MedMNIST sets of :mod:`.medmnist_sets`: ``organamnist``, ``bloodmnist``, ``pathmnist``, ...).
 """
 
-from .loader import DeviceLoader, eval_loader, random_crop, random_flip, train_loader
+from .augment import random_crop, random_flip
+from .loader import DeviceLoader, eval_loader, train_loader
 from .lt import (SPECS, DatasetSpec, LTData, balanced_resample, build_data, data_info, get_spec, resample_gamma,
                  resize_uint8)
 from . import medmnist_sets  # noqa: F401,E402 (registers organamnist, bloodmnist, pathmnist, ...)

@@ -403,6 +403,10 @@ def _check_model(model: nn.Module, split: Any, class_counts: Sequence[int] | Non
     try:
         with torch.no_grad():
             out = model(x)
+    except RuntimeError as exc:  # e.g. a 3-channel network on grey images: say so, with the fix
+        from ..models.foreign import forward_error
+
+        raise DataError(forward_error(exc, type(model).__name__, int(x.shape[1]), int(x.shape[-1]))) from None
     finally:
         model.train(was_training)
     if not isinstance(out, torch.Tensor) or out.dim() != 2:

@@ -39,7 +39,7 @@ from torch import nn
 
 from ..attacks import pgd
 from ..attacks.pgd import BN_MODES, attack_mode, autocast
-from ..data.loader import to_device
+from ..data.augment import to_device
 from ..device import world_size
 from ..errors import CheckpointError, ConfigError
 from ..registry import METHODS

@@ -285,6 +285,8 @@ def find_foreign_results(root: Path, run_dirs: Sequence[Path] = ()) -> list[tupl
 
 
 def _entry(run_dir: Path, tag: str, result: dict[str, Any], label: str | None = None) -> Entry:
+    from ..config import check_reference
+
     flat = flatten_config(result.get("config") or {})
     if is_foreign_result(result):
         # what the model is: its name and weights; the evaluation settings that make numbers comparable
@@ -306,6 +308,12 @@ def _entry(run_dir: Path, tag: str, result: dict[str, Any], label: str | None = 
                         ("data.imbalance", "imbalance"), ("train.seed", "train_seed")):
             if meta in result:
                 flat[k] = result[meta]
+    try:  # the paper numbers as stored (a NaN written before they were checked is null in JSON): checked again
+        if flat.get("reference"):
+            flat["reference"] = list(check_reference(flat["reference"]))
+    except ConfigError as exc:
+        log.warning("%s (%s): its paper reference numbers are left out of the report: %s", run_dir, tag, exc)
+        flat["reference"] = []
     return Entry(run_dir=run_dir, tag=tag, result=result, flat=flat, label=label)
 
 
@@ -340,7 +348,7 @@ def collect(inputs: Sequence[str | Path], tags: Iterable[str] | None = None) -> 
                 raise ConfigError(f"{path} is not an eval JSON: pass run folders, sweep folders or "
                                   f"<run>/eval/<tag>.json files.")
             data = io.read_json(path)
-            if not isinstance(data.get("results"), dict):
+            if not isinstance(data, dict) or not isinstance(data.get("results"), dict):
                 raise ConfigError(f"{path} holds no evaluation results (no 'results'); is it written by ltrobust eval?")
             run_dir = path.parent.parent if path.parent.name == "eval" else path.parent
             add(_entry(run_dir, path.stem, data))

@@ -31,7 +31,7 @@ from torch import nn
 from .. import io
 from ..attacks import check_attacks
 from ..config import RunConfig, dump_yaml, load_run_config, loss_options, method_options, to_dict, with_updates
-from ..errors import CheckpointError, ConfigError, TrainingDiverged
+from ..errors import CheckpointError, ConfigError, DataError, TrainingDiverged
 from ..device import flush_denormals, resolve_amp, resolve_device, unwrap  # noqa: F401 (re-exported)
 from ..registry import LOSSES, METHODS
 from ..run_folder import RunFolder
@@ -104,6 +104,7 @@ class Trainer:
 
         cfg = self.cfg
         self.data = self._data if self._data is not None else build_data(cfg.data, self.device)
+        _check_training_split(self.data, cfg)
         self.class_counts = list(self.data.class_counts)
         self.num_classes = self.data.num_classes
         method_cls = METHODS.get(cfg.method.name)
@@ -166,6 +167,15 @@ class Trainer:
         """Write config and manifest, or check them against a run being resumed; returns start epoch."""
         cfg_path = self.folder.config
         last = self.folder.checkpoint("last")
+        if self.resume and not last.exists() and self.folder.checkpoint("best").exists():
+            # nothing to resume, but a result to keep: start over only for the same run (a kill between best.pt
+            # and last.pt of the first epoch leaves this), never over a run of other settings
+            old_cfg = load_run_config(cfg_path) if cfg_path.exists() else None
+            diffs = config_diffs(to_dict(old_cfg), to_dict(self.cfg)) if old_cfg is not None else ["no config.yaml"]
+            if diffs:
+                raise ConfigError(f"run folder {self.run_dir} holds checkpoints/best.pt of a run with a different "
+                                  f"config ({'; '.join(diffs[:5])}) and no last.pt to resume; its result is kept. "
+                                  f"Choose another name=..., or delete the folder to start over.")
         if self.resume and last.exists():
             old = load_run_config(cfg_path)
             diffs = config_diffs(to_dict(old), to_dict(self.cfg))
@@ -580,3 +590,19 @@ def _version() -> str:
     from .. import __version__
 
     return __version__
+
+
+def _check_training_split(data: Any, cfg: RunConfig) -> None:
+    """Training needs training images, and its class counts must be those of the images (the long-tailed losses
+    and methods weigh classes by them): ``class_counts=`` describes an evaluation-only image folder."""
+    labels = data.train.labels
+    if len(labels) == 0:
+        raise DataError(f"{cfg.data.dataset}: the data in {cfg.data.data_dir} has no training images (no train/ "
+                        "folder): training needs train/<class>/ image folders; class_counts= only gives the counts "
+                        "for evaluating such a folder.")
+    if cfg.data.class_counts:
+        have = torch.bincount(labels.cpu(), minlength=data.num_classes).tolist()
+        if have != list(data.class_counts):
+            raise ConfigError(f"class_counts={cfg.data.class_counts} differs from the training images per class in "
+                              f"train/ ({have[:10]}{' ...' if len(have) > 10 else ''}): the losses would weigh classes "
+                              "by counts the model does not see; leave class_counts out to train (train/ gives them).")

@@ -170,3 +170,19 @@ def run_attack(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torch.Ten
                restarts=spec.restarts, objective_kwargs=dict(spec.objective_kwargs), generator=gen,
                observer=observer)
 
+
+COLUMN_TITLES = {"clean": "Clean", "fgsm": "FGSM", "worst_case": "Worst case", "aa": "AA", "apgd": "APGD-CE+T",
+                 "adaptive": "Adaptive x10", "square": "Square"}
+
+
+def column_title(name: str) -> str:
+    """Table title of an attack name: ``pgd20`` -> ``PGD-20``, ``aa`` -> ``AA``, ``cw100-l2`` -> ``CW-100-l2``,
+    ``adaptive`` -> ``Adaptive x10``, ``adaptive50`` -> ``Adaptive x10 PGD-50``."""
+    if name in COLUMN_TITLES:
+        return COLUMN_TITLES[name]
+    if name.startswith("adaptive"):
+        return f"Adaptive x10 PGD-{name[len('adaptive'):]}".replace("--", "-")
+    for fam, title in (("pgd", "PGD"), ("mim", "MIM"), ("cw", "CW"), ("bim", "BIM")):
+        if name.startswith(fam):
+            return f"{title}-{name[len(fam):]}".replace("--", "-")
+    return name

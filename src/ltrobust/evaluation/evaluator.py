@@ -36,7 +36,7 @@ from torch import nn
 
 from .. import io
 from ..attacks.pgd import eval_mode, pgd
-from ..attacks.suite import AttackSpec, parse_attack, run_attack
+from ..attacks.suite import AttackSpec, column_title, parse_attack, run_attack
 from ..attacks.threat import threat_model
 from ..device import flush_denormals
 from ..errors import CheckpointError, ConfigError
@@ -533,23 +533,6 @@ def library_versions() -> dict[str, str]:
 
 
 # ---------------------------------------------------------------------------------------- tables
-COLUMN_TITLES = {"clean": "Clean", "fgsm": "FGSM", "worst_case": "Worst case", "aa": "AA", "apgd": "APGD-CE+T",
-                 "adaptive": "Adaptive x10", "square": "Square"}
-
-
-def column_title(name: str) -> str:
-    """Table title of an attack name: ``pgd20`` -> ``PGD-20``, ``aa`` -> ``AA``, ``cw100-l2`` -> ``CW-100-l2``,
-    ``adaptive`` -> ``Adaptive x10``, ``adaptive50`` -> ``Adaptive x10 PGD-50``."""
-    if name in COLUMN_TITLES:
-        return COLUMN_TITLES[name]
-    if name.startswith("adaptive"):
-        return f"Adaptive x10 PGD-{name[len('adaptive'):]}".replace("--", "-")
-    for fam, title in (("pgd", "PGD"), ("mim", "MIM"), ("cw", "CW"), ("bim", "BIM")):
-        if name.startswith(fam):
-            return f"{title}-{name[len(fam):]}".replace("--", "-")
-    return name
-
-
 def model_title(result: dict[str, Any]) -> str:
     """What was evaluated, in words: the model's name (``mlp-3f2a9c1b``), or the run folder's name, its
     checkpoint and epoch (``runs/at_bsl (best.pt, epoch 7 of 10)``), marked when training did not finish."""

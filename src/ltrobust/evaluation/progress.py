@@ -363,7 +363,7 @@ class EvalProgress:
 
 
 def _title(name: str) -> str:
-    from .evaluator import column_title
+    from ..attacks.suite import column_title
 
     return column_title(name)
 

@@ -1,0 +1,267 @@
+"""The two 2026 methods beyond the seeds (issue 28): RobustLT (Zhang et al., CVPR 2026) and MCAT (Xian, Yang and
+Yu, IJCAI 2026).
+
+RobustLT: the class-wise radii (CPB) and the warm-up (AIW) by hand, epoch by epoch; every base attacked inside its
+class balls from a start in the global ball; alpha = beta = 0 is each base exactly. MCAT: the ETF target Gram
+matrix, the manifold distance of points on and off a known generator's range, MS-PGD through the one PGD loop,
+the code variant as PGD-AT plus the ETF term. Both train and evaluate from the CLI and from Python.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ltrobust import io
+from ltrobust.attacks import pgd
+from ltrobust.attacks.pgd import initial_delta
+from ltrobust.attacks.threat import Linf
+from ltrobust.cli import main
+from ltrobust.config import AttackConfig, resolve_config
+from ltrobust.errors import ConfigError
+from ltrobust.experiments import train
+from ltrobust.methods.robustlt import BASES, aiw_intensity, cpb_budgets
+from ltrobust.models.heads import CosineHead
+from ltrobust.registry import LOSSES, METHODS
+from ltrobust.training.trainer import Trainer
+
+from lt_fixtures import COUNTS, C, batch, tiny_model  # tests/lt_fixtures.py (tests/ is on sys.path)
+
+TINY = ["dataset=digits-lt", "model=mlp", "model.width=16", "train.batch_size=32", "train.progress=false",
+        "train.val_every=0", "train.precision=fp32", "attack.steps=2", "train.max_steps_per_epoch=2"]
+#: CIFAR-10-LT IR 50 (LDAM-DRW exp profile): the counts of `ltrobust data info cifar10-lt imbalance=50`
+CIFAR10_IR50 = [5000, 3237, 2096, 1357, 878, 568, 368, 238, 154, 100]
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
+
+def make(name: str, loss: str = "ce", counts=COUNTS, attack: AttackConfig | None = None, total_epochs: int = 10,
+         **options):
+    cls = METHODS.get(name)
+    return cls(list(counts), attack or AttackConfig(), LOSSES.get(loss)(list(counts), total_epochs=total_epochs),
+               cls.Options(**options), total_epochs=total_epochs)
+
+
+def linear_model(seed: int = 0, d: int = 16) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(d, C))
+
+
+def inner(x: torch.Tensor) -> torch.Tensor:
+    """Images away from the [0, 1] box, so no clipping hides the ball."""
+    return 0.2 + 0.6 * x
+
+
+# ================================================================================================ RobustLT
+def test_cpb_radii_by_hand_on_three_classes():
+    n, eps, alpha = [100, 20, 5], 8 / 255, 0.3
+    r = [math.sqrt(math.log(100 / c)) for c in n]  # [0, sqrt(log 5), sqrt(log 20)]
+    tau = alpha / (100 / 125 * r[0] + 20 / 125 * r[1] + 5 / 125 * r[2])
+    want = [(1 - alpha) * eps + tau * rc * eps for rc in r]
+    got, got_tau = cpb_budgets(n, eps, alpha)
+    assert got_tau == pytest.approx(tau, rel=1e-12)
+    assert got.tolist() == pytest.approx(want, rel=1e-12)
+    assert got[0].item() == pytest.approx(0.7 * eps, rel=1e-12)  # the head class: (1 - alpha) eps
+    assert sum(c / 125 * e for c, e in zip(n, got.tolist())) == pytest.approx(eps, rel=1e-12)  # mean is eps
+
+
+def test_cpb_radii_of_cifar10_lt_ir50_match_the_release_numbers():
+    eps_c, tau = cpb_budgets(CIFAR10_IR50, 8 / 255, 0.3)
+    assert tau == pytest.approx(0.4599, abs=5e-5)
+    assert eps_c[0].item() * 255 == pytest.approx(5.600, abs=5e-4)  # head 5.600/255
+    assert eps_c[-1].item() * 255 == pytest.approx(12.878, abs=5e-4)  # tail 12.878/255
+    assert bool((eps_c[1:] > eps_c[:-1]).all())  # rarer class, larger radius
+    w = torch.tensor(CIFAR10_IR50, dtype=torch.float64)
+    assert float((w / w.sum() * eps_c).sum()) == pytest.approx(8 / 255, rel=1e-12)
+    # alpha 0: every class at eps; a balanced set: CPB is undefined (the release divides by 0) and keeps eps
+    assert cpb_budgets(CIFAR10_IR50, 8 / 255, 0.0)[0].tolist() == pytest.approx([8 / 255] * 10, rel=1e-15)
+    assert cpb_budgets([50, 50, 50], 8 / 255, 0.3)[0].tolist() == [8 / 255] * 3
+
+
+def test_aiw_intensity_per_epoch_counts_the_first_epoch_as_clean():
+    # the release: min((e - 1) / (beta * E), 1) with e = 1..E; ltrobust's trainer: epoch = e - 1 = 0..E-1
+    E, beta = 10, 0.8
+    for epoch in range(E):
+        e_release = epoch + 1
+        assert aiw_intensity(epoch, E, beta) == min((e_release - 1) / (beta * E), 1)
+    assert [aiw_intensity(e, E, beta) for e in range(E)] == [0.0, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0, 1.0]
+    assert aiw_intensity(0, E, 0.0) == 1.0  # beta 0: no warm-up
+    m = make("robustlt", base="at_bsl", total_epochs=E, alpha=0.3, beta=beta)
+    eps_c, _ = cpb_budgets(COUNTS, 8 / 255, 0.3)
+    for epoch in range(E):
+        m.on_epoch_start(epoch)
+        want = [e * min(epoch / 8, 1) for e in eps_c.tolist()]
+        assert m.class_radii().tolist() == pytest.approx(want, rel=1e-6, abs=1e-12)
+        assert m.base.class_budget.scale == min(epoch / 8, 1)  # the base attacks with these radii
+
+
+def test_aiw_per_iteration_ramps_over_optimiser_steps():
+    m = make("robustlt", base="pgd_at", total_epochs=2, beta=0.5, warmup="iteration")
+    m.steps_per_epoch = 4  # beta * T = 0.5 * 8 = 4 steps
+    seen = []
+    model, (x, _, y) = tiny_model(), batch()
+    for epoch in range(2):
+        m.on_epoch_start(epoch)
+        for _ in range(4):
+            m.train_attack(model, x, y)
+            seen.append(m.base.class_budget.scale)
+            m.after_step(model)
+    assert seen == [0.0, 0.25, 0.5, 0.75, 1.0, 1.0, 1.0, 1.0]
+    with pytest.raises(ConfigError, match="steps per epoch"):
+        fresh = make("robustlt", base="pgd_at", total_epochs=2, beta=0.5, warmup="iteration")
+        fresh.on_epoch_start(1)
+
+
+def test_first_epoch_aes_are_the_clean_images():
+    m = make("robustlt", base="pgd_at", total_epochs=5, beta=0.8)
+    m.on_epoch_start(0)
+    model, (x, _, y) = tiny_model(), batch()
+    assert torch.equal(m.train_attack(model, x, y), x)  # radius 0: the code's epoch 1 is clean training
+    m.on_epoch_start(4)
+    assert not torch.equal(m.train_attack(model, x, y), x)
+
+
+def test_each_class_is_attacked_to_its_own_radius():
+    """A linear model's input gradient has a constant sign: 10 steps of step_c = eps_c / 4 reach eps_c on every
+    pixel from any start."""
+    model = linear_model()
+    g = torch.Generator().manual_seed(3)
+    x = inner(torch.rand(6, 1, 4, 4, generator=g))
+    y = torch.tensor([0, 0, 1, 1, 2, 2])
+    m = make("robustlt", base="pgd_at", attack=AttackConfig(steps=10), alpha=0.3, beta=0.0)
+    eps_c = m.eps_max.tolist()
+    d = (m.train_attack(model, x, y) - x).abs().flatten(1)
+    for i, c in enumerate(y.tolist()):
+        assert d[i].max().item() <= eps_c[c] + 1e-6
+        assert d[i].min().item() == pytest.approx(eps_c[c], abs=1e-6)  # every pixel on the ball's face
+
+
+def test_random_start_lies_in_the_global_ball_and_steps_in_the_class_ball():
+    """The release draws the start uniformly in the global eps ball (not eps_c) and projects from step 1 on."""
+    eps_c, _ = cpb_budgets(COUNTS, 8 / 255, 0.3)
+    x, y = inner(torch.rand(64, 1, 4, 4, generator=torch.Generator().manual_seed(0))), torch.zeros(64, dtype=torch.long)
+    threat = Linf(8 / 255).per_sample(eps_c.float()[y], 4)  # every sample in the head class: 5.6/255
+    start = initial_delta(threat, x, "uniform", torch.Generator().manual_seed(1), start_eps=8 / 255)
+    assert start.abs().max().item() > eps_c[0].item() + 1e-3 and start.abs().max().item() <= 8 / 255 + 1e-7
+    seen = []
+
+    class Spy(nn.Module):
+        def forward(self, z):
+            seen.append(z.detach().clone())
+            return z.flatten(1)[:, :C] * 3.0
+
+    for start_mode, bound in (("global", 8 / 255), ("class", eps_c[0].item())):
+        seen.clear()
+        m = make("robustlt", base="pgd_at", attack=AttackConfig(steps=1), alpha=0.3, beta=0.0, start=start_mode)
+        x_adv = m.train_attack(Spy(), x, y)
+        first = (seen[0] - x).abs().max().item()  # where the first gradient was taken
+        assert first <= bound + 1e-6
+        assert (first > eps_c[0].item() + 1e-3) is (start_mode == "global")
+        assert (x_adv - x).abs().max().item() <= eps_c[0].item() + 1e-6  # projected onto eps_c by the first step
+
+
+def _identity_case(base: str, **base_args):
+    head = "cosine" if base == "robal" else "linear"
+    extra = {"base_args": base_args} if base_args else {}
+    wrapped = make("robustlt", base=base, alpha=0.0, beta=0.0, **extra)
+    plain = make(base, **base_args)
+    return head, wrapped, plain
+
+
+@pytest.mark.parametrize("base", BASES)
+def test_alpha_beta_zero_is_the_base_method_exactly(base):
+    base_args = {"stage1_epochs": 1} if base == "taet" else {}
+    head, wrapped, plain = _identity_case(base, **base_args)
+    x, _, y = batch()
+    results = []
+    for m in (wrapped, plain):
+        model = tiny_model(head=head)
+        m.on_epoch_start(1)  # TAET: past its clean stage
+        torch.manual_seed(5)
+        x_adv = m.train_attack(model, x, y)
+        out = m.compute_loss(model, x, x_adv, y)
+        out["loss"].backward()
+        m.after_step(model)
+        results.append((x_adv, out["loss"].detach(), [p.grad.clone() for p in model.parameters()],
+                        [p.detach().clone() for p in model.parameters()]))
+    (a_adv, a_loss, a_grads, a_w), (b_adv, b_loss, b_grads, b_w) = results
+    assert torch.equal(a_adv, b_adv) and torch.equal(a_loss, b_loss)
+    assert all(torch.equal(g1, g2) for g1, g2 in zip(a_grads, b_grads))
+    assert all(torch.equal(w1, w2) for w1, w2 in zip(a_w, b_w))  # AWP restored its weights in both
+    assert wrapped.loss_label == plain.loss_label
+
+
+@pytest.mark.parametrize("base", ["trades", "robal", "reat", "taet", "awp", "at_bsl"])
+def test_every_base_attacks_inside_the_class_balls(base):
+    base_args = {"stage1_epochs": 0} if base == "taet" else {}
+    m = make("robustlt", base=base, alpha=0.5, beta=0.0, base_args=base_args)
+    model = tiny_model(head="cosine" if base == "robal" else "linear")
+    x, _, y = batch()
+    x = inner(x)
+    torch.manual_seed(0)
+    d = (m.train_attack(model, x, y) - x).abs().flatten(1).amax(1)
+    radii = m.eps_max[y]
+    assert bool((d <= radii + 1e-6).all())
+    assert d[y == 0].max().item() > 0 and d[y == 2].max().item() > radii[0].item()  # the tail beyond the head's ball
+
+
+def test_robustlt_config_errors_and_base_options():
+    cfg = resolve_config(["method=robustlt", "method.base=robal", "base_args={m0: 0.2, tau_p: 0.0}", "alpha=0.4"])
+    m_opts = cfg.method.args
+    assert m_opts["base"] == "robal" and m_opts["base_args"] == {"m0": 0.2, "tau_p": 0.0}
+    assert METHODS.get("robustlt").head_for(METHODS.get("robustlt").Options(**m_opts)) == "cosine"
+    with pytest.raises(ConfigError, match="use one of pgd_at, trades, awp"):
+        resolve_config(["method=robustlt", "method.base=mma"])
+    with pytest.raises(ConfigError, match=r"alpha=1.5 must lie in \[0, 1\]"):
+        resolve_config(["method=robustlt", "alpha=1.5"])
+    with pytest.raises(ConfigError, match="robustlt base 'robal' has no option 'm1'.*m0"):
+        resolve_config(["method=robustlt", "method.base=robal", "base_args={m1: 0.2}"])
+    with pytest.raises(ConfigError, match="attack.eps > 0"):
+        make("robustlt", attack=AttackConfig(eps=0.0))
+    assert make("robustlt", base="taet").beta == 1.0 and make("robustlt", base="reat").beta == 0.8
+
+
+def test_robustlt_over_at_bsl_trains_like_at_bsl_with_alpha_beta_zero(tmp_path):
+    over = TINY + ["epochs=2", "train.deterministic=true", f"out={tmp_path}"]
+    Trainer(resolve_config(over + ["method=at_bsl", "name=a"])).fit()
+    Trainer(resolve_config(over + ["method=robustlt", "method.base=at_bsl", "alpha=0", "beta=0", "name=b"])).fit()
+    wa, wb = (io.load_checkpoint(tmp_path / n / "checkpoints" / "last.pt")["model"] for n in ("a", "b"))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_robustlt_logs_the_warmup_per_epoch_and_resumes_exactly(tmp_path, die_after_checkpoint):
+    over = TINY + ["method=robustlt", "method.base=reat", "beta=1", "epochs=3", "train.deterministic=true",
+                   f"out={tmp_path}"]
+    straight = train(resolve_config(over + ["name=straight"]))
+    rows = io.read_jsonl(tmp_path / "straight" / "metrics.jsonl")
+    assert [r["aiw"] for r in rows] == pytest.approx([0.0, 1 / 3, 2 / 3])
+    with die_after_checkpoint(1, run_name="killed"):
+        train(resolve_config(over + ["name=killed"]))
+    train(resolve_config(over + ["name=killed"]))
+    a, b = (io.load_checkpoint(tmp_path / n / "checkpoints" / "last.pt") for n in ("straight", "killed"))
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert a["method"]["base"]["ae_counts"] == b["method"]["base"]["ae_counts"]  # REAT's state, nested
+    assert straight.method.base.ae_counts == b["method"]["base"]["ae_counts"]
+
+
+def test_robustlt_over_robal_builds_the_cosine_head_and_serves_robals_logits(tmp_path):
+    t = Trainer(resolve_config(TINY + ["method=robustlt", "method.base=robal", "epochs=1", f"out={tmp_path}",
+                                       "name=r"]))
+    t.fit()
+    assert isinstance(t.model.head, CosineHead)
+    assert type(t.method.deployed(t.model)).__name__ == "RoBalDeployed"
+
+
+def test_robustlt_trains_and_evaluates_from_the_cli(tmp_path):
+    assert main(["train", "method=robustlt", "method.base=trades", *TINY, "epochs=2", f"out={tmp_path}",
+                 "name=run"]) == 0
+    rows = io.read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    assert [r["aiw"] for r in rows] == [0.0, pytest.approx(1 / 1.6)]  # beta 0.8 of 2 epochs
+    assert main(["eval", str(tmp_path / "run"), "attacks=clean,pgd5", "eval.n_samples=20",
+                 "eval.chunk_size=20"]) == 0
+    result = io.read_json(tmp_path / "run" / "eval" / "best.json")
+    assert result["eps"] == pytest.approx(8 / 255)  # evaluation at the threat model's one eps

@@ -21,7 +21,7 @@ from ltrobust.attacks import pgd
 from ltrobust.attacks.pgd import initial_delta
 from ltrobust.attacks.threat import Linf
 from ltrobust.cli import main
-from ltrobust.config import AttackConfig, resolve_config
+from ltrobust.config import AttackConfig, method_options, resolve_config
 from ltrobust.errors import ConfigError
 from ltrobust.experiments import train
 from ltrobust.methods.robustlt import BASES, aiw_intensity, cpb_budgets
@@ -265,3 +265,242 @@ def test_robustlt_trains_and_evaluates_from_the_cli(tmp_path):
                  "eval.chunk_size=20"]) == 0
     result = io.read_json(tmp_path / "run" / "eval" / "best.json")
     assert result["eps"] == pytest.approx(8 / 255)  # evaluation at the threat model's one eps
+
+
+# ==================================================================================================== MCAT
+from ltrobust.losses import class_groups, etf_loss, etf_target_gram, latent_projection, manifold_distance  # noqa: E402
+from ltrobust.methods.mcat import (ClassGenerators, fit_generators, generator_loss, generators_digest,  # noqa: E402
+                                   ms_pgd)
+
+MCAT_TINY = ["hidden=16,16", "z_dim=4", "gen_epochs=2"]
+
+
+def linear_generators(feature_dim: int = 4, z_dim: int = 2, num_classes: int = C, seed: int = 0) -> ClassGenerators:
+    """One linear generator per class, ``G_c(z) = A_c z + b_c`` with orthonormal columns A_c (D x z_dim): the
+    latent loss ||A z + b - u||^2 has Hessian 2 I, so one step of lr 0.5 lands on its minimiser."""
+    G = ClassGenerators(num_classes, z_dim, feature_dim, hidden=())
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for lin in G.generators:
+            q, _ = torch.linalg.qr(torch.randn(feature_dim, feature_dim, generator=g))
+            lin[0].weight.copy_(q[:, :z_dim])
+            lin[0].bias.copy_(torch.randn(feature_dim, generator=g))
+    for p in G.parameters():
+        p.requires_grad_(False)
+    return G
+
+
+def test_etf_target_gram_and_loss_by_hand():
+    assert etf_target_gram(3).tolist() == [[1.0, -0.5, -0.5], [-0.5, 1.0, -0.5], [-0.5, -0.5, 1.0]]
+    m4 = etf_target_gram(4)
+    assert torch.allclose(m4, torch.eye(4) * (4 / 3) - torch.full((4, 4), 1 / 3))
+    assert torch.allclose(m4.sum(1), torch.zeros(4), atol=1e-7)  # a simplex: the class means sum to 0
+    angles = torch.tensor([0.0, 2 * math.pi / 3, 4 * math.pi / 3])
+    simplex = torch.stack([angles.cos(), angles.sin()], 1) * torch.tensor([[1.0], [3.0], [0.5]])  # any row norms
+    assert etf_loss(simplex).item() == pytest.approx(0.0, abs=1e-12)
+    assert etf_loss(torch.eye(3)).item() == pytest.approx(1 / 6, rel=1e-6)  # off-diagonal (0 + 1/2)^2 x 6 / 9
+    w = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, -2.0]])
+    wh = w / w.norm(dim=1, keepdim=True)
+    assert etf_loss(w).item() == pytest.approx(((wh @ wh.t() - etf_target_gram(3)) ** 2).mean().item(), rel=1e-6)
+    with pytest.raises(ConfigError, match="at least 2 classes"):
+        etf_target_gram(1)
+
+
+def test_generators_route_each_row_through_its_class():
+    G = ClassGenerators(3, 2, 5, hidden=(4,))
+    y = torch.tensor([2, 0, 2, 1, 0])
+    z = torch.randn(5, 2)
+    out = G(z, class_groups(y))
+    for i in range(5):
+        assert torch.allclose(out[i], G.generators[int(y[i])](z[i:i + 1])[0])
+    feats = torch.randn(5, 5)
+    by_hand = sum(F.mse_loss(G.generators[c](z[y == c]), feats[y == c]) for c in (0, 1, 2))
+    assert generator_loss(G, feats, class_groups(y), z).item() == pytest.approx(by_hand.item(), rel=1e-6)
+
+
+def test_manifold_distance_on_and_off_a_known_generators_range():
+    G = linear_generators()
+    y = torch.tensor([0, 1, 2, 2])
+    groups = class_groups(y)
+    z_true = torch.randn(4, 2)
+    on = G(z_true, groups)  # points on each class's range
+    normal = torch.zeros(4, 4)
+    for i, c in enumerate(y.tolist()):  # a unit vector orthogonal to A_c's columns, scaled by i + 1
+        a = G.generators[c][0].weight
+        v = torch.randn(4)
+        v = v - a @ (a.t() @ v)
+        normal[i] = (i + 1) * v / v.norm()
+    off = on + normal
+    z0 = torch.randn(4, 2)
+    d_on = manifold_distance(G, on, groups, z_dim=2, steps=1, lr=0.5, z0=z0)
+    d_off = manifold_distance(G, off, groups, z_dim=2, steps=1, lr=0.5, z0=z0)
+    assert d_on.tolist() == pytest.approx([0.0] * 4, abs=1e-9)
+    assert d_off.tolist() == pytest.approx([1.0, 4.0, 9.0, 16.0], rel=1e-5)  # the squared distance to the range
+    # fewer steps stay above the minimum; the release's class_mean steps are 1/n_c of each point's own
+    partial = manifold_distance(G, off, groups, z_dim=2, steps=1, lr=0.25, z0=z0)
+    assert bool((partial >= d_off - 1e-6).all()) and bool((partial > d_off + 1e-6).any())
+    class_mean = manifold_distance(G, off, groups, z_dim=2, steps=1, lr=1.0, z0=z0, reduction="class_mean")
+    assert class_mean[2:].tolist() == pytest.approx([9.0, 16.0], rel=1e-5)  # class 2 has 2 points: lr 1 / 2
+    z_half = latent_projection(G, off, groups, z0, steps=1, lr=0.5, reduction="class_mean")
+    z_full = latent_projection(G, off, groups, z0, steps=1, lr=0.5)
+    assert torch.allclose(z_half[:2], z_full[:2]) and not torch.allclose(z_half[2:], z_full[2:])
+    # the paper's penalty: z* held, d differentiable in u with gradient 2 (u - G(z*)); the release's: no gradient
+    u = off.clone().requires_grad_(True)
+    manifold_distance(G, u, groups, z_dim=2, steps=1, lr=0.5, z0=z0).sum().backward()
+    assert torch.allclose(u.grad, 2 * normal, atol=1e-5)
+    assert not manifold_distance(G, u, groups, z_dim=2, steps=1, lr=0.5, z0=z0, differentiable=False).requires_grad
+
+
+def test_fit_generators_learns_each_class_and_freezes():
+    torch.manual_seed(0)
+    G = ClassGenerators(3, 2, 4, hidden=(16,))
+    centres = torch.tensor([[1.0, 0, 0, 0], [0, 2.0, 0, 0], [0, 0, 0, -1.0]])
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    losses = fit_generators(G, lambda epoch: [(centres[y], y)] * 20, epochs=10, lr=1e-2)
+    assert losses[-1] < 0.01 * losses[0]
+    assert all(not p.requires_grad for p in G.parameters()) and not G.training
+    d = manifold_distance(G, centres, class_groups(torch.arange(3)), z_dim=2, steps=5, lr=0.1)
+    assert d.max().item() < 0.05
+
+
+class FeatureNet(nn.Module):
+    """logits = H f, f = P x (flattened): input gradients by hand."""
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.P = nn.Parameter(torch.randn(4, 16, generator=g) * 0.5)
+        self.head = nn.Linear(4, C)
+        with torch.no_grad():
+            self.head.weight.copy_(torch.randn(C, 4, generator=g))
+            self.head.bias.zero_()
+        self.num_classes = C
+
+    def forward(self, x, return_features=False):
+        f = x.flatten(1) @ self.P.t()
+        z = self.head(f)
+        return (z, f) if return_features else z
+
+
+def test_ms_pgd_step_by_hand_and_detached_distance_is_pgd_on_ce():
+    model, G = FeatureNet(), linear_generators()
+    x, y = inner(torch.rand(6, 1, 4, 4, generator=torch.Generator().manual_seed(2))), torch.tensor([0, 0, 1, 1, 2, 2])
+    groups, lam, step = class_groups(y), 0.3, 2 / 255
+    torch.manual_seed(7)
+    z0 = torch.randn(6, 2)  # the draws ms_pgd makes after the same seed (one class at a time, ascending)
+    z0 = torch.cat([z0[:2], z0[2:4], z0[4:]])
+    f = x.flatten(1) @ model.P.detach().t()
+    z = f @ model.head.weight.detach().t()
+    g_ce = ((z.softmax(1) - F.one_hot(y, C)) @ model.head.weight.detach()) @ model.P.detach()
+    zs = latent_projection(G, f, groups, z0, steps=1, lr=0.5)
+    g_d = 2 * (f - G(zs, groups)) @ model.P.detach()
+    want = (x + step * (g_ce + lam * g_d).sign().view_as(x)).clamp(0, 1)
+    torch.manual_seed(7)
+    got = ms_pgd(model, x, y, Linf(8 / 255), G, lam=lam, steps=1, step_size=step, latent_steps=1, latent_lr=0.5,
+                 random_start="none")
+    assert torch.allclose(got, want, atol=1e-6)
+    # the release: the distance without gradient, so MS-PGD is PGD on CE whatever lambda and the sign
+    plain = pgd(model, x, y, Linf(8 / 255), steps=3, step_size=step, random_start="none")
+    released = ms_pgd(model, x, y, Linf(8 / 255), G, lam=0.2, sign=-1.0, steps=3, step_size=step,
+                      latent_steps=5, latent_lr=0.1, reduction="class_mean", differentiable=False, random_start="none")
+    assert torch.equal(released, plain)
+
+
+def _mcat_pair(variant: str, **opts):
+    m = make("mcat", variant=variant, **opts)
+    return m, make("pgd_at")
+
+
+def test_mcat_code_variant_is_pgd_at_plus_the_etf_term():
+    x, _, y = batch()
+    for lam in (0.0, 0.2):  # lambda 0: no generator at all; 0.2 (the release): a distance without gradient
+        m, p = _mcat_pair("code", lambda_m=lam, hidden=(8,), z_dim=3)
+        model = tiny_model()
+        if lam:
+            m.set_generators(ClassGenerators(C, 3, model.feature_dim, (8,)))
+        torch.manual_seed(3)
+        a = m.train_attack(model, x, y)
+        torch.manual_seed(3)
+        b = p.train_attack(model, x, y)
+        assert torch.equal(a, b)
+        out_m, out_p = m.compute_loss(model, x, a, y), p.compute_loss(model, x, a, y)
+        etf = etf_loss(model.head.weight)
+        assert out_m["loss"].item() == pytest.approx((out_p["loss"] + 1.0 * etf).item(), rel=1e-6)
+        assert m.lam == lam and m.etf_weight == 1.0 and "manifold" not in out_m
+    assert m.loss_label == "ce + etf"
+
+
+def test_mcat_paper_variant_without_its_terms_is_pgd_at_and_its_loss_by_hand():
+    x, _, y = batch()
+    m, p = _mcat_pair("paper", lambda_m=0.0, etf_weight=0.0)
+    model = tiny_model()
+    torch.manual_seed(3)
+    a = m.train_attack(model, x, y)
+    torch.manual_seed(3)
+    assert torch.equal(a, p.train_attack(model, x, y))
+    assert torch.equal(m.compute_loss(model, x, a, y)["loss"], p.compute_loss(model, x, a, y)["loss"])
+    m = make("mcat", hidden=(8,), z_dim=3)  # the paper's weights: lambda 0.1, ETF 0.01, d in the outer loss
+    G = ClassGenerators(C, 3, model.feature_dim, (8,))
+    m.set_generators(G)
+    assert (m.lam, m.etf_weight, m.differentiable, m.inner_sign, m.outer_manifold) == (0.1, 0.01, True, 1.0, True)
+    torch.manual_seed(4)
+    out = m.compute_loss(model, x, a, y)
+    logits, feats = model(a, return_features=True)
+    torch.manual_seed(4)
+    d = manifold_distance(G, feats, class_groups(y), z_dim=3, steps=5, lr=0.1)
+    want = F.cross_entropy(logits, y) + 0.1 * d.mean() + 0.01 * etf_loss(model.head.weight)
+    assert out["loss"].item() == pytest.approx(want.item(), rel=1e-6)
+    out["loss"].backward()  # the manifold term reaches the backbone
+    assert model.head.weight.grad is not None and all(p.grad is not None for p in model.parameters())
+    assert m.loss_label == "ce + manifold + etf"
+
+
+def test_mcat_config_variants_and_errors():
+    opts = method_options(resolve_config(["method=mcat", "variant=code", "hidden=32,16"]))
+    assert opts.hidden == (32, 16) and opts.value("z_dim") == 64 and opts.value("lambda_m") == 0.2
+    assert METHODS.get("mcat").Options().value("hidden") == (1024, 1024)
+    with pytest.raises(ConfigError, match="variant='other': use paper or code"):
+        resolve_config(["method=mcat", "variant=other"])
+    with pytest.raises(ConfigError, match="inner_sign=0"):
+        resolve_config(["method=mcat", "inner_sign=0"])
+    with pytest.raises(ConfigError, match="call method.set_generators"):
+        make("mcat").train_attack(tiny_model(), *batch()[::2])
+
+
+def test_mcat_fits_its_generators_once_and_resumes_exactly(tmp_path, die_after_checkpoint):
+    over = TINY + ["method=mcat", *MCAT_TINY, "epochs=3", "train.deterministic=true", f"out={tmp_path}"]
+    straight = train(resolve_config(over + ["name=straight"]))
+    path = tmp_path / "straight" / "method" / "mcat-generators.pt"
+    stored = io.load_checkpoint(path)
+    assert len(stored["losses"]) == 2 and stored["hidden"] == [16, 16]
+    assert straight.method.state_dict()["generators_sha256"] == generators_digest(straight.method.generators)
+    rows = io.read_jsonl(tmp_path / "straight" / "metrics.jsonl")
+    assert all(r["manifold"] > 0 and r["etf"] > 0 for r in rows)
+    with die_after_checkpoint(1, run_name="killed"):
+        train(resolve_config(over + ["name=killed"]))
+    train(resolve_config(over + ["name=killed"]))
+    a, b = (io.load_checkpoint(tmp_path / n / "checkpoints" / "last.pt") for n in ("straight", "killed"))
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    (tmp_path / "killed" / "method" / "mcat-generators.pt").unlink()  # a resumed run needs its own generators
+    with pytest.raises(Exception, match="mcat-generators.pt, which is missing"):
+        train(resolve_config(over + ["name=killed", "epochs=4"]))
+
+
+def test_mcat_detached_distance_leaves_training_unchanged(tmp_path):
+    """The release's MCAT trains exactly as with lambda 0 (no generator at all): PGD-AT plus the ETF term."""
+    over = TINY + ["method=mcat", "variant=code", *MCAT_TINY, "epochs=2", "attack.random_start=none",
+                   "train.deterministic=true", f"out={tmp_path}"]
+    Trainer(resolve_config(over + ["name=a"])).fit()
+    Trainer(resolve_config(over + ["lambda_m=0", "name=b"])).fit()
+    wa, wb = (io.load_checkpoint(tmp_path / n / "checkpoints" / "last.pt")["model"] for n in ("a", "b"))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert (tmp_path / "a" / "method" / "mcat-generators.pt").exists()
+    assert not (tmp_path / "b" / "method").exists()
+
+
+def test_mcat_trains_and_evaluates_from_the_cli(tmp_path):
+    assert main(["train", "method=mcat", *TINY, *MCAT_TINY, "epochs=1", f"out={tmp_path}", "name=run"]) == 0
+    assert main(["eval", str(tmp_path / "run"), "attacks=clean,pgd5", "eval.n_samples=20",
+                 "eval.chunk_size=20"]) == 0
+    result = io.read_json(tmp_path / "run" / "eval" / "best.json")
+    assert result["eps"] == pytest.approx(8 / 255) and result["results"]["pgd5"]["accuracy"] >= 0

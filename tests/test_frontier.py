@@ -504,3 +504,31 @@ def test_mcat_trains_and_evaluates_from_the_cli(tmp_path):
                  "eval.chunk_size=20"]) == 0
     result = io.read_json(tmp_path / "run" / "eval" / "best.json")
     assert result["eps"] == pytest.approx(8 / 255) and result["results"]["pgd5"]["accuracy"] >= 0
+
+
+def test_mcat_clean_stage_starts_training_and_fits_the_generators(tmp_path):
+    from ltrobust.methods.mcat import MCAT
+
+    over = TINY + ["method=mcat", *MCAT_TINY, "clean_epochs=2", "epochs=1", f"out={tmp_path}", "name=run"]
+    cfg = resolve_config(over)
+    (stage,) = MCAT.stages(cfg, method_options(cfg))
+    assert stage.name == "clean" and stage.config.method.name == "natural" and stage.config.train.epochs == 2
+    with pytest.raises(ConfigError, match="needs its clean stage"):
+        Trainer(cfg).fit()  # the stage first: ltrobust.experiments.train runs it
+    t = train(cfg)
+    clean = io.load_checkpoint(tmp_path / "run" / "clean" / "checkpoints" / "last.pt")["model"]
+    assert all(torch.equal(t.method._init_state[k], clean[k]) for k in clean)
+    start = Trainer(resolve_config(over + ["train.lr=1e-12", "name=frozen"]))
+    start.build()
+    start.method.use_stage("clean", _model_with(start.model, clean))
+    start.fit()  # a vanishing lr: the adversarial run ends where the clean stage ended
+    last = io.load_checkpoint(tmp_path / "frozen" / "checkpoints" / "last.pt")["model"]
+    assert all(torch.allclose(last[k].float(), clean[k].float(), atol=1e-6) for k in clean if "num_batches" not in k)
+
+
+def _model_with(model: nn.Module, state: dict) -> nn.Module:
+    import copy
+
+    m = copy.deepcopy(model)
+    m.load_state_dict(state)
+    return m

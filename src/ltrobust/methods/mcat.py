@@ -36,11 +36,12 @@ from torch import nn
 from ..attacks import pgd
 from ..attacks.pgd import autocast, eval_mode
 from ..attacks.threat import ThreatModel
+from ..config import RunConfig, with_updates
 from ..errors import CheckpointError, ConfigError
 from ..losses.mcat import (LATENT_REDUCTIONS, ClassGroups, class_groups, draw_latents, etf_loss,
                            manifold_distance)
 from ..registry import METHODS
-from .base import Method, logits_and_features
+from .base import Method, Stage, logits_and_features
 
 log = logging.getLogger(__name__)
 
@@ -222,6 +223,10 @@ class MCATOptions:
     latent_reduction: str | None = None  #: sample (paper: each point's own steps) | class_mean (the release)
     gen_epochs: int = 10  #: generator fitting passes over the training set (the release)
     gen_lr: float = 1e-3  #: Adam learning rate of the fitting (the release)
+    #: epochs of a natural-training stage ``clean/`` whose weights start adversarial training and whose features
+    #: the generators fit (the release's --clean_ckpt); 0: from the initialisation (the release's default)
+    clean_epochs: int = 0
+    clean_checkpoint: str = ""  #: an already trained run folder or checkpoint to use as that stage instead
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -240,6 +245,13 @@ class MCATOptions:
             raise ConfigError("mcat z_dim and the hidden widths must be >= 1.")
         if self.latent_steps < 0 or self.gen_epochs < 0 or not self.latent_lr >= 0 or not self.gen_lr > 0:
             raise ConfigError("mcat needs latent_steps >= 0, gen_epochs >= 0, latent_lr >= 0 and gen_lr > 0.")
+        if self.clean_epochs < 0:
+            raise ConfigError(f"mcat clean_epochs={self.clean_epochs}: use 0 (no clean stage) or more.")
+
+    @property
+    def clean_stage(self) -> bool:
+        """Whether adversarial training starts from a clean model (``clean_epochs`` or ``clean_checkpoint``)."""
+        return self.clean_epochs > 0 or bool(self.clean_checkpoint)
 
     def value(self, name: str) -> Any:
         """The option, or the variant's value when it is left at None (``hidden``: empty)."""
@@ -283,10 +295,37 @@ class MCAT(Method):
         self._digest: str | None = None  # sha256 of the generators in use
         self._state_digest: str | None = None  # the digest a resumed run's checkpoint records
         self._groups: tuple[torch.Tensor, ClassGroups] | None = None
+        self._init_state: dict[str, torch.Tensor] | None = None  # the clean stage's weights (use_stage)
+        self._resumed = False  # load_state_dict ran: the model and the generators come from the run itself
 
     @property
     def needs_generators(self) -> bool:
         return self.lam > 0
+
+    # ------------------------------------------------------------------------------- clean stage
+    @classmethod
+    def stages(cls, cfg: RunConfig, options: MCATOptions) -> list[Stage]:
+        """With ``clean_epochs`` (or ``clean_checkpoint``): natural training of the same model on the same data into
+        ``<run>/clean`` (the run's optimiser settings, a cosine schedule over ``clean_epochs``, no fine-tuning, no
+        EMA), whose last weights start adversarial training (the release's ``--clean_ckpt``)."""
+        if not options.clean_stage:
+            return []
+        config = with_updates(
+            cfg, method={"name": "natural", "loss": "ce", "args": {}, "loss_args": {}, "teacher": None},
+            attack={"loss_mode": "outer", "loss": "", "loss_args": {}},
+            train={"epochs": max(options.clean_epochs, 1), "schedule": "cosine", "milestones": (), "warmup_epochs": 0,
+                   "finetune": "none", "ema": 0.0, "record_ae_drift": False, "val_every": 0})
+        return [Stage(name="clean", config=config, checkpoint="last", path=options.clean_checkpoint or None)]
+
+    def use_stage(self, name: str, model: nn.Module) -> None:
+        if name != "clean":
+            super().use_stage(name, model)
+        from ..device import unwrap
+
+        self._init_state = {k: v.detach().clone() for k, v in unwrap(model).state_dict().items()}
+
+    def missing_stages(self) -> list[str]:
+        return ["clean"] if self.options.clean_stage and self._init_state is None else []
 
     @property
     def loss_label(self) -> str:
@@ -304,11 +343,13 @@ class MCAT(Method):
         """Fit the generators on the features of ``context.model`` (a fresh run), or load the run's own (a resumed
         run: the digest in the method state must match); ``context`` is the trainer (``model``, ``data``, ``cfg``,
         ``device``, ``folder``, ``dist``)."""
+        expected = self._state_digest  # set when the run resumes from a checkpoint
+        if self._init_state is not None and not self._resumed:
+            self._start_from_clean(context)
         if not self.needs_generators:
             return
         folder = getattr(context, "folder", None)
         path = folder.method_file("mcat-generators") if folder is not None else None
-        expected = self._state_digest  # set when the run resumes from a checkpoint
         if self.generators is None and expected is not None:
             self._load_generators(path, expected, context.device)
             return
@@ -323,6 +364,15 @@ class MCAT(Method):
             io.save_checkpoint(path, {"generators": self.generators.state_dict(), "losses": self.generator_losses,
                                       "feature_dim": self.generators.feature_dim, "z_dim": self.z_dim,
                                       "hidden": list(self.hidden)})
+
+    def _start_from_clean(self, context: Any) -> None:
+        """A fresh run starts from the clean stage's weights (model and EMA); a resumed one keeps its checkpoint's."""
+        from ..device import unwrap
+
+        unwrap(context.model).load_state_dict(self._init_state)
+        ema = getattr(context, "ema", None)
+        if ema is not None:
+            ema.module.load_state_dict(self._init_state)
 
     def _load_generators(self, path: Any, expected: str, device: Any) -> None:
         from .. import io
@@ -452,6 +502,7 @@ class MCAT(Method):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
+        self._resumed = True
         self._state_digest = state.get("generators_sha256")
         self.generator_losses = list(state.get("generator_losses", []))
 

@@ -21,7 +21,7 @@ from ltrobust.attacks import pgd
 from ltrobust.attacks.pgd import initial_delta
 from ltrobust.attacks.threat import Linf
 from ltrobust.cli import main
-from ltrobust.config import AttackConfig, method_options, resolve_config
+from ltrobust.config import AttackConfig, list_presets, method_options, resolve_config
 from ltrobust.errors import ConfigError
 from ltrobust.experiments import train
 from ltrobust.methods.robustlt import BASES, aiw_intensity, cpb_budgets
@@ -532,3 +532,52 @@ def _model_with(model: nn.Module, state: dict) -> nn.Module:
     m = copy.deepcopy(model)
     m.load_state_dict(state)
     return m
+
+
+# ================================================================================================= presets
+FRONTIER_PRESETS = [p for p in list_presets() if p.startswith(("robustlt-", "mcat-"))]
+
+
+def test_frontier_presets_and_their_reference_numbers():
+    assert set(FRONTIER_PRESETS) >= {"robustlt-at-bsl-cifar10lt-wrn28", "robustlt-robal-cifar10lt-wrn28",
+                                     "robustlt-cifar10lt-resnet18", "robustlt-digits", "mcat-cifar100lt-resnet18",
+                                     "mcat-tinyimagenetlt-resnet18", "mcat-cifar10lt-resnet18",
+                                     "mcat-code-cifar100lt-resnet18", "mcat-digits"}
+    main_ = resolve_config(["preset=robustlt-at-bsl-cifar10lt-wrn28"])
+    assert main_.reference[0]["values"] == {"clean": 77.61, "pgd20": 42.11, "aa": 37.49, "aa.tail_group": 30.7}
+    assert (main_.attack.bn_mode, main_.eval.step_size, main_.eval.checkpoint) == ("batch", 1 / 255, "last")
+    robal = resolve_config(["preset=robustlt-robal-cifar10lt-wrn28"])
+    assert robal.reference[0]["values"]["aa"] == 31.03 and method_options(robal).base_args["tau_p"] == 0.0
+    assert resolve_config(["preset=robustlt-cifar10lt-resnet18"]).reference == ()  # not AT-BSL's numbers
+    assert resolve_config(["preset=mcat-cifar100lt-resnet18"]).reference[0]["values"] == {"aa": 31.5}
+    tiny = resolve_config(["preset=mcat-tinyimagenetlt-resnet18"]).reference[0]["values"]
+    assert tiny == {"clean.balanced_accuracy": 42.3, "aa.balanced_accuracy": 22.6, "pgd20.few": 18.9, "aa.few": 16.8}
+    code = resolve_config(["preset=mcat-code-cifar100lt-resnet18"])
+    assert (code.train.schedule, code.attack.random_start, method_options(code).variant) == ("constant", "none", "code")
+
+
+@pytest.mark.parametrize("preset", FRONTIER_PRESETS)
+def test_frontier_preset_trains_one_tiny_step(preset, tmp_path):
+    from ltrobust.attacks.suite import parse_attacks
+
+    cfg = resolve_config([f"preset={preset}"])
+    parse_attacks(cfg.eval.attacks, eps=cfg.eval.eps, step_size=cfg.eval.step_size)  # eval names are real
+    over = [f"preset={preset}", "dataset=digits-lt", "data.imbalance=10", "model=smallcnn", "model.width=4",
+            "epochs=1", "train.max_steps_per_epoch=1", "train.batch_size=16", "train.val_samples=20",
+            "train.val_attack_steps=1", "train.progress=false", f"out={tmp_path}", "name=run"]
+    if cfg.method.name == "mcat":
+        over += ["hidden=8", "z_dim=4", "gen_epochs=1"]
+    train(resolve_config(over))
+    row = io.read_jsonl(tmp_path / "run" / "metrics.jsonl")[0]
+    assert math.isfinite(row["loss"]) and (tmp_path / "run" / "checkpoints" / "best.pt").exists()
+
+
+def test_the_frontier_digits_grid_puts_both_methods_beside_the_seeds():
+    from ltrobust.experiments.sweep import load_grid, plan_runs
+
+    plans = plan_runs(load_grid("digits-frontier", ["out=/tmp/unused"]))
+    names = [p.cfg.method.name for p in plans]
+    assert {"natural", "pgd_at", "at_bsl", "robal", "reat", "taet", "self_distill"} <= set(names)
+    assert {method_options(p.cfg).base for p in plans if p.cfg.method.name == "robustlt"} == {
+        "pgd_at", "at_bsl", "robal", "reat", "taet"}
+    assert sorted(method_options(p.cfg).variant for p in plans if p.cfg.method.name == "mcat") == ["code", "paper"]

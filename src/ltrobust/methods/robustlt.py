@@ -157,6 +157,9 @@ class RobustLT(WrappedMethod):
             raise ConfigError(f"robustlt rebalances the training radius attack.eps={a.eps}: use attack.eps > 0.")
         o = self.options
         eps_c, self.tau = cpb_budgets(self.class_counts, a.eps, o.alpha)
+        if o.alpha > 0 and self.tau == 0.0:
+            log.warning("robustlt: every class has %d training images, so CPB has nothing to balance (the release "
+                        "divides by zero here): every class keeps attack.eps", int(self.class_counts.max()))
         self.eps_max = eps_c.to(torch.float32)  # (C,) the radii after the warm-up (the release: float32)
         self.beta = o.warmup_beta
         self.start_eps = a.eps if o.start == "global" else None

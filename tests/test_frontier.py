@@ -465,6 +465,9 @@ def test_mcat_config_variants_and_errors():
         resolve_config(["method=mcat", "inner_sign=0"])
     with pytest.raises(ConfigError, match="call method.set_generators"):
         make("mcat").train_attack(tiny_model(), *batch()[::2])
+    with pytest.raises(ConfigError, match="crafts its training AEs with MS-PGD"):
+        make("mcat", attack=AttackConfig(loss="rw"))
+    assert make("mcat", loss="bsl").loss_label == "bsl + manifold + etf"  # any long-tailed loss outside
 
 
 def test_mcat_fits_its_generators_once_and_resumes_exactly(tmp_path, die_after_checkpoint):

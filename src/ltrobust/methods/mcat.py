@@ -41,6 +41,7 @@ from ..errors import CheckpointError, ConfigError
 from ..losses.mcat import (LATENT_REDUCTIONS, ClassGroups, class_groups, draw_latents, etf_loss,
                            manifold_distance)
 from ..registry import METHODS
+from .at_bsl import require_outer_loss_mode
 from .base import Method, Stage, logits_and_features
 
 log = logging.getLogger(__name__)
@@ -280,6 +281,7 @@ class MCAT(Method):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        require_outer_loss_mode(self.attack_cfg, self.name, "MS-PGD on CE and the manifold distance")
         if self.num_classes < 2:
             raise ConfigError("mcat's ETF regulariser needs at least 2 classes.")
         o = self.options

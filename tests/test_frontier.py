@@ -404,6 +404,10 @@ def test_ms_pgd_step_by_hand_and_detached_distance_is_pgd_on_ce():
     released = ms_pgd(model, x, y, Linf(8 / 255), G, lam=0.2, sign=-1.0, steps=3, step_size=step,
                       latent_steps=5, latent_lr=0.1, reduction="class_mean", differentiable=False, random_start="none")
     assert torch.equal(released, plain)
+    for training in (True, False):  # the model's mode is restored, no parameter gradient is touched
+        model.train(training)
+        ms_pgd(model, x, y, Linf(8 / 255), G, lam=lam, steps=2, step_size=step)
+        assert model.training is training and all(p.grad is None for p in model.parameters())
 
 
 def _mcat_pair(variant: str, **opts):

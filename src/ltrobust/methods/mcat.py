@@ -193,7 +193,8 @@ def ms_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatMod
     kwargs = {"num_classes": num_classes, "generators": generators, "groups": groups or class_groups(y), "lam": lam,
               "sign": sign, "latent_steps": latent_steps, "latent_lr": latent_lr, "reduction": reduction,
               "differentiable": differentiable}
-    return pgd(LogitsAndFeatures(model), x, y, threat, steps=steps, step_size=step_size, objective=ms_objective,
+    target = LogitsAndFeatures(model).train(model.training)  # pgd restores the wrapper's mode onto the model
+    return pgd(target, x, y, threat, steps=steps, step_size=step_size, objective=ms_objective,
                random_start=random_start, objective_kwargs=kwargs, bn_mode=bn_mode, amp_dtype=amp_dtype,
                start_eps=start_eps)
 

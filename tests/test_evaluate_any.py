@@ -425,7 +425,7 @@ def test_every_method_trains_a_plain_module_or_says_what_it_needs(name):
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
     method = METHODS.get(name)(counts, AttackConfig(steps=2), LOSSES.get("ce")(counts))
     needs = {"reat": "return_features=True", "robal": "CosineHead", "he": "cosine head",
-             "las_at": "strategy network"}
+             "las_at": "strategy network", "mcat": "class generators"}
     if name in needs:
         with pytest.raises(ConfigError, match=needs[name]):
             method.forward(model, x, y)

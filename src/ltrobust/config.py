@@ -352,14 +352,15 @@ _FRACTION = re.compile(r"^\s*(-?\d+(?:\.\d*)?(?:e-?\d+)?)\s*/\s*(\d+(?:\.\d*)?)\
 
 
 def parse_value(text: str) -> Any:
-    """Parse a command-line value: YAML scalars and lists, plus fractions such as ``8/255``."""
+    """Parse a command-line value: YAML scalars, lists and mappings (``{m0: 0.1, tau_b: 1.2}``), plus fractions
+    such as ``8/255``."""
     m = _FRACTION.match(text)
     if m:
         if float(m.group(2)) == 0:
             raise ConfigError(f"{text.strip()} divides by zero: write a fraction with a non-zero denominator, "
                               "e.g. 8/255.")
         return float(m.group(1)) / float(m.group(2))
-    if "," in text and not text.strip().startswith("["):
+    if "," in text and not text.strip().startswith(("[", "{")):
         return [parse_value(part) for part in text.split(",") if part != ""]
     try:
         return yaml.safe_load(text)
@@ -774,6 +775,12 @@ def _build_options(opts_cls: Any, values: Mapping[str, Any], owner: str) -> Any:
             raise ConfigError(f"{owner} has no option {k!r}.{hint} Its options: {', '.join(names)}.")
     hints = {f.name: f.type for f in fields(opts_cls)}
     return opts_cls(**{k: _coerce(v, hints[k], f"{owner}.{k}") for k, v in values.items()})
+
+
+def build_options(opts_cls: Any, values: Mapping[str, Any], owner: str) -> Any:
+    """An ``Options`` dataclass instance from ``values`` (``{name: value}``, coerced and validated as config keys
+    are; a wrapper method builds its base's options with it); None for a class without options and no values."""
+    return _build_options(opts_cls, values, owner)
 
 
 def method_options(cfg: RunConfig) -> Any:

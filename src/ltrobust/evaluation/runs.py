@@ -187,8 +187,9 @@ def load_run(path: str | Path, overrides: Sequence[str] = (), device: str | torc
     num_classes = int(state.get("num_classes", len(counts)))
     in_ch, mean, std = _input_spec(cfg, state)
     method_cls = METHODS.get(cfg.method.name)
-    model = build_model(replace(cfg.model, head=method_cls.required_head or cfg.model.head), num_classes=num_classes,
-                        in_channels=in_ch, mean=mean, std=std, image_size=_image_size(cfg, state))
+    head = method_cls.head_for(method_options(cfg)) or cfg.model.head
+    model = build_model(replace(cfg.model, head=head), num_classes=num_classes, in_channels=in_ch, mean=mean,
+                        std=std, image_size=_image_size(cfg, state))
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as exc:

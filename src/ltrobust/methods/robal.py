@@ -26,7 +26,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..attacks import pgd
 from ..attacks.pgd import autocast
 from ..errors import ConfigError
 from ..losses import robal_inference_logits, robal_kl, robal_loss
@@ -163,11 +162,8 @@ class RoBal(Method):
 
     def train_attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         cosine_head(model)
-        a = self.attack_cfg
         target = ScaleOneCosine(model).train(model.training)  # pgd restores the wrapper's mode onto the model
-        return pgd(target, x, y, self.threat, steps=self.options.attack_steps,
-                   step_size=a.step_size, objective="ce", random_start=a.random_start, bn_mode=self.bn_mode,
-                   amp_dtype=self.amp_dtype)
+        return self.attack_pgd(target, x, y, "ce", steps=self.options.attack_steps)
 
     def _cosines(self, model: nn.Module, x: torch.Tensor, s: float) -> torch.Tensor:
         """Unscaled cosines (B, C) in train mode through the model's forward (DDP-safe): ``z / s``."""

@@ -108,7 +108,7 @@ class Trainer:
         self.class_counts = list(self.data.class_counts)
         self.num_classes = self.data.num_classes
         method_cls = METHODS.get(cfg.method.name)
-        head = method_cls.required_head or cfg.model.head
+        head = method_cls.head_for(method_options(cfg)) or cfg.model.head
         torch.manual_seed(cfg.train.seed)  # model init is a function of the seed alone
         self.model = build_model(replace(cfg.model, head=head), num_classes=self.num_classes,
                                  in_channels=self.data.channels, mean=self.data.mean, std=self.data.std,

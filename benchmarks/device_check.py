@@ -69,6 +69,8 @@ class Tee:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="folder for device_check.json and device_check.log")
+    p.add_argument("--stem", default="device_check", help="name of the JSON and the log, without suffix (default "
+                   "device_check; gpu_session.py names them with the device and the date)")
     p.add_argument("--data-dir", default=None, help="CIFAR-10 folder (default: speed.py's search, or --data-tar)")
     p.add_argument("--data-tar", default=None, help="CIFAR-10 JPEG tarball to extract into a temporary folder")
     p.add_argument("--wheels", default=None, help="folder of the wheels in NEEDED (each installed if missing)")
@@ -77,7 +79,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--aa-train-epochs", type=int, default=5, help="epochs of the briefly trained ResNet-18")
     p.add_argument("--budget-s", type=float, default=330.0,
                    help="a part not started within this many seconds is skipped (said in the JSON)")
-    p.add_argument("--skip", default="", help="comma-separated parts to skip: pytest,resnet18,compiled,wrn,aa")
+    p.add_argument("--skip", default="", help="comma-separated parts to skip: pytest,resnet18,wrn,compiled,aa")
     p.add_argument("--dry-run", action="store_true", help="tiny sizes on CPU with synthetic data (seconds)")
     return p.parse_args(argv)
 
@@ -242,7 +244,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     a = parse_args(argv)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    log_file = (out / "device_check.log").open("a")
+    log_file = (out / f"{a.stem}.log").open("a")
     skip = {s.strip() for s in a.skip.split(",") if s.strip()}
     result: dict[str, Any] = {"date": _dt.datetime.now().isoformat(timespec="seconds"), "dry_run": a.dry_run,
                               "command": " ".join([Path(sys.executable).name, "benchmarks/device_check.py"] +
@@ -252,7 +254,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     def save() -> None:
         result["seconds"] = time.perf_counter() - t0
-        (out / "device_check.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
+        (out / f"{a.stem}.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
 
     with contextlib.redirect_stdout(Tee(sys.stdout, log_file)), contextlib.redirect_stderr(Tee(sys.stderr, log_file)), \
             tempfile.TemporaryDirectory(prefix="device-check-") as tmp_s:
@@ -279,8 +281,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         parts: list[tuple[str, Callable[[], Any]]] = [
             ("pytest", lambda: run_pytest(out)),
             ("resnet18", lambda: part_resnet18(a, tmp, data_dir, compiled=False)),
+            ("wrn", lambda: part_wrn(a, tmp, data_dir)),  # short and predictable: before the compile
             ("compiled", lambda: part_resnet18(a, tmp, data_dir, compiled=True)),
-            ("wrn", lambda: part_wrn(a, tmp, data_dir)),
             ("aa", lambda: part_aa(a, tmp, data_dir)),
         ]
         for name, fn in parts:
@@ -301,7 +303,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             save()
         print(json.dumps({"targets": result["targets"], "errors": result["errors"], "skipped": result["skipped"],
                           "pytest": result["parts"].get("pytest", {}).get("tests")}, indent=1, default=str))
-        print(f"wrote {out / 'device_check.json'} and {out / 'device_check.log'} in {time.perf_counter() - t0:.0f} s")
+        print(f"wrote {out / (a.stem + '.json')} and {out / (a.stem + '.log')} in {time.perf_counter() - t0:.0f} s")
     log_file.close()
     save()
     return result

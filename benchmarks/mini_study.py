@@ -4,7 +4,7 @@ Trains pgd_at, at_bsl, robal, reat, taet and self_distill with the library's Tra
 preset for its options, attack and weight decay), with a small ResNet-18 (``--width 16``) and one
 budget for all: ``--epochs`` epochs of at most ``--steps-per-epoch`` batches of ``--batch-size``, lr 0.1
 decayed x0.1 at 75% and 90% of the epochs (TAET's clean stage: 40% of the epochs; the self-distillation
-teacher gets 002's share of training images). Each run is then evaluated on its last checkpoint with
+teacher gets Cho et al.'s (ICLR 2025) share of training images). Each run is then evaluated on its last checkpoint with
 ``ltrobust.evaluation.runs.evaluate_run`` on class-balanced subsets of the test set, eps 8/255, step 2/255:
 clean and PGD-20 on ``--n-eval`` images (1000), and the AutoAttack column (cascade clean -> PGD-20 ->
 APGD-CE + APGD-T, AutoAttack's first two attacks, attack name ``apgd``) on ``--n-aa`` images (100):
@@ -62,7 +62,8 @@ METHOD_PRESETS: dict[str, list[str]] = {
     "self_distill": ["preset=self-distill-cifar10lt-resnet18"],
 }
 ATTACKS = "clean,pgd20,apgd"
-#: 002's teacher / student image ratio: 30 epochs x 25,000 balanced images vs 100 epochs x 13,996 (IR 50)
+#: the teacher / student image ratio of Cho et al. (ICLR 2025): 30 epochs x 25,000 balanced images vs 100 epochs x
+#: 13,996 (IR 50)
 TEACHER_IMAGE_RATIO = 30 * 25_000 / (100 * 13_996)
 
 
@@ -83,7 +84,8 @@ def milestones(epochs: int) -> str:
 
 
 def teacher_epochs(args: argparse.Namespace, n_train: int = 13_996, n_teacher: int = 25_000) -> int:
-    """Teacher epochs giving the teacher 002's share of the student's training images at this budget."""
+    """Teacher epochs giving the teacher the share of the student's training images of Cho et al. (ICLR 2025) at this
+    budget."""
     steps = math.ceil(n_train / args.batch_size)
     student_images = args.epochs * min(args.steps_per_epoch or steps, steps) * args.batch_size
     t_steps = math.ceil(n_teacher / 32)

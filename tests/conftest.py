@@ -23,12 +23,28 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def ltrobust_cache_dir(tmp_path_factory) -> Path:
+    """ltrobust's cache folder (decoded image folders) for the whole session: a temporary folder, never the
+    user's ``~/.cache/ltrobust`` (``$LTROBUST_CACHE_DIR``; a test may point it elsewhere with monkeypatch)."""
+    import os
+
+    folder = tmp_path_factory.mktemp("ltrobust-cache")
+    before = os.environ.get("LTROBUST_CACHE_DIR")
+    os.environ["LTROBUST_CACHE_DIR"] = str(folder)
+    yield folder
+    if before is None:
+        os.environ.pop("LTROBUST_CACHE_DIR", None)
+    else:
+        os.environ["LTROBUST_CACHE_DIR"] = before
+
+
 @pytest.fixture(scope="session")
 def cifar10_jpeg_dir() -> Path:
     """The shared CIFAR-10 JPEG image folder, extracted once into ``<project>/.data/cifar10`` (git-ignored).
 
-    Skips (saying why) when ``../shared/data/cifar10-jpeg.tar.gz`` is absent. Decoded images are
-    cached by the loader inside the extracted folder, so later sessions build in about a second.
+    Skips (saying why) when ``../shared/data/cifar10-jpeg.tar.gz`` is absent. Decoded images are cached in
+    the session's ltrobust cache folder (:func:`ltrobust_cache_dir`), so every session decodes them once.
     """
     if not SHARED_CIFAR10.is_file():
         pytest.skip(f"real-data check skipped: {SHARED_CIFAR10} is absent (the shared CIFAR-10 JPEG copy)")

@@ -30,7 +30,8 @@ from ltrobust.registry import ANALYSES
 TINY = ["dataset=digits-lt", "model=smallcnn", "model.width=8", "epochs=3", "train.batch_size=64", "attack.steps=2",
         "train.val_samples=50", "train.val_attack_steps=2", "train.progress=false", "train.record_ae_drift=true",
         "train.ae_drift_samples=60", "train.precision=fp32"]
-KINDS = ["ae-drift", "attack-budget", "confusion", "embedding", "feature-norm", "gaussian-theory"]
+KINDS = ["ae-drift", "attack-budget", "confusion", "cost", "embedding", "epoch-choice", "feature-norm",
+         "gaussian-theory", "sensitivity", "zero-grad"]
 
 
 @pytest.fixture(scope="module")
@@ -221,7 +222,8 @@ def _phi(z: float) -> float:
 
 
 def _theorem1_by_hand(r: float, n: int, eta: float, eps: float) -> list[float]:
-    """002 Eq. 4-5 written out again: [R_nat(f_nat), R_rob(f_nat), R_nat(f_rob), R_rob(f_rob)] for y = -1."""
+    """Cho et al., ICLR 2025, Eq. 4-5 written out again: [R_nat(f_nat), R_rob(f_nat), R_nat(f_rob), R_rob(f_rob)] for
+    y = -1."""
     a, b = math.log(r) / (2 * math.sqrt(n) * eta), math.log(r) / (2 * math.sqrt(n) * (eta - eps))
     return [_phi(-math.sqrt(n) * eta + a), _phi(-math.sqrt(n) * (eta - eps) + a),
             _phi(-math.sqrt(n) * eta + b), _phi(-math.sqrt(n) * (eta - eps) + b)]

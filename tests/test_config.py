@@ -92,7 +92,7 @@ def test_reference_numbers_are_kept_through_presets_yaml_and_grids(tmp_path):
     run entry; a derived preset carries its own list, not its base's; malformed lists are refused clearly."""
     cfg = resolve_config(["preset=reat-cifar10lt-resnet18", "epochs=2"])
     first = cfg.reference[0]
-    assert first["source"].startswith("001_") and first["table"] == "Table 1"
+    assert first["source"].startswith("Li, Xu and Zhang") and first["table"] == "Table 1"
     assert first["values"] == {"clean": 67.33, "pgd20": 36.2, "pgd100": 36.02, "cw100": 33.98, "aa": 32.08}
     assert first["settings"] == {"epochs": 80, "data": "cifar-pickle", "checkpoint": "best-test"}
     c100 = resolve_config(["preset=reat-cifar100lt-resnet18"]).reference
@@ -112,7 +112,7 @@ def test_reference_numbers_are_kept_through_presets_yaml_and_grids(tmp_path):
     points = load_grid(grid).points
     assert points[0].cfg.reference[0]["values"] == {"clean": 1.5} and points[1].cfg.reference == ()
     for bad, match in (({"table": "T"}, "source"), ({"source": "x", "table": "T", "values": {"clean": "high"}},
-                                                                "not a number"),
+                                                                "not a percentage"),
                        ({"source": "x", "table": "T", "values": {"a": 1}, "settings": {"epoch": 3}}, "epochs"),
                        ({"source": "x", "table": "T", "values": {"a": 1}, "settings": {"checkpoint": "best"}},
                         "best-val"), ({"source": "x", "table": "T", "values": {"a": 1}, "colour": 1}, "unknown key")):

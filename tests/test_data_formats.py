@@ -129,15 +129,18 @@ def _write_image_folder(root, classes, per_class, test_per_class, size=32, ext="
 
 
 def test_image_folder_reads_sorts_and_caches(tmp_path, monkeypatch):
+    monkeypatch.setenv("LTROBUST_CACHE_DIR", str(tmp_path / "cache"))
     classes = ["truck", "airplane", "cat", "bird", "deer", "dog", "frog", "horse", "ship", "automobile"]
-    _write_image_folder(tmp_path, classes, per_class=4, test_per_class=2)
+    _write_image_folder(tmp_path / "data", classes, per_class=4, test_per_class=2)
+    tmp_path = tmp_path / "data"
     cfg = DataConfig(dataset="cifar10-lt", data_dir=str(tmp_path), imbalance=2, val_per_class=0)
     d = build_data(cfg)
     assert d.class_names == sorted(classes) and d.class_counts == class_counts("exp", 4, 10, 2)
     first = np.array(Image.open(tmp_path / "train" / "airplane" / "0000.png"))  # png: lossless
     pos = d.manifest["indices"]["train"]["0"].index(0)
     assert torch.equal(d.train.images[pos], torch.from_numpy(first).permute(2, 0, 1))
-    assert list((tmp_path / ".ltrobust_cache").glob("imagefolder-train-*.npz"))
+    assert list((tmp_path.parent / "cache").glob("data-*/imagefolder-train-*.npz"))  # ltrobust's cache folder
+    assert not list(tmp_path.rglob("*.npz"))  # nothing written into the user's data
 
     def no_decoding(*args, **kw):
         raise AssertionError("the second build must read the cache")
@@ -286,3 +289,80 @@ def test_dermamnist_npz_used_as_is_with_its_own_val(tmp_path):
         "path"].endswith("dermamnist_64.npz")
     with pytest.raises(DataError, match="dermamnist.npz"):
         build_data(DataConfig(dataset="dermamnist", data_dir=str(tmp_path / "empty")))
+
+
+# ------------------------------------------------------------------- deep images, decompression bombs
+def _png(path, width, height, rows, bit_depth, colour_type):
+    """A PNG written chunk by chunk (IHDR, one zlib IDAT of filter-0 scanlines, IEND), as any encoder does."""
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
+    z = zlib.compressobj(9)
+    idat = b"".join(z.compress(b"\x00" + row) for row in rows) + z.flush()
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+    return path
+
+
+def test_16bit_png_and_float_tiff_are_scaled_by_their_real_range(tmp_path):
+    """Issue 29 item 7: a 16-bit grey PNG (0..65535) and a float TIFF (0..1) were converted by clipping to 0..255
+    (almost every pixel white, or black); they decode scaled by their range, as the 8-bit image they hold."""
+    from ltrobust.data.formats.base import decode_image
+    from ltrobust.data.stream import decode_stream_image
+
+    levels = np.arange(64, dtype=np.float64).reshape(8, 8) * (255 / 63)
+    want = np.rint(levels).astype(np.uint8)
+    grey16 = np.rint(levels * 257).astype(np.uint16)  # v / 65535 == levels / 255
+    _png(tmp_path / "grey16.png", 8, 8, [r.astype(">u2").tobytes() for r in grey16], 16, 0)
+    Image.fromarray((levels / 255).astype(np.float32), "F").save(tmp_path / "float.tif")
+    Image.fromarray(grey16).save(tmp_path / "grey16.tif")
+    for name in ("grey16.png", "float.tif", "grey16.tif"):
+        assert np.array_equal(decode_image(tmp_path / name, "L")[..., 0], want), name
+        assert np.array_equal(decode_image(tmp_path / name, "RGB"), np.repeat(want[..., None], 3, axis=2)), name
+    rgb16 = np.stack([grey16, grey16[::-1], np.full_like(grey16, 65535)], axis=-1)  # PIL reduces it to 8 bits
+    _png(tmp_path / "rgb16.png", 8, 8, [r.astype(">u2").tobytes() for r in rgb16], 16, 2)
+    assert np.abs(decode_image(tmp_path / "rgb16.png", "RGB").astype(int)
+                  - np.stack([want, want[::-1], np.full_like(want, 255)], axis=-1)).max() <= 1
+    streamed = decode_stream_image(str(tmp_path / "grey16.png"), 8, train=False)  # ImageNet-LT's decoder too
+    assert streamed.shape == (3, 8, 8) and int(streamed.max()) > 200
+
+
+@pytest.mark.parametrize("kind, match", [
+    ("float outside [0, 1]", r"floating-point pixels in \[0, 2\]; ltrobust reads float images as values in \[0, 1\]"),
+    ("float NaN", r"NaN or infinite pixels"),
+    ("32-bit integer", r"32-bit integer pixels \(PIL mode I\), whose range ltrobust cannot tell: save it as an 8- or "
+                       r"16-bit PNG"),
+])
+def test_images_without_a_known_range_are_refused(tmp_path, kind, match):
+    from ltrobust.data.formats.base import decode_image
+
+    path = tmp_path / "x.tif"
+    if kind == "float outside [0, 1]":
+        Image.fromarray(np.linspace(0, 2, 16, dtype=np.float32).reshape(4, 4), "F").save(path)
+    elif kind == "float NaN":
+        Image.fromarray(np.full((4, 4), np.nan, np.float32), "F").save(path)
+    else:
+        Image.fromarray(np.arange(16, dtype=np.int32).reshape(4, 4) * 100000).save(path)
+    with pytest.raises(DataError, match=str(path) + ".*" + match):
+        decode_image(path, "RGB")
+
+
+def bomb_png(path, side):
+    """A decompression bomb: a 1-bit PNG of side x side black pixels, a few kB on disk."""
+    return _png(path, side, side, [bytes((side + 7) // 8)] * side, 1, 0)
+
+
+@pytest.mark.parametrize("side", [9500, 14000], ids=["over PIL's limit (a warning in PIL)", "over twice the limit"])
+def test_a_decompression_bomb_is_refused_with_a_clear_error(tmp_path, side, recwarn):
+    """Issue 29 item 9: PIL's DecompressionBombError escaped as a traceback (and over the limit PIL only warned,
+    then decoded gigabytes); both are a DataError naming the file and PIL's limit, with no warning printed."""
+    from ltrobust.data.formats.base import decode_image
+
+    path = bomb_png(tmp_path / "bomb.png", side)
+    assert path.stat().st_size < 50_000 and side * side > Image.MAX_IMAGE_PIXELS
+    with pytest.raises(DataError, match=r"bomb\.png was refused as a possible decompression bomb: Image size "
+                                        rf"\({side * side} pixels\).*PIL\.Image\.MAX_IMAGE_PIXELS"):
+        decode_image(path, "RGB")
+    assert not [w for w in recwarn if issubclass(w.category, Image.DecompressionBombWarning)]

@@ -94,7 +94,7 @@ def test_cli_eval_full_suite_writes_every_metric(run_dir, capsys):
                    f"eval.eps={16 / 255}", f"eval.step_size={4 / 255}", "eval.batch_size=64"])
     out, err = capsys.readouterr()
     assert rc == 0, err
-    assert "eval best" in err  # the progress bar
+    assert "eval r best: 100%|" in err and "24 img · Clean, FGSM" in err  # the progress bar
     res = json.loads((run_dir / "eval" / "best.json").read_text())
     _numbers_are_numbers(res)
     timings = [res["seconds"]] + [r["seconds"] for r in res["results"].values() if "seconds" in r]

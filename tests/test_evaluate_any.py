@@ -162,23 +162,28 @@ def test_worst_case_with_autoattack_is_never_above_a_direct_autoattack_run(digit
     assert any("robust accuracy after APGD-CE" in m for m in lines)
 
 
-def test_autoattack_progress_lines_and_time_left(caplog):
-    progress = AutoAttackProgress(["apgd-ce", "apgd-t", "fab-t", "square"], 100)
+def test_autoattack_progress_lines_and_observer_events(caplog):
+    events = []
+    progress = AutoAttackProgress(["apgd-ce", "apgd-t", "fab-t", "square"], 100,
+                                  lambda event, **info: events.append((event, info)))
     pkg = logging.getLogger("test-auto-attack")
     pkg.propagate = False
     pkg.addHandler(progress)
     pkg.setLevel(logging.DEBUG)
     with caplog.at_level(logging.INFO, logger="ltrobust.attacks.autoattack"):
         pkg.debug("initial accuracy: 80.00%")
+        pkg.debug("running apgd-ce")
         pkg.debug("robust accuracy after APGD-CE: 40.00% (total time 8.0 s)")
+        pkg.debug("running apgd-t")
         pkg.debug("robust accuracy after APGD-T: 20.00% (total time 14.0 s)")
     pkg.removeHandler(progress)
     msgs = [r.getMessage() for r in caplog.records]
-    # after APGD-CE: 8 s on 80% of the images -> 0.1 s per %; 3 attacks left on 40% -> 12 s
-    assert "AutoAttack 1/4: robust accuracy after APGD-CE 40.00% (8 s so far, about 12 s left for apgd-t, fab-t, " \
-           "square)" in msgs
-    # after APGD-T: 14 s on 80 + 40 = 120 % -> 14/120 s per %; 2 attacks on 20 % -> 4.67 s
-    assert "AutoAttack 2/4: robust accuracy after APGD-T 20.00% (14 s so far, about 5 s left for fab-t, square)" in msgs
+    # no time-left guess in the log (it was 4-8x too low): the evaluation's progress bar measures each attack
+    assert "AutoAttack 1/4: robust accuracy after APGD-CE 40.00% (8 s so far)" in msgs
+    assert "AutoAttack 2/4: robust accuracy after APGD-T 20.00% (14 s so far)" in msgs
+    assert events == [("start", {"attacks": ["apgd-ce", "apgd-t", "fab-t", "square"], "n": 100, "robust": 0.8}),
+                      ("stage", {"name": "apgd-ce"}), ("after", {"name": "apgd-ce", "robust": 0.4}),
+                      ("stage", {"name": "apgd-t"}), ("after", {"name": "apgd-t", "robust": 0.2})]
 
 
 # ------------------------------------------------------------------------------------ image folders
@@ -220,8 +225,17 @@ def test_imagefolder_counts_from_train_list_or_json(tmp_path, digits):
     (tmp_path / "counts.json").write_text(json.dumps({"c0": 7, "c1": 8, "c2": 9}))
     d = build_data(DataConfig(dataset="imagefolder", data_dir=str(root), class_counts=str(tmp_path / "counts.json")))
     assert d.class_counts == [7, 8, 9]
-    with pytest.raises(ConfigError, match="3 non-negative integers"):
+    with pytest.raises(ConfigError, match="lists 2 counts but there are 3 classes: give one per class"):
         build_data(DataConfig(dataset="imagefolder", data_dir=str(root), class_counts="1,2"))
+    for bad, match in (("[10,5,2", r"is not a list of numbers \(a bracket left open\?\)"),  # issue 29 item 11
+                       ("10,0,2", r"class 1 has 0 training images; every class needs a count >= 1"),  # item 18
+                       ("10,-1,2", r"class 1 has -1 training images"), ("10,a,2", "must list integers"),
+                       (str(tmp_path / "nope.json"), "no such file")):
+        with pytest.raises(ConfigError, match=r"class_counts=.*" + match):
+            build_data(DataConfig(dataset="imagefolder", data_dir=str(root), class_counts=bad))
+    (tmp_path / "zero.json").write_text(json.dumps({"c0": 7, "c1": 0, "c2": 9}))
+    with pytest.raises(ConfigError, match="c1 has 0 training images"):
+        build_data(DataConfig(dataset="imagefolder", data_dir=str(root), class_counts=str(tmp_path / "zero.json")))
     with pytest.raises(ConfigError, match="applies to dataset=imagefolder"):
         build_data(DataConfig(dataset="digits-lt", class_counts="1,2"))
 
@@ -331,7 +345,7 @@ def _robustbench_installed() -> bool:
 
 
 @pytest.mark.skipif(not _robustbench_installed(), reason="the robustbench extra is not installed "
-                                                         "(pip install 'ltrobust[robustbench]')")
+                                                         "(pip install -e '.[robustbench]')")
 def test_cli_robustbench_checkpoint_of_a_robustbench_architecture(tmp_path):
     from ltrobust.models.foreign import build_foreign, robustbench_entry
 
@@ -411,7 +425,7 @@ def test_every_method_trains_a_plain_module_or_says_what_it_needs(name):
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
     method = METHODS.get(name)(counts, AttackConfig(steps=2), LOSSES.get("ce")(counts))
     needs = {"reat": "return_features=True", "robal": "CosineHead", "he": "cosine head",
-             "las_at": "strategy network"}
+             "las_at": "strategy network", "mcat": "class generators"}
     if name in needs:
         with pytest.raises(ConfigError, match=needs[name]):
             method.forward(model, x, y)

@@ -111,7 +111,7 @@ def test_read_only_folder_gives_clear_error(tmp_path, monkeypatch):
     def refuse(*a, **k):
         raise OSError(errno.EROFS, "Read-only file system")
 
-    monkeypatch.setattr(io.tempfile, "mkstemp", refuse)
+    monkeypatch.setattr(io.os, "open", refuse)
     with pytest.raises(CheckpointError, match="read-only.*out=DIR"):
         io.write_json(tmp_path / "r.json", {"a": 1})
 
@@ -194,3 +194,53 @@ def test_extract_tar_is_atomic_and_replaces_the_target(tmp_path):
     assert io.extract_tar(archive, target) == target
     assert (target / "train" / "cat" / "0.txt").read_text() == "x"
     assert not (target / "stale").exists() and not (tmp_path / "out.partial").exists()
+
+
+@pytest.fixture
+def umask():
+    """Set the process umask for one test (restored after it)."""
+    old = os.umask(0o022)
+    os.umask(old)
+    yield os.umask
+    os.umask(old)
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o002, 0o077], ids=["umask022", "umask002", "umask077"])
+def test_written_files_get_the_permissions_of_the_umask(tmp_path, umask, mask):
+    """Issue 29 item 13: every file ltrobust writes has the mode ``open()`` gives (0o666 less the umask), atomic
+    writes included (``tempfile.mkstemp`` made them 0600, unreadable to a lab sharing a run folder)."""
+    import numpy as np
+    from PIL import Image
+
+    from ltrobust.data.formats.base import decode_images
+
+    umask(mask)
+    expected = 0o666 & ~mask
+    (tmp_path / "img").mkdir()
+    Image.new("RGB", (4, 4)).save(tmp_path / "img" / "a.png")
+    io.save_checkpoint(tmp_path / "run" / "last.pt", {"epoch": 1})
+    io.write_json(tmp_path / "run" / "eval" / "best.json", {"a": 1})
+    io.atomic_write_text(tmp_path / "run" / "eval" / "best.md", "x")
+    io.write_npz(tmp_path / "run" / "eval" / "s.npz", {"a": np.zeros(2)})
+    io.append_jsonl(tmp_path / "run" / "metrics.jsonl", {"epoch": 0})
+    with io.run_lock(tmp_path / "run" / ".lock", "training"):
+        pass
+    decode_images([tmp_path / "img" / "a.png"], "RGB", "c", [tmp_path / "cache"])
+    files = [p for p in tmp_path.rglob("*") if p.is_file() and p.parent.name != "img"]
+    assert len(files) == 7
+    modes = {p.relative_to(tmp_path).as_posix(): oct(p.stat().st_mode & 0o777) for p in files}
+    assert set(modes.values()) == {oct(expected)}, modes
+    folders = {p.relative_to(tmp_path).as_posix(): oct(p.stat().st_mode & 0o777) for p in tmp_path.rglob("*")
+               if p.is_dir() and p.name != "img"}
+    assert set(folders.values()) == {oct(0o777 & ~mask)}, folders
+
+
+def test_a_rewritten_file_keeps_its_mode(tmp_path, umask):
+    """As ``open(path, "w")`` on an existing file: the user's chmod survives an atomic rewrite."""
+    umask(0o022)
+    path = tmp_path / "best.json"
+    io.write_json(path, {"a": 1})
+    os.chmod(path, 0o640)
+    io.write_json(path, {"a": 2})
+    assert path.stat().st_mode & 0o777 == 0o640 and io.read_json(path)["a"] == 2
+    assert [p.name for p in tmp_path.iterdir()] == ["best.json"]

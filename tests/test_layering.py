@@ -122,3 +122,68 @@ def test_the_checker_catches_a_forbidden_import(module, source, expected):
 ])
 def test_the_checker_allows_downward_imports(module, source):
     assert violations(source, module) == []
+
+
+def import_graph(root: Path = SRC) -> dict[str, set[str]]:
+    """Module -> the ltrobust modules it imports (function-local imports included), each resolved to the
+    longest module name that exists (``from .splits import X`` -> ``ltrobust.data.splits``)."""
+    paths = {module_name(p, root): p for p in sorted(root.rglob("*.py"))}
+    graph: dict[str, set[str]] = {}
+    for mod, path in paths.items():
+        targets = set()
+        for _, target in imported_modules(path.read_text(), mod, path.name == "__init__.py"):
+            parts = target.split(".")
+            while parts and ".".join(parts) not in paths:
+                parts.pop()
+            if parts and ".".join(parts) != mod:
+                targets.add(".".join(parts))
+        graph[mod] = targets
+    return graph
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan): each is an import circle."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    cycles: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                cycles.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return cycles
+
+
+def test_modules_import_each_other_in_one_direction():
+    """No import circle between modules (issue 29 item 22: data/loader <-> splits <-> stream): inside a package
+    too, a module reads only modules below it (data: augment <- stream <- splits <- loader <- lt)."""
+    cycles = import_cycles(import_graph())
+    assert not cycles, "import circles:\n" + "\n".join(" <-> ".join(c) for c in cycles)
+
+
+def test_the_cycle_check_catches_a_circle():
+    graph = {"a.loader": {"a.splits"}, "a.splits": {"a.stream"}, "a.stream": {"a.loader"}, "a.lt": {"a.loader"}}
+    assert import_cycles(graph) == [["a.loader", "a.splits", "a.stream"]]
+    assert import_cycles({"a.x": {"a.y"}, "a.y": set()}) == []

@@ -197,8 +197,9 @@ def test_avmixup_with_gamma_one_and_no_smoothing_is_pgd_at(tmp_path, monkeypatch
     # with every alpha 0 the training input is the PGD AE itself: the run is pgd_at's, weight for weight
     monkeypatch.setattr(AVmixup, "mix_weights", lambda self, n, device: torch.zeros(n, device=device))
     a = train_weights(["method=avmixup", "method.gamma=1", "method.lambda1=1", "method.lambda2=1"], tmp_path, "av")
-    b = train_weights(["method=pgd_at"], tmp_path, "pgd_at")
+    b = train_weights(["method=pgd_at", "attack.bn_mode=batch"], tmp_path, "pgd_at")  # avmixup's (the authors')
     assert_same_weights(a, b)
+    assert make("avmixup").bn_mode == "batch" and make("avmixup", attack=AttackConfig(bn_mode="eval")).bn_mode == "eval"
 
 
 def test_avmixup_refuses_losses_without_a_soft_label_form():
@@ -268,6 +269,23 @@ def test_he_with_margin_zero_is_its_base_on_a_scaled_cosine_head(base, tmp_path)
     assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
+def test_he_serves_the_raw_cosines_as_the_authors_code_or_s_cos():
+    """The authors' network outputs cos (s lives in the loss) and their evaluation attacks it: serve=cosine
+    (default) deploys cos, serve=scaled deploys s cos; same predictions, another temperature for CE attacks."""
+    model, (x, _, y) = he_model(), batch()
+    served = make("he").deployed(model)
+    assert torch.allclose(served(x).detach(), normalised_cosines(model, x), atol=1e-5)
+    assert torch.equal(served(x).argmax(1), model(x).argmax(1)) and served.head is model.head
+    assert torch.allclose(served.logits_from_head(model(x)), served(x)) and served.describe()["serve"] == "cosine"
+    assert make("he", serve="scaled").deployed(model) is model
+    torch.manual_seed(0)
+    on_cos = pgd(served, x, y, Linf(0.3), steps=3, step_size=0.1)
+    torch.manual_seed(0)
+    assert not torch.equal(on_cos, pgd(model, x, y, Linf(0.3), steps=3, step_size=0.1))  # CE sees another softmax
+    with pytest.raises(ConfigError, match="serve"):
+        make("he", serve="logits")
+
+
 def test_he_refuses_what_it_would_ignore_or_change(tmp_path):
     with pytest.raises(ConfigError, match="beta"):
         make("he", beta=3.0)
@@ -307,16 +325,18 @@ def test_mma_an_pgd_and_bisection_follow_algorithm_1_by_hand():
     torch.manual_seed(4)
     x_adv = m.train_attack(model, x, y)
 
-    torch.manual_seed(4)  # replay: PGD on the soft logit margin in the eps0-ball, step 2.5 eps0 / steps
-    with torch.no_grad():
+    torch.manual_seed(4)  # replay: PGD on the soft logit margin in the eps0-ball, step 2.5 eps0 / steps,
+    with torch.no_grad():  # on the correct points only (the authors' trainer)
         correct = slm_by_hand(model(x), y) < 0
     assert 0 < int(correct.sum()) < len(y)  # both kinds of point in the batch
-    xa = (x + (torch.rand(x.shape) * 2 - 1) * eps0).clamp(0, 1)
+    xc, yc = x[correct], y[correct]
+    xa = (xc + (torch.rand(xc.shape) * 2 - 1) * eps0).clamp(0, 1)
     for _ in range(steps):
         xa.requires_grad_(True)
-        (g,) = torch.autograd.grad(slm_by_hand(model(xa), y).sum(), xa)
-        xa = torch.min(torch.max(xa.detach() + 2.5 * eps0 / steps * g.sign(), x - eps0), x + eps0).clamp(0, 1)
-    unit = (xa - x) / eps0
+        (g,) = torch.autograd.grad(slm_by_hand(model(xa), yc).sum(), xa)
+        xa = torch.min(torch.max(xa.detach() + 2.5 * eps0 / steps * g.sign(), xc - eps0), xc + eps0).clamp(0, 1)
+    unit = torch.zeros_like(x)
+    unit[correct] = (xa - xc) / eps0
 
     def margin(i: int, e: float) -> float:
         with torch.no_grad():
@@ -349,6 +369,43 @@ def test_mma_an_pgd_and_bisection_follow_algorithm_1_by_hand():
     m2._eps, m2._keep = eps, torch.tensor([True, False, True, True, False, True, True])
     assert torch.allclose(m2.compute_loss(model, x, x_adv, y)["loss"].detach(),
                           (ce_rows(model(x_adv).detach(), y) * m2._keep).mean(), atol=1e-6)
+
+
+def bn_model(seed: int = 3) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, C))
+
+
+def test_mma_batchnorm_follows_the_authors_code():
+    """The authors' trainer runs in train mode and only AN-PGD's PGD switches to eval (issue 26): the running
+    statistics are updated by the 1 + search_steps bisection passes (and, for OMMA, by the correctness check,
+    which is there the clean pass), never by the PGD unless pgd_bn_mode=train; attack.bn_mode=eval searches with
+    the running statistics. The radii differ between the modes, and the search runs on the correct points only."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(24, 1, 4, 4, generator=g)
+    net = bn_model().train()
+    with torch.no_grad():
+        y = net(x).argmax(1)
+    y[:6] = (y[:6] + 1) % C  # six misclassified points
+    tracked = net[2].num_batches_tracked
+
+    def run(attack=AttackConfig(steps=2), **opts):
+        m = make("mma", attack=attack, search_steps=4, d_max=0.3, eps_min=0.05, **opts)
+        before = int(tracked)
+        torch.manual_seed(5)
+        m.train_attack(net, x, y)
+        return int(tracked) - before, m._eps
+
+    updates, eps_train = run()
+    assert updates == 1 + 4 and net.training
+    assert run(clean_coeff=0.0)[0] == 2 + 4  # OMMA: the check is the clean pass
+    assert run(pgd_bn_mode="train")[0] == 1 + 4 + 2
+    updates, eps_eval = run(AttackConfig(steps=2, bn_mode="eval"))
+    assert updates == 0 and net.training
+    correct = eps_train > 0
+    assert (eps_eval[~correct] == 0).all() and not torch.equal(eps_train, eps_eval)
+    with pytest.raises(ConfigError, match="pgd_bn_mode"):
+        make("mma", pgd_bn_mode="frozen")
 
 
 def test_mma_with_a_fixed_eps_is_pgd_at_on_that_eps(tmp_path):
@@ -385,7 +442,9 @@ def test_mma_starts_each_point_from_its_own_last_margin(monkeypatch):
     first = torch.tensor([3, 4, 5, 6, 7, 8, 9])
     m.on_batch(first)
     m.train_attack(model, x, y)
-    assert torch.equal(balls[0], torch.full((7,), 0.01))  # first visit: eps_min
+    with torch.no_grad():
+        correct = slm_by_hand(model(x), y) < 0  # AN-PGD attacks these only
+    assert torch.equal(balls[0], torch.full((int(correct.sum()),), 0.01))  # first visit: eps_min
     assert torch.equal(m._margins[first], m._eps.float()) and (m._eps == 0).any() and (m._eps > 0.01).any()
     assert torch.equal(m._margins[:3], torch.full((3,), 0.01)) and m._seen[first].all() and not m._seen[:3].any()
 
@@ -395,10 +454,10 @@ def test_mma_starts_each_point_from_its_own_last_margin(monkeypatch):
     m.train_attack(model, x, y)
     last = torch.stack([found[6], found[5], found[4], torch.tensor(0.0), torch.tensor(0.0), torch.tensor(0.0),
                         found[0]])
-    assert torch.equal(balls[1], last.clamp_min(0.01))  # a 0 margin (misclassified last time) starts at eps_min
+    assert torch.equal(balls[1], last.clamp_min(0.01)[correct])  # a 0 margin (misclassified last time): eps_min
     assert (found[[6, 5, 4, 0]] > 0.01).any() and torch.equal(m._margins[second], m._eps.float())
     m.train_attack(model, x, y)  # without indices (no on_batch): every point from eps_min
-    assert torch.equal(balls[2], torch.full((7,), 0.01))
+    assert torch.equal(balls[2], torch.full((int(correct.sum()),), 0.01))
 
 
 def test_mma_margin_tables_of_two_processes_merge_into_each_points_last_margin():

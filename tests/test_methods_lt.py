@@ -109,7 +109,7 @@ def cosines_by_hand(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def robal_l1_by_hand(cos: torch.Tensor, y: torch.Tensor, s: float, m0: float, tau_b: float, tau_m: float):
-    """003 Eq. 9 (second line) with the pair margins of Eq. 10."""
+    """Wu et al., CVPR 2021, Eq. 9 (second line) with the pair margins of Eq. 10."""
     n, n_min = COUNTS, min(COUNTS)
     total = 0.0
     for i in range(len(y)):
@@ -168,7 +168,7 @@ def test_robal_deployed_serves_and_is_attacked_through_the_adjusted_logits():
     model, (x, _, y) = tiny_model("cosine"), batch()
     m = make("robal", tau_p=1.5)
     deployed = m.deployed(model)
-    expected = 10.0 * cosines_by_hand(model, x) - 1.5 * log_pi()  # 003 Eq. 11
+    expected = 10.0 * cosines_by_hand(model, x) - 1.5 * log_pi()  # Wu et al., CVPR 2021, Eq. 11
     assert torch.allclose(deployed(x).detach(), expected, atol=1e-5)
     assert deployed.head is model.head and torch.equal(deployed.features(x), model.features(x))
 
@@ -194,7 +194,7 @@ def test_robal_needs_a_cosine_head_and_its_own_loss():
 # ------------------------------------------------------------------------------------------- REAT
 def test_reat_rbl_weights_follow_eq_1_from_last_epochs_ae_predictions():
     m = make("reat", rbl_smoothing=0.0)
-    assert m.ae_counts == [float(c) for c in COUNTS]  # first epoch: a_c = n_c (001 footnote 2)
+    assert m.ae_counts == [float(c) for c in COUNTS]  # first epoch: a_c = n_c (Li et al., arXiv 2023, footnote 2)
     a = [40, 70, 15]
     m.on_epoch_end(0, {"ae_pred_counts": a})
     inv = []
@@ -241,7 +241,8 @@ def test_positive_class_weights_leave_linf_pgd_unchanged():
 
 
 def tail_by_hand(f: torch.Tensor, y: torch.Tensor, tail: list[int], margin: float | None = None) -> torch.Tensor:
-    """001 Algorithm 1 with Eq. 3, literally; ``margin`` caps the KL of other-class (pushed) pairs."""
+    """Li et al., arXiv 2023, Algorithm 1 with Eq. 3, literally; ``margin`` caps the KL of other-class (pushed)
+    pairs."""
     p = F.softmax(f, dim=1)
     omega = [math.sqrt(sum(COUNTS) / n) for n in COUNTS]
     r, s, b = 0.0, 0, len(y)
@@ -500,8 +501,8 @@ def test_loss_label_names_the_loss_each_method_actually_trains_with():
 
 
 def test_reat_paper_presets_use_the_authors_tail_reduction_without_margin():
-    """001's numbers come from the authors' code: the official TAIL reduction, no margin; the paper form
-    with the 1-nat margin stays the option default (and the digits smoke preset's)."""
+    """Li et al.'s (arXiv 2023) numbers come from the authors' code: the official TAIL reduction, no margin; the paper
+    form with the 1-nat margin stays the option default (and the digits smoke preset's)."""
     from ltrobust.config import method_options
 
     for p in ("reat-cifar10lt-resnet18", "reat-cifar100lt-resnet18"):

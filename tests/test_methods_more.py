@@ -74,6 +74,34 @@ def test_fgsm_at_is_one_eps_step_from_the_clean_image():
     assert not torch.allclose(rs, x_adv)
 
 
+def test_fgsm_at_and_fgsm_rs_starts_and_batchnorm_modes():
+    """fgsm_at takes random_start=false (its presets' setting; issue 26: it inherited fgsm_rs' refusal) and the
+    default, refuses the ignored normal start; fgsm_rs refuses none / normal. fgsm_rs attacks in train mode by
+    default (Wong et al.'s code: batch statistics, running statistics updated by the attack), fgsm_at in eval."""
+    for start in ("none", "uniform"):
+        assert make("fgsm_at", attack=AttackConfig(random_start=start)).start == "none"
+    for name, bad in (("fgsm_at", "normal"), ("fgsm_rs", "none"), ("fgsm_rs", "normal")):
+        with pytest.raises(ConfigError, match="would be ignored"):
+            make(name, attack=AttackConfig(random_start=bad))
+    assert make("fgsm_rs").bn_mode == "train" and make("fgsm_at").bn_mode == "eval"
+    assert make("fgsm_rs", attack=AttackConfig(bn_mode="eval")).bn_mode == "eval"
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, C)).train()
+    x, y = batch()
+    for name, changed in (("fgsm_rs", True), ("fgsm_at", False)):
+        before = net[2].running_mean.clone()
+        make(name).train_attack(net, x, y)
+        assert (not torch.equal(net[2].running_mean, before)) is changed, name
+        assert net.training
+    # in train mode the step follows the gradient of the batch-statistics forward pass
+    m = make("fgsm_at", attack=AttackConfig(bn_mode="train"))
+    xr = x.clone().requires_grad_(True)
+    probe = __import__("copy").deepcopy(net)
+    (g,) = torch.autograd.grad(F.cross_entropy(probe(xr), y, reduction="sum"), xr)
+    assert torch.allclose(m.train_attack(net, x, y), (x + 8 / 255 * g.sign()).clamp(0, 1), atol=1e-7)
+
+
 # --------------------------------------------------------------------------------------- attack.loss
 def test_attack_loss_is_chosen_apart_from_the_outer_loss():
     model, (x, y) = linear_model(), batch()
@@ -81,7 +109,7 @@ def test_attack_loss_is_chosen_apart_from_the_outer_loss():
     objective, kw = m.attack_objective(x, y)
     z = model(x).detach()
     w = torch.tensor(COUNTS, dtype=torch.float64) ** -0.5
-    w = (w * C / w.sum()).float()  # RWS weights, summing to C (001 Table 2)
+    w = (w * C / w.sum()).float()  # RWS weights, summing to C (Li et al., arXiv 2023, Table 2)
     ce = -z.log_softmax(1).gather(1, y[:, None]).squeeze(1)
     assert torch.allclose(objective(z, y, **kw), w[y] * ce, atol=1e-6)
     # the outer loss stays the balanced softmax
@@ -150,11 +178,59 @@ def test_indices_file_reads_a_published_split_exactly(tmp_path):
     npy = build_data(DataConfig(indices_file=str(tmp_path / "split.npy"), val_per_class=0))
     assert npy.class_counts == d.class_counts
     txt.write_text("5\n5\n")
-    with pytest.raises(DataError, match="twice"):
+    with pytest.raises(DataError, match="lists train index 5 2 times"):
         build_data(DataConfig(indices_file=str(txt)))
     txt.write_text("999999\n")
-    with pytest.raises(DataError, match="must lie in"):
+    with pytest.raises(DataError, match=r"train index 999999 is outside 0\.\.\d+"):
         build_data(DataConfig(indices_file=str(txt)))
+
+
+def _published(tmp_path, test, train=None):
+    ref = build_data(DataConfig(imbalance=10))
+    path = tmp_path / "split.json"
+    path.write_text(json.dumps({"train": ref.manifest["indices"]["train"] if train is None else train, "test": test}))
+    return path, ref
+
+
+@pytest.mark.parametrize("case, match", [
+    ("test duplicates", r"lists test index 0 2 times: each image once"),
+    ("test missing a class", r"selects no test image of class 3 \(3\): every class needs test images"),
+    ("test empty", r"'test' lists no index; list the test images, or leave 'test' out"),
+    ("train empty", r"'train' lists no index"),
+    ("negative", r"'test' holds the negative index -1"),
+    ("class keys not numbers", r"its keys must be class numbers and its values lists, got keys \['cat'\]"),
+    ("ragged", r"'train' must be a flat list of integer indices"),
+])
+def test_indices_file_test_lists_must_be_complete_and_distinct(tmp_path, case, match):
+    """Issue 29 items 5 and 11: duplicates, a missing class or no entry in a published split's test list were
+    accepted (per-class accuracies then counted an image twice or had no image of a class); a JSON of the wrong
+    shape gave a traceback. Each is a DataError naming the file, before any image is decoded."""
+    labels = build_data(DataConfig()).test.labels.numpy()
+    tests = {"test duplicates": [0, 0] + list(range(1, 60)), "test missing a class": np.flatnonzero(labels != 3).tolist(),
+             "test empty": [], "negative": [-1, 2]}
+    trains = {"train empty": [], "class keys not numbers": {"cat": [1, 2]}, "ragged": [[1, 2], [3]]}
+    path, _ = _published(tmp_path, tests.get(case, list(range(60))), trains.get(case))
+    with pytest.raises(DataError, match=str(path) + ".*" + match):
+        build_data(DataConfig(indices_file=str(path)))
+
+
+def test_indices_file_is_read_before_any_image(tmp_path, monkeypatch):
+    """Issue 30 item 4: a bad indices file fails before the data set's reader decodes anything."""
+    from ltrobust.data import lt
+
+    path, _ = _published(tmp_path, [0, 0, 1])
+    monkeypatch.setattr(lt, "get_spec", lambda name, real=lt.get_spec: _no_reader(real(name)))
+    with pytest.raises(DataError, match="lists test index 0 2 times"):
+        build_data(DataConfig(indices_file=str(path)))
+
+
+def _no_reader(spec):
+    from dataclasses import replace
+
+    def reader(cfg):
+        raise AssertionError("the data set was read before the indices file was checked")
+
+    return replace(spec, reader=reader)
 
 
 # -------------------------------------------------------------------------------------------- C&W-l2
@@ -186,10 +262,34 @@ def test_cw_l2_finds_the_closed_form_minimal_perturbation_of_a_linear_model():
 
 
 def test_cw_l2_names():
-    assert parse_attack("cw_l2").steps == 100 and parse_attack("cw_l2").norm == "l2"
+    """cw_l2 is the authors' setting (up to 10,000 Adam iterations per round); cw_l2-100 the fast one (issue 26)."""
+    assert parse_attack("cw_l2").steps == 10_000 and parse_attack("cw_l2").norm == "l2"
+    assert parse_attack("cw_l2-100").steps == 100 and parse_attack("cw_l2-100").family == "cw_l2"
     assert parse_attack("cw100-l2").family == "cw" and parse_attack("pgd20").norm == "linf"
     with pytest.raises(ConfigError):
         parse_attack("cw_l3")
+
+
+def test_cw_l2_aborts_a_round_as_the_authors_code():
+    """The authors' check runs at iterations 0, k, 2k, ... (``iteration % (MAX // 10) == 0``), before the iterate is
+    recorded: a round whose loss never falls ends after k + 1 forward passes (the old ``(it + 1) % k`` took 2k)."""
+
+    class Stuck(nn.Module):  # constant logits: the loss c * margin never falls, no point is ever broken
+        def __init__(self) -> None:
+            super().__init__()
+            self.calls = 0
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.calls += 1
+            return torch.tensor([[2.0, 0.0, 0.0]]).expand(x.shape[0], 3) + 0 * x.flatten(1)[:, :1]
+
+    model, (x, _) = Stuck(), batch(n=4)
+    y = torch.zeros(4, dtype=torch.long)
+    _, norm = cw_l2_minimal(model, x, y, steps=100, binary_steps=1)
+    assert model.calls == 10 + 1 and torch.isinf(norm).all()
+    model.calls = 0
+    cw_l2_minimal(model, x, y, steps=100, binary_steps=2, abort_early=False)
+    assert model.calls == 200
 
 
 # ---------------------------------------------------------------------------------------------- ADT
@@ -203,10 +303,43 @@ def test_adt_entropy_term_is_the_tanh_gaussian_log_density():
     assert torch.allclose(tanh_gaussian_neg_log_prob(noise, sigma, v), -dist.log_prob(v), atol=1e-3)
 
 
-def test_adt_inner_step_is_a_signed_ascent_on_mu_and_rho():
+def test_adt_inner_loop_is_the_authors_adam_on_never_zeroed_gradients():
+    """The authors' adt_exp.py, written out: Adam(betas=(0, 0)) on mu and rho, one backward per draw of the
+    batch-mean objective, the .grad never zeroed between steps, rho from 0 (issue 26). The method's default
+    (inner_grad=cumulative, init_rho=0) gives the same distribution; per_step does not."""
+    model, (x, y) = linear_model(), batch()
+    eps, lr, lam, steps, draws = 8 / 255, 0.3, 0.01, 3, 2
+    attack = AttackConfig(eps=eps, steps=steps)
+    m = make("adt", attack=attack, samples=draws, inner_lr=lr, entropy_weight=lam)
+    torch.manual_seed(5)
+    mu, rho = m.distribution(model, x, y)
+
+    torch.manual_seed(5)
+    mean = torch.zeros_like(x, requires_grad=True)
+    var = torch.zeros_like(x, requires_grad=True)
+    adam = torch.optim.Adam([mean, var], lr=lr, betas=(0.0, 0.0))
+    for _ in range(steps):
+        for _ in range(draws):
+            std = F.softplus(var)
+            noise = torch.randn_like(x)
+            v = torch.tanh(mean + noise * std)
+            neg_logp = noise ** 2 / 2 + (std + 1e-8).log() + (1 - v ** 2 + 1e-8).log()
+            (-F.cross_entropy(model((x + eps * v).clamp(0, 1)), y) - lam * neg_logp.mean()).backward()
+        adam.step()  # no zero_grad: the gradients of every draw so far
+    assert torch.allclose(mu, mean.detach(), atol=1e-5) and torch.allclose(rho, var.detach(), atol=1e-5)
+    torch.manual_seed(5)
+    mu2, _ = make("adt", attack=attack, samples=draws, inner_lr=lr, entropy_weight=lam,
+                  inner_grad="per_step").distribution(model, x, y)
+    assert not torch.allclose(mu2, mu, atol=1e-3)
+    with pytest.raises(ConfigError, match="inner_grad"):
+        make("adt", inner_grad="momentum")
+
+
+def test_adt_per_step_inner_step_is_a_signed_ascent_on_mu_and_rho():
     model, (x, y) = linear_model(), batch()
     eps, lr = 8 / 255, 0.3
-    m = make("adt", attack=AttackConfig(eps=eps, steps=1), samples=1, inner_lr=lr, entropy_weight=0.0)
+    m = make("adt", attack=AttackConfig(eps=eps, steps=1), samples=1, inner_lr=lr, entropy_weight=0.0,
+             inner_grad="per_step", init_rho=-5.0)
     torch.manual_seed(5)
     mu, rho = m.distribution(model, x, y)
     torch.manual_seed(5)
@@ -219,7 +352,8 @@ def test_adt_inner_step_is_a_signed_ascent_on_mu_and_rho():
     # with the entropy term, a flat loss lets only the entropy move sigma: up, towards the uniform box
     flat = nn.Sequential(nn.Flatten(), nn.Linear(16, C))
     nn.init.zeros_(flat[1].weight)
-    m2 = make("adt", attack=AttackConfig(eps=eps, steps=3), samples=2, inner_lr=lr, entropy_weight=0.01)
+    m2 = make("adt", attack=AttackConfig(eps=eps, steps=3), samples=2, inner_lr=lr, entropy_weight=0.01,
+              inner_grad="per_step", init_rho=-5.0)
     _, rho2 = m2.distribution(flat, x, y)
     assert torch.allclose(rho2, torch.full_like(x, -5.0 + 3 * lr))
 
@@ -272,13 +406,13 @@ def test_las_at_strategy_attack_is_pgd_with_each_images_budget():
 
 def test_las_at_policy_update_is_reinforce_on_the_reward():
     model, (x, y) = linear_model(), batch()
-    m = make("las_at", reward_b=0.0, reward_c=0.0, clip_grad_norm=1e9, policy_lr=0.1)
+    m = make("las_at", reward_b=0.0, reward_c=0.0, clip_grad_norm=1e9, policy_lr=0.1, strategy_model="target")
     m.setup(Ctx())
     before = {k: v.clone() for k, v in m.strategy.state_dict().items()}
     torch.manual_seed(7)
     m.policy_step(model, x, y)
     # by hand: the same draws, R1 = clamp(CE(f(x_adv), y), 0, 10), loss = -R1 * sum_heads mean_i log pi(a_i|x_i)
-    ref = make("las_at", reward_b=0.0, reward_c=0.0)
+    ref = make("las_at", reward_b=0.0, reward_c=0.0, strategy_model="target")
     ref.setup(Ctx())
     ref.strategy.load_state_dict(before)
     torch.manual_seed(7)
@@ -299,7 +433,7 @@ def test_las_at_reward_r2_r3_are_the_updated_copys_accuracies():
 
     model, (x, y) = linear_model(), batch()
     x_adv = (x + 8 / 255 * torch.randn_like(x).sign()).clamp(0, 1)
-    m = make("las_at", reward_a=0.5)
+    m = make("las_at", reward_a=0.5, strategy_model="target")
     ctx = Ctx()
     m.setup(ctx)
     torch.manual_seed(2)
@@ -312,11 +446,49 @@ def test_las_at_reward_r2_r3_are_the_updated_copys_accuracies():
     smoothed_cross_entropy(proxy(x_adv), y, 0.7).backward()
     opt.step()
     torch.manual_seed(2)
-    x_pgd = pgd(proxy, x, y, Linf(8 / 255), steps=10, step_size=2 / 255, restarts=2)
+    x_pgd = pgd(proxy, x, y, Linf(8 / 255), steps=10, step_size=2 / 255, restarts=2, bn_mode="train")
     r2 = 4 * (proxy(x_pgd).argmax(1) == y).float().mean()
     r3 = 2 * (proxy(x).argmax(1) == y).float().mean()
     assert torch.allclose(r, 0.5 * r1 + r2 + r3, atol=1e-6)
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), linear_model().parameters()))  # untouched
+
+
+def test_las_at_strategy_network_and_reward_batchnorm_follow_the_authors_code():
+    """The authors' strategy network is a fixed ResNet-18 (ResNet18_Strategy) whatever the target; their R2 PGD
+    runs on the updated copy left in train mode, whose running statistics then serve R2 / R3 (issue 26)."""
+    import copy
+
+    ctx = Ctx()
+    ctx.cfg = resolve_config(["model=smallcnn", "model.width=4"])
+    ctx.data = type("D", (), {"channels": 1, "mean": (0.5,), "std": (0.5,), "image_size": 8})()
+    official, target = make("las_at"), make("las_at", strategy_model="target")
+    official.setup(ctx)
+    target.setup(ctx)
+    assert official.strategy.feature_dim == 512 and target.strategy.feature_dim == 16  # ResNet-18 at width 64
+    assert official.strategy(torch.rand(2, 1, 8, 8)).shape == (2, sum(official.sizes))
+    with pytest.raises(ConfigError, match="reward_bn_mode"):
+        make("las_at", reward_bn_mode="frozen")
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, C)).train()
+    x, y = batch(n=12)
+    x_adv = (x + 8 / 255 * torch.randn_like(x).sign()).clamp(0, 1)
+    rewards = {}
+    for mode in ("train", "eval"):
+        m = make("las_at", reward_a=0.0, reward_c=0.0, strategy_model="target", reward_bn_mode=mode)
+        m.setup(Ctx())
+        torch.manual_seed(3)
+        rewards[mode] = m.reward(model, x, x_adv, y)
+        proxy = copy.deepcopy(model).train()  # by hand: one SGD step, PGD-10 x 2 restarts in `mode`, R2 in eval
+        opt = torch.optim.SGD(proxy.parameters(), lr=0.05, momentum=0.9, weight_decay=Ctx().cfg.train.weight_decay)
+        smoothed_cross_entropy(proxy(x_adv), y, 0.7).backward()
+        opt.step()
+        torch.manual_seed(3)
+        x_pgd = pgd(proxy, x, y, Linf(8 / 255), steps=10, step_size=2 / 255, restarts=2, bn_mode=mode)
+        proxy.eval()
+        with torch.no_grad():
+            assert torch.allclose(rewards[mode], 4 * (proxy(x_pgd).argmax(1) == y).float().mean()), mode
+    assert model.training
 
 
 # --------------------------------------------------------------------------------- through the CLI
@@ -377,7 +549,7 @@ def test_las_at_resumes_exactly_with_its_strategy_network(tmp_path, die_after_ch
 @pytest.mark.parametrize("training", [True, False])
 def test_new_method_keeps_the_model_mode_the_ball_and_parameter_grads(name, training):
     model, (x, y) = linear_model(), batch()
-    m = make(name)
+    m = make(name, **({"strategy_model": "target"} if name == "las_at" else {}))
     if name == "las_at":
         m.setup(Ctx())
     model.train(training)

@@ -86,7 +86,7 @@ def test_c10_groups_and_values():
     assert s["many"] == 65.625  # 525 / 8
     assert s["groups"]["medium"] == [8, 9] and s["medium"] == 12.5
     assert "few" not in s and s["groups"]["few"] == []  # empty group omitted
-    assert s["groups"]["tail_group"] == [9] and s["tail_group"] == 0.0  # 002: last class of 10
+    assert s["groups"]["tail_group"] == [9] and s["tail_group"] == 0.0  # Cho et al., ICLR 2025: last class of 10
     assert s["worst_class"] == {"class": 9, "recall": 0.0}
 
 
@@ -111,7 +111,7 @@ def test_thirds_and_tail_group_sizes(num_classes, third, body, tail_k):
     assert len(g["head"]) == third and len(g["tail"]) == third and len(g["body"]) == body
     assert g["head"] == list(range(third))
     assert g["tail"] == list(range(num_classes - third, num_classes))
-    assert g["tail_group"] == list(range(num_classes - tail_k, num_classes))  # 002: 10 of 100, 20 of 200
+    assert g["tail_group"] == list(range(num_classes - tail_k, num_classes))  # Cho et al.: 10 of 100, 20 of 200
     if num_classes >= 5:  # a configured count
         assert class_groups(counts, tail_group=5)["tail_group"] == list(range(num_classes - 5, num_classes))
 

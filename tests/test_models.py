@@ -36,7 +36,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 def tiny_model(name: str, in_channels: int = 3, **kw) -> tuple[LTModel, int]:
     if name == "vit_b16" and not HAS_TIMM:
-        pytest.skip("timm is not installed (pip install 'ltrobust[vit]')")
+        pytest.skip("timm is not installed (pip install -e '.[vit]')")
     factory_kw, size = TINY.get(name, ({"width": 4}, 32))
     torch.manual_seed(0)
     model = MODELS.build(name, num_classes=NUM_CLASSES, in_channels=in_channels, image_size=size,
@@ -190,7 +190,7 @@ def test_resnet50_is_torchvisions_resnet50():
     assert ours == theirs  # torchvision checkpoints load into model.backbone
 
 
-@pytest.mark.skipif(not HAS_TIMM, reason="timm is not installed (pip install 'ltrobust[vit]')")
+@pytest.mark.skipif(not HAS_TIMM, reason="timm is not installed (pip install -e '.[vit]')")
 def test_vit_b16_is_timms_vit_base_patch16_224():
     import timm
 
@@ -203,7 +203,8 @@ def test_vit_b16_is_timms_vit_base_patch16_224():
 
 def test_vit_without_timm_names_the_fix(monkeypatch):
     monkeypatch.setitem(sys.modules, "timm.models.vision_transformer", None)  # import now fails
-    with pytest.raises(ConfigError, match=r"pip install 'ltrobust\[vit\]'"):
+    with pytest.raises(ConfigError, match=r"pip install 'timm>=0\.9' \(or, in the ltrobust source folder, pip install -e "
+                                          r"'\.\[vit\]'\)"):
         MODELS.build("vit_b16", num_classes=3)
 
 

@@ -335,7 +335,7 @@ def build_cases(work: Path, base: Path) -> list[Case]:
         ckpts = {p.name: p.read_bytes() for p in (under.parent if under.name == "checkpoints" else under).rglob("*.pt")}
         cases.append(Case(name, fix, [*train_tiny, "epochs=3", *extra], env=fault_env(work, under, err),
                           ctx={"checkpoints": ckpts, "under": under}))
-    return cases + integrity_cases(work, base)
+    return cases + integrity_cases(work, base) + fresh_process_cases(work)
 
 
 # ------------------------------------------------------------------ integrity cases (issue 15)
@@ -458,6 +458,309 @@ def integrity_cases(work: Path, base: Path) -> list[Case]:
     ]
 
 
+# ------------------------------------------------------------------ round 3 (issue 29, issue 30 item 4)
+DUP_PLUGIN = """from ltrobust.registry import MODELS
+
+
+@MODELS.register("resnet18")
+def resnet18(num_classes=10, **kw):
+    raise AssertionError("never built")
+"""
+
+
+def _save(obj: Any, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(obj, path)
+    return path
+
+
+def _squeezenet(work: Path) -> Path:
+    """A small torchvision network's state dict (3 input channels, 10 classes)."""
+    import torchvision
+
+    return _save(torchvision.models.squeezenet1_1(num_classes=10).state_dict(), work / "squeezenet.pt")
+
+
+def _bomb_tree(root: Path) -> Path:
+    """An image-folder CIFAR-10 whose first training image is a decompression bomb (a 1-bit PNG of 9500 x 9500
+    pixels, over PIL.Image.MAX_IMAGE_PIXELS, in a few kB)."""
+    from test_data_formats import bomb_png
+
+    _png_tree(root, 32, 32)
+    bomb_png(root / "train" / "class0" / "0000.png", 9500)
+    return root
+
+
+def _indices_with_a_repeated_test_image(path: Path) -> Path:
+    path.write_text(json.dumps({"train": list(range(10)), "test": [0, 0, 1]}))
+    return path
+
+
+def fresh_process_cases(work: Path) -> list[Case]:
+    """Round 3 cases that need a fresh interpreter: a broken plug-in of $LTROBUST_PLUGINS is imported while the
+    parser is built (its traceback came from there), and PIL's decompression-bomb warning goes to stderr."""
+    return [
+        Case("plugin module missing ($LTROBUST_PLUGINS)", r"cannot import plugin 'no_such_plugin_29' \(from --import or "
+             r"\$LTROBUST_PLUGINS\): No module named 'no_such_plugin_29'\. Run from the folder that holds it",
+             ["list"], env={**ENV, "LTROBUST_PLUGINS": "no_such_plugin_29"}),
+        Case("decompression bomb PNG", r"0000\.png was refused as a possible decompression bomb: Image size \(90250000 "
+             r"pixels\) exceeds limit of 89478485 pixels.*replace it with a downscaled copy",
+             ["train", "dataset=cifar10-lt", f"data_dir={work / 'bomb_tree'}", "model=smallcnn"],
+             setup=lambda: _bomb_tree(work / "bomb_tree")),
+    ]
+
+
+def quick_cases(work: Path, base: Path) -> list[Case]:
+    """Issue 29 (items 5, 7-12, 15, 18, 20), issue 30 item 4 and the second pass: plug-ins, command-line values,
+    weights files and data files, run in process (``cli.main``); ``ctx["before_work"]``: the error must come
+    before any image is decoded."""
+    png10 = work / "png10"
+
+    def png10_tree() -> Path:
+        return png10 if png10.exists() else _png_tree(png10, 32, 32)
+
+    def squeezenet() -> Path:
+        return work / "squeezenet.pt" if (work / "squeezenet.pt").exists() else _squeezenet(work)
+
+    weights = ["eval", "dataset=digits-lt", "attacks=clean", "eval.n_samples=10"]
+    before = {"before_work": True}
+    return [
+        Case("plugin registers a taken name", r"plugin 'dup_plugin_29': model 'resnet18' is registered twice: by "
+             r"ltrobust\.models\.resnet\.resnet18 and by dup_plugin_29\.resnet18; register the second one under "
+             r"another name", ["--import", "dup_plugin_29", "list"],
+             setup=lambda: (work / "dup_plugin_29.py").write_text(DUP_PLUGIN)),
+        Case("plugin fails while importing", r"plugin 'broken_plugin_29' failed while importing: ZeroDivisionError: "
+             r"division by zero \(.*broken_plugin_29\.py, line 1\); fix it", ["list", "--import", "broken_plugin_29"],
+             setup=lambda: (work / "broken_plugin_29.py").write_text("x = 1 / 0\n")),
+        Case("model module missing (before any image is decoded)", r"model=no_such_module_29:Net: cannot import "
+             r"'no_such_module_29'.*put that folder on PYTHONPATH",
+             ["eval", f"weights={work / 'squeezenet.pt'}", "model=no_such_module_29:Net", "dataset=imagefolder",
+              f"data_dir={png10}", "attacks=clean"], ctx=before, setup=lambda: (squeezenet(), png10_tree())),
+        Case("bad indices file (before any image is decoded)", r"indices_file=.*repeated\.json lists test index 0 2 "
+             r"times: each image once", ["train", "dataset=cifar10-lt", f"data_dir={png10}",
+                                         f"indices_file={work / 'repeated.json'}"], ctx=before,
+             setup=lambda: (png10_tree(), _indices_with_a_repeated_test_image(work / "repeated.json"))),
+        Case("malformed indices JSON", r"indices_file=.*ragged\.json: 'train' must be a flat list of integer indices",
+             ["data", "info", "digits-lt", f"indices_file={work / 'ragged.json'}"],
+             setup=lambda: (work / "ragged.json").write_text('{"train": [[1, 2], [3]]}')),
+        Case("reference value .nan in a preset", r"reference\[0\]: values\.clean=nan is not a percentage: write the "
+             r"paper's number in \[0, 100\]", ["train", f"preset={work / 'nan_reference.yaml'}"],
+             setup=lambda: (work / "nan_reference.yaml").write_text(
+                 "reference:\n  - {source: x.txt, table: Table 1, values: {clean: .nan, pgd20: 30}}\n")),
+        Case("model.mean=abc", r"model\.mean=abc is not a list of numbers: give one value per image channel, e\.g\. "
+             r"model\.mean=0\.485,0\.456,0\.406", [*weights, f"weights={work / 'squeezenet.pt'}",
+                                                   "model=torchvision.squeezenet1_1", "model.mean=abc"],
+             setup=lambda: squeezenet()),
+        Case("model.mean= (empty)", r"model\.mean= is empty: give one value per image channel.*or leave model\.mean "
+             r"out", [*weights, f"weights={work / 'squeezenet.pt'}", "model=torchvision.squeezenet1_1", "model.mean="],
+             setup=lambda: squeezenet()),
+        Case("model option the constructor does not take", r"model=torchvision\.squeezenet1_1 could not be built with "
+             r"model\.foo=module:callable: .*unexpected keyword argument 'foo'\. Give only options its constructor "
+             r"takes", [*weights, f"weights={work / 'squeezenet.pt'}", "model=torchvision.squeezenet1_1",
+                        "model.foo=module:callable"], setup=lambda: squeezenet()),
+        Case("class_counts=[10,5,2 (unclosed)", r"class_counts=\[10,5,2 is not a list of numbers \(a bracket left "
+             r"open\?\)", ["data", "info", "imagefolder", f"data_dir={png10}", "class_counts=[10,5,2"], ctx=before,
+             setup=lambda: png10_tree()),
+        Case("class_counts with a zero", r"class 1 has 0 training images; every class needs a count >= 1",
+             ["data", "info", "imagefolder", f"data_dir={png10}", "class_counts=5,0,5,5,5,5,5,5,5,5"], ctx=before,
+             setup=lambda: png10_tree()),
+        Case("attack.step_size=0", r"attack\.step_size=0\.0 must be > 0 with attack\.steps=10.*attack\.steps=0 for no "
+             r"attack", ["train", "attack.step_size=0"]),
+        Case("eval.step_size=0", r"eval\.step_size=0\.0 must be > 0.*e\.g\. eval\.step_size=2/255",
+             ["eval", str(work / "step0_run"), "eval.step_size=0"], setup=lambda: copy_run(base, work / "step0_run")),
+        Case("torchvision model on 1-channel data", r"model=torchvision\.squeezenet1_1 expects 3-channel images but "
+             r"the data's images have 1 channel: evaluate it on 3-channel data, or give it a first layer that takes "
+             r"1 channel", [*weights, f"weights={work / 'squeezenet.pt'}", "model=torchvision.squeezenet1_1"],
+             setup=lambda: squeezenet()),
+        Case("weights= a plain pickle", r"raw\.pkl cannot be read: it is a plain Python pickle \(pickle\.dump\), not a "
+             r"torch\.save file, but weights=PATH must be a file that torch\.save wrote from "
+             r"model\.state_dict\(\)",
+             [*weights, f"weights={work / 'raw.pkl'}", "model=torchvision.squeezenet1_1"],
+             setup=lambda: (work / "raw.pkl").write_bytes(__import__("pickle").dumps({"conv.weight": [1.0]}))),
+        Case("weights= a file of garbage", r"garbage\.pt cannot be read: it is not a torch\.save file \(it starts with "
+             r"b'hello world '\), but weights=PATH must be a file that torch\.save wrote",
+             [*weights, f"weights={work / 'garbage.pt'}", "model=torchvision.squeezenet1_1"],
+             setup=lambda: (work / "garbage.pt").write_bytes(b"hello world " * 10)),
+    ]
+
+
+def _edited_tree(root: Path, edit: Callable[[Path], Any]) -> Path:
+    """An image-folder CIFAR-10 (one 32 px PNG per class and split), then ``edit(root)``."""
+    _png_tree(root, 32, 32)
+    edit(root)
+    return root
+
+
+def _two_classes(root: Path, train_size: int = 16, test_sizes: tuple[int, int] = (16, 16)) -> Path:
+    from PIL import Image
+
+    for split, sizes in (("train", (train_size, train_size)), ("test", test_sizes)):
+        for c, size in enumerate(sizes):
+            (root / split / f"c{c}").mkdir(parents=True)
+            Image.new("RGB", (size, size), (90 * c, 80, 120)).save(root / split / f"c{c}" / "0000.png")
+    return root
+
+
+def second_pass_cases(work: Path, base: Path) -> list[Case]:
+    """The second pass of issue 29: new hostile or careless inputs (docs/reliability.md lists them with the
+    outcome before this pass)."""
+    small = work / "small.pt"
+    mod = work / "user_models_29.py"
+
+    def weights_file() -> Path:
+        return small if small.exists() else _save(io.load_checkpoint(base / "checkpoints" / "best.pt")["model"], small)
+
+    def user_module() -> None:
+        mod.write_text("x = 5\n\n\ndef none(**kw):\n    return None\n")
+        (work / "syntax_29.py").write_text("def f(:\n")
+
+    def ok(*extra: str, w: str | None = None) -> list[str]:
+        return ["eval", f"weights={w or small}", "model=smallcnn", "model.width=4", "dataset=digits-lt", "attacks=clean",
+                "eval.n_samples=10", *extra]
+
+    def foreign(arch: str) -> list[str]:
+        return ["eval", f"weights={small}", f"model={arch}", "dataset=digits-lt", "attacks=clean"]
+
+    def info(root: str, *extra: str) -> list[str]:
+        return ["data", "info", "cifar10-lt", f"data_dir={work / root}", *extra]
+
+    png10 = work / "png10_2"
+
+    def counts(name: str, text: str) -> Callable[[], Any]:
+        return lambda: ((png10.exists() or _png_tree(png10, 32, 32)), (work / name).write_text(text))
+
+    train_tiny = ["train", *TINY, f"out={work}", "epochs=1"]
+    return [
+        Case("train.lr= (empty)", r"train\.lr= is empty: give a value, or leave train\.lr out for its default",
+             ["train", "train.lr="]),
+        Case("eval.attacks= (empty)", r"eval\.attacks= is empty", ["train", "eval.attacks="]),
+        Case("epochs=abc", r"train\.epochs='abc' is not a valid int", ["train", "epochs=abc"]),
+        Case("imagefolder without data_dir", r"imagefolder needs data_dir=PATH", ["data", "info", "imagefolder"]),
+        Case("data_dir is a file", r"data folder .*afile is a file, not a folder", info("afile"),
+             setup=lambda: (work / "afile").write_text("x")),
+        Case("preset file that does not exist", r"preset file .*nope\.yaml does not exist: give a YAML file",
+             ["train", f"preset={work / 'nope.yaml'}"]),
+        Case("preset that is a YAML list", r"preset .*list\.yaml must be a mapping of sections to keys",
+             ["train", f"preset={work / 'list.yaml'}"], setup=lambda: (work / "list.yaml").write_text("- a\n- b\n")),
+        Case("eval of a folder that is no run", r"notrun has no checkpoints/best\.pt; is it a finished ltrobust run "
+             r"folder", ["eval", str(work / "notrun")], setup=lambda: (work / "notrun").mkdir()),
+        Case("eval of a missing path", r"missing does not exist: pass a run folder", ["eval", str(work / "missing")]),
+        Case("checkpoint=middle", r"checkpoint='middle': use best or last", ["eval", str(base), "checkpoint=middle"]),
+        Case("weights= an empty file", r"empty\.pt cannot be read: it is an empty file, but weights=PATH must be",
+             ok(w=str(work / "empty.pt")), setup=lambda: (work / "empty.pt").write_bytes(b"")),
+        Case("weights= a folder", r"weights=.*wdir is a folder, not a file", ok(w=str(work / "wdir")),
+             setup=lambda: (work / "wdir").mkdir()),
+        Case("weights= without model=", r"weights=PATH needs model=ARCH", ["eval", f"weights={small}",
+                                                                         "dataset=digits-lt"], setup=weights_file),
+        Case("weights= a bare tensor", r"tensor\.pt holds no state dict \(top-level keys Tensor\)",
+             ok(w=str(work / "tensor.pt")), setup=lambda: _save(torch.zeros(3), work / "tensor.pt")),
+        Case("weights of another width", r"do not fit the model LTModel: shape mismatch.*Check model= and its options",
+             ok("model.width=8"), setup=weights_file),
+        Case("model.head=foo", r"model\.head='foo': use linear or cosine", ok("model.head=foo"), setup=weights_file),
+        Case("unknown torchvision model", r"torchvision has no model 'resnet999'", foreign("torchvision.resnet999"),
+             setup=weights_file),
+        Case("module:attribute that is not callable", r"model=user_models_29:x: 'x' is not callable",
+             foreign("user_models_29:x"), setup=lambda: (weights_file(), user_module())),
+        Case("module:callable returning None", r"user_models_29:none returned NoneType, not a torch\.nn\.Module",
+             foreign("user_models_29:none"), setup=lambda: (weights_file(), user_module())),
+        Case("model module with a syntax error", r"importing 'syntax_29' failed: SyntaxError: invalid syntax",
+             foreign("syntax_29:f"), setup=lambda: (weights_file(), user_module())),
+        Case("model.std=-1", r"model\.std=-1 has a value <= 0", ok("model.std=-1"), setup=weights_file),
+        Case("zero-byte PNG", r"0001\.png: cannot identify image file", info("zero_byte"),
+             setup=lambda: _edited_tree(work / "zero_byte", lambda r: (r / "train/class0/0001.png").write_bytes(b""))),
+        Case("class folder holding only a .txt", r"class folder .*class3 holds no images", info("txt_only"),
+             setup=lambda: _edited_tree(work / "txt_only", lambda r: (
+                 (r / "train/class3/0000.png").unlink(), (r / "train/class3/readme.txt").write_text("x")))),
+        Case("image that is a broken symbolic link", r"0001\.png is a broken symbolic link \(to /nonexistent/x\.png\)",
+             info("dangling"), setup=lambda: _edited_tree(work / "dangling", lambda r: os.symlink(
+                 "/nonexistent/x.png", r / "train/class0/0001.png"))),
+        Case("truncated PNG", r"0001\.png: image file is truncated", info("truncated"),
+             setup=lambda: _edited_tree(work / "truncated", lambda r: (r / "train/class0/0001.png").write_bytes(
+                 (r / "train/class0/0000.png").read_bytes()[:60]))),
+        Case("image folder without test/", r"holds neither cifar-10-batches-py/ nor train/ \+ test/", info("no_test"),
+             setup=lambda: _edited_tree(work / "no_test", lambda r: shutil.rmtree(r / "test"))),
+        Case("test images of mixed sizes", r"is 20x20 but .* is 16x16: every image of a split must have one size\. "
+             r"Set image_size=N", ["data", "info", "imagefolder", f"data_dir={work / 'mixed'}"],
+             setup=lambda: _two_classes(work / "mixed", test_sizes=(16, 20))),
+        Case("1x1 images", r"smallcnn needs images of at least 2 px, got image_size=1",
+             ["eval", f"weights={small}", "model=smallcnn", "model.width=4", "dataset=imagefolder",
+              f"data_dir={work / 'one_px'}", "attacks=clean"],
+             setup=lambda: (weights_file(), _two_classes(work / "one_px", 1, (1, 1)))),
+        Case("class_counts JSON naming a class with no folder", r"has counts of classes \['zebra'\] that have no folder",
+             ["data", "info", "imagefolder", f"data_dir={png10}", f"class_counts={work / 'extra.json'}"],
+             setup=counts("extra.json", json.dumps({**{f"class{c}": 5 for c in range(10)}, "zebra": 3}))),
+        Case("class_counts JSON of floats", r"must list integers, one per class",
+             ["data", "info", "imagefolder", f"data_dir={png10}", f"class_counts={work / 'floats.json'}"],
+             setup=counts("floats.json", "[5.0, 3.0]")),
+        Case("indices_file that is a folder", r"cannot read data\.indices_file=.*idx_dir: \[Errno 21\] Is a directory",
+             ["data", "info", "digits-lt", f"indices_file={work / 'idx_dir'}"], setup=lambda: (work / "idx_dir").mkdir()),
+        Case("indices .npy of floats", r"idx\.npy: 'train' must be a flat list of integer indices",
+             ["data", "info", "digits-lt", f"indices_file={work / 'idx.npy'}"],
+             setup=lambda: __import__("numpy").save(work / "idx.npy", __import__("numpy").array([0.5, 1.5]))),
+        Case("indices text file without an index", r"idx\.txt: 'train' lists no index",
+             ["data", "info", "digits-lt", f"indices_file={work / 'idx.txt'}"],
+             setup=lambda: (work / "idx.txt").write_text("# nothing yet\n")),
+        Case("report of a JSON list", r"list\.json holds no evaluation results", ["report", str(work / "list.json")],
+             setup=lambda: (work / "list.json").write_text("[1, 2]")),
+        Case("train out= under a file", r"cannot write .*afile/sub/.*: a part of that path is a file, not a folder",
+             [*train_tiny, f"out={work / 'afile' / 'sub'}"], setup=lambda: (work / "afile").write_text("x")),
+        Case("eval out= under a file", r"cannot write .*afile/sub.*: a part of that path is a file, not a folder",
+             ok(f"out={work / 'afile' / 'sub'}"), setup=lambda: (weights_file(), (work / "afile").write_text("x"))),
+        Case("train name=../escape", r"name=\.\./escape is a run folder name inside out=.*not a path out of it",
+             [*train_tiny, "name=../escape"]),
+        Case("eval of a run whose config.yaml is a list", r"config\.yaml is not a mapping of sections to keys \(it "
+             r"holds a list\)", ["eval", str(work / "list_config")],
+             setup=lambda: copy_run(base, work / "list_config").joinpath("config.yaml").write_text("- 1\n")),
+        Case("eval of a run whose best.pt is a folder", r"best\.pt is a folder, not a file",
+             ["eval", str(work / "folder_ckpt")], setup=lambda: (
+                 copy_run(base, work / "folder_ckpt").joinpath("checkpoints/best.pt").unlink(),
+                 (work / "folder_ckpt/checkpoints/best.pt").mkdir())),
+        Case("--import a path", r"plugin '\.\./evil' .*is not a module name: write a dotted Python module name",
+             ["--import", "../evil", "list"]),
+        Case("--import a file name", r"plugin 'user_models_29\.py' .*is not a module name.*write user_models_29 and "
+             r"run from its folder", ["--import", "user_models_29.py", "list"], setup=user_module),
+        Case("plugin with a syntax error", r"plugin 'syntax_29' failed while importing: SyntaxError: invalid syntax "
+             r"\(syntax_29\.py, line 1\); fix it", ["--import", "syntax_29", "list"], setup=user_module),
+        Case("train an image folder without train/", r"has no training images \(no train/ folder\)",
+             [*train_tiny, "dataset=imagefolder", f"data_dir={work / 'test_only'}", "class_counts=1,1"],
+             setup=lambda: shutil.rmtree(_two_classes(work / "test_only") / "train")),
+        Case("train with class_counts that differ from train/", r"class_counts=.* differs from the training images per "
+             r"class in train/ \(\[1, 1\]\)", [*train_tiny, "dataset=imagefolder", f"data_dir={work / 'two'}",
+                                                "class_counts=5,5"], setup=lambda: _two_classes(work / "two")),
+        Case("train over a run of other settings that has no last.pt", r"holds checkpoints/best\.pt of a run with a "
+             r"different config \(train\.lr: 0\.1 -> 0\.01\) and no last\.pt to resume; its result is kept",
+             [*train_tiny, "name=no_last", "train.lr=0.01"],
+             setup=lambda: copy_run(base, work / "no_last").joinpath("checkpoints/last.pt").unlink()),
+    ]
+
+
+SECOND_PASS_INPUTS = [
+    "train.lr= (empty)", "eval.attacks= (empty)", "epochs=abc", "imagefolder without data_dir", "data_dir is a file",
+    "preset file that does not exist", "preset that is a YAML list", "eval of a folder that is no run",
+    "eval of a missing path", "checkpoint=middle", "weights= an empty file", "weights= a folder",
+    "weights= without model=", "weights= a bare tensor", "weights of another width", "model.head=foo",
+    "unknown torchvision model", "module:attribute that is not callable", "module:callable returning None",
+    "model module with a syntax error", "model.std=-1", "zero-byte PNG", "class folder holding only a .txt",
+    "image that is a broken symbolic link", "truncated PNG", "image folder without test/",
+    "test images of mixed sizes", "1x1 images", "class_counts JSON naming a class with no folder",
+    "class_counts JSON of floats", "indices_file that is a folder", "indices .npy of floats",
+    "indices text file without an index", "report of a JSON list", "train out= under a file",
+    "eval out= under a file", "train name=../escape", "eval of a run whose config.yaml is a list",
+    "eval of a run whose best.pt is a folder", "--import a path", "--import a file name",
+    "plugin with a syntax error", "train an image folder without train/",
+    "train with class_counts that differ from train/", "train over a run of other settings that has no last.pt"]
+
+
+ROUND3_INPUTS = ["plugin module missing ($LTROBUST_PLUGINS)", "decompression bomb PNG"]
+QUICK_INPUTS = ["plugin registers a taken name",
+                "plugin fails while importing", "model module missing (before any image is decoded)",
+                "bad indices file (before any image is decoded)", "malformed indices JSON",
+                "reference value .nan in a preset", "model.mean=abc", "model.mean= (empty)",
+                 "model option the constructor does not take", "class_counts=[10,5,2 (unclosed)",
+                 "class_counts with a zero", "attack.step_size=0", "eval.step_size=0",
+                 "torchvision model on 1-channel data", "weights= a plain pickle", "weights= a file of garbage"]
+
+
 INTEGRITY_INPUTS = ["crafted CIFAR pickles (data info)", "crafted CIFAR pickles named by a shared run folder (eval)",
                     "eval over a result of other settings", "resume with another train.epochs (cosine schedule)",
                     "trades with attack.loss_mode=inner", "awp gamma=nan", "test images of another size",
@@ -499,7 +802,7 @@ BAD_INPUTS = ["unknown data set", "unknown model", "unknown method", "unknown at
               "negative validation attack steps", "checkpoint class count != data set's", "missing data folder",
               "unreadable image", "truncated checkpoint (eval)", "corrupt checkpoint (resume)",
               "malicious pickle checkpoint", "!!python tag in a preset", "!!python tag in a run's config.yaml",
-              "!!python tag in a checkpoint's config", "non-finite loss", *INTEGRITY_INPUTS]
+              "!!python tag in a checkpoint's config", "non-finite loss", *INTEGRITY_INPUTS, *ROUND3_INPUTS]
 
 
 @pytest.mark.parametrize("name", BAD_INPUTS)
@@ -508,6 +811,44 @@ def test_bad_input_exits_2_with_one_line_naming_the_fix(failures, name):
     line = error_line(proc)
     print(f"\n[{name}] ({len(proc.stderr.splitlines()) - 1} log lines before) {line}")  # for docs/reliability.md
     assert re.search(case.fix, line), f"{name}: the message does not name the fix ({case.fix!r}):\n{line}"
+
+
+def run_in_process(argv: list[str], cwd: Path, env: dict[str, str] | None, monkeypatch, capsys):
+    """``cli.main(argv)`` in this process, as a CompletedProcess; an exception that escapes it fails the test
+    with its traceback (the CLI would have printed one)."""
+    from ltrobust import cli
+
+    monkeypatch.chdir(cwd)
+    monkeypatch.setenv("LTROBUST_PLUGINS", os.environ.get("LTROBUST_PLUGINS", ""))  # restored after the test
+    for key, value in (env or {}).items():
+        monkeypatch.setenv(key, value)
+    capsys.readouterr()
+    try:
+        code = cli.main(argv)
+    except SystemExit as exc:
+        code = exc.code
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(argv, code, out.out, out.err)
+
+
+@pytest.mark.parametrize("name", QUICK_INPUTS + SECOND_PASS_INPUTS)
+def test_bad_input_in_process_exits_2_with_one_line_naming_the_fix(name, tmp_path, base_run, monkeypatch, capsys,
+                                                                   caplog):
+    """The bad-input contract through ``cli.main`` in this process (a fresh interpreter per case would cost 4 s
+    of imports each); ``before_work`` cases (issue 30 item 4) also log no image decoding before the error."""
+    import logging
+
+    (case,) = [c for c in quick_cases(tmp_path, base_run) + second_pass_cases(tmp_path, base_run) if c.name == name]
+    if case.setup is not None:
+        case.setup()
+    with caplog.at_level(logging.INFO):
+        proc = run_in_process(case.argv, tmp_path, case.env, monkeypatch, capsys)
+    line = error_line(proc)
+    print(f"\n[{name}] {line}")  # for docs/reliability.md
+    assert re.search(case.fix, line), f"{name}: the message does not name the fix ({case.fix!r}):\n{line}"
+    if case.ctx.get("before_work"):
+        decoded = [r.getMessage() for r in caplog.records if "decoding" in r.getMessage()]
+        assert not decoded, f"{name}: images were decoded before the error: {decoded}"
 
 
 @pytest.mark.parametrize("name", ["malicious pickle checkpoint", "!!python tag in a preset",
@@ -848,7 +1189,7 @@ def test_methods_refuse_options_they_would_ignore():
                 METHODS.get(name)(counts, AttackConfig(loss_mode=mode), bsl)
     with pytest.raises(ConfigError, match="attack.loss_mode"):  # awp over trades inherits the refusal
         METHODS.get("awp")(counts, AttackConfig(loss_mode="inner"), bsl, AWPOptions(base="trades"))
-    with pytest.raises(ConfigError, match="attack.random_start=false would be ignored"):
+    with pytest.raises(ConfigError, match="attack.random_start=none would be ignored"):
         METHODS.get("fgsm_rs")(counts, AttackConfig(random_start=False), bsl)
     for bad in ({"gamma": float("nan")}, {"gamma": -0.5}, {"proxy_lr": 0.0}, {"beta": 3.0}):
         with pytest.raises(ConfigError):
@@ -893,3 +1234,174 @@ def test_a_collapsed_run_is_flagged_in_training_eval_and_report(tmp_path, caplog
     assert res["collapse"]["collapsed"] and "COLLAPSED RUN" in markdown_table(res)
     out = build_report([str(tmp_path / "ldam")], out=str(tmp_path / "report"))
     assert "collapsed (validation at chance)" in out["markdown_table"]
+
+
+# ------------------------------------------------------------------ round 3 in process (issue 29)
+def test_robustbench_missing_names_the_install_that_works(monkeypatch):
+    """Item 20: without RobustBench the message said `pip install 'ltrobust[robustbench]'` (ltrobust is not on
+    PyPI), and with only torchattacks' incomplete robustbench folder it blamed pkg_resources. It names the
+    packages (and the extra of the source folder); an installed RobustBench missing setuptools' pkg_resources is
+    told to pin setuptools."""
+    import importlib.metadata
+    import sys
+
+    from ltrobust.errors import ConfigError
+    from ltrobust.models.foreign import robustbench_entry
+
+    for mod in [m for m in sys.modules if m == "robustbench" or m.startswith("robustbench.")]:
+        monkeypatch.delitem(sys.modules, mod)
+    monkeypatch.setitem(sys.modules, "robustbench", None)  # import robustbench -> ModuleNotFoundError
+
+    def not_installed(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", not_installed)
+    with pytest.raises(ConfigError) as err:
+        robustbench_entry("robustbench.cifar10.Linf.Standard")
+    assert "RobustBench is not installed: pip install 'robustbench>=1.1' 'setuptools<81' (or, in the ltrobust " \
+           "source folder, pip install -e '.[robustbench]')" in str(err.value)
+    assert "ltrobust[" not in str(err.value)
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "1.1.1")
+    monkeypatch.setitem(sys.modules, "robustbench", None)
+    monkeypatch.setitem(sys.modules, "robustbench.model_zoo", None)
+
+    def no_pkg_resources(name, *args, **kwargs):
+        if name.startswith("robustbench"):
+            raise ModuleNotFoundError("No module named 'pkg_resources'", name="pkg_resources")
+        return real_import(name, *args, **kwargs)
+
+    import builtins
+
+    real_import = builtins.__import__
+    monkeypatch.setattr(builtins, "__import__", no_pkg_resources)
+    with pytest.raises(ConfigError, match=r"RobustBench 1\.1\.1 imports pkg_resources, which setuptools 81 removed: "
+                                          r"pip install 'setuptools<81'"):
+        robustbench_entry("robustbench.cifar10.Linf.Standard")
+
+
+def test_install_hints_match_the_extras_of_pyproject():
+    """The packages each message names are those of pyproject.toml's extras."""
+    import tomllib
+
+    from ltrobust.errors import EXTRAS
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert {k: tuple(v) for k, v in extras.items() if k in EXTRAS} == EXTRAS
+    text = "\n".join(p.read_text() for p in [ROOT / "README.md", *ROOT.glob("docs/*.md"), *SRC.rglob("*.py")]
+                     if p.name != "reliability.md")
+    assert "ltrobust[" not in text.replace("pip install -e", ""), "ltrobust is not on PyPI: name the packages"
+
+
+def test_normalisation_carried_by_the_weights_is_used_and_said_so_once(base_run, tmp_path, caplog):
+    """Item 21: weights that carry normalize.mean / .std with a model.mean given warned `model.mean / model.std
+    ignored` and then refused the ignored value (`mean has 3 values ...`). The file's values are used, the
+    warning names them, and what they replace is not checked."""
+    import logging
+
+    from ltrobust.evaluation.weights import build_weights_model
+
+    state = io.load_checkpoint(base_run / "checkpoints" / "best.pt")["model"]
+    path = _save(state, tmp_path / "small.pt")
+    spec = {"weights": str(path), "model": "smallcnn", "options": {"width": 4}, "mean": [0.5, 0.5, 0.5]}
+    with caplog.at_level(logging.WARNING, logger="ltrobust.evaluation.weights"):
+        model = build_weights_model(spec, num_classes=10, in_channels=1, image_size=8)
+    (record,) = [r.getMessage() for r in caplog.records]
+    mean = round(float(state["normalize.mean"].flatten()[0]), 4)
+    assert record.startswith(f"model.mean ignored: {path} carries its own normalisation (mean [{mean}]")
+    assert "which is used" in record and "missing" not in record
+    assert torch.equal(model.normalize.mean, state["normalize.mean"])
+    del state["normalize.std"]  # the file carries the mean only: the given std is used, and says nothing
+    spec = {**spec, "mean": None, "std": [0.25]}
+    model = build_weights_model({**spec, "weights": str(_save(state, tmp_path / "mean_only.pt"))}, 10, 1, 8)
+    assert model.normalize.std.flatten().tolist() == [0.25]
+
+
+def test_tensorboard_on_a_read_only_folder_warns_once_and_training_goes_on(tmp_path):
+    """Item 16: TensorBoard logging to a read-only folder printed its writer thread's traceback and stopped the
+    run; it is one warning and training finishes (metrics.jsonl keeps every number)."""
+    pytest.importorskip("tensorboard", reason="train.logger=tensorboard needs the tensorboard extra")
+    run = tmp_path / "tb"
+    (run / "tensorboard").mkdir(parents=True)
+    proc = run_cli(["train", *TINY, "epochs=1", f"out={tmp_path}", "name=tb", "train.logger=tensorboard"], tmp_path,
+                   env=fault_env(tmp_path, run / "tensorboard", "EROFS"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "Exception in thread" not in proc.stderr, proc.stderr
+    warnings = [line for line in proc.stderr.splitlines() if "train.logger" in line or "tfevents" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("WARNING ltrobust.training.loggers: train.logger=tensorboard "
+                                                         "is off for this run: OSError: [Errno 30]"), warnings
+    assert "Training goes on" in warnings[0]
+    assert [r["epoch"] for r in io.read_jsonl(run / "metrics.jsonl")] == [0]
+
+
+def test_a_tracker_that_fails_mid_run_is_switched_off_with_one_warning(caplog):
+    """The same guard for a failure after the start (a disk that fills up, a lost connection): the first error
+    is one warning, later calls are skipped, the tracker is closed."""
+    import logging
+
+    from ltrobust.training.loggers import Guarded
+
+    class Flaky:
+        def __init__(self):
+            self.calls, self.closed = 0, 0
+
+        def log_scalars(self, step, scalars):
+            self.calls += 1
+            if step >= 1:
+                raise OSError(28, "No space left on device")
+
+        def close(self):
+            self.closed += 1
+
+    inner = Flaky()
+    tracker = Guarded("flaky", inner)
+    with caplog.at_level(logging.WARNING, logger="ltrobust.training.loggers"):
+        for step in range(4):
+            tracker.log_scalars(step, {"loss": 1.0})
+        tracker.close()
+    assert inner.calls == 2 and inner.closed == 1
+    (record,) = caplog.records
+    assert "train.logger=flaky stopped: OSError: [Errno 28] No space left on device. Training goes on" in record.message
+
+
+def test_a_report_over_a_stored_nan_reference_warns_instead_of_failing(base_run, tmp_path, caplog):
+    """Item 10: `reference:` values are checked when a preset or grid is loaded (the CLI table); a result stored
+    before that check holds null where the NaN was, and the report left it to a TypeError: the report now leaves
+    those paper numbers out with a warning naming the run."""
+    import logging
+
+    from ltrobust.config import check_reference
+    from ltrobust.errors import ConfigError
+    from ltrobust.report import build_report
+
+    for bad in (float("nan"), float("inf"), -1.0, 101.0, None):
+        with pytest.raises(ConfigError, match="is not a percentage"):
+            check_reference([{"source": "x.txt", "table": "Table 1", "values": {"clean": bad}}])
+    run = _evaluated(base_run, tmp_path / "legacy")
+    result = io.read_json(run / "eval" / "best.json")
+    result["config"]["reference"] = [{"source": "x.txt", "table": "Table 1", "values": {"clean": None, "pgd2": 30.0},
+                                      "settings": {}}]
+    io.write_json(run / "eval" / "best.json", result)
+    with caplog.at_level(logging.WARNING, logger="ltrobust.report.collect"):
+        out = build_report([str(run)], out=str(tmp_path / "report"))
+    assert Path(out["index"]).is_file()
+    assert any("its paper reference numbers are left out of the report: reference[0]: values.clean=None is not a "
+               "percentage" in r.getMessage() for r in caplog.records)
+
+
+def test_a_plugin_that_fails_halfway_leaves_no_entry_and_is_not_passed_on(tmp_path, monkeypatch):
+    """Item 8: the first entry of a plug-in whose second registration clashes is rolled back (a retry would
+    otherwise clash with its own half), and a plug-in that failed is not added to $LTROBUST_PLUGINS for the
+    processes started from this one."""
+    from ltrobust.errors import ConfigError
+    from ltrobust.registry import MODELS, PLUGINS_ENV, load_plugins
+
+    (tmp_path / "half_plugin_29.py").write_text(
+        "from ltrobust.registry import MODELS\n\n@MODELS.register('half_plugin_net_29')\ndef a(**kw):\n    pass\n\n"
+        "@MODELS.register('smallcnn')\ndef b(**kw):\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv(PLUGINS_ENV, "")
+    for _ in range(2):  # the same error both times, not a clash with its own first half
+        with pytest.raises(ConfigError, match=r"plugin 'half_plugin_29': model 'smallcnn' is registered twice: by "
+                                              r"ltrobust\.models\.small\.smallcnn and by half_plugin_29\.b"):
+            load_plugins(["half_plugin_29"])
+        assert "half_plugin_net_29" not in MODELS and os.environ[PLUGINS_ENV] == ""

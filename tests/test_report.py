@@ -245,6 +245,10 @@ def test_rows_are_labelled_by_the_loss_actually_used(tmp_path):
 
     _, rows = _id_columns(groups)  # the Method column of every table (HTML, Markdown, LaTeX) says the same
     assert [r[0] for r in rows] == ["at_bsl + bsl", "pgd_at + ce", "robal + margin-bias ce + kl"]
+    from ltrobust.report.export import entry_rows
+
+    header, csv_rows = entry_rows(groups)  # report.csv: one truth with the tables
+    assert [r["loss"] for r in csv_rows] == ["bsl", "ce", "margin-bias ce + kl"]
 
 
 def test_audit_shapes_are_read_tolerantly():
@@ -432,8 +436,9 @@ def test_figures_are_also_pdf_and_svg_at_the_dpi_setting(report, tmp_path):
 
 
 def test_new_figures_and_tables_are_drawn_from_stored_results(report):
-    """Tail trade-off (002 Fig. 1b), class groups (002 Fig. 8), per-class comparison, per-class curves over
-    epochs (TAET Fig. 2); the cost and robust-fairness tables equal metrics.jsonl and the eval JSON."""
+    """Tail trade-off (Cho et al., ICLR 2025, Fig. 1b), class groups (Cho et al., ICLR 2025, Fig. 8), per-class
+    comparison, per-class curves over epochs (TAET Fig. 2); the cost and robust-fairness tables equal metrics.jsonl
+    and the eval JSON."""
     import statistics
 
     from ltrobust.report.plots import class_group_bounds
@@ -501,7 +506,9 @@ def test_class_figures_plot_the_stored_means(runs):
     # the trade-off plot names every variant once, by its table label, in a legend beside the axes
     fig = tradeoff_figure(groups, "worst_case")
     ax = fig.axes[0]
-    assert not ax.texts and sorted(t.get_text() for t in ax.get_legend().get_texts()) == sorted(g.label for g in groups)
+    legend = fig.legends[0]  # the figure's legend, outside the axes (labels wrapped when long)
+    assert not ax.texts and sorted(t.get_text().replace("\n", " ") for t in legend.get_texts()) == sorted(
+        g.label for g in groups)
 
 
 def test_reference_numbers_of_a_preset_appear_beside_the_run(report):
@@ -564,3 +571,113 @@ def test_html_renders_in_headless_chromium(report, tmp_path):
         probe.unlink()
     found = json.loads(re.search(r"<title>OVERFLOW:(.*?)</title>", dom).group(1).replace("&quot;", '"'))
     assert found["tables"] >= 6 and found["wide"] == [], found
+
+
+# ------------------------------------------------------------------------------------ report polish (issue 30)
+LONG = ("robal + margin-bias ce + kl [tau_b=1.2, tau_m=0.3, alpha=6, tau_p=0.1, m0=0.1, attack_steps=5, "
+        "cosine_scale=10, cosine_gamma=0.03125]")
+
+
+def _groups(runs, labels):
+    from ltrobust.report.collect import collect, group_entries
+
+    root, _ = runs
+    groups = group_entries(collect([root])[0])
+    for g, label in zip(groups, labels):
+        g.label = label
+    return groups
+
+
+def test_latex_text_is_escaped_everywhere_and_the_report_compiles(report, tmp_path):
+    """``> 100, 20-100, < 20`` printed raw renders as inverted marks in LaTeX's default font encoding: every
+    text of report.tex is escaped, and the document (with every special character) compiles."""
+    from ltrobust.report.export import latex_document
+    from ltrobust.report.tables import Table, latex_escape
+
+    assert latex_escape("> 100, 20-100, < 20 | \"q\"") == \
+        "\\textgreater{} 100, 20-100, \\textless{} 20 \\textbar{} \\textquotedbl{}q\\textquotedbl{}"
+    assert latex_escape("⚠ collapsed · 5 → 3, café 中") == "(!) collapsed $\\cdot$ 5 $\\rightarrow$ 3, café ?"
+    out, _, _ = report
+    body = [ln for ln in (out / "report.tex").read_text().splitlines() if not ln.lstrip().startswith("%")]
+    text = [ln for ln in body if " & " in ln or "\\caption{" in ln or "\\title{" in ln]  # cells, captions, title
+    assert text and not [ln for ln in text if "<" in ln or ">" in ln or "|" in ln], "raw < > | in report.tex"
+    assert any("\\textgreater{} 100" in ln for ln in body)  # the many / medium / few caption
+    weird = Table(["Variant & more", "n_c < 20"], [[LONG + " ⚠ collapsed", "50%"], ["a_b#c$d~e^f{g}h\\i", "1.00"]],
+                  [False, True], caption="many > 100, few < 20; x | y; \"quoted\" ± 1 · café")
+    doc = latex_document("title with _ & %", [("weird", weird)])
+    if PDFLATEX is None:
+        pytest.skip("no TeX engine installed: escaping checked, compiling skipped")
+    (tmp_path / "w.tex").write_text(doc)
+    proc = subprocess.run([PDFLATEX, "-interaction=nonstopmode", "-halt-on-error", "w.tex"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-2000:]
+
+
+def test_figures_with_long_labels_fit_with_no_matplotlib_warning(runs, tmp_path):
+    """RoBal-length labels: the axes keep most of the width, the legend lies inside the figure, and drawing and
+    saving raise no warning (warnings are errors here)."""
+    import warnings
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from ltrobust.report import plots
+
+    groups = _groups(runs, [LONG, LONG.replace("robal", "robal-r"), "pgd_at + ce"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        figs = {"tradeoff": plots.tradeoff_figure(groups, "pgd5"),
+                "tail": plots.tradeoff_figure(groups, "pgd5", "tail_group"),
+                "class_groups": plots.class_groups_figure(groups, "pgd5"),
+                "comparison": plots.per_class_comparison_figure(groups, "pgd5")}
+        for name, fig in figs.items():
+            assert fig is not None, name
+            plots.save_figure(fig, tmp_path / f"{name}.png")
+            FigureCanvasAgg(fig).draw()
+            renderer = fig.canvas.get_renderer()
+            box = fig.bbox
+            for legend in fig.legends:
+                lb = legend.get_window_extent(renderer)
+                assert lb.x0 >= box.x0 - 1 and lb.x1 <= box.x1 + 1 and lb.y0 >= box.y0 - 1, name  # not clipped
+            axes_width = sum(ax.get_position().width for ax in fig.axes if ax.get_label() != "<colorbar>")
+            assert axes_width >= 0.3, (name, axes_width)  # not squeezed to a sliver
+
+
+def test_accuracy_axes_run_from_0_to_100_even_when_every_value_is_0(runs):
+    from ltrobust.report import plots
+
+    groups = _groups(runs, ["a", "b", "c"])
+    for g in groups:  # every tail value 0: the axes used to reach below 0
+        for attack in ("clean", "pgd5"):
+            g.aggregate[attack]["tail_group"] = {"mean": 0.0, "std": 0.0, "n": g.n}
+    fig = plots.tradeoff_figure(groups, "pgd5", "tail_group")
+    ax = fig.axes[0]
+    assert ax.get_xlim() == (0.0, 100.0) and ax.get_ylim() == (0.0, 100.0)
+
+
+def test_png_figures_have_print_resolution_and_pdf_svg_stay_vector(report):
+    from PIL import Image
+
+    out, result, _ = report
+    drawn = [Path(f) for f in result["figures"] if "/analysis/" not in f]
+    assert drawn
+    for png in drawn:
+        dpi = Image.open(png).info.get("dpi")
+        assert dpi and round(dpi[0]) >= 200, (png, dpi)
+        assert b"/Subtype /Image" not in png.with_suffix(".pdf").read_bytes(), png  # no raster inside
+        assert b"<image" not in png.with_suffix(".svg").read_bytes(), png
+
+
+def test_captions_docs_and_docstrings_cite_papers_by_authors_and_venue():
+    """No internal paper code ("002 Fig. 1b", "001 T1", "(000 A.1)") and no pointer to a local papers folder
+    anywhere users read: source, configs, docs, README."""
+    root = Path(__file__).resolve().parents[1]
+    code = re.compile(r"\b00[0-4] (?:T\d|Tables?|Fig|Sec|Eq|Alg|Theorem|A\.\d)|\(00[0-4][),;:]|\b00[0-4]'s"
+                      r"|papers/|`papers`|00[0-4]_[0-9a-f]{16}")
+    bad = []
+    files = [root / "README.md", *sorted((root / "docs").glob("*.md")), *sorted((root / "src").rglob("*.py")),
+             *sorted((root / "src").rglob("*.yaml"))]
+    for path in files:
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if code.search(line):
+                bad.append(f"{path.relative_to(root)}:{n}: {line.strip()[:120]}")
+    assert not bad, "\n".join(bad)

@@ -76,10 +76,20 @@ def test_paper_grids_cover_the_studies(tmp_path):
     ir = plan_runs(load_grid("imbalance-ratios-cifar10lt", [f"out={tmp_path}"]))
     assert {p.cfg.data.imbalance for p in ir} == {10.0, 20.0, 50.0, 100.0}
     assert {p.cfg.train.seed for p in ir} == {0, 1, 2}
-    assert {p.cfg.method.name for p in ir} >= {"pgd_at", "trades", "robal", "reat"}
+    assert {p.cfg.method.name for p in ir} == {"pgd_at", "robal", "reat"}
+    assert {p.cfg.data.profile for p in ir} == {"exp", "balanced-small"}  # REAT Table 8's PGD-AT (BS)
+    t4 = plan_runs(load_grid("robal-table4-cifar10lt", [f"out={tmp_path}"]))
+    assert {p.cfg.method.name for p in t4} == {"pgd_at", "trades", "robal"}
+    assert {p.cfg.data.imbalance for p in t4} == {10.0, 20.0, 50.0, 100.0}
     scale = plan_runs(load_grid("data-scale-cifar10lt", [f"out={tmp_path}"]))
     assert {p.cfg.data.profile for p in scale} == {"full", "balanced-small", "exp"}
-    assert all(p.cfg.model.name == "resnet18" and p.cfg.data.dataset == "cifar10-lt" for p in t1 + ir + scale)
+    assert "robal" in {p.cfg.method.name for p in scale}  # RoBal Fig. 5's LT-Our
+    # each grid in the architecture and protocol of the paper table it reproduces (issue 26)
+    assert all(p.cfg.model.name == "resnet18" for p in ir)  # REAT: ResNet-18, best epoch
+    assert all(p.cfg.model.name == "wrn34_10" and p.cfg.eval.checkpoint == "last" and "apgd" in p.cfg.eval.attacks
+               for p in t1 + t4 + scale)  # RoBal: WRN-34-10, last epoch, AA = APGD-CE + APGD-T
+    assert all(p.cfg.data.dataset == "cifar10-lt" for p in t1 + ir + t4 + scale)
+    assert all(p.cfg.reference for p in t1 + ir + t4)  # every row carries the numbers it targets
 
 
 def test_robal_table1_rows_are_table_s5_forms(tmp_path):
@@ -254,7 +264,7 @@ def test_parallel_engine_runs_jobs_in_pinned_subprocesses(smoke, tmp_path, monke
 
 # ------------------------------------------------------------------------------------------- Ray
 def test_ray_engine_runs_each_job_as_a_ray_task(smoke, tmp_path):
-    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'ltrobust[ray]')")
+    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install -e '.[ray]')")
     out, _ = smoke
     copy = tmp_path / "ray"
     shutil.copytree(out, copy, ignore=shutil.ignore_patterns("report"))

@@ -145,6 +145,30 @@ def test_lr_schedules():
     assert lr_at(cos, 0) == pytest.approx(0.1) and lr_at(cos, 5) == pytest.approx(0.05) and lr_at(cos, 10) == pytest.approx(0)
 
 
+def test_piecewise_lr_schedule_interpolates_the_knots_with_jumps():
+    """Wong et al.'s Fast-AT cycle (np.interp over [0, 7.5, 15] -> [0, 0.2, 0], per step) and a step schedule with
+    unequal factors (GAIRAT's 0.1 -> 0.01 -> 0.001 -> 0.0005 at its 60th, 90th, 110th epochs) as knots."""
+    import numpy as np
+
+    cyc = resolve_config(["train.lr=0.2", "epochs=15", "train.schedule=piecewise", "train.lr_epochs=0,7.5,15",
+                          "train.lr_factors=0,1,0"])
+    for t in (0.0, 0.3, 3.75, 7.5, 9.1, 14.99, 15.0, 16.0):
+        assert lr_at(cyc, t) == pytest.approx(float(np.interp(t, [0, 7.5, 15], [0, 0.2, 0])))
+    gair = resolve_config(["train.lr=0.1", "epochs=120", "train.schedule=piecewise",
+                           "train.lr_epochs=0,59,59,89,89,109,109", "train.lr_factors=1,1,0.1,0.1,0.01,0.01,0.005"])
+    official = [0.1 if (e + 1) / 120 < 0.5 else 0.01 if (e + 1) / 120 < 0.75 else 0.001 if (e + 1) / 120 < 11 / 12
+                else 0.0005 for e in range(120)]  # GAIRAT.py's piecewise rule, evaluated at epoch + 1
+    assert [lr_at(gair, e + 0.5) for e in range(120)] == pytest.approx(official)
+    assert lr_at(gair, 59) == pytest.approx(0.01) and lr_at(gair, 58.99) == pytest.approx(0.1)
+    for bad, match in ((["train.lr_epochs=0,2"], "as many"), (["train.lr_epochs=2,1", "train.lr_factors=1,1"],
+                       "non-decreasing"), (["train.lr_epochs=0", "train.lr_factors=1", "train.warmup_epochs=1"],
+                       "warm-up")):
+        with pytest.raises(ConfigError, match=match):
+            resolve_config(["train.schedule=piecewise", *bad])
+    with pytest.raises(ConfigError, match="only used by"):
+        resolve_config(["train.lr_epochs=0,2", "train.lr_factors=1,0"])
+
+
 def test_metrics_log_every_loss_part_and_ae_distribution(tmp_path):
     cfg = resolve_config(TINY + ["method=trades", "epochs=1", f"out={tmp_path}", "name=m"])
     Trainer(cfg).fit()
@@ -211,7 +235,8 @@ def test_las_at_under_two_gloo_processes_keeps_one_strategy_network(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29519",
            str(script), str(tmp_path)] + TINY + ["epochs=1", f"out={tmp_path}", "name=ddp", "train.precision=fp32",
-                                                 "method=las_at", "method.interval=1", "train.val_every=0",
+                                                 "method=las_at", "method.interval=1", "method.strategy_model=target",
+                                                 "train.val_every=0",
                                                  "train.max_steps_per_epoch=3"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -400,7 +425,7 @@ def test_scalars_of_flattens_a_row():
 
 def test_tensorboard_logger_writes_every_scalar(tmp_path):
     pytest.importorskip("tensorboard", reason="train.logger=tensorboard needs the optional tensorboard package "
-                                              "(pip install 'ltrobust[tensorboard]'; the test extra installs it)")
+                                              "(pip install -e '.[tensorboard]'; the test extra installs it)")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from ltrobust.training.loggers import scalars_of
@@ -455,7 +480,7 @@ def test_peak_rss_is_the_peak_since_the_reset():
 
 def test_tensorboard_shows_a_redone_epoch_once_after_a_resume(tmp_path, monkeypatch):
     pytest.importorskip("tensorboard", reason="train.logger=tensorboard needs the optional tensorboard package "
-                                              "(pip install 'ltrobust[tensorboard]'; the test extra installs it)")
+                                              "(pip install -e '.[tensorboard]'; the test extra installs it)")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from conftest import Killed
@@ -486,6 +511,7 @@ def test_tensorboard_without_the_package_names_the_extra(tmp_path, monkeypatch):
     from ltrobust.training.loggers import build_logger
 
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails as if it were not installed
-    with pytest.raises(ConfigError, match=r"needs the tensorboard package: pip install 'ltrobust\[tensorboard\]'"):
+    with pytest.raises(ConfigError, match=r"needs the tensorboard package: pip install 'tensorboard>=2\.10' \(or, in "
+                                          r"the ltrobust source folder, pip install -e '\.\[tensorboard\]'\)"):
         build_logger("tensorboard", tmp_path)
     assert build_logger("none", tmp_path) is None and not any(tmp_path.iterdir())

@@ -73,12 +73,12 @@ KNOWN = {
     r"^validation split": Known(
         "their code has no validation split: it picks the checkpoint by PGD-20 on the test set from epoch 75 "
         "on (a leak we do not copy); ltrobust holds out 100 images per class that the LT subset did not select",
-        "no effect on any training step; it decides which epoch is reported (002 Table 1, AT-BSL: best "
+        "no effect on any training step; it decides which epoch is reported (Cho et al., ICLR 2025, Table 1, AT-BSL: best "
         "35.87 vs last 29.40 PGD-20)", "eval.checkpoint=last (no selection at all)"),
     r"^checkpoint choice": Known(
         "leak in their code: best test-set PGD-20 robustness from epoch 75 on (9,984 of the 10,000 test images: "
         "their test loader drops the last batch); ltrobust picks the best balanced validation robustness",
-        "no effect on training; the reported epoch differs (see 002 Table 1 best vs last)",
+        "no effect on training; the reported epoch differs (see Cho et al., ICLR 2025, Table 1 best vs last)",
         "eval.checkpoint=last"),
     r"^AutoAttack settings|^AutoAttack per-image": Known(
         "their eval.py calls torchattacks 3.5.1 AutoAttack(version='standard'), whose APGD-CE, APGD-T and FAB-T "
@@ -99,7 +99,7 @@ KNOWN = {
         "many", "the share of pixel values that differ, in the row: the same augmentation distribution up to "
         "these rounding cases", ""),
     r"augmentation .*Tiny": Known(
-        "their Tiny-ImageNet script defaults to --aug ra (AT-BSL-RA); the preset targets 002 Table 3's plain "
+        "their Tiny-ImageNet script defaults to --aug ra (AT-BSL-RA); the preset targets Cho et al., ICLR 2025, Table 3's plain "
         "AT-BSL", "not measured (a different augmentation, not a different computation)",
         "data.augment=randaugment"),
     r"^initial weights.*WideResNet": Known(

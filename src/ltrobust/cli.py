@@ -23,16 +23,25 @@ IMPORT_OPTIONS = dict(dest="imports", action="append", metavar="MODULE",
                       help="import MODULE first (repeatable), so its @MODELS / @DATASETS / @METHODS.register "
                            "entries exist; also $LTROBUST_PLUGINS=mod1,mod2")
 
+CACHE_FLAG = ("--cache-dir",)
+CACHE_OPTIONS = dict(dest="cache_dir", metavar="DIR",
+                     help="ltrobust's cache folder (decoded image folders; never written into your data): "
+                          "default the user cache folder, ~/.cache/ltrobust on Linux; also $LTROBUST_CACHE_DIR")
+#: flags that take a value and are not settings (dashed_options leaves them and their value alone)
+VALUE_FLAGS = IMPORT_FLAG + CACHE_FLAG
+
 EPILOG_EVAL = """\
-attacks: clean, fgsm, pgdK, mimK, cwK, adaptive[K], aa, apgd, square; suffix -l2 for the l_2 ball.
+attacks: clean, fgsm, bimK, pgdK, mimK, cwK, adaptive[K], aa, apgd, square; suffix -l2 for the l_2 ball.
 
 a run or checkpoint written by ltrobust train:
   ltrobust eval runs/NAME attacks=clean,fgsm,pgd20,pgd100,mim20,cw20,cw100,aa,adaptive checkpoint=best
 
 weights ltrobust did not write (results in out=, default runs/eval/<name>):
-  ltrobust eval weights=PATH model=ARCH [model.OPTION=v] [model.mean=..,..,.. model.std=..,..,..] dataset=... data_dir=...
+  ltrobust eval weights=PATH model=ARCH [name=NAME] [model.OPTION=v] [model.mean=..,..,.. model.std=..,..,..] dataset=... data_dir=...
+  NAME: the model's name in results and reports (default: the file's stem and a short hash, model-3f2a9c1b);
+        eps=, attacks=, seed=, ... are the evaluation's settings, as for a run
   ARCH: an ltrobust model (ltrobust list), torchvision.<name>, timm.<name>,
-        robustbench.<dataset>.<threat>.<name> (pip install 'ltrobust[robustbench]'), or module:callable
+        robustbench.<dataset>.<threat>.<name> (pip install -e '.[robustbench]'), or module:callable
   e.g. ltrobust eval weights=r18.pt model=torchvision.resnet18 dataset=imagefolder data_dir=data/mine attacks=clean,pgd20,aa
 """
 
@@ -200,15 +209,18 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.add_argument(*IMPORT_FLAG, **IMPORT_OPTIONS, default=[])
-    plugins = argparse.ArgumentParser(add_help=False)  # --import also after the command
+    p.add_argument(*CACHE_FLAG, **CACHE_OPTIONS, default=None)
+    plugins = argparse.ArgumentParser(add_help=False)  # --import and --cache-dir also after the command
     plugins.add_argument(*IMPORT_FLAG, **IMPORT_OPTIONS, default=argparse.SUPPRESS)
+    plugins.add_argument(*CACHE_FLAG, **CACHE_OPTIONS, default=argparse.SUPPRESS)
     sub = p.add_subparsers(dest="command", required=True)
     raw = argparse.RawDescriptionHelpFormatter
     sub.add_parser = functools.partial(sub.add_parser, parents=[plugins])  # type: ignore[method-assign]
 
     data = sub.add_parser("data", help="data set tools")
     dsub = data.add_subparsers(dest="data_command", required=True)
-    info = dsub.add_parser("info", help="per-class counts, head/body/tail and many/medium/few groups")
+    info = dsub.add_parser("info", help="per-class counts, head/body/tail and many/medium/few groups",
+                           parents=[plugins])
     info.add_argument("dataset")
     info.add_argument("overrides", nargs="*", metavar="key=value")
 
@@ -226,8 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
     au.add_argument("run", metavar="RUN_OR_CHECKPOINT")
     au.add_argument("overrides", nargs="*", metavar="key=value")
 
-    an = sub.add_parser("analyze", help="the papers' analyses: feature-norm, embedding, ae-drift, "
-                                        "attack-budget, gaussian-theory, confusion", formatter_class=raw,
+    an = sub.add_parser("analyze", help="the papers' analyses: feature-norm, embedding, ae-drift, attack-budget, "
+                                        "gaussian-theory, confusion, zero-grad, sensitivity, cost, epoch-choice",
+                        formatter_class=raw,
                         epilog=_analyze_epilog())
     an.add_argument("kind")
     an.add_argument("runs", nargs="*", metavar="RUN_OR_CHECKPOINT / key=value")
@@ -272,7 +285,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from .evaluation.evaluator import markdown_table
+    from .evaluation.evaluator import markdown_table, model_title
 
     overrides = list(args.overrides)
     if args.run and "=" in args.run:  # `ltrobust eval weights=PATH model=ARCH ...`
@@ -284,6 +297,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             raise ConfigError(f"give either a run ({args.run}) or weights=PATH, not both.")
         result = evaluate_weights(overrides)
         print(markdown_table(result))
+        print(f"evaluated: {model_title(result)} ({result.get('weights')})")
         print(f"results: {result['out']}/{result['tag']}.json")
         return 0
     if not args.run:
@@ -293,6 +307,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     result = evaluate_run(args.run, overrides)
     print(markdown_table(result))
+    print(f"evaluated: {model_title(result)}")  # which checkpoint, of which epoch of how many
     print(f"results: {result['run']}/eval/{result['tag']}.json")
     return 0
 
@@ -311,7 +326,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     runs = [r for r in args.runs if "=" not in r]
     overrides = [r for r in args.runs if "=" in r]
     out = run_analysis(args.kind, runs, overrides)
-    print(f"wrote {out['png']} and {out['json']}")
+    print("wrote " + ", ".join(str(p) for p in out.values()))
     return 0
 
 
@@ -376,9 +391,9 @@ def dashed_options(argv: Sequence[str]) -> list[str]:
     out: list[str] = []
     args = list(argv)
     for i, arg in enumerate(args):
-        if not arg.startswith("--") or arg in ("--", "--help", "--verbose") or arg.split("=")[0] in IMPORT_FLAG:
+        if not arg.startswith("--") or arg in ("--", "--help", "--verbose") or arg.split("=")[0] in VALUE_FLAGS:
             continue
-        if i > 0 and args[i - 1] in IMPORT_FLAG:  # a module name after --import
+        if i > 0 and args[i - 1] in VALUE_FLAGS:  # a module name after --import, a folder after --cache-dir
             continue
         key, eq, value = arg[2:].partition("=")
         if not eq:
@@ -396,13 +411,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: settings are written key=value, not --key value: write {' '.join(dashed)} instead.",
               file=sys.stderr)
         return 2
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
     try:
         from .registry import load_plugins
 
+        # the help lists every registered name, so building the parser imports the built-in entries and the
+        # plug-ins of $LTROBUST_PLUGINS: a broken one fails here, before any work, with one error line
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                            format="%(levelname)s %(name)s: %(message)s")
+        if args.cache_dir:  # also seen by the processes a sweep starts
+            import os
+
+            from .data.formats.base import CACHE_ENV
+
+            os.environ[CACHE_ENV] = args.cache_dir
         load_plugins(args.imports)
         return COMMANDS[args.command](args)
     except LtrobustError as exc:

@@ -38,6 +38,19 @@ def _check(cond: bool, msg: str) -> None:
         raise ConfigError(msg)
 
 
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+
+
+def check_name(key: str, value: str, example: str = "pgd100") -> str:
+    """``value`` as a file name of its own (a result tag, a model name): letters, digits, ``.``, ``_``, ``+``
+    and ``-``, never a path (``/``, ``\\``, ``..``) that would write outside the folder it names a file in."""
+    text = str(value)
+    if not _NAME_RE.match(text) or ".." in text or len(text) > 120:
+        raise ConfigError(f"{key}={text!r} is not a name: use letters, digits, '.', '_', '+' and '-' (no '/' or "
+                          f"'..', at most 120 characters), e.g. {key}={example}.")
+    return text
+
+
 def _check_eps(name: str, value: float) -> None:
     _check(0.0 <= value <= 1.0, f"{name}={fmt_fraction(value)} is outside [0, 1]: eps is in pixel units of images in "
            f"[0, 1], e.g. 8/255 for l_inf; write {name}=8/255.")
@@ -141,8 +154,10 @@ class AttackConfig:
             _check_eps("attack.eps", self.eps)
         else:
             _check(self.eps >= 0, f"attack.eps={self.eps} must be >= 0.")
-        _check(self.step_size >= 0, f"attack.step_size={self.step_size} must be >= 0.")
         _check(self.steps >= 0, f"attack.steps={self.steps} is negative: use 0 (no attack) or more.")
+        _check(self.step_size > 0 or self.steps == 0, f"attack.step_size={fmt_fraction(self.step_size)} must be > 0 "
+               f"with attack.steps={self.steps} (a step of 0 leaves the training AEs where they start): e.g. "
+               "attack.step_size=2/255, or attack.steps=0 for no attack.")
         _check(self.loss_mode in ("outer", "inner", "both"),
                f"attack.loss_mode={self.loss_mode!r}: use outer, inner or both.")
 
@@ -168,12 +183,17 @@ class TrainConfig:
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 5e-4
-    schedule: str = "step"  #: step | cosine | constant
+    schedule: str = "step"  #: step | cosine | constant | piecewise
     milestones: tuple[int, ...] = ()  #: epochs where the step schedule multiplies lr by lr_decay
     #: how milestones count epochs: 0 (the first epoch is 0; decay from the (m+1)-th epoch on) | 1 (the first
     #: epoch is 1, as the AT-BSL and RoBal authors' code; decay from the m-th epoch on). docs/methods.md
     milestone_base: int = 0
     lr_decay: float = 0.1
+    #: piecewise: lr = train.lr x the linear interpolation of lr_factors at lr_epochs (fractional epochs counted
+    #: from 0, non-decreasing; an epoch given twice is a jump; held constant beyond the ends), evaluated every
+    #: step as Wong et al.'s ``np.interp`` schedules (e.g. Fast-AT's cycle: lr_epochs=0,7.5,15 lr_factors=0,1,0)
+    lr_epochs: tuple[float, ...] = ()
+    lr_factors: tuple[float, ...] = ()
     warmup_epochs: int = 0
     precision: str = "auto"  #: auto (bf16 where native) | bf16 | fp32
     channels_last: bool = True
@@ -188,6 +208,10 @@ class TrainConfig:
     val_every: int = 1
     val_samples: int = 1000  #: validation images per epoch (balanced sample); 0: all
     val_attack_steps: int = 10
+    #: also evaluate every validated epoch on a balanced sample of the *test* split (val_samples images,
+    #: the same PGD): stored as "test" in metrics.jsonl, marked split=test, never used to choose a checkpoint
+    #: (docs/analysis.md, epoch-choice)
+    epoch_test: bool = False
     seed: int = 0
     deterministic: bool = False
     device: str = "auto"  #: auto | cpu | cuda | cuda:N
@@ -219,8 +243,22 @@ class TrainConfig:
         _check(self.finetune_epochs >= 1, f"train.finetune_epochs={self.finetune_epochs} must be >= 1 (turn "
                "fine-tuning off with train.finetune=none).")
         _check(self.ae_drift_samples >= 1, f"train.ae_drift_samples={self.ae_drift_samples} must be >= 1.")
-        _check(self.schedule in ("step", "cosine", "constant"),
-               f"train.schedule={self.schedule!r}: use step, cosine or constant.")
+        _check(self.schedule in ("step", "cosine", "constant", "piecewise"),
+               f"train.schedule={self.schedule!r}: use step, cosine, constant or piecewise.")
+        if self.schedule == "piecewise":
+            _check(len(self.lr_epochs) == len(self.lr_factors) >= 1, f"train.schedule=piecewise needs as many "
+                   f"train.lr_factors as train.lr_epochs (got {len(self.lr_epochs)} epochs, {len(self.lr_factors)} "
+                   "factors), e.g. train.lr_epochs=0,7.5,15 train.lr_factors=0,1,0.")
+            _check(all(a <= b for a, b in zip(self.lr_epochs, self.lr_epochs[1:])) and min(self.lr_epochs) >= 0,
+                   f"train.lr_epochs={list(self.lr_epochs)} must be non-negative and non-decreasing (a repeated "
+                   "epoch is a jump).")
+            _check(all(f >= 0 for f in self.lr_factors), f"train.lr_factors={list(self.lr_factors)} must be >= 0.")
+            _check(self.warmup_epochs == 0, "train.warmup_epochs does not combine with train.schedule=piecewise: "
+                   "put the warm-up into train.lr_epochs / lr_factors (e.g. 0,2,... and 0,1,...).")
+        else:
+            _check(not self.lr_epochs and not self.lr_factors, f"train.lr_epochs / train.lr_factors are only used "
+                   f"by train.schedule=piecewise (schedule is {self.schedule!r}): drop them, or set "
+                   "train.schedule=piecewise.")
         _check(self.precision in ("auto", "bf16", "fp32"),
                f"train.precision={self.precision!r}: use auto, bf16 or fp32.")
         _check(self.sampler in ("uniform", "class_balanced"),
@@ -254,7 +292,7 @@ class EvalConfig:
     seed: int = 0  #: seed of the test sample and of every attack's randomness
     mode: str = "cascade"  #: cascade (each attack on the images still robust) | standalone
     tag: str = ""  #: suffix of the result files, for several evaluations of one checkpoint
-    tail_group: int = 0  #: classes in the T-Clean / T-PGD tail group; 0: C // 10 (002's convention)
+    tail_group: int = 0  #: classes in the T-Clean / T-PGD tail group; 0: C // 10 (Cho et al.'s (ICLR 2025) convention)
 
     def __post_init__(self) -> None:
         _check(self.norm in ("linf", "l2"), f"eval.norm={self.norm!r}: use linf or l2.")
@@ -265,9 +303,15 @@ class EvalConfig:
         _check(self.chunk_size >= 1 and self.batch_size >= 1, "eval batch and chunk sizes must be >= 1.")
         _check(self.n_samples >= 0, f"eval.n_samples={self.n_samples} is negative: use 0 (the whole test set) or "
                "a sample size, e.g. eval.n_samples=1000.")
-        _check(self.step_size >= 0, f"eval.step_size={self.step_size} must be >= 0, e.g. eval.step_size=2/255.")
+        _check(self.step_size > 0, f"eval.step_size={fmt_fraction(self.step_size)} must be > 0 (with a step of 0 "
+               "the iterative attacks do not move): e.g. eval.step_size=2/255.")
         _check(self.tail_group >= 0, f"eval.tail_group={self.tail_group} is negative: use 0 (C // 10) or a class "
                "count.")
+        if self.norm == "l2":
+            _check(0.0 <= self.eps < float("inf"), f"eval.eps={self.eps} must be a finite radius >= 0 (l_2 in pixel "
+                   "units of images in [0, 1], e.g. eval.eps=0.5).")
+        if self.tag:
+            check_name("eval.tag", self.tag)
 
 
 @dataclass(frozen=True)
@@ -311,14 +355,15 @@ _FRACTION = re.compile(r"^\s*(-?\d+(?:\.\d*)?(?:e-?\d+)?)\s*/\s*(\d+(?:\.\d*)?)\
 
 
 def parse_value(text: str) -> Any:
-    """Parse a command-line value: YAML scalars and lists, plus fractions such as ``8/255``."""
+    """Parse a command-line value: YAML scalars, lists and mappings (``{m0: 0.1, tau_b: 1.2}``), plus fractions
+    such as ``8/255``."""
     m = _FRACTION.match(text)
     if m:
         if float(m.group(2)) == 0:
             raise ConfigError(f"{text.strip()} divides by zero: write a fraction with a non-zero denominator, "
                               "e.g. 8/255.")
         return float(m.group(1)) / float(m.group(2))
-    if "," in text and not text.strip().startswith("["):
+    if "," in text and not text.strip().startswith(("[", "{")):
         return [parse_value(part) for part in text.split(",") if part != ""]
     try:
         return yaml.safe_load(text)
@@ -333,6 +378,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if value is None or (isinstance(value, str) and value.lower() in ("", "none", "null")):
             return None
         return _coerce(value, tp[: -len(" | None")], key)
+    if value is None and tp in ("float", "int", "bool") or value in (None, "") and tp.startswith("tuple[str"):
+        raise ConfigError(f"{key}= is empty: give a value, or leave {key} out for its default.")
     if isinstance(value, str) and _FRACTION.match(value):
         value = parse_value(value)
     try:
@@ -362,6 +409,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return ()
             seq = value if isinstance(value, (list, tuple)) else [value]
             return tuple(int(v) for v in seq)
+        if tp.startswith("tuple[float"):
+            if value in (None, "", "none"):
+                return ()
+            seq = value if isinstance(value, (list, tuple)) else [value]
+            return tuple(_coerce(v, "float", key) for v in seq)
         if tp.startswith("tuple[str"):
             seq = value if isinstance(value, (list, tuple)) else [value]
             return tuple(str(v) for v in seq)
@@ -373,7 +425,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         raise
     except (TypeError, ValueError):
         shown = fmt_fraction(value) if isinstance(value, float) else repr(value)
-        raise ConfigError(f"{key}={shown} is not a valid {tp}.") from None
+        write = {"int": "a whole number", "float": "a number (e.g. 0.1, 1e-4 or 8/255)", "bool": "true or false"}
+        how = write.get(tp, "a comma-separated list" if tp.startswith("tuple") else "a mapping, e.g. {a: 1}"
+                        if tp.startswith("Mapping") else f"a {tp}")
+        raise ConfigError(f"{key}={shown} is not a valid {tp}: write {how}.") from None
     return value
 
 
@@ -434,14 +489,29 @@ def _nested_from_flat(flat: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     return nested
 
 
+def preset_name(name: str) -> str:
+    """The file name of a preset: ``name``, or with ``_`` written ``-`` when only that one exists
+    (``pgd_at-digits`` -> ``pgd-at-digits``)."""
+    if "_" in name and not (PRESET_DIR / f"{name}.yaml").exists() and (
+            PRESET_DIR / f"{name.replace('_', '-')}.yaml").exists():
+        return name.replace("_", "-")
+    return name
+
+
 def load_preset(name: str) -> dict[str, Any]:
     """Load ``configs/<name>.yaml`` (safe YAML) as a flat ``{dotted.key: value}`` mapping.
 
-    A preset may name a ``base`` preset that it extends.
+    A preset may name a ``base`` preset that it extends. Preset names are written with hyphens; the method
+    name's underscore is accepted too (``pgd_at-digits`` is ``pgd-at-digits``, ``at_bsl-digits`` is
+    ``at-bsl-digits``).
     """
     path = Path(name)
     if not path.suffix:
-        path = PRESET_DIR / f"{name}.yaml"
+        path = PRESET_DIR / f"{preset_name(name)}.yaml"
+    if path.suffix and not path.is_file() and (Path(name).suffix or "/" in name):  # a file the user named
+        what = "is a folder" if path.is_dir() else "does not exist"
+        raise ConfigError(f"preset file {name} {what}: give a YAML file of sections and keys, or the name of a "
+                          f"built-in preset (ltrobust list shows them).")
     if not path.exists():
         available = list_presets()
         close = difflib.get_close_matches(name, available, n=3, cutoff=0.4)
@@ -452,7 +522,8 @@ def load_preset(name: str) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         raise yaml_error("preset", path, exc) from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"preset {path} must be a mapping of sections to keys.")
+        raise ConfigError(f"preset {path} must be a mapping of sections to keys, e.g. `train: {{epochs: 10}}` "
+                          f"(it holds a {type(raw).__name__}).")
     flat: dict[str, Any] = {}
     base = raw.pop("base", None)
     if base:
@@ -516,7 +587,7 @@ def resolve_config(overrides: Sequence[str] | Mapping[str, Any] = (), base: RunC
     for k, v in pairs:
         if k == "preset":
             flat.update(load_preset(str(v)))
-            flat["preset"] = str(v)
+            flat["preset"] = preset_name(str(v))
     # Resolve method and loss names first, so their own options can be recognised.
     expanded = [(ALIASES.get(k, k), v) for k, v in pairs if k != "preset"]
     for k, v in expanded:
@@ -588,6 +659,10 @@ def from_flat(flat: Mapping[str, Any]) -> RunConfig:
         kwargs = {name: _coerce(v, hints[name], f"{sec}.{name}") for name, v in sections[sec].items()}
         built[sec] = cls(**kwargs)
     reference = check_reference(top.pop("reference", ()))
+    name = top.get("name")
+    if name and (Path(str(name)).is_absolute() or ".." in Path(str(name)).parts):
+        raise ConfigError(f"name={name} is a run folder name inside out= (it may hold sub-folders, e.g. "
+                          f"name=ablation/seed0), not a path out of it: to write elsewhere, set out=DIR.")
     cfg = RunConfig(**built, **{k: ("" if v is None else str(v)) for k, v in top.items()}, reference=reference)
     validate_names(cfg)
     return cfg
@@ -604,7 +679,7 @@ def check_reference(value: Any) -> tuple[dict[str, Any], ...]:
 
     Each item::
 
-        - source: 001_59d8b7d2bde7d541.txt   # the paper's text file (shared/papers)
+        - source: "Li, Xu and Zhang, ..., arXiv:2307.10205 (2023)"   # the paper: authors, title, venue
           paper: REAT                          # short name shown in the report (optional)
           table: Table 1
           settings: {epochs: 80, data: cifar-pickle, checkpoint: best-test}   # the paper's run settings
@@ -632,15 +707,17 @@ def check_reference(value: Any) -> tuple[dict[str, Any], ...]:
                               f"values, note.")
         for k in ("source", "table"):
             if not isinstance(item.get(k), str) or not item[k].strip():
-                raise ConfigError(f"{where}: `{k}` must name the paper's {'text file' if k == 'source' else 'table'}, "
-                                  f"e.g. {k}: {'001_59d8b7d2bde7d541.txt' if k == 'source' else 'Table 1'}.")
+                what = "the paper (authors, venue)" if k == "source" else "the paper's table"
+                raise ConfigError(f"{where}: `{k}` must name {what}, "
+                                  f"e.g. {k}: {'Wu et al., CVPR 2021' if k == 'source' else 'Table 1'}.")
         values = item.get("values")
         if not isinstance(values, Mapping) or not values:
             raise ConfigError(f"{where}: `values` must map metrics to the paper's numbers, e.g. "
                               f"values: {{clean: 67.33, pgd20: 36.2, aa: 32.08}}.")
         for k, v in values.items():
-            if isinstance(v, bool) or not isinstance(v, (int, float)):
-                raise ConfigError(f"{where}: values.{k}={v!r} is not a number (write percentages, e.g. 36.2).")
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 100:  # NaN fails too
+                raise ConfigError(f"{where}: values.{k}={v!r} is not a percentage: write the paper's number in "
+                                  "[0, 100], e.g. 36.2 (leave out a metric the paper does not report).")
         settings = item.get("settings") or {}
         if not isinstance(settings, Mapping):
             raise ConfigError(f"{where}: `settings` must be a mapping, e.g. "
@@ -653,6 +730,17 @@ def check_reference(value: Any) -> tuple[dict[str, Any], ...]:
         out.append({**dict(item), "values": {str(k): float(v) for k, v in values.items()},
                     "settings": dict(settings)})
     return tuple(out)
+
+
+def model_config(name: str, options: Mapping[str, Any]) -> ModelConfig:
+    """A :class:`ModelConfig` of the ltrobust model ``name`` from ``model.<option>=value`` settings (values as
+    parsed from the command line, coerced like every config key; an unknown option names the valid ones)."""
+    types = {f.name: f.type for f in fields(ModelConfig) if f.name != "name"}
+    unknown = sorted(set(options) - set(types))
+    if unknown:
+        raise ConfigError(f"model {name!r} has no option {', '.join(unknown)}; its options: "
+                          f"{', '.join(sorted(types))}.")
+    return ModelConfig(name=name, **{k: _coerce(v, types[k], f"model.{k}") for k, v in options.items()})
 
 
 def validate_names(cfg: RunConfig) -> None:
@@ -690,6 +778,12 @@ def _build_options(opts_cls: Any, values: Mapping[str, Any], owner: str) -> Any:
             raise ConfigError(f"{owner} has no option {k!r}.{hint} Its options: {', '.join(names)}.")
     hints = {f.name: f.type for f in fields(opts_cls)}
     return opts_cls(**{k: _coerce(v, hints[k], f"{owner}.{k}") for k, v in values.items()})
+
+
+def build_options(opts_cls: Any, values: Mapping[str, Any], owner: str) -> Any:
+    """An ``Options`` dataclass instance from ``values`` (``{name: value}``, coerced and validated as config keys
+    are; a wrapper method builds its base's options with it); None for a class without options and no values."""
+    return _build_options(opts_cls, values, owner)
 
 
 def method_options(cfg: RunConfig) -> Any:
@@ -762,6 +856,9 @@ def load_run_config(path: str | Path) -> RunConfig:
         raise yaml_error("run config", path, exc) from None
     except OSError as exc:
         raise ConfigError(f"cannot read run config {path}: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"run config {path} is not a mapping of sections to keys (it holds a "
+                          f"{type(raw).__name__}): restore the config.yaml that ltrobust train wrote.")
     return from_dict(raw)
 
 

@@ -22,8 +22,10 @@ import math
 import os
 import pickle
 import re
-import tempfile
+import secrets
+import stat
 import time
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -45,7 +47,8 @@ MAGIC = b"LTROBUST-CKPT v1\n"
 #: errno values of a storage that refuses writes, with the words the error message uses
 STORAGE_ERRORS = {errno.ENOSPC: "the disk is full", errno.EROFS: "the folder is on a read-only file system",
                   errno.EACCES: "permission denied", errno.EPERM: "permission denied",
-                  errno.EDQUOT: "the disk quota is exceeded"}
+                  errno.EDQUOT: "the disk quota is exceeded",
+                  errno.ENOTDIR: "a part of that path is a file, not a folder"}
 
 
 def _write_failure(path: str | Path, exc: OSError) -> CheckpointError:
@@ -64,12 +67,40 @@ def storage_error(exc: OSError) -> CheckpointError | None:
     return _write_failure(exc.filename if exc.filename is not None else "a file", exc)
 
 
+def temp_file_beside(path: str | Path) -> tuple[int, str]:
+    """Create a new hidden temporary file ``.NAME.<random>.tmp`` in ``path``'s folder, to be renamed over
+    ``path``; returns ``(fd, temporary path)``, the file open for writing.
+
+    Its permissions are those ``open(path, "w")`` would give: the mode of ``path`` when it exists, else
+    ``0o666`` less the process umask (``tempfile.mkstemp`` would make every file ``0600``, unreadable to
+    the rest of a lab that shares a run folder). Raises ``OSError`` when the folder refuses it.
+    """
+    path = Path(path)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            fd = os.open(tmp, flags, 0o666)  # the kernel applies the umask, as for open()
+        except FileExistsError:
+            continue
+        try:
+            mode = stat.S_IMODE(os.stat(path).st_mode)
+        except OSError:
+            return fd, str(tmp)
+        with _suppress():  # an existing file keeps its mode, as when open() rewrites it
+            os.fchmod(fd, mode)
+        return fd, str(tmp)
+    raise FileExistsError(errno.EEXIST, "no free temporary file name", str(path.parent))
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temporary file in the same folder, fsync, rename)."""
+    """Write ``data`` to ``path`` atomically (temporary file in the same folder, fsync, rename).
+
+    The file gets the permissions ``open(path, "w")`` would give it (:func:`temp_file_beside`)."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = temp_file_beside(path)
     except OSError as exc:
         raise _write_failure(path, exc) from None
     try:
@@ -244,18 +275,24 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     atomic_write_bytes(path, MAGIC + digest + b"\n" + payload)
 
 
-def load_checkpoint(path: str | Path, map_location: Any = "cpu", refused_advice: str | None = None) -> dict[str, Any]:
+def load_checkpoint(path: str | Path, map_location: Any = "cpu", refused_advice: str | None = None,
+                    expected: str | None = None) -> dict[str, Any]:
     """Load a checkpoint safely (``weights_only=True``), verifying the checksum of ltrobust files.
 
     Raises :class:`CheckpointError` naming the file and the fix when it is missing, truncated,
     corrupt or would need arbitrary code to unpickle (``refused_advice``: the fix to give then, for files
-    that ltrobust did not write; they load without the missing-checksum warning).
+    that ltrobust did not write; they load without the missing-checksum warning). ``expected`` describes
+    what a file ltrobust did not write should be (e.g. weights saved with ``torch.save``): a file that
+    ``torch.load`` cannot read is then named for what it is (a plain pickle, an empty file, ...) beside it.
     """
     path = Path(path)
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint {path} does not exist; pass a run folder or a .pt file.") from None
+    except IsADirectoryError:
+        raise CheckpointError(f"checkpoint {path} is a folder, not a file; pass a run folder or a .pt file. "
+                              f"{_OTHER_CHECKPOINT}") from None
     except OSError as exc:
         raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from None
     if raw.startswith(MAGIC):
@@ -269,7 +306,9 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu", refused_advice:
         log.log(logging.DEBUG if refused_advice else logging.WARNING,
                 "%s has no ltrobust checksum header; loading it with weights_only=True", path)
     try:
-        return torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch warns about the pickle protocol of files it then reads or refuses
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            return torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many types for a damaged file
         refused = re.search(r"GLOBAL ([\w.]+)", str(exc)) if isinstance(exc, pickle.UnpicklingError) else None
         if refused:  # weights_only refused a global: the file asks to build Python objects
@@ -278,9 +317,30 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu", refused_advice:
                                   f"weights_only=True (tensors, numbers, strings, lists and dicts only). "
                                   + (refused_advice or "Use a checkpoint written by ltrobust; for other weights, "
                                      "save model.state_dict() and run `ltrobust eval weights=PATH model=ARCH ...`.")) from None
+        if expected is not None and not raw.startswith(MAGIC):
+            raise CheckpointError(f"{path} cannot be read: it is {file_kind(payload)}, but {expected}.") from None
         reason = " ".join(str(exc).split())[:200]
         raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({type(exc).__name__}: {reason}). "
                               f"{_OTHER_CHECKPOINT}") from None
+
+
+#: the first pickle of a legacy (non-zip) torch.save file: the magic number 0x1950a86a20f9469cfc6c
+_LEGACY_TORCH = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
+
+
+def file_kind(data: bytes) -> str:
+    """What a file that ``torch.load`` could not read looks like, from its first bytes (for messages)."""
+    if not data:
+        return "an empty file"
+    if data.startswith(b"PK\x03\x04"):
+        return "a zip archive that torch.load cannot read (a torch.save file cut short, or another zip file)"
+    if data.startswith(_LEGACY_TORCH):
+        return "a torch.save file in the legacy format, cut short or damaged"
+    if data[:1] == b"\x80":
+        return "a plain Python pickle (pickle.dump), not a torch.save file"
+    if len(data) > 10 and data[8:10] == b'{"':
+        return "a safetensors file (load it with safetensors.torch.load_file and pass the model to ltrobust.evaluate)"
+    return f"not a torch.save file (it starts with {data[:12]!r})"
 
 
 _OTHER_CHECKPOINT = ("Use the run's other checkpoint (checkpoint=best or checkpoint=last), or delete this file and "
@@ -312,7 +372,7 @@ def run_lock(path: str | Path, what: str) -> Iterator[None]:
         return
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)  # umask applies, as for open()
     except OSError as exc:
         err = storage_error(exc)
         if err is not None:

@@ -14,6 +14,7 @@ parametrised tests find every entry by name without an if/elif chain::
 from __future__ import annotations
 
 import difflib
+from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 from .errors import ConfigError
@@ -27,14 +28,18 @@ class Registry:
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._entries: dict[str, Any] = {}
+        _REGISTRIES.append(self)
 
     def register(self, name: str | None = None) -> Callable[[T], T]:
         """Decorator registering a class or function under ``name`` (default: its ``__name__``)."""
 
         def deco(obj: T) -> T:
             key = name or obj.__name__  # type: ignore[attr-defined]
-            if key in self._entries and self._entries[key] is not obj:
-                raise ValueError(f"{self.kind} {key!r} is registered twice")
+            old = self._entries.get(key)
+            if old is not None and old is not obj:
+                raise ConfigError(f"{self.kind} {key!r} is registered twice: by {_origin(old)} and by {_origin(obj)}; "
+                                  f"register the second one under another name (ltrobust list shows the names "
+                                  f"taken).")
             self._entries[key] = obj
             return obj
 
@@ -67,6 +72,14 @@ class Registry:
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
+
+
+_REGISTRIES: list[Registry] = []
+
+
+def _origin(obj: Any) -> str:
+    """``module.qualname`` of a registered object, for messages."""
+    return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', type(obj).__name__)}"
 
 
 DATASETS = Registry("data set")
@@ -125,20 +138,43 @@ def load_plugins(names: Iterable[str] = ()) -> list[str]:
     import importlib
     import os
     import sys
+    import traceback
 
+    _load_builtin_entries()  # built-in names first, so a plug-in that reuses one is the entry named as the second
     env = [n.strip() for n in os.environ.get(PLUGINS_ENV, "").split(",") if n.strip()]
     wanted = list(dict.fromkeys([*env, *(n.strip() for n in names if n.strip())]))
-    if wanted != env:
-        os.environ[PLUGINS_ENV] = ",".join(wanted)
     if wanted and os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())
     for name in wanted:
         if name in _plugins:
             continue
+        if name.endswith(".py") or not all(part.isidentifier() for part in name.split(".")):
+            stem = name[:-3] if name.endswith(".py") else name
+            hint = (f"; for the file {name}, write {Path(stem).name} and run from its folder (or add the folder to "
+                    "PYTHONPATH)") if name.endswith(".py") or "/" in name else ""
+            raise ConfigError(f"plugin {name!r} (from --import or ${PLUGINS_ENV}) is not a module name: write a "
+                              f"dotted Python module name such as mypkg.models{hint}.")
+        before = [dict(r._entries) for r in _REGISTRIES]
         try:
-            importlib.import_module(name)
+            try:
+                importlib.import_module(name)
+            except BaseException:  # a plug-in that fails halfway leaves no entry behind (a retry starts clean)
+                for registry, entries in zip(_REGISTRIES, before):
+                    registry._entries = entries
+                raise
         except ImportError as exc:
             raise ConfigError(f"cannot import plugin {name!r} (from --import or ${PLUGINS_ENV}): {exc}. Run from "
                               "the folder that holds it, add that folder to PYTHONPATH, or pip install it.") from None
+        except ConfigError as exc:  # e.g. a name registered twice
+            raise ConfigError(f"plugin {name!r}: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - the plug-in's own code failed while importing
+            where = "" if isinstance(exc, SyntaxError) else \
+                " ({0.filename}, line {0.lineno})".format(traceback.extract_tb(exc.__traceback__)[-1])
+            raise ConfigError(f"plugin {name!r} failed while importing: {type(exc).__name__}: {exc}{where}; fix it "
+                              f"(python -c 'import {name}' shows the traceback), or leave it out of --import and "
+                              f"${PLUGINS_ENV}.") from None
         _plugins.append(name)
+        if name not in env:  # processes started from this one (sweep workers, DDP ranks) import it too
+            env.append(name)
+            os.environ[PLUGINS_ENV] = ",".join(env)
     return list(_plugins)

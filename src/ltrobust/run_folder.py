@@ -12,6 +12,7 @@ analyses read back.
     <run>/eval/<tag>.json, .md   evaluation results; <tag>_chunks/ while they are computed
     <run>/eval/audit[-<tag>].*   gradient-masking audit
     <run>/<stage>/               a stage the method declared (self-distillation: teacher/), itself a run folder
+    <run>/method/<name>.pt       state a method builds once before training (MCAT's class generators)
     <run>/.lock                  held by the training process (``eval/.<tag>.lock`` by an evaluation)
 
 Every file is written atomically through :mod:`ltrobust.io`. This module only names paths; it reads and
@@ -67,6 +68,11 @@ class RunFolder:
     def checkpoint(self, name: str = "last") -> Path:
         """``checkpoints/<name>.pt`` (``last``, ``best``)."""
         return self.checkpoints / f"{name}.pt"
+
+    def method_file(self, name: str) -> Path:
+        """``method/<name>.pt``: state a method builds once before its first epoch and keeps beside the
+        checkpoints rather than in each of them (MCAT's class generators; the checkpoints hold its sha256)."""
+        return self.root / "method" / f"{name}.pt"
 
     def stage(self, name: str) -> "RunFolder":
         """The run folder of a stage the method declared (``teacher``)."""

@@ -17,7 +17,8 @@ random start. Two numbers are stored per budget: ``pgd``, that attack alone, and
 per-sample worst case over that attack and every smaller budget of the sweep (an AE found with fewer
 steps or inside a smaller ball is also an AE for the larger budget), the honest robust accuracy, which is
 non-increasing by construction. The figure shows ``worst_case`` for all test images and for the tail
-classes (``tail=tail``, the rarest third by training count; ``tail=tail_group`` for 002's T-PGD group).
+classes (``tail=tail``, the rarest third by training count; ``tail=tail_group`` for Cho et al.'s (ICLR 2025) T-PGD
+group).
 
 Example::
 
@@ -48,7 +49,7 @@ class AttackBudgetOptions(CommonOptions):
     eps_steps: int = 20  #: PGD steps of the eps sweep
     step_ratio: float = 0.25  #: step size of the eps sweep as a fraction of eps
     n_per_class: int = 0  #: test images per class (0: the whole test split)
-    tail: str = "tail"  #: group drawn dashed: tail (rarest third) | tail_group (002's T-PGD classes)
+    tail: str = "tail"  #: group drawn dashed: tail (rarest third) | tail_group (Cho et al.'s (ICLR 2025) T-PGD classes)
 
 
 @ANALYSES.register("attack-budget")

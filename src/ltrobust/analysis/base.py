@@ -52,7 +52,7 @@ class CommonOptions:
     device: str = "auto"  #: auto | cpu | cuda | cuda:N
     seed: int = 0  #: seeds the test subset, the attacks' random starts, t-SNE and sampled data
     batch_size: int = 256  #: images per attack / forward batch
-    dpi: int = 80  #: resolution of the PNG
+    dpi: int = 200  #: resolution of the PNG (print quality)
     palette: bool = True  #: store the PNG with a 256-colour palette (several times smaller); false: full colour
 
 
@@ -210,6 +210,8 @@ class Analysis:
     name: ClassVar[str] = ""
     Options: ClassVar[type] = CommonOptions
     runs: ClassVar[str] = "one"  #: none | one | many
+    #: figure files written beside the JSON (``png`` always; ``pdf`` for the figures papers print)
+    formats: ClassVar[tuple[str, ...]] = ("png",)
 
     def compute(self, runs: Sequence[RunContext], opts: Any) -> dict[str, Any]:
         raise NotImplementedError
@@ -267,9 +269,14 @@ def run_analysis(kind: str, runs: Sequence[str | Path] = (), overrides: Sequence
               **result, "seconds": round(time.perf_counter() - t0, 3), "versions": library_versions()}
     json_path, png_path = out_dir / f"{kind}.json", out_dir / f"{kind}.png"
     io.write_json(json_path, record)
-    save_figure(analysis.plot(io.read_json(json_path), opts), png_path, opts.dpi, opts.palette)
-    log.info("analysis %s: wrote %s and %s", kind, png_path, json_path)
-    return {"png": png_path, "json": json_path}
+    fig = analysis.plot(io.read_json(json_path), opts)
+    save_figure(fig, png_path, opts.dpi, opts.palette)
+    paths = {"png": png_path, "json": json_path}
+    for fmt in cls.formats:
+        if fmt != "png":
+            paths[fmt] = save_vector(fig, out_dir / f"{kind}.{fmt}", fmt, opts.dpi)
+    log.info("analysis %s: wrote %s", kind, ", ".join(str(p) for p in paths.values()))
+    return paths
 
 
 def replot(json_path: str | Path, png_path: str | Path | None = None, dpi: int | None = None) -> Path:
@@ -283,7 +290,11 @@ def replot(json_path: str | Path, png_path: str | Path | None = None, dpi: int |
     cls = ANALYSES.get(record["kind"])
     opts = cls.Options(**{k: tuple(v) if isinstance(v, list) else v for k, v in record["options"].items()})
     png = Path(png_path) if png_path is not None else Path(json_path).with_suffix(".png")
-    save_figure(cls().plot(record, opts), png, dpi or opts.dpi, opts.palette)
+    fig = cls().plot(record, opts)
+    save_figure(fig, png, dpi or opts.dpi, opts.palette)
+    for fmt in cls.formats:
+        if fmt != "png":
+            save_vector(fig, png.with_suffix(f".{fmt}"), fmt, dpi or opts.dpi)
     return png
 
 
@@ -311,6 +322,14 @@ def save_figure(fig: Any, path: Path, dpi: int, palette: bool = True) -> None:
         Image.open(_io.BytesIO(data)).convert("RGB").quantize(colors=256).save(small, format="PNG", optimize=True)
         data = small.getvalue()
     io.atomic_write_bytes(path, data)
+
+
+def save_vector(fig: Any, path: Path, fmt: str, dpi: int) -> Path:
+    """Write ``fig`` as ``fmt`` (``pdf``, ``svg``) atomically, without a creation date (same bytes each time)."""
+    buf = _io.BytesIO()
+    fig.savefig(buf, format=fmt, dpi=dpi, facecolor="white", metadata={"Date": None} if fmt in ("pdf", "svg") else None)
+    io.atomic_write_bytes(path, buf.getvalue())
+    return path
 
 
 def class_colors(num_classes: int) -> list[Any]:

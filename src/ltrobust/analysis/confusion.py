@@ -9,7 +9,7 @@ clean prediction was right, so both matrices count every image) and reports
   (:func:`ltrobust.evaluation.metrics.confusion_matrix`; rows sum to the test counts),
 - per-class recall for both,
 - ``tail_destinations``: for the tail classes (``tail=tail``: the rarest third by training count,
-  ``tail=tail_group``: 002's tail group, or indices such as ``tail=7,8,9``), the percentage of their
+  ``tail=tail_group``: Cho et al.'s (ICLR 2025) tail group, or indices such as ``tail=7,8,9``), the percentage of their
   adversarial examples predicted as each class, and, for the *misclassified* ones, the percentage that
   lands in each class and in the head, body and tail groups (the figure's right panel).
 

@@ -1,10 +1,10 @@
-r"""``gaussian-theory``: 002's binary Gaussian-mixture analysis of adversarial training on long-tailed data.
+r"""``gaussian-theory``: the binary Gaussian-mixture analysis of adversarial training on long-tailed data of
+Cho, Lee and Kim ("Long-tailed Adversarial Training with Self-Distillation", ICLR 2025, arXiv:2503.06461).
 
-Setting (002, "long-tailed AT with a balanced self-teacher and self-distillation", ICLR 2025 submission,
-Sec. 3.1-3.3 and Appendix A). A binary task with imbalance ratio ``r >= 1`` (Eq. 2)::
+Setting (Sec. 3.1-3.3 and Appendix A of that paper). A binary task with imbalance ratio ``r >= 1`` (Eq. 2)::
 
     y = +1 (head) with probability r / (r + 1),   y = -1 (tail) with probability 1 / (r + 1),
-    x_1, ..., x_d  i.i.d.  N(eta * y, 1)                                            (Eq. 2; 002 writes n for d)
+    x_1, ..., x_d  i.i.d.  N(eta * y, 1)                                   (Eq. 2; the paper writes n for d)
 
 linear classifiers ``f(x) = sign(w . x + b)`` (Eq. 3), the standard error ``Pr(f(x) != y)`` and the robust
 error ``Pr(exists delta, ||delta||_inf <= eps : f(x + delta) != y)`` (Definition 1; it includes the clean
@@ -21,8 +21,8 @@ gives the **tail-class** (y = -1) errors, for ``0 < eps < eta``, with ``Phi`` th
 All four rise with r; Corollary 1 (Eq. 6): ``R_rob^{-1}(f*_rob) > R_rob^{-1}(f*_nat)`` for every r > 1 (equal
 at r = 1): adversarial training makes the tail *less* robust than natural training.
 
-Empirical side (002 Fig. 2-3: eta = 1, d = 2, eps = 0.5, IR 1, 2, 5): on ``n_train`` points sampled from
-Eq. 2, unregularised logistic regression (scikit-learn) is trained
+Empirical side (Cho et al., ICLR 2025, Fig. 2-3: eta = 1, d = 2, eps = 0.5, IR 1, 2, 5): on ``n_train`` points sampled
+from Eq. 2, unregularised logistic regression (scikit-learn) is trained
 
 - naturally: minimise ``mean log(1 + exp(-y (w . x + b)))``;
 - adversarially: minimise ``mean log(1 + exp(-(y (w . x + b) - eps ||w||_1)))``, the exact inner maximum
@@ -64,12 +64,13 @@ ERRORS = ("natural_error", "robust_error")
 @dataclass(frozen=True)
 class GaussianTheoryOptions(CommonOptions):
     eta: float = 1.0  #: class mean magnitude: x_k ~ N(eta * y, 1)
-    d: int = 2  #: input dimension (002's n)
+    d: int = 2  #: input dimension (Cho et al.'s (ICLR 2025) n)
     eps: float = 0.5  #: l_inf radius, 0 < eps < eta
     ir: tuple[float, ...] = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0)  #: imbalance ratios r = n_head / n_tail
     n_train: int = 10000  #: points sampled per logistic-regression fit
     repeats: int = 5  #: independent samples per IR (mean and std reported)
-    boundary_ir: tuple[float, ...] = (1.0, 2.0, 5.0)  #: IRs of the decision-boundary panels (002 Fig. 2; d = 2)
+    #: IRs of the decision-boundary panels (Cho et al., ICLR 2025, Fig. 2; d = 2)
+    boundary_ir: tuple[float, ...] = (1.0, 2.0, 5.0)
 
 
 # ------------------------------------------------------------------------------------ closed form
@@ -84,7 +85,7 @@ def optimal_bias(r: float, d: int, eta: float, eps: float = 0.0) -> float:
 
 
 def theorem1(r: float, d: int, eta: float, eps: float) -> dict[str, float]:
-    """Tail-class errors of the optimal natural and robust classifiers, 002 Theorem 1 (Eq. 4-5).
+    """Tail-class errors of the optimal natural and robust classifiers, Cho et al., ICLR 2025, Theorem 1 (Eq. 4-5).
 
     Returns ``{"natural_error_f_nat", "robust_error_f_nat", "natural_error_f_rob", "robust_error_f_rob"}``
     (probabilities). Requires ``r >= 1`` and ``0 < eps < eta``.
@@ -169,7 +170,8 @@ def adversarial_logistic_loss(w: np.ndarray, b: float, x: np.ndarray, y: np.ndar
 # ------------------------------------------------------------------------------------- analysis
 @ANALYSES.register("gaussian-theory")
 class GaussianTheory(Analysis):
-    """002 Theorem 1 and Corollary 1 on the binary Gaussian mixture, with logistic regressions (002 Fig. 2-3)."""
+    """Theorem 1 and Corollary 1 of Cho et al. (ICLR 2025) on the binary Gaussian mixture, with logistic regressions
+    (their Fig. 2-3)."""
 
     name = "gaussian-theory"
     Options = GaussianTheoryOptions
@@ -281,7 +283,7 @@ class GaussianTheory(Analysis):
             ax.set_aspect("equal")
             ax.set_title(f"IR = {bd['ir']:g}", fontsize=9)
         axes[0].legend(fontsize=6, loc="upper left")
-        sub.suptitle("Decision boundaries on sampled data (002 Fig. 2)", fontsize=9)
+        sub.suptitle("Decision boundaries on sampled data (Cho et al., ICLR 2025, Fig. 2)", fontsize=9)
 
 
 def _closed_keys() -> tuple[str, ...]:

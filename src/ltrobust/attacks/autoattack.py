@@ -30,7 +30,7 @@ import logging
 import re
 from importlib import metadata
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -126,7 +126,8 @@ def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: floa
                    version: str = "standard", n_target_classes: int | None = None, batch_size: int = 256,
                    seed: int = 0, device: torch.device | str | None = None,
                    log_path: str | Path | None = None, *,
-                   square_queries: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                   square_queries: int | None = None,
+                   observer: Callable[..., None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Run AutoAttack (Croce & Hein, ICML 2020, https://arxiv.org/abs/2003.01690) on a batch.
 
     Each attack runs on the points still robust after the previous ones (the package's evaluation
@@ -149,6 +150,10 @@ def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: floa
         log_path: append the package's progress log (DEBUG level) to this file; ``None``: no file.
         square_queries: Square's query budget; ``None``: the standard 5000. A smaller budget is for
             quick checks only: it is not AutoAttack's standard setting.
+        observer: called as the attacks progress (a progress bar's hook): ``observer("start", attacks=[...],
+            n=images, robust=clean fraction)``, ``observer("stage", name="apgd-t")`` when an attack starts,
+            ``observer("after", name="apgd-t", robust=fraction still robust)`` when it ends, and
+            ``observer("end")``. ``None``: nothing is called.
 
     Returns:
         ``(x_adv, robust)``: adversarial images (N, C_in, H, W) on ``x.device`` (a point that no attack
@@ -195,8 +200,10 @@ def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: floa
             adversary.square.n_queries = int(square_queries)
         log.info("AutoAttack %s (%s), eps=%.6g, %s, %d target classes, %d images", version,
                  ", ".join(plan["attacks"]), eps, norm, plan["n_target_classes"], x_run.shape[0])
-        with _package_log(log_path, AutoAttackProgress(list(plan["attacks"]), x_run.shape[0])):
+        with _package_log(log_path, AutoAttackProgress(list(plan["attacks"]), x_run.shape[0], observer)):
             x_adv, y_adv = adversary.run_standard_evaluation(x_run, y_run, batch_size=batch_size)
+        if observer is not None:
+            observer("end")
     robust = y_adv == y_run  # (N,): clean prediction of unbroken points, adversarial one of broken points
     return x_adv.to(out_device, x.dtype), robust.to(out_device)
 
@@ -263,23 +270,31 @@ class _Forward(logging.Handler):
 
 
 class AutoAttackProgress(logging.Handler):
-    """Turns the package's per-attack log lines into ltrobust progress lines (INFO), with a time-left estimate.
+    """Turns the package's per-attack log lines into ltrobust progress lines (INFO) and ``observer`` calls.
 
     The package logs (at DEBUG, logger ``auto-attack``) ``running apgd-ce`` before and ``robust accuracy
-    after APGD-CE: 45.31% (total time 12.3 s)`` after each attack. After attack ``k`` of ``n`` the estimate
-    is the mean time per finished attack, scaled by the share of images still robust (the next attacks
-    run only on them) relative to the images the finished attacks ran on, times the ``n - k`` left.
+    after APGD-CE: 45.31% (total time 12.3 s)`` after each attack. Each finished attack gives one line with
+    the robust accuracy and the time so far. The time left is not guessed here: the attacks' costs per image
+    differ by orders of magnitude (APGD-T runs 9 targets, Square 5000 queries) and depend on the model, so
+    the estimate lives in the evaluation's progress bar (:mod:`ltrobust.evaluation.progress`), which measures
+    each attack's cost as it runs.
     """
 
     _AFTER = re.compile(r"robust accuracy after (?P<name>[\w-]+): (?P<acc>[\d.]+)% \(total time (?P<t>[\d.]+) s\)")
     _CLEAN = re.compile(r"(?:initial|clean) accuracy: (?P<acc>[\d.]+)%")
+    _RUNNING = re.compile(r"^running (?P<name>[\w-]+)$")
 
-    def __init__(self, attacks: list[str], n_images: int) -> None:
+    def __init__(self, attacks: list[str], n_images: int, observer: Callable[..., None] | None = None) -> None:
         super().__init__(level=logging.DEBUG)
         self.attacks = attacks
         self.n_images = n_images
+        self.observer = observer
         self.done: list[float] = []  #: robust accuracy (%) after each finished attack
         self.start_acc: float | None = None
+
+    def _notify(self, event: str, **info: object) -> None:
+        if self.observer is not None:
+            self.observer(event, **info)
 
     def emit(self, record: logging.LogRecord) -> None:
         msg = record.getMessage()
@@ -288,20 +303,20 @@ class AutoAttackProgress(logging.Handler):
             self.start_acc = float(clean.group("acc"))
             log.info("AutoAttack: clean accuracy %.2f%% on %d images; running %s", self.start_acc, self.n_images,
                      ", ".join(self.attacks))
+            self._notify("start", attacks=list(self.attacks), n=self.n_images, robust=self.start_acc / 100)
+            return
+        running = self._RUNNING.search(msg.strip())
+        if running:
+            self._notify("stage", name=running.group("name").lower())
             return
         after = self._AFTER.search(msg)
         if after is None:
             return
         acc, total = float(after.group("acc")), float(after.group("t"))
-        ran_on = [self.start_acc if self.start_acc is not None else 100.0, *self.done]  # robust % each attack saw
         self.done.append(acc)
-        k, n = len(self.done), len(self.attacks)
-        left = ""
-        if k < n and sum(ran_on) > 0:
-            eta = total / sum(ran_on) * acc * (n - k)
-            left = f", about {_duration(eta)} left for {', '.join(self.attacks[k:])}"
-        log.info("AutoAttack %d/%d: robust accuracy after %s %.2f%% (%s so far%s)", k, n, after.group("name"), acc,
-                 _duration(total), left)
+        log.info("AutoAttack %d/%d: robust accuracy after %s %.2f%% (%s so far)", len(self.done), len(self.attacks),
+                 after.group("name"), acc, _duration(total))
+        self._notify("after", name=after.group("name").lower(), robust=acc / 100)
 
 
 def _duration(seconds: float) -> str:

@@ -63,7 +63,7 @@ def kl(logits: torch.Tensor, y: torch.Tensor, target_logits: torch.Tensor) -> to
 
 
 def weighted_ce(logits: torch.Tensor, y: torch.Tensor, weights: Sequence[float] | torch.Tensor) -> torch.Tensor:
-    """Class-weighted cross-entropy ``w_y * CE`` (REAT's re-balancing loss, 001 Eq. 1)."""
+    """Class-weighted cross-entropy ``w_y * CE`` (REAT's re-balancing loss, Li et al., arXiv 2023, Eq. 1)."""
     w = _as_tensor(weights, logits)
     return w[y] * F.cross_entropy(widen(logits), y, reduction="none")
 

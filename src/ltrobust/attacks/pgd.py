@@ -13,7 +13,7 @@ inside the step loop (restarts synchronise once between restarts, only when ther
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
@@ -51,14 +51,22 @@ def start_kind(random_start: bool | str) -> str:
 
 
 def initial_delta(threat: ThreatModel, x: torch.Tensor, random_start: bool | str,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
-    """The perturbation the attack starts from (see :data:`START_KINDS`)."""
+                  generator: torch.Generator | None = None, start_eps: float | None = None) -> torch.Tensor:
+    """The perturbation the attack starts from (see :data:`START_KINDS`); a ``uniform`` start lies in the ball
+    of radius ``start_eps`` when given (kept there and in [0, 1], not projected onto ``threat``), else in
+    ``threat``'s own."""
     kind = start_kind(random_start)
     if kind == "uniform":
-        return threat.random_start(x, generator)
+        return (threat if start_eps is None else threat.with_eps(float(start_eps))).random_start(x, generator)
     if kind == "normal":
         return NORMAL_START_STD * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
     return torch.zeros_like(x)
+
+#: ``observer(step, x_adv, grad)``: called at every step of the loop, before the update, with the point the
+#: gradient was taken at (B, C, H, W) and the raw input gradient of the objective there (before momentum
+#: or the sign). It must not synchronise with the host if the caller cares about speed (keep its numbers
+#: on the device, e.g. append ``(grad == 0).flatten(1).float().mean(1)`` to a list).
+Observer = Callable[[int, torch.Tensor, torch.Tensor], None]
 
 
 @contextlib.contextmanager
@@ -103,32 +111,40 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
 def _run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, steps: int,
          step_size: float, objective: Objective, kwargs: Mapping[str, Any], random_start: str,
          momentum: float, targeted: bool, amp_dtype: torch.dtype | None,
-         generator: torch.Generator | None, start: torch.Tensor | None = None) -> torch.Tensor:
-    delta = initial_delta(threat, x, random_start, generator) if start is None else start.detach().clone()
+         generator: torch.Generator | None, observer: Observer | None = None,
+         start_eps: float | None = None, start: torch.Tensor | None = None) -> torch.Tensor:
+    if start is None:
+        delta = initial_delta(threat, x, random_start, generator, start_eps)
+    else:
+        delta = start.detach().clone()
     velocity = torch.zeros_like(x) if momentum else None
     sign = -1.0 if targeted else 1.0
-    for _ in range(steps):
+    for step in range(steps):
         delta.requires_grad_(True)
         with autocast(x.device, amp_dtype):
             logits = model(x + delta)  # (B, C)
         loss = sign * objective(logits, y, **kwargs)  # (B,)
         (grad,) = torch.autograd.grad(loss.sum(), delta)
+        if observer is not None:  # only when asked: an analysis watching the loop (no cost otherwise)
+            observer(step, x + delta.detach(), grad)
         with torch.no_grad():
             if velocity is not None:  # MIM (Dong et al. 2018): accumulate l_1-normalised gradients
                 grad = grad / grad.abs().flatten(1).sum(1).clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
                 velocity.mul_(momentum).add_(grad)
                 grad = velocity
             delta = threat.clip(x, delta + threat.step(grad, step_size))
-    if steps == 0 and (random_start == "normal" or start is not None):  # unclipped until the first step
-        delta = threat.clip(x, delta)
+    if steps == 0 and (random_start == "normal" or start_eps is not None or start is not None):
+        delta = threat.clip(x, delta)  # a start outside the ball (normal; a start ball of its own; a given
+        # start) is projected at the end
     return (x + delta).detach()
 
 
 def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, steps: int = 10,
-        step_size: float = 2 / 255, objective: str | Objective = "ce", random_start: bool | str = True,
-        momentum: float = 0.0, restarts: int = 1, targeted: bool = False,
+        step_size: float | torch.Tensor = 2 / 255, objective: str | Objective = "ce",
+        random_start: bool | str = True, momentum: float = 0.0, restarts: int = 1, targeted: bool = False,
         objective_kwargs: Mapping[str, Any] | None = None, bn_mode: str = "eval",
         amp_dtype: torch.dtype | None = None, generator: torch.Generator | None = None,
+        observer: Observer | None = None, start_eps: float | None = None,
         start: torch.Tensor | None = None) -> torch.Tensor:
     """Projected gradient ascent on ``objective`` inside ``threat`` (Madry et al. 2018).
 
@@ -137,8 +153,9 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
         x: clean images (B, C, H, W) in [0, 1].
         y: labels (B,), or target labels when ``targeted``.
         threat: :class:`~ltrobust.attacks.threat.Linf` or :class:`~ltrobust.attacks.threat.L2`.
-        steps: number of gradient steps (0 returns ``x`` or the random start).
-        step_size: step length in the threat model's norm (pixel units).
+        steps: number of gradient steps (0 returns ``x`` or the random start, inside the ball).
+        step_size: step length in the threat model's norm (pixel units): a float, or a tensor (B, 1, ..., 1)
+            of per-sample steps (with a per-sample ball, :meth:`~ltrobust.attacks.threat.ThreatModel.per_sample`).
         objective: name in :data:`~ltrobust.attacks.objectives.OBJECTIVES` or a callable
             ``(logits, y, **kw) -> (B,)`` to maximise.
         random_start: where to start (:data:`START_KINDS`): ``True`` / ``"uniform"`` uniformly inside the
@@ -153,6 +170,11 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
             ones untouched. The model's mode is restored afterwards.
         amp_dtype: e.g. ``torch.bfloat16`` for autocast during the attack (training-time attacks).
         generator: random generator for the random start (default: the global one).
+        observer: ``observer(step, x_adv, grad)`` called at each step (see :data:`Observer`; restarts call
+            it again from step 0 on the subset they attack); None, the default, adds nothing to the loop.
+        start_eps: radius of the ``uniform`` start when it differs from the projection radius (None: the
+            threat model's own). RobustLT's code starts every sample uniformly in the global eps ball and
+            projects each onto its class radius from the first step on.
         start: a given starting perturbation ``delta`` (B, C, H, W) instead of a random one (the first
             run; restarts draw ``random_start``). It is used as given, not clipped before the first
             gradient, so another code's start is reproduced exactly (``benchmarks/parity``).
@@ -173,7 +195,7 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
                           "starting perturbation per image.")
     with attack_mode(model, bn_mode):
         x_adv = _run(model, x, y, threat, steps, step_size, obj, kwargs, kind, momentum,
-                     targeted, amp_dtype, generator, start)
+                     targeted, amp_dtype, generator, observer, start_eps, start)
         for _ in range(restarts - 1):
             with torch.no_grad(), autocast(x.device, amp_dtype):
                 pred = model(x_adv).argmax(1)
@@ -183,7 +205,8 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
                 break
             sub_kw = {k: (v[idx] if k in PER_SAMPLE_OPTIONS else v) for k, v in kwargs.items()}
             x_adv[idx] = _run(model, x[idx], y[idx], threat, steps, step_size, obj, sub_kw,
-                              kind if kind != "none" else "uniform", momentum, targeted, amp_dtype, generator)
+                              kind if kind != "none" else "uniform", momentum, targeted, amp_dtype, generator,
+                              observer, start_eps)
     return x_adv
 
 

@@ -42,8 +42,14 @@ class ThreatModel:
         """Project ``delta`` onto the ball (the [0, 1] box is applied by :meth:`clip`)."""
         raise NotImplementedError
 
+    def with_eps(self, eps: float | torch.Tensor) -> "ThreatModel":
+        """The same kind of ball with radius ``eps``: a float, or a tensor broadcastable to the inputs."""
+        ball = copy.copy(self)
+        ball.eps = eps
+        return ball
+
     def per_sample(self, eps: torch.Tensor, ndim: int) -> "ThreatModel":
-        """The same kind of ball with one radius per sample (MMA's adaptive eps).
+        """The same kind of ball with one radius per sample (MMA's adaptive eps, RobustLT's class radii).
 
         Args:
             eps: radii (B,), each >= 0, in pixel units.
@@ -53,9 +59,7 @@ class ThreatModel:
             A copy whose ``eps`` is ``eps`` shaped (B, 1, ..., 1), usable by :func:`~ltrobust.attacks.pgd`
             (with a per-sample ``step_size`` of the same shape, if wanted).
         """
-        ball = copy.copy(self)
-        ball.eps = eps.view(-1, *([1] * (ndim - 1)))
-        return ball
+        return self.with_eps(eps.view(-1, *([1] * (ndim - 1))))
 
     def clip(self, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
         """Project onto the ball, then keep ``x + delta`` in [0, 1]; returns the new delta."""

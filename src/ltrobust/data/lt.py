@@ -170,6 +170,11 @@ def build_data(cfg: DataConfig, device: torch.device | str = torch.device("cpu")
     if cfg.class_counts and spec.num_classes:
         raise ConfigError(f"class_counts= applies to dataset=imagefolder; {cfg.dataset} counts its own training "
                           "split (leave class_counts empty).")
+    if cfg.indices_file and spec.natural:
+        raise ConfigError(f"{cfg.dataset} is naturally long-tailed and used as is: data.indices_file does not apply.")
+    # the files named by options are read before any image is decoded, so a typo costs no decoding
+    listed = read_indices_file(cfg.indices_file) if cfg.indices_file else None
+    given_counts = parse_class_counts(cfg.class_counts) if cfg.class_counts else None
     raw = spec.reader(cfg)
     num_classes = len(raw.class_names) or spec.num_classes
     if spec.num_classes and num_classes != spec.num_classes:
@@ -178,10 +183,8 @@ def build_data(cfg: DataConfig, device: torch.device | str = torch.device("cpu")
     for name, split in (("train", raw.train), ("test", raw.test), ("val", raw.val)):
         if split is not None and len(split) and (split.labels.min() < 0 or split.labels.max() >= num_classes):
             raise DataError(f"{cfg.dataset}: {name} labels outside 0..{num_classes - 1}.")
-    if cfg.indices_file and spec.natural:
-        raise ConfigError(f"{cfg.dataset} is naturally long-tailed and used as is: data.indices_file does not apply.")
     _check_test_split(cfg, raw, num_classes)
-    sel = _select_natural(cfg, spec, raw) if spec.natural else _select_lt(cfg, spec, raw, num_classes)
+    sel = _select_natural(cfg, spec, raw) if spec.natural else _select_lt(cfg, spec, raw, num_classes, listed)
     train_idx = np.concatenate([sel.train[c] for c in range(num_classes)])
     if not sel.order_by_class:
         train_idx = np.sort(train_idx)
@@ -194,8 +197,8 @@ def build_data(cfg: DataConfig, device: torch.device | str = torch.device("cpu")
     val = make(val_src, val_idx, size, device) if len(val_idx) else None
     test = make(raw.test, sel.test, size, device)
     counts = [len(sel.train[c]) for c in range(num_classes)]
-    if cfg.class_counts:
-        counts = read_class_counts(cfg.class_counts, raw.class_names)
+    if given_counts is not None:
+        counts = class_counts_per_class(given_counts, cfg.class_counts, raw.class_names)
     native = raw.train.images.shape[1] if raw.train.images is not None else spec.image_size
     image_size = int(train.images.shape[-1]) if isinstance(train, ArraySplit) else size
     padding = cfg.crop_padding if cfg.crop_padding >= 0 else int(round(spec.crop_padding * image_size / native))
@@ -229,7 +232,8 @@ def _val_per_class(cfg: DataConfig, spec: DatasetSpec) -> int:
     return spec.val_per_class if cfg.val_per_class < 0 else cfg.val_per_class
 
 
-def _select_lt(cfg: DataConfig, spec: DatasetSpec, raw: RawData, num_classes: int) -> _Selection:
+def _select_lt(cfg: DataConfig, spec: DatasetSpec, raw: RawData, num_classes: int,
+               listed: dict[str, np.ndarray | None] | None = None) -> _Selection:
     labels = raw.train.labels
     avail = np.bincount(labels, minlength=num_classes)
     if (avail == 0).any():
@@ -239,13 +243,10 @@ def _select_lt(cfg: DataConfig, spec: DatasetSpec, raw: RawData, num_classes: in
         log.warning("%s: the smallest class has %d training images, not the official %d: n_max=%d (counts "
                     "differ from the published ones)", cfg.dataset, n_max, spec.n_max, n_max)
     orders = class_orders(labels, cfg.selection_seed)
-    listed = read_indices_file(cfg.indices_file, len(labels)) if cfg.indices_file else None
     if listed is not None:  # a published split: its images in the file's order, then the unselected ones
+        check_listed_indices(listed, cfg.indices_file, labels, raw.test.labels, raw.class_names)
         chosen = {c: listed["train"][labels[listed["train"]] == c] for c in range(num_classes)}
         counts = [len(chosen[c]) for c in range(num_classes)]
-        if min(counts) < 1:
-            raise DataError(f"{cfg.indices_file} selects no training image of class {counts.index(0)}: every class "
-                            "needs at least one.")
         orders = {c: np.concatenate([chosen[c], orders[c][~np.isin(orders[c], chosen[c])]]) for c in orders}
     else:
         counts = class_counts(cfg.profile, n_max, num_classes, cfg.imbalance)
@@ -277,8 +278,6 @@ def _select_lt(cfg: DataConfig, spec: DatasetSpec, raw: RawData, num_classes: in
         _WARNED.add(msg)
     if listed is not None and listed.get("test") is not None:
         test = listed["test"]
-        if len(test) and (test.min() < 0 or test.max() >= len(raw.test)):
-            raise DataError(f"{cfg.indices_file}: test indices outside 0..{len(raw.test) - 1}.")
     elif cfg.test_profile == "lt":
         test_avail = np.bincount(raw.test.labels, minlength=num_classes)
         test_counts = class_counts(cfg.profile, int(test_avail.min()), num_classes, cfg.imbalance)
@@ -289,19 +288,21 @@ def _select_lt(cfg: DataConfig, spec: DatasetSpec, raw: RawData, num_classes: in
                       removed if cfg.val_from == "holdout" else None)
 
 
-def read_indices_file(path: str, n_train: int) -> dict[str, np.ndarray | None]:
-    """The training (and optional test) indices of a published long-tailed split.
+def read_indices_file(path: str) -> dict[str, np.ndarray | None]:
+    """The training (and optional test) indices of a published long-tailed split, checked as far as the file
+    alone allows (:func:`check_listed_indices` checks them against the data).
 
     Accepted forms: a ``.npy`` array or a text file (one index per line, ``#`` comments) of training
     indices; JSON holding a list of training indices, or a mapping with ``train`` (a list, or
     ``{class: list}`` as ltrobust's manifest) and optionally ``test`` (a list); a run's ``manifest.json``
-    (its ``indices`` section) works as is. Indices point into the source's full training split.
+    (its ``indices`` section) works as is. Indices point into the source's full training (test) split.
 
     Returns:
         ``{"train": int64 (N,), "test": int64 (M,) or None}``.
-    """
-    from pathlib import Path
 
+    Raises:
+        DataError: an unreadable file, or indices that are not a non-empty list of distinct integers >= 0.
+    """
     file = Path(path).expanduser()
     try:
         if file.suffix == ".npy":
@@ -317,24 +318,61 @@ def read_indices_file(path: str, n_train: int) -> dict[str, np.ndarray | None]:
     if isinstance(raw, dict):
         raw = raw.get("indices", raw)
     train_raw, test_raw = (raw.get("train"), raw.get("test")) if isinstance(raw, dict) else (raw, None)
-
-    def flat(v: Any) -> np.ndarray:
-        if isinstance(v, dict):
-            v = [i for k in sorted(v, key=int) for i in v[k]]
-        arr = np.asarray(v)
-        if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
-            raise DataError(f"data.indices_file={path}: expected a flat list of integer indices.")
-        return arr.astype(np.int64)
-
     if train_raw is None:
         raise DataError(f"data.indices_file={path} has no 'train' indices.")
-    train = flat(train_raw)
-    if len(train) == 0 or train.min() < 0 or train.max() >= n_train:
-        raise DataError(f"data.indices_file={path}: training indices must lie in 0..{n_train - 1} (positions in the "
-                        "source's training split).")
-    if len(np.unique(train)) != len(train):
-        raise DataError(f"data.indices_file={path} lists a training index twice.")
-    return {"train": train, "test": None if test_raw is None else flat(test_raw)}
+    return {"train": _index_list(train_raw, path, "train"),
+            "test": None if test_raw is None else _index_list(test_raw, path, "test")}
+
+
+def _index_list(value: Any, path: str, part: str) -> np.ndarray:
+    """One part (``train`` / ``test``) of an indices file as int64 (N,): a list, or ``{class: list}``."""
+    shape = (f"data.indices_file={path}: '{part}' must be a flat list of integer indices (or {{class: list}} as "
+             "in a run's manifest.json)")
+    if isinstance(value, dict):
+        if not all(str(k).lstrip("-").isdigit() for k in value) or not all(isinstance(v, list) for v in value.values()):
+            raise DataError(f"{shape}; its keys must be class numbers and its values lists, got keys "
+                            f"{list(value)[:4]}.")
+        value = [i for k in sorted(value, key=int) for i in value[k]]
+    try:
+        arr = np.asarray(value)
+    except ValueError:  # ragged nesting
+        arr = np.zeros((0, 0))
+    if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
+        raise DataError(f"{shape}.")
+    arr = arr.astype(np.int64)
+    if not len(arr):
+        raise DataError(f"data.indices_file={path}: '{part}' lists no index; "
+                        + ("list the selected training images." if part == "train" else
+                           "list the test images, or leave 'test' out to use the whole test split."))
+    if arr.min() < 0:
+        raise DataError(f"data.indices_file={path}: '{part}' holds the negative index {int(arr.min())}; indices "
+                        "are positions 0, 1, ... in the source's split.")
+    values, counts = np.unique(arr, return_counts=True)
+    if (counts > 1).any():
+        raise DataError(f"data.indices_file={path} lists {part} index {int(values[counts > 1][0])} "
+                        f"{int(counts.max())} times: each image once (duplicates would weigh it more).")
+    return arr
+
+
+def check_listed_indices(listed: dict[str, np.ndarray | None], path: str | None, train_labels: np.ndarray,
+                         test_labels: np.ndarray, class_names: list[str]) -> None:
+    """The indices of :func:`read_indices_file` against the data: inside its splits, every class present."""
+    num_classes = len(class_names) or int(train_labels.max()) + 1
+    for part, labels in (("train", train_labels), ("test", test_labels)):
+        idx = listed.get(part)
+        if idx is None:
+            continue
+        if idx.max() >= len(labels):
+            raise DataError(f"data.indices_file={path}: {part} index {int(idx.max())} is outside 0..{len(labels) - 1} "
+                            f"(positions in the source's {'training' if part == 'train' else 'test'} split).")
+        missing = np.flatnonzero(np.bincount(labels[idx], minlength=num_classes) == 0)
+        if len(missing):
+            c = int(missing[0])
+            name = f" ({class_names[c]})" if c < len(class_names) else ""
+            raise DataError(f"data.indices_file={path} selects no {'training' if part == 'train' else 'test'} image "
+                            f"of class {c}{name}: every class needs "
+                            + ("at least one." if part == "train" else
+                               "test images (per-class and balanced accuracies); list some, or leave 'test' out."))
 
 
 def _select_natural(cfg: DataConfig, spec: DatasetSpec, raw: RawData) -> _Selection:
@@ -420,34 +458,57 @@ def _manifest(cfg: DataConfig, spec: DatasetSpec, raw: RawData, sel: _Selection,
     return m
 
 
-def read_class_counts(value: str, class_names: list[str]) -> list[int]:
-    """Training images per class from ``class_counts=``: a list (``500,120,30``, ``[500, 120, 30]``) or a JSON
-    file holding such a list or a ``{class name: count}`` mapping."""
+def parse_class_counts(value: str) -> list[int] | dict[str, int]:
+    """``class_counts=``: training images per class, a list (``500,120,30``, ``[500, 120, 30]``) or a JSON file
+    holding such a list or a ``{class name: count}`` mapping; every count an integer >= 1. Read before any image
+    is decoded (:func:`class_counts_per_class` matches it to the class folders)."""
     text = str(value).strip()
+    example = "class_counts=500,120,30 (or [500, 120, 30]), or a JSON file holding such a list"
     if not text.startswith("[") and "," not in text:
         path = Path(text).expanduser()
         if not path.is_file():
-            raise ConfigError(f"class_counts={text}: no such file; give a list (class_counts=500,120,30) or a JSON "
-                              "file holding one.")
+            raise ConfigError(f"class_counts={text}: no such file; give a list ({example}).")
         try:
             loaded: Any = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ConfigError(f"class_counts file {path} is not valid JSON ({exc}).") from None
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"class_counts file {path} is not valid JSON ({exc}); write a list of counts, e.g. "
+                              "[500, 120, 30], or {\"cat\": 500, \"dog\": 120}.") from None
     else:
         import yaml
 
-        loaded = yaml.safe_load(text if text.startswith("[") else f"[{text}]")
-    if isinstance(loaded, dict):
-        missing = [n for n in class_names if n not in loaded]
-        if missing:
-            raise ConfigError(f"class_counts has no count for classes {missing[:5]} (keys must be the class folder "
-                              "names).")
-        loaded = [loaded[n] for n in class_names]
-    if (not isinstance(loaded, list) or len(loaded) != len(class_names)
-            or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in loaded)):
-        raise ConfigError(f"class_counts={text!r} must list {len(class_names)} non-negative integers, one per class "
-                          f"in folder order ({', '.join(class_names[:5])}{', ...' if len(class_names) > 5 else ''}).")
-    return [int(c) for c in loaded]
+        try:
+            loaded = yaml.safe_load(text if text.startswith("[") else f"[{text}]")
+        except yaml.YAMLError:
+            raise ConfigError(f"class_counts={text} is not a list of numbers (a bracket left open?): write "
+                              f"{example}.") from None
+    values = list(loaded.values()) if isinstance(loaded, dict) else loaded
+    if not isinstance(values, list) or not values or not all(
+            isinstance(c, int) and not isinstance(c, bool) for c in values):
+        raise ConfigError(f"class_counts={text} must list integers, one per class in folder order: write {example}.")
+    low = [i for i, c in enumerate(values) if c < 1]
+    if low:
+        which = list(loaded)[low[0]] if isinstance(loaded, dict) else f"class {low[0]}"
+        raise ConfigError(f"class_counts={text}: {which} has {values[low[0]]} training images; every class needs a "
+                          "count >= 1 (the counts define head / body / tail and the imbalance ratio n_max / n_min).")
+    return {str(k): int(v) for k, v in loaded.items()} if isinstance(loaded, dict) else [int(c) for c in values]
+
+
+def class_counts_per_class(counts: list[int] | dict[str, int], text: str, class_names: list[str]) -> list[int]:
+    """The counts of :func:`parse_class_counts` in the order of ``class_names`` (the class folders)."""
+    if isinstance(counts, dict):
+        missing = [n for n in class_names if n not in counts]
+        unknown = [n for n in counts if n not in class_names]
+        if missing or unknown:
+            what = (f"no count for classes {missing[:5]}" if missing else
+                    f"counts of classes {unknown[:5]} that have no folder")
+            raise ConfigError(f"class_counts={text} has {what}: its keys must be the class folder names "
+                              f"({', '.join(class_names[:5])}{', ...' if len(class_names) > 5 else ''}).")
+        return [counts[n] for n in class_names]
+    if len(counts) != len(class_names):
+        raise ConfigError(f"class_counts={text!r} lists {len(counts)} counts but there are {len(class_names)} classes: "
+                          f"give one per class in folder order ({', '.join(class_names[:5])}"
+                          f"{', ...' if len(class_names) > 5 else ''}).")
+    return list(counts)
 
 
 def resample_gamma(cfg: DataConfig, counts: list[int]) -> float:
@@ -462,7 +523,7 @@ def resample_gamma(cfg: DataConfig, counts: list[int]) -> float:
 
 def balanced_resample(train: Split, class_counts: list[int], gamma: float, seed: int = 0,
                       tail: str = "tile") -> Split:
-    """The balanced self-teacher set D_B of 002: ``int(gamma * n_min)`` images per class.
+    """The balanced self-teacher set D_B of Cho et al. (ICLR 2025): ``int(gamma * n_min)`` images per class.
 
     Head classes are down-sampled without replacement, tail classes up-sampled with replacement
     (see :func:`~.profiles.balanced_resample_indices`; ``tail="iid"`` for i.i.d. draws).

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError
+from .stream import decode_stream_image
 
 
 @dataclass
@@ -87,8 +88,6 @@ class StreamSplit:
         """Images at ``index`` with the evaluation transform: float (B, 3, S, S) in [0, 1] and int64 (B,),
         on the CPU; decoded by ``num_workers`` threads (random access for evaluation)."""
         from concurrent.futures import ThreadPoolExecutor
-
-        from .stream import decode_stream_image
 
         idx = torch.as_tensor(index).cpu().tolist()
         paths = [self.paths[i] for i in idx]

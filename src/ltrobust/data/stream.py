@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import DataError
+from .augment import policy_augment
+from .formats.base import open_image
 
 
 def decode_stream_image(path: str, size: int, train: bool, flip: bool = True, seed: int = 0,
@@ -23,11 +24,7 @@ def decode_stream_image(path: str, size: int, train: bool, flip: bool = True, se
     from PIL import Image
 
     rng = random.Random(seed)
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise DataError(f"cannot read image file {path}: {exc}") from None
+    im = open_image(path, "RGB")
     if train:
         top, left, h, w = rrc_params(im.height, im.width, rng)
         im = im.resize((size, size), Image.BILINEAR, box=(left, top, left + w, top + h))
@@ -40,8 +37,6 @@ def decode_stream_image(path: str, size: int, train: bool, flip: bool = True, se
         im = im.crop((left, top, left + size, top + size))
     x = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1)  # (3, S, S)
     if train and policy is not None:
-        from .loader import policy_augment
-
         x = policy_augment(x[None], policy, seed)[0]
     return x
 

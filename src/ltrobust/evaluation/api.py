@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -24,10 +24,10 @@ import torch
 from torch import nn
 
 from .. import io
-from ..errors import DataError
-from .evaluator import Evaluation, markdown_table
+from ..errors import ConfigError, DataError
+from .evaluator import Evaluation, markdown_table, model_fingerprint, summary_table
 
-__all__ = ["EvalResult", "TensorSplit", "as_split", "evaluate"]
+__all__ = ["EvalResult", "TensorSplit", "as_split", "check_options", "evaluate"]
 
 #: Result keys of one attack that depend on the training counts per class.
 COUNT_GROUPS = ("head", "body", "tail", "many", "medium", "few", "tail_group")
@@ -52,6 +52,12 @@ class TensorSplit:
         if images.dtype != torch.uint8:
             if not images.is_floating_point():
                 raise DataError(f"images must be float in [0, 1] or uint8, got {images.dtype}.")
+            finite = torch.isfinite(images.flatten(1)).all(1)
+            if not bool(finite.all()):
+                bad = int((~finite).nonzero()[0, 0])
+                raise DataError(f"image {bad} (label {int(labels[bad])}) holds NaN or infinite values, and "
+                                f"{int((~finite).sum())} of {len(images)} images do: remove them or fix the data "
+                                "pipeline; ltrobust evaluates images in [0, 1].")
             lo, hi = float(images.min()), float(images.max())
             if lo < 0 or hi > 1:
                 raise DataError(f"images must lie in [0, 1] (got values in [{lo:.3g}, {hi:.3g}]): drop Normalize "
@@ -93,18 +99,39 @@ def as_split(data: Any, batch_size: int = 256) -> Any:
     return TensorSplit(torch.cat(xs), torch.cat(ys))
 
 
-@dataclass
+@dataclass(repr=False)
 class EvalResult:
-    """What :func:`evaluate` returns.
+    """What :func:`evaluate` returns. Printed, it is the short table of the command line (accuracy,
+    balanced accuracy, tail and worst class per attack) naming the model; the full result is one
+    attribute away.
 
     Attributes:
         result: the full result, as ``ltrobust eval`` writes it to ``<tag>.json``.
         samples: per-sample arrays: ``indices``, ``labels`` (N,), ``names`` (attacks, then worst_case),
-            ``flags`` (bool) and ``preds`` (the predicted class under each attack) of shape (A, N).
+            ``flags`` (bool) and ``preds`` (the predicted class under each attack, -1 where the logits
+            were not finite) of shape (A, N).
+
+    Example::
+
+        res = ltrobust.evaluate(model, (x, y), attacks="clean,pgd20", name="my-cnn")
+        print(res)                  # the short table
+        res.accuracy["pgd20"], res.result["results"]["pgd20"]["per_class"]
+        res.to_pandas()             # one row per attack (needs pandas)
+        res.to_csv("my-cnn.csv")    # the same rows, no pandas needed
     """
 
     result: dict[str, Any]
     samples: dict[str, np.ndarray] = field(repr=False)
+
+    def __repr__(self) -> str:
+        return summary_table(self.result)
+
+    __str__ = __repr__
+
+    @property
+    def name(self) -> str | None:
+        """The evaluated model's name (``name=``, else its class name and a short hash of its weights)."""
+        return self.result.get("model_name")
 
     @property
     def names(self) -> list[str]:
@@ -143,6 +170,46 @@ class EvalResult:
         """Why groups are missing (no class counts), else ``None``."""
         return self.result.get("groups_note")
 
+    def rows(self) -> list[dict[str, Any]]:
+        """One flat row per attack (then ``worst_case``): model, attack, n, accuracy, balanced_accuracy, the
+        class groups that exist, worst class and its recall, boundary error, seconds; what :meth:`to_pandas`
+        and :meth:`to_csv` hold."""
+        out = []
+        for attack, r in self.result["results"].items():
+            worst = r.get("worst_class") or {}
+            row = {"model": self.name, "attack": attack, "n": r.get("n", self.result.get("n")),
+                   "accuracy": r["accuracy"], "balanced_accuracy": r["balanced_accuracy"],
+                   **{g: r.get(g) for g in COUNT_GROUPS if any(g in v for v in self.result["results"].values())},
+                   "worst_class": worst.get("class"), "worst_class_recall": worst.get("recall"),
+                   "boundary_error": r.get("boundary_error"), "seconds": r.get("seconds")}
+            out.append(row)
+        return out
+
+    def to_pandas(self) -> Any:
+        """The rows of :meth:`rows` as a ``pandas.DataFrame`` indexed by attack (needs pandas)."""
+        try:
+            import pandas as pd
+        except ImportError:
+            raise DataError("EvalResult.to_pandas() needs pandas, which is not installed: pip install pandas "
+                            "(or use res.to_csv() / res.rows(), which need nothing).") from None
+        return pd.DataFrame(self.rows()).set_index("attack")
+
+    def to_csv(self, path: str | Path | None = None) -> str:
+        """The rows of :meth:`rows` as CSV (full precision; no pandas needed). With ``path``, also written
+        there (atomically). Returns the text."""
+        import csv
+        import io as text_io
+
+        rows = self.rows()
+        buf = text_io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows([{k: ("" if v is None else v) for k, v in row.items()} for row in rows])
+        text = buf.getvalue()
+        if path is not None:
+            io.atomic_write_text(Path(path), text)
+        return text
+
     def to_dict(self) -> dict[str, Any]:
         """Everything: the result, plus ``samples`` (indices, labels, and flags and predictions per attack)."""
         s = self.samples
@@ -153,9 +220,14 @@ class EvalResult:
 
     def save(self, out_dir: str | Path, tag: str | None = None) -> Path:
         """Write ``<tag>.json``, ``<tag>.md`` and ``<tag>_samples.npz`` (``ltrobust eval``'s files) into
-        ``out_dir``; returns the JSON path."""
-        tag = tag or self.result.get("tag", "eval")
+        ``out_dir``; returns the JSON path. A stored result of another model in ``out_dir`` is kept: the
+        call fails, naming both models."""
+        from ..config import check_name
+        from .runs import refuse_other_model
+
+        tag = check_name("tag", tag or self.result.get("tag", "eval"))
         out = Path(out_dir)
+        refuse_other_model(out / f"{tag}.json", self.result, "save into another folder, or delete it to replace it")
         io.write_json(out / f"{tag}.json", {**self.result, "tag": tag, "samples": f"{tag}_samples.npz"})
         io.atomic_write_text(out / f"{tag}.md", markdown_table({**self.result, "tag": tag}))
         io.write_npz(out / f"{tag}_samples.npz", self.samples)
@@ -163,70 +235,158 @@ class EvalResult:
 
 
 def evaluate(model: nn.Module, data: Any, *, class_counts: Sequence[int] | None = None,
-             attacks: Sequence[str] = ("clean", "pgd20"), eps: float = 8 / 255, norm: str = "linf",
+             attacks: Sequence[str] | str = ("clean", "pgd20"), eps: float = 8 / 255, norm: str = "linf",
              step_size: float | None = None, n_samples: int | None = None, batch_size: int = 256,
              out_dir: str | Path | None = None, tag: str = "eval", seed: int = 0,
              device: str | torch.device | None = None, mode: str = "cascade", chunk_size: int = 1000,
-             tail_group: int | None = None, progress: bool = True,
+             tail_group: int | None = None, progress: bool = True, name: str | None = None,
              meta: dict[str, Any] | None = None) -> EvalResult:
     """Evaluate ``model`` on ``data`` under an attack suite in cascade (SPEC 4), as ``ltrobust eval`` does.
 
+    Every argument is checked before any work, with the messages of ``ltrobust eval`` (``norm="L2"``, a
+    negative ``step_size`` or ``n_samples``, an unknown attack fail at once).
+
     Args:
-        model: any ``nn.Module`` mapping images (B, C, H, W) in [0, 1] to logits (B, K); attacked in eval
-            mode, in float32 (its mode is restored). Moved to ``device`` when one is given.
+        model: any ``nn.Module`` with float32 parameters mapping images (B, C, H, W) in [0, 1] to logits
+            (B, K); attacked in eval mode (its mode is restored). Moved to ``device`` when one is given.
+            Logits holding a NaN or an infinity count as a wrong prediction (a warning says how many).
         data: a ``DataLoader`` or ``Dataset`` yielding ``(image, label, ...)``, an ``(x, y)`` pair of tensors
-            (float in [0, 1] or uint8), or an ltrobust split (``build_data(...).test``).
+            (float in [0, 1] or uint8), or an ltrobust split (``build_data(...).test``). A NaN or infinite
+            pixel is an error naming the first such image.
         class_counts: training images per class; they define head / body / tail, many / medium / few and
             the tail group. ``None``: those groups are left out and :attr:`EvalResult.note` says why.
         attacks: attack names in cascade order (``clean, fgsm, pgdK, mimK, cwK, aa, apgd, square,
-            adaptive``, ``-l2`` suffix for the l_2 ball; ``docs/evaluation.md``). Default: clean, pgd20.
+            adaptive``, ``-l2`` suffix for the l_2 ball; ``docs/evaluation.md``), as a sequence or one
+            comma-separated string (``"clean,pgd20,aa"``). Default: clean, pgd20.
         eps: radius of the ball in pixel units. Default: 8/255.
         norm: ``linf`` or ``l2``. Default: linf.
         step_size: PGD / MIM / CW step; ``None``: ``eps / 4``.
-        n_samples: evaluate a class-balanced sample of this many images; ``None``: all.
+        n_samples: evaluate a class-balanced sample of this many images; ``None`` or 0: all.
         batch_size: images per attack call. Default: 256.
         out_dir: where the chunks (resumable) and ``<tag>.json`` / ``.md`` / ``_samples.npz`` go; ``None``:
-            nothing is written.
-        tag: name of the result files. Default: eval.
+            nothing is written. A result of another model already there is kept: the call fails.
+        tag: name of the result files (a name, not a path). Default: eval.
         seed: seed of the sample and of every attack. Default: 0.
         device: where to run (``cuda``, ``cpu``, ...); ``None``: where the model is.
         mode: ``cascade`` or ``standalone`` (each attack on every clean-correct image).
         chunk_size: images per resumable chunk. Default: 1000.
         tail_group: classes in the tail group; ``None``: ``max(1, K // 10)``.
-        progress: show a progress bar. Default: True.
+        progress: show a progress bar over the images with an estimate of the time left (tqdm: the widget
+            in Jupyter, a text line elsewhere). Default: True.
+        name: the model's name in the result, its printout and reports; ``None``: its class name and a
+            short hash of its weights (``Sequential-3f2a9c1b``), so two models never share a name.
         meta: extra keys copied into the result.
 
     Returns:
-        :class:`EvalResult`: ``res.accuracy[attack]``, ``res.per_class[attack]``, ``res.groups[attack]``,
-        ``res.robust[attack]`` (per-sample flags), ``res.to_dict()``, ``res.save(dir)``.
+        :class:`EvalResult`: ``print(res)`` (the short table), ``res.accuracy[attack]``,
+        ``res.per_class[attack]``, ``res.groups[attack]``, ``res.robust[attack]`` (per-sample flags),
+        ``res.result`` (everything), ``res.to_pandas()``, ``res.to_csv()``, ``res.save(dir)``.
 
     Example::
 
         res = ltrobust.evaluate(model, (x_test, y_test), class_counts=[5000, 2997, ..., 50],
-                                attacks=("clean", "pgd20", "aa"))
+                                attacks="clean,pgd20,aa", name="wrn-34-10")
+        print(res)
         print(res.accuracy["worst_case"], res.groups["aa"]["tail"])
     """
+    opts = check_options(attacks=attacks, eps=eps, norm=norm, step_size=step_size, n_samples=n_samples,
+                         batch_size=batch_size, tag=tag, seed=seed, mode=mode, chunk_size=chunk_size,
+                         tail_group=tail_group)
+    if name is not None:
+        from ..config import check_name
+
+        check_name("name", name, "wrn-34-10")
+    if not isinstance(model, nn.Module):
+        raise DataError(f"model is a {type(model).__name__}: pass the torch.nn.Module to attack (load a state_dict "
+                        "into its architecture first).")
+    if device is not None:
+        model = model.to(_device(device))
+    _check_dtype(model)
+    counts = _check_counts(class_counts)
+    split = as_split(data, batch_size)
+    # the attacks need gradients: a call inside torch.no_grad() or torch.inference_mode() still gets them
+    with torch.inference_mode(False), torch.enable_grad():
+        num_classes = _check_model(model, split, counts)
+        fingerprint = model_fingerprint(model)
+        meta = {"model_name": name or f"{type(model).__name__}-{fingerprint[:8]}", "model_fingerprint": fingerprint,
+                **(meta or {})}
+        if counts is None:
+            meta["groups_note"] = NO_COUNTS_NOTE
+        options = dict(eps=opts.eps, step_size=opts.step_size, norm=opts.norm, batch_size=opts.batch_size,
+                       chunk_size=opts.chunk_size, n_samples=opts.n_samples, seed=opts.seed, mode=opts.mode,
+                       tail_group=opts.tail_group or None, meta=meta, progress=progress, num_classes=num_classes)
+        with tempfile.TemporaryDirectory(prefix="ltrobust-eval-") if out_dir is None else contextlib.nullcontext(out_dir) as folder:
+            ev = Evaluation(model, split, counts, opts.attacks, folder, tag=opts.tag or "eval", **options)
+            if out_dir is not None:
+                from .runs import refuse_overwrite
+
+                # a stored result of other settings or of another model is kept, never silently replaced
+                refuse_overwrite(ev, same_model="evaluate this model into another out_dir, or delete it to replace it")
+            result = ev.run()
+            samples = io.read_npz(Path(folder) / result["samples"])
+    return EvalResult(result=result, samples=samples)
+
+
+def check_options(**options: Any) -> Any:
+    """The evaluation options of :func:`evaluate` checked as ``ltrobust eval`` checks ``eval.*`` (same rules and
+    messages, naming the keyword instead of the ``eval.`` key); returns them as an
+    :class:`~ltrobust.config.EvalConfig` (``n_samples`` / ``tail_group`` ``None`` -> 0, ``step_size`` ``None``
+    -> ``eps / 4``, ``attacks`` a comma-separated string or a sequence of names)."""
+    from ..attacks.suite import check_attacks
+    from ..config import from_flat
+
+    attacks = options.pop("attacks")
+    if isinstance(attacks, str):
+        attacks = [a for a in attacks.split(",") if a.strip()]
+    if (not isinstance(attacks, (list, tuple)) or not attacks
+            or not all(isinstance(a, str) and a.strip() for a in attacks)):
+        raise ConfigError(f"attacks={attacks!r}: give attack names in cascade order, e.g. "
+                          "attacks=('clean', 'pgd20', 'aa') or attacks='clean,pgd20,aa'.")
+    flat = {"eval.attacks": tuple(a.strip() for a in attacks)}
+    step_size = options.pop("step_size")
+    for key, value in options.items():
+        flat[f"eval.{key}"] = 0 if value is None and key in ("n_samples", "tail_group") else value
+    try:
+        cfg = from_flat(flat).eval
+        if step_size is not None:
+            cfg = from_flat({**flat, "eval.step_size": step_size}).eval
+        else:
+            cfg = replace(cfg, step_size=cfg.eps / 4)
+        check_attacks(cfg)
+    except ConfigError as exc:
+        raise ConfigError(str(exc).replace("eval.", "")) from None
+    return cfg
+
+
+def _device(device: Any) -> torch.device:
     from ..device import resolve_device
 
-    if device is not None:
-        model = model.to(resolve_device(str(device)))
-    split = as_split(data, batch_size)
-    num_classes = _check_model(model, split, class_counts)
-    meta = dict(meta or {})
-    if class_counts is None:
-        meta["groups_note"] = NO_COUNTS_NOTE
-    options = dict(eps=eps, step_size=eps / 4 if step_size is None else step_size, norm=norm, batch_size=batch_size,
-                   chunk_size=chunk_size, n_samples=n_samples or 0, seed=seed, mode=mode, tail_group=tail_group,
-                   meta=meta, progress=progress, num_classes=num_classes)
-    with tempfile.TemporaryDirectory(prefix="ltrobust-eval-") if out_dir is None else contextlib.nullcontext(out_dir) as folder:
-        ev = Evaluation(model, split, class_counts, attacks, folder, tag=tag, **options)
-        if out_dir is not None:
-            from .runs import refuse_overwrite
+    try:
+        return resolve_device(str(device))
+    except ConfigError as exc:
+        raise ConfigError(str(exc).replace("train.device", "device")) from None
 
-            refuse_overwrite(ev)  # a stored result of other settings is kept, never silently replaced
-        result = ev.run()
-        samples = io.read_npz(Path(folder) / result["samples"])
-    return EvalResult(result=result, samples=samples)
+
+def _check_dtype(model: nn.Module) -> None:
+    """Refuse a model whose parameters are not float32 (float64, bf16, fp16): the attacks, eps-ball checks and
+    step sizes are float32 arithmetic on float32 images."""
+    dtypes = sorted({str(p.dtype).replace("torch.", "") for p in model.parameters()
+                     if p.is_floating_point() and p.dtype != torch.float32})
+    if dtypes:
+        raise DataError(f"{type(model).__name__} has {' and '.join(dtypes)} parameters; ltrobust attacks float32 "
+                        "models (images, eps and step sizes are float32): pass model.float(), or a float32 copy, "
+                        "copy.deepcopy(model).float().")
+
+
+def _check_counts(class_counts: Any) -> list[int] | None:
+    if class_counts is None:
+        return None
+    values = class_counts.tolist() if hasattr(class_counts, "tolist") else class_counts
+    if (isinstance(values, (str, bytes)) or not hasattr(values, "__iter__")
+            or not all(isinstance(c, (int, np.integer)) and not isinstance(c, bool) and c >= 0 for c in values)):
+        raise ConfigError(f"class_counts={class_counts!r}: give the training images per class as whole numbers "
+                          ">= 0, e.g. class_counts=[500, 120, 30].")
+    return [int(c) for c in values]
 
 
 def _check_model(model: nn.Module, split: Any, class_counts: Sequence[int] | None) -> int:
@@ -243,6 +403,10 @@ def _check_model(model: nn.Module, split: Any, class_counts: Sequence[int] | Non
     try:
         with torch.no_grad():
             out = model(x)
+    except RuntimeError as exc:  # e.g. a 3-channel network on grey images: say so, with the fix
+        from ..models.foreign import forward_error
+
+        raise DataError(forward_error(exc, type(model).__name__, int(x.shape[1]), int(x.shape[-1]))) from None
     finally:
         model.train(was_training)
     if not isinstance(out, torch.Tensor) or out.dim() != 2:

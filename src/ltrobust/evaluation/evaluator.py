@@ -36,7 +36,7 @@ from torch import nn
 
 from .. import io
 from ..attacks.pgd import eval_mode, pgd
-from ..attacks.suite import AttackSpec, parse_attack, run_attack
+from ..attacks.suite import AttackSpec, column_title, parse_attack, run_attack
 from ..attacks.threat import threat_model
 from ..device import flush_denormals
 from ..errors import CheckpointError, ConfigError
@@ -44,7 +44,7 @@ from ..errors import CheckpointError, ConfigError
 log = logging.getLogger(__name__)
 
 __all__ = ["Evaluation", "attack_flags", "balanced_subset", "column_title", "data_identity", "library_versions",
-           "markdown_table", "model_fingerprint", "predict", "quick_robustness"]
+           "markdown_table", "model_fingerprint", "model_title", "predict", "quick_robustness", "summary_table"]
 
 
 # ------------------------------------------------------------------------------------ sampling
@@ -69,11 +69,23 @@ def balanced_subset(labels: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor
     return torch.tensor(sorted(order[:n]), dtype=torch.long)
 
 
+#: the prediction recorded for an image whose logits hold a NaN or an infinity: no class, so it is never correct
+NO_CLASS = -1
+
+
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    """Predicted classes (N,) of images ``x`` (N, C, H, W), in eval mode (the model's mode restored)."""
+    """Predicted classes (N,) of images ``x`` (N, C, H, W), in eval mode (the model's mode restored).
+
+    An image whose logits are not all finite gets :data:`NO_CLASS` (-1), so it counts as misclassified
+    (``argmax`` would name class 0, or the NaN's position, as if it were a prediction)."""
     with eval_mode(model):
-        return torch.cat([model(x[i:i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
+        return torch.cat([_argmax_finite(model(x[i:i + batch_size])) for i in range(0, len(x), batch_size)])
+
+
+def _argmax_finite(logits: torch.Tensor) -> torch.Tensor:
+    return torch.where(torch.isfinite(logits).all(1), logits.argmax(1), torch.full_like(logits[:, 0], NO_CLASS,
+                                                                                         dtype=torch.long))
 
 
 def images_of(split: Any, idx: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -179,8 +191,8 @@ def quick_robustness(model: nn.Module, split: Any, num_classes: int, attack_cfg:
 
 # ------------------------------------------------------------------------------- one attack, flags
 def attack_flags(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torch.Tensor, todo: torch.Tensor,
-                 seed: int = 0, batch_size: int = 256,
-                 num_classes: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                 seed: int = 0, batch_size: int = 256, num_classes: int | None = None,
+                 progress: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Run one resolved attack on the images selected by ``todo``, in batches.
 
     Args:
@@ -191,6 +203,8 @@ def attack_flags(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torch.T
         seed: base seed; batch ``j`` uses ``derive_seed(seed, j)``.
         batch_size: images per attack call.
         num_classes: C (passed on to the attack).
+        progress: an :class:`~.progress.EvalProgress` told of each finished batch (and of AutoAttack's
+            stages); ``None``: nothing is reported.
 
     Returns:
         ``(correct, pred)``: (N,) bool, True where the image was attacked and its adversarial example is
@@ -204,11 +218,14 @@ def attack_flags(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torch.T
     idx = todo.nonzero().squeeze(1)
     for j in range(0, len(idx), batch_size):
         sel = idx[j:j + batch_size]
-        x_adv = run_attack(spec, model, x[sel], y[sel], seed=derive_seed(seed, j), num_classes=num_classes)
+        x_adv = run_attack(spec, model, x[sel], y[sel], seed=derive_seed(seed, j), num_classes=num_classes,
+                           aa_events=progress.autoattack if progress is not None else None)
         _check_ball(spec, x_adv, x[sel])
         p = predict(model, x_adv, batch_size)
         pred[sel] = p
         correct[sel] = p == y[sel]
+        if progress is not None:
+            progress.batch_done(len(sel))
     return correct, pred
 
 
@@ -243,7 +260,8 @@ class Evaluation:
         mode: ``cascade`` (each attack on the images still robust) or ``standalone``. Default: cascade.
         tail_group: classes of the T-Clean / T-PGD tail group; ``None``: ``max(1, C // 10)``.
         meta: extra keys copied into the result (run folder, config, audit flags, ...).
-        progress: show a progress bar (chunks x attacks). Default: True.
+        progress: show a progress bar (the images each attack has done, the estimated time left; see
+            :mod:`~.progress`). Default: True.
         num_classes: C, when ``class_counts`` is ``None``.
         data_source: where the test data came from (the data set's ``manifest["source"]``); with a hash of
             the selected images it is part of the chunk fingerprint, so other data is never served old
@@ -292,6 +310,7 @@ class Evaluation:
         self.tail_group = tail_group
         self.meta = meta or {}
         self.progress = progress
+        self.progress_log: list[tuple[float, float | None]] = []  #: (elapsed, estimated seconds left) of the last run
         self.indices = balanced_subset(split.labels, n_samples, seed)
         self.device = next(model.parameters()).device
         self.data = data_identity(split, self.indices, data_source)
@@ -333,28 +352,27 @@ class Evaluation:
             return self._run()
 
     def _run(self) -> dict[str, Any]:
-        from tqdm.auto import tqdm
+        from .progress import EvalProgress
 
         fp = self.fingerprint()
         chunks = self.chunks()
-        results, reused = [], 0
+        stored = [self._load_chunk(self.chunk_path(k), fp, self.indices[a:b]) for k, (a, b) in enumerate(chunks)]
+        todo = [b - a for (a, b), done in zip(chunks, stored) if done is None]
+        results, reused = [], len(chunks) - len(todo)
         t0 = time.perf_counter()
-        bar = tqdm(total=len(chunks) * len(self.specs), desc=f"eval {self.tag}", unit="attack",
-                   disable=not self.progress, leave=False, dynamic_ncols=True)
-        try:
-            for k, (a, b) in enumerate(chunks):
-                path = self.chunk_path(k)
-                done = self._load_chunk(path, fp, self.indices[a:b])
+        what = self.meta.get("model_name") or (f"{Path(str(self.meta['run'])).name} {self.tag}"
+                                                 if self.meta.get("run") else self.tag)
+        with EvalProgress(self.model, self.specs, self.num_classes, todo, len(self.indices), self.mode,
+                          f"eval {what}", self.progress) as bar:
+            self.progress_log = bar.history  # (elapsed, estimated seconds left) at each redraw
+            for k, ((a, b), done) in enumerate(zip(chunks, stored)):
                 if done is None:
+                    bar.begin_chunk(b - a)
                     done = self._run_chunk(self.indices[a:b], k, bar)
                     done["fingerprint"] = fp
-                    io.write_json(path, done)
-                else:
-                    reused += 1
-                    bar.update(len(self.specs))
+                    io.write_json(self.chunk_path(k), done)
+                    bar.end_chunk()
                 results.append(done)
-        finally:
-            bar.close()
         if reused:
             log.info("eval %s: %d of %d chunks reused from %s", self.tag, reused, len(chunks), self.chunk_dir)
         out = self._aggregate(results)
@@ -395,19 +413,25 @@ class Evaluation:
         seconds: dict[str, float] = {}
         x, y = images_of(self.split, idx, self.device)
         x = x.float()
+        t = time.perf_counter()
+        bar.begin_attack(self.specs[0], len(idx))  # clean, always first
         clean_pred = predict(self.model, x, self.batch_size)
         clean_ok = clean_pred == y
+        nonfinite = {"clean": int((clean_pred == NO_CLASS).sum())}  # images whose logits hold a NaN / inf
         robust = clean_ok.clone()  # (n,) running per-sample worst case
         suite_pred = clean_pred.clone()  # (n,) prediction of the first AE that fooled the model, else clean
+        n_clean = int(clean_ok.sum())
+        bar.end_attack(n_clean)
         for a, spec in enumerate(self.specs):
-            t = time.perf_counter()
-            bar.set_postfix_str(f"chunk {k} {spec.name}", refresh=False)
             if spec.family == "clean":
                 ok, pred = clean_ok, clean_pred
             else:
+                t = time.perf_counter()
                 todo = robust if self.mode == "cascade" else clean_ok
+                bar.begin_attack(spec, int(todo.sum()))
                 ok, ae_pred = attack_flags(spec, self.model, x, y, todo, seed=derive_seed(self.seed, k, spec.name),
-                                           batch_size=self.batch_size, num_classes=self.num_classes)
+                                           batch_size=self.batch_size, num_classes=self.num_classes, progress=bar)
+                nonfinite[spec.name] = int((todo & (ae_pred == NO_CLASS)).sum())
                 newly = robust & todo & ~ok  # fooled for the first time, by this attack
                 suite_pred = torch.where(newly, ae_pred, suite_pred)
                 robust = robust & ok
@@ -417,10 +441,12 @@ class Evaluation:
             flags[spec.name] = ok.tolist()
             preds[spec.name] = pred.tolist()
             seconds[spec.name] = round(time.perf_counter() - t, 3)  # ms: no float noise in the JSON
-            bar.update(1)
+            if spec.family != "clean":
+                bar.end_attack(int(robust.sum()) if self.mode == "cascade" else n_clean)
         flags["worst_case"] = robust.tolist()
         preds["worst_case"] = suite_pred.tolist()
-        return {"indices": idx.tolist(), "labels": y.tolist(), "flags": flags, "preds": preds, "seconds": seconds}
+        return {"indices": idx.tolist(), "labels": y.tolist(), "flags": flags, "preds": preds, "seconds": seconds,
+                "nonfinite": nonfinite}
 
     def _write_samples(self, chunks: list[dict[str, Any]]) -> None:
         """Per-sample flags and predictions as ``<tag>_samples.npz`` (rows in the order of ``names``)."""
@@ -446,9 +472,12 @@ class Evaluation:
             correct = np.concatenate([c["flags"][name] for c in chunks]).astype(bool)
             pred = np.concatenate([c["preds"][name] for c in chunks]).astype(np.int64)
             res = summarize(correct, y, self.class_counts, self.num_classes, tail_group=self.tail_group)
-            dist = predicted_distribution(pred, self.num_classes, y)
-            fooled = clean & ~correct
-            dist["fooled"] = predicted_distribution(pred[fooled], self.num_classes)["overall"] if fooled.any() else None
+            named = pred != NO_CLASS  # images with NaN / inf logits predict no class: left out of the distribution
+            dist = predicted_distribution(pred[named], self.num_classes, y[named]) if named.any() else None
+            fooled = clean & ~correct & named
+            if dist is not None:
+                dist["fooled"] = (predicted_distribution(pred[fooled], self.num_classes)["overall"]
+                                  if fooled.any() else None)
             res["predicted_distribution"] = dist
             if name != "clean":
                 res["boundary_error"] = boundary_error(clean, correct)
@@ -468,6 +497,13 @@ class Evaluation:
             "chunk_size": self.chunk_size,
             "versions": library_versions(),
         }
+        nonfinite = {s.name: sum(int((c.get("nonfinite") or {}).get(s.name, 0)) for c in chunks) for s in self.specs}
+        nonfinite = {k: v for k, v in nonfinite.items() if v}
+        if nonfinite:
+            out["nonfinite_logits"] = nonfinite
+            log.warning("eval %s: the model returned NaN or infinite logits for %s of %d images; they count as "
+                        "misclassified", self.tag, ", ".join(f"{v} ({column_title(k)})" for k, v in nonfinite.items()),
+                        len(y))
         aa_versions = sorted({s.aa_version for s in self.specs if s.aa_version})
         if aa_versions:
             from ..attacks.autoattack import autoattack_plan, autoattack_version
@@ -497,21 +533,52 @@ def library_versions() -> dict[str, str]:
 
 
 # ---------------------------------------------------------------------------------------- tables
-COLUMN_TITLES = {"clean": "Clean", "fgsm": "FGSM", "worst_case": "Worst case", "aa": "AA", "apgd": "APGD-CE+T",
-                 "adaptive": "Adaptive x10", "square": "Square"}
+def model_title(result: dict[str, Any]) -> str:
+    """What was evaluated, in words: the model's name (``mlp-3f2a9c1b``), or the run folder's name, its
+    checkpoint and epoch (``runs/at_bsl (best.pt, epoch 7 of 10)``), marked when training did not finish."""
+    if result.get("model_name"):
+        return str(result["model_name"])
+    run = result.get("run")
+    if not run:
+        return "?"
+    text = f"{Path(str(run)).name}"
+    training = result.get("training") or {}
+    if result.get("checkpoint"):
+        epoch = result.get("checkpoint_epoch")
+        of = f" of {training['epochs']}" if training.get("epochs") else ""
+        # epochs are numbered from 0 in metrics.jsonl; "epoch 7 of 10" counts from 1
+        when = f", epoch {int(epoch) + 1}{of}" if isinstance(epoch, int) and epoch >= 0 else ""
+        text += f" ({Path(str(result['checkpoint'])).name}{when})"
+    if training and not training.get("finished", True):
+        text += f" UNFINISHED: trained {training.get('epochs_done', '?')} of {training.get('epochs', '?')} epochs"
+    return text
 
 
-def column_title(name: str) -> str:
-    """Table title of an attack name: ``pgd20`` -> ``PGD-20``, ``aa`` -> ``AA``, ``cw100-l2`` -> ``CW-100-l2``,
-    ``adaptive`` -> ``Adaptive x10``, ``adaptive50`` -> ``Adaptive x10 PGD-50``."""
-    if name in COLUMN_TITLES:
-        return COLUMN_TITLES[name]
-    if name.startswith("adaptive"):
-        return f"Adaptive x10 PGD-{name[len('adaptive'):]}".replace("--", "-")
-    for fam, title in (("pgd", "PGD"), ("mim", "MIM"), ("cw", "CW")):
-        if name.startswith(fam):
-            return f"{title}-{name[len(fam):]}".replace("--", "-")
-    return name
+def summary_table(result: dict[str, Any]) -> str:
+    """The short table of an evaluation: accuracy, balanced accuracy, tail (the tail third by training
+    count; ``-`` without class counts) and the worst class per attack, under a line naming the model, the
+    images and the threat model. ``print(ltrobust.evaluate(...))`` shows it."""
+    from ..config import fmt_fraction
+
+    first = next((a for a in result.get("attacks", []) if a.get("name") != "clean"), None)
+    threat = f", {first['norm']} eps {fmt_fraction(first['eps'])}" if first else ""
+    lines = [f"{model_title(result)}: {result.get('n', '?')} test images, {result.get('mode', 'cascade')}{threat}"]
+    rows = [("attack", "accuracy", "balanced", "tail", "worst class")]
+    for name, r in result["results"].items():
+        worst = r.get("worst_class") or {}
+        rows.append((column_title(name), _num(r.get("accuracy"), 2), _num(r.get("balanced_accuracy"), 2),
+                     _num(r.get("tail"), 2), f"{worst.get('class', '-')} ({_num(worst.get('recall'))})"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        lines.append("  ".join([row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])]))
+    notes = []
+    if result.get("nonfinite_logits"):
+        notes.append("NaN / infinite logits counted as wrong: " + ", ".join(
+            f"{column_title(k)} {v}" for k, v in result["nonfinite_logits"].items()))
+    if result.get("groups_note"):
+        notes.append("tail: needs class_counts")
+    notes.append("full result: .result; .per_class, .groups, .robust; .to_pandas(), .to_csv(), .save(dir)")
+    return "\n".join(lines + notes)
 
 
 def markdown_table(result: dict[str, Any]) -> str:
@@ -524,7 +591,12 @@ def markdown_table(result: dict[str, Any]) -> str:
               if any(g in res[n] for n in names)]
     titles = {"tail_group": "tail group"}
     mode = result.get("mode", "cascade")
-    lines = [f"# Evaluation `{result.get('tag', '')}`: {result['n']} test images, mode {mode}", ""]
+    lines = [f"# Evaluation `{result.get('tag', '')}` of {model_title(result)}: {result['n']} test images, "
+             f"mode {mode}", ""]
+    training = result.get("training") or {}
+    if training and not training.get("finished", True):
+        lines += [f"**UNFINISHED RUN**: training stopped after {training.get('epochs_done', '?')} of "
+                  f"{training.get('epochs', '?')} epochs; these numbers are not those of the configured run.", ""]
     if (result.get("collapse") or {}).get("collapsed"):
         lines += [f"**COLLAPSED RUN**: {result['collapse'].get('message', '')}", ""]
     if mode == "cascade":
@@ -535,6 +607,9 @@ def markdown_table(result: dict[str, Any]) -> str:
                   "is the per-sample minimum. Accuracies in %.", ""]
     if result.get("groups_note"):
         lines += [result["groups_note"], ""]
+    if result.get("nonfinite_logits"):
+        shown = ", ".join(f"{column_title(k)} {v}" for k, v in result["nonfinite_logits"].items())
+        lines += [f"**NaN or infinite logits** (counted as misclassified), images per attack: {shown}.", ""]
     head = ["attack", "overall", "balanced", *(titles.get(g, g) for g in groups), "worst class", "boundary err."]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name in names:

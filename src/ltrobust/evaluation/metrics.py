@@ -7,7 +7,7 @@ left out of a dict, never NaN. Exact definitions and references: ``docs/evaluati
 
 - :func:`confusion_matrix`, :func:`per_class_recall`
 - :func:`summarize`: overall accuracy, per-class recall, balanced accuracy (TAET Eq. 10-11), head /
-  body / tail thirds by training count, many / medium / few shot, the tail group (002's T-Clean /
+  body / tail thirds by training count, many / medium / few shot, the tail group (Cho et al.'s (ICLR 2025) T-Clean /
   T-PGD), the worst class
 - :func:`boundary_error` (``A_nat - A_rob``, RoBal), :func:`predicted_distribution`
 - :func:`aggregate_seeds`: mean and standard deviation over runs
@@ -109,7 +109,7 @@ def class_groups(class_counts: Sequence[int], tail_group: int | None = None) -> 
     - ``head`` / ``body`` / ``tail``: classes sorted by training count, largest first; head = the first
       ``floor(C/3)``, tail = the last ``floor(C/3)``, body = the rest.
     - ``many`` / ``medium`` / ``few``: ``n_c > 100``, ``20 <= n_c <= 100``, ``n_c < 20``.
-    - ``tail_group``: the last ``tail_group`` classes of that order; default ``max(1, C // 10)`` (002:
+    - ``tail_group``: the last ``tail_group`` classes of that order; default ``max(1, C // 10)`` (Cho et al., ICLR 2025:
       the last class of 10, the last 10 of 100, the last 20 of 200).
 
     Each list is in ascending class index.

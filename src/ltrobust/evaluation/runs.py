@@ -187,8 +187,9 @@ def load_run(path: str | Path, overrides: Sequence[str] = (), device: str | torc
     num_classes = int(state.get("num_classes", len(counts)))
     in_ch, mean, std = _input_spec(cfg, state)
     method_cls = METHODS.get(cfg.method.name)
-    model = build_model(replace(cfg.model, head=method_cls.required_head or cfg.model.head), num_classes=num_classes,
-                        in_channels=in_ch, mean=mean, std=std, image_size=_image_size(cfg, state))
+    head = method_cls.head_for(method_options(cfg)) or cfg.model.head
+    model = build_model(replace(cfg.model, head=head), num_classes=num_classes, in_channels=in_ch, mean=mean,
+                        std=std, image_size=_image_size(cfg, state))
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as exc:
@@ -264,6 +265,29 @@ def training_collapse(run_dir: str | Path) -> dict[str, Any] | None:
     return verdict if isinstance(verdict, dict) and verdict.get("collapsed") else None
 
 
+def training_state(run_dir: str | Path, epochs: Any = None) -> dict[str, Any] | None:
+    """How far the run's training got: ``{"finished", "epochs_done", "epochs"}``; None for a folder that is
+    not a run. Finished means ``train_summary.json`` exists (the trainer writes it after the last epoch and
+    any fine-tuning); ``epochs_done`` counts the training epochs in ``metrics.jsonl``; ``epochs`` is
+    ``train.epochs`` (given, or from ``config.yaml``)."""
+    folder = RunFolder(run_dir)
+    if not folder.summary.is_file() and not folder.metrics.is_file() and not folder.checkpoints.is_dir():
+        return None
+    try:
+        rows = io.read_jsonl(folder.metrics) if folder.metrics.is_file() else []
+    except CheckpointError as exc:
+        log.warning("ignoring %s: %s", folder.metrics, exc)
+        rows = []
+    done = {r["epoch"] for r in rows if isinstance(r.get("epoch"), int) and not r.get("stage")}
+    if epochs is None and folder.config.is_file():
+        try:
+            epochs = load_run_config(folder.config).train.epochs
+        except (ConfigError, OSError, yaml.YAMLError):
+            epochs = None
+    return {"finished": folder.summary.is_file(), "epochs_done": len(done),
+            "epochs": int(epochs) if isinstance(epochs, (int, float)) else None}
+
+
 def evaluate_run(path: str | Path, overrides: Sequence[str] = (), device: str | None = None,
                  progress: bool = True, replace: bool = False) -> dict[str, Any]:
     """``ltrobust eval``: the attack suite of ``eval.attacks`` on the run's test set.
@@ -304,6 +328,13 @@ def evaluate_run(path: str | Path, overrides: Sequence[str] = (), device: str | 
     collapse = training_collapse(run.run_dir)
     if collapse is not None:
         meta["collapse"] = collapse
+    training = training_state(run.run_dir, cfg.train.epochs)
+    if training is not None:
+        meta["training"] = training
+        if not training["finished"]:
+            log.warning("%s: training stopped after %d of %d epochs (no train_summary.json); evaluating %s of epoch "
+                        "%d: the result is marked unfinished", run.run_dir, training["epochs_done"], cfg.train.epochs,
+                        run.checkpoint.name, run.epoch)
     ev = Evaluation(run.deployed, data.test, run.class_counts, cfg.eval.attacks, RunFolder(run.run_dir).eval_dir, tag=tag,
                     eps=cfg.eval.eps, step_size=cfg.eval.step_size, norm=cfg.eval.norm,
                     batch_size=cfg.eval.batch_size, chunk_size=cfg.eval.chunk_size, n_samples=cfg.eval.n_samples,
@@ -313,14 +344,35 @@ def evaluate_run(path: str | Path, overrides: Sequence[str] = (), device: str | 
     return ev.run()
 
 
-def refuse_overwrite(ev: Any, replace: bool = False) -> None:
+def refuse_other_model(path: Path, new: dict[str, Any], fix: str) -> None:
+    """Refuse to replace the result ``path`` holds when it is another model's (its ``model_fingerprint``, the
+    hash of weights, buffers and wrappers, differs from ``new["model_fingerprint"]``): a result computed
+    from other weights is never overwritten. ``fix`` says what to do instead."""
+    if not path.is_file() or not new.get("model_fingerprint"):
+        return
+    try:
+        old = io.read_json(path)
+    except CheckpointError:
+        return
+    before = old.get("model_fingerprint")
+    if before and before != new["model_fingerprint"]:
+        raise ConfigError(f"{path} holds the evaluation of another model ({old.get('model_name') or '?'}, "
+                          f"fingerprint {before[:8]}; this one: {new.get('model_name') or '?'}, fingerprint "
+                          f"{new['model_fingerprint'][:8]}); it is kept: {fix}.")
+
+
+def refuse_overwrite(ev: Any, replace: bool = False, same_model: str | None = None) -> None:
     """Refuse to replace ``<tag>.json`` by a result computed with other settings (attacks, threat model,
-    mode, seed, sample or test data; see ``Evaluation.settings``). The same settings with new weights (a
-    re-trained checkpoint) replace it; a result that fails its checksum is replaced. ``replace=True`` (a
-    sweep, whose grid defines what each tag holds) replaces it with a warning instead."""
+    mode, seed, sample or test data; see ``Evaluation.settings``). In a run folder, the same settings with
+    new weights (a re-trained checkpoint) replace it; a result that fails its checksum is replaced.
+    ``replace=True`` (a sweep, whose grid defines what each tag holds) replaces it with a warning instead.
+    ``same_model`` (the fix to name; ``ltrobust.evaluate(out_dir=)`` and ``ltrobust eval weights=``): a result
+    of another model (other weights) is refused too."""
     path = ev.out_dir / f"{ev.tag}.json"
     if not path.exists():
         return
+    if same_model is not None:
+        refuse_other_model(path, ev.meta, same_model)
     try:
         old = io.read_json(path)
     except CheckpointError:

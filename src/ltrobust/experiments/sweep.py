@@ -45,7 +45,7 @@ import yaml
 
 from .. import io
 from ..config import PRESET_DIR, RunConfig, from_flat, load_run_config, parse_value, resolve_config, to_dict, to_flat
-from ..errors import ConfigError, LtrobustError
+from ..errors import ConfigError, LtrobustError, install_hint
 from ..run_folder import RunFolder
 from ..attacks import check_attacks
 from ..config import fmt_value
@@ -470,7 +470,7 @@ def _run_ray(jobs: Sequence[dict[str, Any]], spec: SweepSpec) -> list[Outcome]:
     try:
         import ray
     except ImportError:
-        raise ConfigError("engine: ray needs Ray: pip install 'ltrobust[ray]' (or use engine: local).") from None
+        raise ConfigError(f"engine: ray needs Ray: {install_hint('ray')}; or use engine: local.") from None
     if not ray.is_initialized():
         address = spec.ray.get("address")
         ray.init(address=address or None, include_dashboard=False, log_to_driver=True)

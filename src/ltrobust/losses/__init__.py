@@ -14,6 +14,8 @@ from .longtail import (BalancedSoftmaxLoss, BSLOptions, CATOptions, CBOptions, C
                        inverse_frequency_weights, ldam_loss, ldam_margins, log_prior, reweighted_loss)
 from .reat import (rbl_loss, rbl_weights, reat_tail_classes, tail_class_weights, tail_loss, tail_loss_from_terms,
                    tail_terms)
+from .mcat import (ClassGroups, class_groups, draw_latents, etf_loss, etf_target_gram, latent_projection,
+                   manifold_distance)
 from .robal import robal_inference_logits, robal_kl, robal_loss, robal_margins
 from .taet import harl_loss
 
@@ -37,4 +39,7 @@ __all__ = [
     "harl_loss",
     # self-distillation (distill.py)
     "kd_kl", "igdm_loss", "linear_ramp",
+    # MCAT (mcat.py)
+    "etf_target_gram", "etf_loss", "ClassGroups", "class_groups", "draw_latents", "latent_projection",
+    "manifold_distance",
 ]

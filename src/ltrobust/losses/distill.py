@@ -1,9 +1,9 @@
-"""Self-distillation from a balanced self-teacher (papers/002 Sec. 4.2, SPEC self_distill).
+"""Self-distillation from a balanced self-teacher (Cho et al., ICLR 2025, Sec. 4.2, SPEC self_distill).
 
 The student minimises ``BSL(z_s(x'), y) + alpha * KD`` with
 ``KD = kd_kl(z_s(x'), z_t(x')) + lambda(epoch) * igdm_loss(...)``: the teacher's adversarial prediction
 plus Lee et al.'s (2023) indirect gradient matching (IGDM), whose weight ``lambda`` ramps up linearly
-(:func:`linear_ramp`). 002 gives no algorithm box in its text, so alpha, the ramp and its maximum are
+(:func:`linear_ramp`). Cho et al. (ICLR 2025) give no algorithm box in its text, so alpha, the ramp and its maximum are
 options of the method (defaults alpha 1, IGDM maximum 10, SPEC).
 The teacher's logits are always detached here: distillation never trains the teacher.
 """
@@ -28,7 +28,7 @@ def kd_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: float =
 
     ``p^T = softmax(z / T)``; the ``T^2`` factor keeps the gradient scale independent of T (Hinton's,
     ARD's and RSLAD's convention) and is 1 at the default T = 1, where this is the ``KL(p_t(x') || p_s(x'))``
-    of SPEC self_distill (002 Sec. 4.2: adversarial distillation from the balanced self-teacher).
+    of SPEC self_distill (Cho et al., ICLR 2025, Sec. 4.2: adversarial distillation from the balanced self-teacher).
 
     Args:
         student_logits: (B, C). teacher_logits: (B, C), detached here.
@@ -44,7 +44,7 @@ def kd_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: float =
 
 def igdm_loss(s_plus: torch.Tensor, s_minus: torch.Tensor, t_plus: torch.Tensor,
               t_minus: torch.Tensor) -> torch.Tensor:
-    """Indirect gradient matching (Lee, Cho & Kim 2023, IGDM; used by 002 Sec. 4.2).
+    """Indirect gradient matching (Lee, Cho & Kim 2023, IGDM; used by Cho et al., ICLR 2025, Sec. 4.2).
 
     ``KL(softmax(t(x + d) - t(x - d)) || softmax(s(x + d) - s(x - d)))``, batchmean, ``d = x' - x``:
     the logit difference ``z(x + d) - z(x - d) ≈ 2 J d`` carries the input gradient along d, so matching

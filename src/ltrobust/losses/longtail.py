@@ -2,13 +2,12 @@
 
 Every loss is a function ``loss(logits (B, C), targets (B,) int64, class_counts (C,), ..., reduction)``
 computed in float32 (``widen(logits)``; float64 logits stay float64), so it gives the same value under bf16
-autocast; the device
-comes from ``logits``. The general form is RoBal's (003 Eq. 3)::
+autocast; the device comes from ``logits``. The general form is RoBal's (Wu et al., CVPR 2021, Eq. 3)::
 
     L'(x, y) = -r_w(y) * log softmax(g(z))_y
 
 with a class re-weighting ``r_w`` (CB, RW, DRW) and / or a logit transform ``g`` (bias: balanced softmax;
-margin: LDAM; temperature: CAT); 003 Table 1 and 000 Table S5 list each one with the settings RoBal's
+margin: LDAM; temperature: CAT); Wu et al., CVPR 2021, Table 1 and Table S5 list each one with the settings RoBal's
 study used.
 
 Reductions. ``"none"`` returns the per-sample loss ``r_w(y_i) * l_i`` (B,); ``"sum"`` its sum;
@@ -127,7 +126,7 @@ def class_balanced_weights(class_counts: Sequence[float] | torch.Tensor, beta: f
 
     ``w_c = (1 - beta) / (1 - beta^{n_c})`` (the inverse effective number ``E_c = (1 - beta^{n_c}) / (1 - beta)``),
     then ``w <- C * w / sum(w)`` as in the authors' code (and LDAM-DRW's, RoBal's). beta = 0 gives all
-    ones; beta -> 1 gives inverse class frequency (used for beta = 1). 000 Table S5: beta = 0.9999.
+    ones; beta -> 1 gives inverse class frequency (used for beta = 1). Wu et al., CVPR 2021, Table S5: beta = 0.9999.
 
     Args:
         class_counts: training images per class (C,).
@@ -195,8 +194,8 @@ def balanced_softmax_loss(logits: torch.Tensor, targets: torch.Tensor, class_cou
                           tau: float = 1.0, reduction: str = "mean") -> torch.Tensor:
     """Balanced softmax / logit-adjusted CE: ``CE(z + tau * log pi, y)``.
 
-    Ren et al. (NeurIPS 2020), Menon et al. (ICLR 2021); AT-BSL's outer loss (002 Eq. 1, with
-    ``b_i = tau log n_i``, the same up to a constant shift); RoBal's bias term (003 Eq. 7, tau_b).
+    Ren et al. (NeurIPS 2020), Menon et al. (ICLR 2021); AT-BSL's outer loss (Cho et al., ICLR 2025, Eq. 1, with
+    ``b_i = tau log n_i``, the same up to a constant shift); RoBal's bias term (Wu et al., CVPR 2021, Eq. 7, tau_b).
     With equal class counts it is CE.
 
     Args:
@@ -219,9 +218,9 @@ def ldam_loss(logits: torch.Tensor, targets: torch.Tensor, class_counts: Sequenc
     """LDAM (Cao et al., NeurIPS 2019): ``w_y * CE(s * (z - m_y * onehot(y)), y)``, ``m_c ∝ n_c^{-1/4}``.
 
     As in the LDAM-DRW code: margins scaled so that the largest (the rarest class) is ``max_margin``,
-    subtracted from the target logit only, the result multiplied by ``s``. 003 Table 1 "class-aware
-    margin"; 000 Table S5: delta_max = 0.5. Cao et al. use s = 30 with a normalised (cosine) last layer;
-    RoBal's study used s = 1 with a linear head.
+    subtracted from the target logit only, the result multiplied by ``s``. Wu et al., CVPR 2021, Table 1 "class-aware
+    margin"; Wu et al., CVPR 2021, Table S5: delta_max = 0.5. Cao et al. use s = 30 with a normalised (cosine) last
+    layer; RoBal's study used s = 1 with a linear head.
 
     Args:
         logits: (B, C). targets: (B,). class_counts: (C,).
@@ -243,8 +242,9 @@ def focal_loss(logits: torch.Tensor, targets: torch.Tensor, gamma: float = 2.0,
     ``form="softmax"``: ``-w_y * (1 - p_y)^gamma * log p_y`` with the softmax probability ``p_y`` (the
     multi-class form of the LDAM-DRW code). ``form="sigmoid"``: one binary problem per class, summed over
     the classes, ``-w_y * sum_c (1 - q_c)^gamma * log q_c`` with ``q_c = sigmoid(z_c)`` for ``c = y`` and
-    ``1 - sigmoid(z_c)`` otherwise: Lin et al.'s own form and the one RoBal's study applied (003 Table 1,
-    000 Table S5 "applied with BCE loss", gamma = 2). gamma = 0 gives CE (softmax) or summed BCE (sigmoid).
+    ``1 - sigmoid(z_c)`` otherwise: Lin et al.'s own form and the one RoBal's study applied (Wu et al., CVPR 2021,
+    Table 1, Table S5 "applied with BCE loss", gamma = 2). gamma = 0 gives CE (softmax) or
+    summed BCE (sigmoid).
 
     Args:
         logits: (B, C). targets: (B,). gamma: focusing parameter >= 0.
@@ -275,7 +275,7 @@ def class_balanced_loss(logits: torch.Tensor, targets: torch.Tensor, class_count
                         beta: float = 0.9999, gamma: float = 0.0, reduction: str = "mean",
                         form: str = "softmax") -> torch.Tensor:
     """Class-balanced loss (Cui et al., CVPR 2019): ``(1 - beta)/(1 - beta^{n_y})``-weighted CE (gamma 0)
-    or focal loss (gamma > 0, "CB-focal", 000 Table S5 uses beta 0.9999, gamma 2).
+    or focal loss (gamma > 0, "CB-focal", Wu et al., CVPR 2021, Table S5 uses beta 0.9999, gamma 2).
 
     Weights normalised to sum C (:func:`class_balanced_weights`); "mean" is the weighted mean.
     beta = 0 gives CE. ``form``: the focal form (:func:`focal_loss`; Cui et al.'s code offers both).
@@ -289,7 +289,8 @@ def class_aware_temperature_loss(logits: torch.Tensor, targets: torch.Tensor,
                                  reduction: str = "mean") -> torch.Tensor:
     """Class-aware temperature (CDT, Ye et al. 2020): ``CE(z_c * (n_c / n_max)^gamma, y)``.
 
-    003 Table 1 "class-aware temperature" ``g_i = W_i^T f(x) * (n_i / n_max)^gamma``; 000 Table S5:
+    Wu et al., CVPR 2021, Table 1 "class-aware temperature" ``g_i = W_i^T f(x) * (n_i / n_max)^gamma``; Wu et al.,
+    CVPR 2021, Table S5:
     gamma = 0.3. Head classes keep their logits, tail logits shrink during training (so the tail is
     favoured when the plain logits are used at test time). gamma = 0 is CE.
     """
@@ -307,7 +308,7 @@ def reweighted_loss(logits: torch.Tensor, targets: torch.Tensor, class_counts: S
                     power: float = 1.0, reduction: str = "mean") -> torch.Tensor:
     """Inverse-frequency re-weighted CE: ``w_y * CE(z, y)``, ``w_c ∝ n_c^{-power}`` summing to C.
 
-    power 1 is re-weighting (RW), 0.5 its smoothed form (RWS, compared in 001 Table 2).
+    power 1 is re-weighting (RW), 0.5 its smoothed form (RWS, compared in Li et al., arXiv 2023, Table 2).
     "mean" is the weighted mean.
     """
     w = inverse_frequency_weights(class_counts, power).to(logits.device)

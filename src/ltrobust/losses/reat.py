@@ -1,11 +1,11 @@
-"""REAT (Li et al., ICCV 2023; papers/001): the Re-Balancing Loss (RBL) for training AEs and TAIL.
+"""REAT (Li, Xu and Zhang, arXiv:2307.10205, 2023): the Re-Balancing Loss (RBL) for training AEs and TAIL.
 
-- :func:`rbl_weights` (001 Eq. 1): class weights from last epoch's predicted classes of the training
+- :func:`rbl_weights` (Li et al., arXiv 2023, Eq. 1): class weights from last epoch's predicted classes of the training
   AEs; the AEs of this epoch maximise the weighted CE :func:`rbl_loss` (Eq. 2)
   (``attacks.objectives.weighted_ce`` with these weights is the same objective per sample).
 - :func:`tail_loss` (Eq. 3, Algorithm 1): tail-sample-mining feature regulariser on the softmax of the
   penultimate features, added to a long-tailed loss (BSL by default): ``L = L_lt + TAIL``.
-- :func:`reat_tail_classes`: the tail classes TAIL anchors on (001 Sec. 4, "Preliminaries").
+- :func:`reat_tail_classes`: the tail classes TAIL anchors on (Li et al., arXiv 2023, Sec. 4, "Preliminaries").
 """
 
 from __future__ import annotations
@@ -24,17 +24,17 @@ _TAIL_REDUCTIONS = ("paper", "official")
 
 def rbl_weights(ae_pred_counts: Sequence[float] | torch.Tensor,
                 class_counts: Sequence[float] | torch.Tensor) -> torch.Tensor:
-    """RBL class weights (001 Eq. 1): ``w_c = C * (1/E_c) / sum_j (1/E_j)``.
+    """RBL class weights (Li et al., arXiv 2023, Eq. 1): ``w_c = C * (1/E_c) / sum_j (1/E_j)``.
 
     ``E_c = (1 - beta_c^{a_c}) / (1 - beta_c)`` is the effective number of the ``a_c`` training AEs that
-    the model predicted as class c in the previous epoch (first epoch: ``a_c = n_c``, 001 footnote 2),
-    with the class-wise ``beta_c = (n_c - 1) / n_c`` from the training counts ``n_c``.
+    the model predicted as class c in the previous epoch (first epoch: ``a_c = n_c``, Li et al., arXiv 2023, footnote
+    2), with the class-wise ``beta_c = (n_c - 1) / n_c`` from the training counts ``n_c``.
 
     Edge cases, taken as the exact limits of the formula:
 
     - ``n_c = 1``: ``beta_c = 0``, so ``E_c = 1`` for any ``a_c >= 1`` (one image: one effective sample).
     - ``a_c = 0``: ``E_c = 0`` and ``1/E_c`` is infinite; as a_c -> 0 the weights tend to C shared
-      equally among the classes with ``a_c = 0`` and 0 for the others (001 Sec. 4.1: "when n_i -> 0,
+      equally among the classes with ``a_c = 0`` and 0 for the others (Li et al., arXiv 2023, Sec. 4.1: "when n_i -> 0,
       E -> 0 and w_i -> C"). The authors' code gets the same up to about 1e-5 by using ``1/(E + 1e-5)``.
 
     Args:
@@ -68,7 +68,8 @@ def rbl_weights(ae_pred_counts: Sequence[float] | torch.Tensor,
 
 def rbl_loss(logits: torch.Tensor, targets: torch.Tensor, weights: Sequence[float] | torch.Tensor,
              reduction: str = "mean") -> torch.Tensor:
-    """Re-Balancing Loss (001 Eq. 2): ``-w_y * log softmax(z)_y``, maximised to craft the training AEs.
+    """Re-Balancing Loss (Li et al., arXiv 2023, Eq. 2): ``-w_y * log softmax(z)_y``, maximised to craft the training
+    AEs.
 
     "mean" is the weighted mean ``sum_i w_{y_i} l_i / sum_i w_{y_i}`` of the authors' code
     (``F.cross_entropy(weight=w)``); for sign-gradient PGD the normalisation does not matter.
@@ -82,7 +83,7 @@ def rbl_loss(logits: torch.Tensor, targets: torch.Tensor, weights: Sequence[floa
 
 
 def reat_tail_classes(class_counts: Sequence[float] | torch.Tensor, convention: str = "paper") -> list[int]:
-    """The tail classes (TC) of 001 Sec. 4, ranked by training count (largest first, ties by index).
+    """The tail classes (TC) of Li et al., arXiv 2023, Sec. 4, ranked by training count (largest first, ties by index).
 
     - ``"paper"``: with classes sorted by decreasing count and numbered 1..C, class i is a tail class
       when ``ceil(2C/3) <= i <= C``: the last ``C - ceil(2C/3) + 1`` classes (4 of 10, 34 of 100).
@@ -107,7 +108,8 @@ def reat_tail_classes(class_counts: Sequence[float] | torch.Tensor, convention: 
 
 
 def tail_class_weights(class_counts: Sequence[float] | torch.Tensor) -> torch.Tensor:
-    """TAIL class weights ``omega_c = sqrt(N / n_c)``, N = sum_j n_j (001 Sec. 4.2). (C,) float32 CPU."""
+    """TAIL class weights ``omega_c = sqrt(N / n_c)``, N = sum_j n_j (Li et al., arXiv 2023, Sec. 4.2). (C,) float32
+    CPU."""
     n = as_counts(class_counts, dtype=torch.float64)
     return torch.sqrt(n.sum() / n).to(torch.float32)
 
@@ -115,7 +117,7 @@ def tail_class_weights(class_counts: Sequence[float] | torch.Tensor) -> torch.Te
 def tail_loss(features: torch.Tensor, targets: torch.Tensor, class_counts: Sequence[float] | torch.Tensor,
               tail_classes: Sequence[int] | torch.Tensor, reduction: str = "paper",
               margin: float | None = None) -> torch.Tensor:
-    """TAIL, the tail-sample-mining feature-margin regulariser (001 Eq. 3, Algorithm 1).
+    """TAIL, the tail-sample-mining feature-margin regulariser (Li et al., arXiv 2023, Eq. 3, Algorithm 1).
 
     With ``f^p_i = softmax(f_i)`` over the D penultimate features of sample i, ``omega`` from
     :func:`tail_class_weights` and T the batch samples whose label is a tail class (S = |T|):

@@ -1,7 +1,7 @@
-"""RoBal (Wu et al., CVPR 2021; papers/003, supplementary papers/000): loss pieces on a cosine head.
+"""RoBal (Wu et al., CVPR 2021, and its supplementary material, arXiv:2104.02703): loss pieces on a cosine head.
 
 Inputs are the *unscaled* cosines ``cos (B, C) = <f/||f||, W_c/(||W_c|| + gamma)>`` that
-``CosineHead.cosine(features)`` returns. The training objective (003 Eq. 12) is::
+``CosineHead.cosine(features)`` returns. The training objective (Wu et al., CVPR 2021, Eq. 12) is::
 
     L = L_1(x', y) + alpha * KL(p(cos(x)) || p(cos(x')))
 
@@ -24,7 +24,7 @@ from .longtail import _check_reduction, _reduce, as_counts, log_prior
 
 def robal_margins(class_counts: Sequence[float] | torch.Tensor, m0: float = 0.1, tau_m: float = 0.0,
                   s: float = 10.0) -> torch.Tensor:
-    """Per-class cosine margins (003 Eq. 8): ``m_c = m0 + (tau_m / s) * log(n_c / n_min)``.
+    """Per-class cosine margins (Wu et al., CVPR 2021, Eq. 8): ``m_c = m0 + (tau_m / s) * log(n_c / n_min)``.
 
     The class-aware term is 0 for the rarest class and grows with the class size (head classes get the
     larger margin, compensating the negative pair margin the bias gives them, Eq. 10).
@@ -39,13 +39,13 @@ def robal_margins(class_counts: Sequence[float] | torch.Tensor, m0: float = 0.1,
 def robal_loss(cos_adv: torch.Tensor, targets: torch.Tensor, class_counts: Sequence[float] | torch.Tensor,
                s: float = 10.0, m0: float = 0.1, tau_b: float = 1.2, tau_m: float = 0.0,
                reduction: str = "mean") -> torch.Tensor:
-    """RoBal's L_1 (003 Eq. 9-10): ``CE(s * (cos - m_y * onehot(y)) + tau_b * log pi, y)``.
+    """RoBal's L_1 (Wu et al., CVPR 2021, Eq. 9-10): ``CE(s * (cos - m_y * onehot(y)) + tau_b * log pi, y)``.
 
     Eq. 9 writes the bias as ``b_i = tau_b * log n_i``; ``tau_b * log pi_i`` differs by a constant
     shared by all classes, so the loss is identical (the authors' code uses ``log pi``). Expanded, the
     margin between the true class y and a class i is Eq. 10:
     ``m_yi = (tau_b / s) log(n_i / n_y) + (tau_m / s) log(n_y / n_min) + m0``.
-    Defaults are the CIFAR-10-LT RoBal-N setting (m0 0.1, tau_b 1.2, tau_m 0; 000 A.1).
+    Defaults are the CIFAR-10-LT RoBal-N setting (m0 0.1, tau_b 1.2, tau_m 0; Wu et al., CVPR 2021, supplement A.1).
     m0 = tau_b = tau_m = 0 gives ``CE(s * cos, y)``.
 
     Args:
@@ -70,7 +70,8 @@ def robal_loss(cos_adv: torch.Tensor, targets: torch.Tensor, class_counts: Seque
 
 
 def robal_kl(cos_nat: torch.Tensor, cos_adv: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-    """RoBal's regulariser (003 Eq. 12): ``KL(softmax(cos(x)) || softmax(cos(x')))`` on scale-1 cosines.
+    """RoBal's regulariser (Wu et al., CVPR 2021, Eq. 12): ``KL(softmax(cos(x)) || softmax(cos(x')))`` on scale-1
+    cosines.
 
     The TRADES direction and reduction, as the authors' ``add_reg_train(reg_opt='trades')`` with a
     scale-1 classifier: summed over classes, averaged over the batch ("mean"). Eq. 12 writes the two
@@ -86,9 +87,9 @@ def robal_kl(cos_nat: torch.Tensor, cos_adv: torch.Tensor, reduction: str = "mea
 
 def robal_inference_logits(cos: torch.Tensor, class_counts: Sequence[float] | torch.Tensor, s: float = 10.0,
                            tau_p: float = 0.1) -> torch.Tensor:
-    """Deployed RoBal logits (003 Eq. 11): ``s * cos - tau_p * log pi``, (B, C) -> (B, C) float32.
+    """Deployed RoBal logits (Wu et al., CVPR 2021, Eq. 11): ``s * cos - tau_p * log pi``, (B, C) -> (B, C) float32.
 
-    Attacks at evaluation must target these logits (the deployed model). 000 A.1: tau_p 0.1 (C10 N),
-    1.5 / 1.7 (C100 N / R).
+    Attacks at evaluation must target these logits (the deployed model). Wu et al., CVPR 2021, supplement A.1: tau_p
+    0.1 (C10 N), 1.5 / 1.7 (C100 N / R).
     """
     return s * cos.float() - tau_p * log_prior(class_counts, cos.device)

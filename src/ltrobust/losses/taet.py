@@ -1,4 +1,4 @@
-"""TAET's Hierarchical Equalization Loss (HARL; papers/004 Sec. 4.1, Eq. 5-8).
+"""TAET's Hierarchical Equalization Loss (HARL; Wang et al., CVPR 2025, Sec. 4.1, Eq. 5-8).
 
 Stage 2 of TAET minimises, on PGD-10 AEs, a combination of class-wise mean losses instead of the
 sample mean, so every class present in the batch weighs the same whatever its size.
@@ -14,7 +14,8 @@ from ..errors import ConfigError
 def harl_loss(per_sample_loss: torch.Tensor, targets: torch.Tensor, num_classes: int, alpha: float = 0.1,
               beta: float = 0.1, gamma: float = 0.1,
               absent_as_zero: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """HARL (004 Eq. 5): ``L = alpha * L_BCL + beta * L_HDL + gamma * L_RCEL`` from per-sample losses.
+    """HARL (Wang et al., CVPR 2025, Eq. 5): ``L = alpha * L_BCL + beta * L_HDL + gamma * L_RCEL`` from per-sample
+    losses.
 
     With ``L_c`` the mean of ``l_i`` over the batch samples of class c and P the classes present in the
     batch (|P| = S)::
@@ -32,7 +33,7 @@ def harl_loss(per_sample_loss: torch.Tensor, targets: torch.Tensor, num_classes:
         per_sample_loss: (B,) per-sample loss on the AEs (CE by default; balanced softmax as an option).
         targets: (B,) int64 labels.
         num_classes: C.
-        alpha, beta, gamma: weights of BCL, HDL, RCEL (004: 0.1 each).
+        alpha, beta, gamma: weights of BCL, HDL, RCEL (Wang et al., CVPR 2025: 0.1 each).
         absent_as_zero: average absent classes in as zeros (the authors' code).
 
     Returns:

@@ -11,13 +11,17 @@ entropy has a closed form up to a Monte-Carlo term (change of variables through 
 
     -log p(delta) = -log N(u; mu, sigma) + sum_d log(eps * (1 - tanh(u_d)^2))
 
-The inner maximisation updates (mu, rho) from mu = 0, rho = -5 by ``attack.steps`` ascent steps, each on the
-gradient summed over ``samples`` reparameterised draws; the outer loss is taken on one fresh draw.
+The inner maximisation updates (mu, rho) from mu = 0, rho = ``init_rho`` by ``attack.steps`` ascent steps, each
+on the gradient summed over ``samples`` reparameterised draws; the outer loss is taken on one fresh draw.
 
-Settled here (docs/methods.md, "ADT"): the authors' code steps with Adam(betas=(0, 0)), which is a signed
-step of size ``inner_lr`` (m_t / sqrt(v_t) = g / |g|); it weighs lambda against the *per-coordinate mean* of
--log p (their ``logp.mean()``) and the batch-mean CE, i.e. per image ``E[L] + lambda * H / D``; defaults are
-theirs for CIFAR-10 (7 steps, lr 0.3, 5 samples, lambda 0.01).
+As the authors' released ``adt_exp.py`` (identical in ``dongyp13/Adversarial-Distributional-Training`` and
+``thudzj/ADT``; docs/methods.md, "ADT"): Adam with ``betas=(0, 0)`` on the batch-mean loss, whose gradients of
+mu and rho are never zeroed, so every step moves by ``inner_lr * G / (|G| + 1e-8)`` with G the sum of the
+gradients of *all* draws of all steps so far (``inner_grad=cumulative``; ``per_step``: the signed gradient of
+the step's own draws); rho starts at 0 (sigma = softplus(0) = 0.69; ``init_rho=-5``: the earlier
+``distrib_loss`` of ``thudzj/ADT``, removed in its commit ff3c20a); lambda weighs the *per-coordinate mean* of
+-log p against the batch-mean CE, i.e. per image ``E[L] + lambda * H / D``; the CIFAR-10 defaults are theirs
+(7 steps, lr 0.3, 5 samples, lambda 0.01).
 """
 
 from __future__ import annotations
@@ -35,18 +39,28 @@ from ..registry import METHODS
 from .base import Method, forward_train
 
 
+#: Adam's epsilon in the authors' update (``torch.optim.Adam`` default), on their batch-mean loss scale
+ADAM_EPS = 1e-8
+INNER_GRADS = ("cumulative", "per_step")
+
+
 @dataclass(frozen=True)
 class ADTOptions:
     samples: int = 5  #: reparameterised draws per ascent step (the authors' code: 5)
-    inner_lr: float = 0.3  #: signed step on mu and rho (the authors' Adam with betas (0, 0), lr 0.3)
+    inner_lr: float = 0.3  #: step on mu and rho (the authors' Adam with betas (0, 0), lr 0.3)
     entropy_weight: float = 0.01  #: lambda, on the per-coordinate entropy (the authors' code: 0.01)
-    init_rho: float = -5.0  #: rho at the start (sigma = softplus(rho) = 0.0067)
+    init_rho: float = 0.0  #: rho at the start: 0 (the released adt_exp.py; sigma 0.69) or -5 (earlier code; 0.0067)
+    #: cumulative: the authors' Adam(betas 0) on gradients never zeroed, ``G / (|G| + 1e-8)`` with G summed over
+    #: every draw of every step so far; per_step: ``sign`` of each step's own gradient
+    inner_grad: str = "cumulative"
 
     def __post_init__(self) -> None:
         if self.samples < 1:
             raise ConfigError(f"adt samples={self.samples} must be >= 1 (the authors: 5).")
         if self.inner_lr <= 0 or self.entropy_weight < 0:
             raise ConfigError("adt needs inner_lr > 0 and entropy_weight >= 0 (the authors: 0.3, entropy_weight 0.01).")
+        if self.inner_grad not in INNER_GRADS:
+            raise ConfigError(f"adt inner_grad={self.inner_grad!r}: use cumulative (the authors' code) or per_step.")
 
 
 def tanh_gaussian_neg_log_prob(noise: torch.Tensor, sigma: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -72,7 +86,7 @@ class ADT(Method):
             raise ConfigError("adt's distribution eps * tanh(u) lives in the l_inf ball: use attack.norm=linf.")
 
     def distribution(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The inner maximisation: (mu, rho) of every image after ``attack.steps`` signed ascent steps."""
+        """The inner maximisation: (mu, rho) of every image after ``attack.steps`` ascent steps (``inner_grad``)."""
         o, eps = self.options, self.threat.eps
         objective, kwargs = self.attack_objective(x, y)
         from ..attacks.objectives import get_objective
@@ -80,7 +94,8 @@ class ADT(Method):
         objective = get_objective(objective)
         mu = torch.zeros_like(x)
         rho = torch.full_like(x, o.init_rho)
-        d = x[0].numel()
+        d, b = x[0].numel(), x.shape[0]
+        acc_mu, acc_rho = torch.zeros_like(x), torch.zeros_like(x)  # the authors' never-zeroed .grad (cumulative)
         with eval_mode(model):
             for _ in range(self.attack_cfg.steps):
                 mu.requires_grad_(True)
@@ -96,8 +111,14 @@ class ADT(Method):
                     total = total + (objective(logits, y, **kwargs) + o.entropy_weight * entropy).sum()
                 g_mu, g_rho = torch.autograd.grad(total, (mu, rho))
                 with torch.no_grad():
-                    mu = mu + o.inner_lr * g_mu.sign()
-                    rho = rho + o.inner_lr * g_rho.sign()
+                    if o.inner_grad == "cumulative":  # their loss is the batch mean: gradients / B
+                        acc_mu += g_mu / b
+                        acc_rho += g_rho / b
+                        mu = mu + o.inner_lr * acc_mu / (acc_mu.abs() + ADAM_EPS)
+                        rho = rho + o.inner_lr * acc_rho / (acc_rho.abs() + ADAM_EPS)
+                    else:
+                        mu = mu + o.inner_lr * g_mu.sign()
+                        rho = rho + o.inner_lr * g_rho.sign()
         return mu.detach(), rho.detach()
 
     def train_attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -1,8 +1,8 @@
 """AT-BSL (Yue et al., "Revisiting Adversarial Training under Long-Tailed Distributions", CVPR 2024).
 
 PGD adversarial training whose outer loss is the balanced softmax (logit-adjusted CE): the training AEs
-come from 10-step PGD on plain CE, and the model minimises ``CE(z(x') + tau * log pi, y)``. The paper
-itself is not in ``papers/``; 002 (Sec. 2, Table 1) and 004 (Sec. 3.1, Eq. 2-3) describe it, and SPEC 3
+come from 10-step PGD on plain CE, and the model minimises ``CE(z(x') + tau * log pi, y)``. Cho et al.
+(ICLR 2025, Sec. 2, Table 1) and Wang et al. (CVPR 2025, Sec. 3.1, Eq. 2-3) describe it too, and SPEC 3
 fixes its schedule (100 epochs, lr 0.1 decayed x0.1 at 75 and 90, weight decay 5e-4, batch 128).
 
 It is ``method=pgd_at loss=bsl`` under its own name, with the two pieces fixed by the paper: the attack

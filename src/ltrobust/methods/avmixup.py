@@ -2,7 +2,9 @@
 
 Algorithm 1 of the paper, as in the authors' ``pgd_attack.py`` (``perturb_avmixup``):
 
-1. ``delta = x' - x`` from the training PGD (``attack.*``; BatchNorm in eval mode, the project's rule);
+1. ``delta = x' - x`` from the training PGD (``attack.*``). BatchNorm as the authors' TensorFlow code attacks:
+   ``is_training=True`` (batch statistics) with the moving averages updated only by the training step, i.e.
+   ``attack.bn_mode=batch``, this method's default (``eval``: running statistics, the project's SPEC 3 rule);
 2. the adversarial vertex ``x_av = clip(x + gamma * delta, 0, 1)``;
 3. per sample ``alpha ~ U(0, 1)`` (the code's Beta(1, 1)), ``x~ = alpha x + (1 - alpha) x_av`` and
    ``y~ = alpha phi(y, lambda1) + (1 - alpha) phi(y, lambda2)`` with the label smoothing
@@ -76,6 +78,8 @@ class AVmixup(Method):
     """
 
     name = "avmixup"
+    #: the authors' attack runs with ``is_training=True``, the moving averages updated by the train op only
+    attack_bn_mode = "batch"
     Options = AVmixupOptions
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

@@ -17,7 +17,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..registry import METHODS
-from .base import Method
+from .base import WrappedMethod
 
 _EPS = 1e-20
 
@@ -63,7 +63,7 @@ def _add_into_weights(model: nn.Module, diff: dict[str, torch.Tensor], coeff: fl
 
 
 @METHODS.register("awp")
-class AWP(Method):
+class AWP(WrappedMethod):
     """AWP over ``base`` (pgd_at or trades); with gamma 0 it leaves the base method's parameters."""
 
     name = "awp"
@@ -71,21 +71,17 @@ class AWP(Method):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if self.options.base not in ("pgd_at", "trades"):
-            raise ConfigError(f"awp base={self.options.base!r}: use pgd_at or trades.")
-        base_cls = METHODS.get(self.options.base)
-        base_opts = base_cls.Options(beta=self.options.beta) if self.options.base == "trades" else None
-        self.base: Method = base_cls(self.class_counts.tolist(), self.attack_cfg, self.loss, base_opts,
-                                     self.total_epochs, self.amp_dtype)
         self.gamma = self.options.gamma if self.options.gamma >= 0 else (0.01 if self.options.base == "pgd_at" else 0.005)
         self._proxy: nn.Module | None = None
         self._diff: dict[str, torch.Tensor] | None = None
 
-    def run_length_terms(self) -> list[str]:
-        return self.base.run_length_terms()
-
-    def train_attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.base.train_attack(model, x, y)
+    @classmethod
+    def base_spec(cls, options: AWPOptions) -> tuple[str, Any]:
+        if options.base not in ("pgd_at", "trades"):
+            raise ConfigError(f"awp base={options.base!r}: use pgd_at or trades.")
+        if options.base == "trades":
+            return "trades", METHODS.get("trades").Options(beta=options.beta)
+        return "pgd_at", None
 
     def _calc_diff(self, model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor):
         if self._proxy is None:
@@ -112,11 +108,4 @@ class AWP(Method):
         if self._diff is not None:
             _add_into_weights(model, self._diff, -self.gamma)
             self._diff = None
-
-    @property
-    def loss_label(self) -> str:
-        return self.base.loss_label
-
-    def on_epoch_start(self, epoch: int) -> None:
-        super().on_epoch_start(epoch)
-        self.base.epoch = epoch
+        super().after_step(model)

@@ -19,6 +19,7 @@ from torch import nn
 
 from ..attacks import pgd, threat_model
 from ..attacks.pgd import eval_mode
+from ..attacks.threat import ThreatModel
 from ..config import AttackConfig, RunConfig
 from ..device import widen
 from ..errors import ConfigError
@@ -45,6 +46,28 @@ class Stage:
     path: str | None = None  #: an already trained run folder / checkpoint to use instead of training
 
 
+@dataclass(frozen=True)
+class ClassBudget:
+    """Per-class radius and step of a method's training attack (RobustLT sets it on its base method).
+
+    Sample i of class ``y_i`` is attacked inside the ball of radius ``scale * eps[y_i]`` with steps of
+    ``scale * step[y_i]``, or, with ``step=None``, of ``radius_i / attack.eps * attack.step_size`` (the step
+    scaled like the radius, as RobustLT's code computes it). A ``uniform`` random start lies in the ball of
+    radius ``start_eps`` (RobustLT's code: the global ``attack.eps``), or in each sample's own ball when None.
+
+    Attributes:
+        eps: (C,) radii in pixel units (CPU; copied to the device once).
+        step: (C,) step sizes, or None for steps proportional to the radius.
+        scale: a multiplier of every radius and step (RobustLT's warm-up intensity), applied on the device.
+        start_eps: radius of the uniform random start, or None.
+    """
+
+    eps: torch.Tensor
+    step: torch.Tensor | None = None
+    scale: float = 1.0
+    start_eps: float | None = None
+
+
 class Method:
     """Base class of every training method.
 
@@ -69,6 +92,9 @@ class Method:
     #: True for methods that keep state per training sample (MMA's margins): the trainer then calls
     #: :meth:`on_batch` with each batch's training-set indices before its attack.
     uses_sample_indices: ClassVar[bool] = False
+    #: optimiser steps on each batch (Free-AT's replay count m): the trainer runs ``train_attack``,
+    #: ``compute_loss``, the SGD step and ``after_step`` that many times on the same batch.
+    replays: int = 1
 
     def __init__(self, class_counts: Sequence[int], attack: AttackConfig, loss: Any, options: Any = None,
                  total_epochs: int = 1, amp_dtype: torch.dtype | None = None) -> None:
@@ -83,6 +109,9 @@ class Method:
         self.total_epochs = total_epochs
         self.amp_dtype = amp_dtype
         self.epoch = 0
+        #: per-class radii and steps of the training attack (None: ``attack.eps`` and ``attack.step_size``)
+        self.class_budget: ClassBudget | None = None
+        self._budget_dev: dict[torch.device, tuple[torch.Tensor, torch.Tensor | None]] = {}
         #: ``attack.loss``: the AE-generation loss chosen apart from the outer one (None: as loss_mode says)
         self.attack_loss = None
         if attack.loss:
@@ -98,11 +127,50 @@ class Method:
     # ------------------------------------------------------------------ the two things a method says
     def train_attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Training AEs: PGD on the attack objective, BatchNorm as ``self.bn_mode`` says (SPEC 3: eval)."""
-        a = self.attack_cfg
         objective, kwargs = self.attack_objective(x, y)
-        return pgd(model, x, y, self.threat, steps=a.steps, step_size=a.step_size, objective=objective,
-                   random_start=a.random_start, objective_kwargs=kwargs, bn_mode=self.bn_mode,
-                   amp_dtype=self.amp_dtype)
+        return self.attack_pgd(model, x, y, objective, kwargs)
+
+    def attack_pgd(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, objective: Any = "ce",
+                   objective_kwargs: dict[str, Any] | None = None, steps: int | None = None) -> torch.Tensor:
+        """The training attack's PGD call: ``attack.steps`` (or ``steps``) steps on ``objective`` inside
+        :meth:`attack_ball`, from ``attack.random_start``, BatchNorm as ``self.bn_mode``, under the step's
+        autocast. Every method whose AEs are plain PGD crafts them here, so a :class:`ClassBudget` reaches it."""
+        a = self.attack_cfg
+        threat, step_size, start_eps = self.attack_ball(x, y)
+        return pgd(model, x, y, threat, steps=a.steps if steps is None else steps, step_size=step_size,
+                   objective=objective, random_start=a.random_start, objective_kwargs=objective_kwargs,
+                   bn_mode=self.bn_mode, amp_dtype=self.amp_dtype, start_eps=start_eps)
+
+    def set_class_budget(self, budget: ClassBudget | None) -> None:
+        """Attack each class inside its own ball from now on (:class:`ClassBudget`); None: ``attack.eps``."""
+        if budget is not None and budget.eps.numel() != self.num_classes:
+            raise ConfigError(f"a class budget of {budget.eps.numel()} radii for {self.num_classes} classes: give "
+                              "one radius per class.")
+        if self.class_budget is None or budget is None or budget.eps is not self.class_budget.eps \
+                or budget.step is not self.class_budget.step:
+            self._budget_dev = {}  # new radii: copied to the device again (a new scale alone is not)
+        self.class_budget = budget
+
+    def attack_ball(self, x: torch.Tensor, y: torch.Tensor) -> tuple[ThreatModel, float | torch.Tensor, float | None]:
+        """The ball, step size and start radius of this batch's training attack: ``attack.eps``,
+        ``attack.step_size`` and the ball's own start without a class budget; with one, each sample's class
+        radius and step (tensors (B, 1, ..., 1)) and the budget's start radius (:class:`ClassBudget`)."""
+        b = self.class_budget
+        if b is None:
+            return self.threat, self.attack_cfg.step_size, None
+        dev = self._budget_dev.get(x.device)
+        if dev is None:
+            step = None if b.step is None else b.step.to(x.device, x.dtype)
+            dev = self._budget_dev[x.device] = (b.eps.to(x.device, x.dtype), step)
+        eps_c, step_c = dev
+        eps = (eps_c * b.scale)[y]  # (B,)
+        shape = (-1,) + (1,) * (x.dim() - 1)
+        if step_c is None:
+            a = self.attack_cfg
+            step = eps / a.eps * a.step_size if a.eps > 0 else torch.zeros_like(eps)
+        else:
+            step = (step_c * b.scale)[y]
+        return self.threat.per_sample(eps, x.dim()), step.view(shape), b.start_eps
 
     def attack_objective(self, x: torch.Tensor, y: torch.Tensor) -> tuple[Any, dict[str, Any]]:
         """``attack.loss`` when set (REAT Table 2: RW / RWS / ENR in the attack, BSL outside); else CE, or the
@@ -129,6 +197,11 @@ class Method:
         raise NotImplementedError
 
     # ------------------------------------------------------------------------------------ stages
+    @classmethod
+    def head_for(cls, options: Any) -> str | None:
+        """The head the model needs with these options (``required_head``; a wrapper asks its base)."""
+        return cls.required_head
+
     @classmethod
     def stages(cls, cfg: RunConfig, options: Any) -> list[Stage]:
         """Runs this method needs before its own training (none by default); see :class:`Stage`."""
@@ -191,6 +264,107 @@ class Method:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.epoch = int(state.get("epoch", 0))
+
+
+class WrappedMethod(Method):
+    """A method that changes one part of another, its *base* (AWP its weights, RobustLT its attack budgets).
+
+    The base is built from :meth:`base_spec` with the wrapper's class counts, attack settings, loss, epochs and
+    precision, and every hook goes to it unless the subclass overrides the hook: the AEs (``train_attack``),
+    the loss, the stages, ``setup``, the epoch and batch hooks, ``after_step``, the deployed logits, the loss
+    label, extra parameters, run-length terms and the class budget. Whether the step is adversarial, whether
+    the trainer passes sample indices and which head the model needs are the base's. The wrapper's state holds
+    the base's under ``"base"``.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        from ..registry import METHODS
+
+        name, base_options = self.base_spec(self.options)
+        self.base: Method = METHODS.get(name)(self.class_counts.tolist(), self.attack_cfg, self.loss, base_options,
+                                              self.total_epochs, self.amp_dtype)
+
+    @classmethod
+    def base_spec(cls, options: Any) -> tuple[str, Any]:
+        """(registered name of the base method, its ``Options`` instance or None) for these options."""
+        raise NotImplementedError
+
+    @classmethod
+    def head_for(cls, options: Any) -> str | None:
+        from ..registry import METHODS
+
+        name, base_options = cls.base_spec(options)
+        return METHODS.get(name).head_for(base_options if base_options is not None else METHODS.get(name).Options())
+
+    @classmethod
+    def stages(cls, cfg: RunConfig, options: Any) -> list[Stage]:
+        from ..registry import METHODS
+
+        name, base_options = cls.base_spec(options)
+        base_cls = METHODS.get(name)
+        return base_cls.stages(cfg, base_options if base_options is not None else base_cls.Options())
+
+    @property
+    def adversarial(self) -> bool:  # type: ignore[override]
+        return self.base.adversarial
+
+    @property
+    def uses_sample_indices(self) -> bool:  # type: ignore[override]
+        return self.base.uses_sample_indices
+
+    def train_attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.base.train_attack(model, x, y)
+
+    def compute_loss(self, model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor,
+                     y: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.base.compute_loss(model, x, x_adv, y)
+
+    def set_class_budget(self, budget: ClassBudget | None) -> None:
+        super().set_class_budget(budget)
+        self.base.set_class_budget(budget)
+
+    def use_stage(self, name: str, model: nn.Module) -> None:
+        self.base.use_stage(name, model)
+
+    def missing_stages(self) -> list[str]:
+        return self.base.missing_stages()
+
+    def setup(self, context: Any) -> None:
+        self.base.setup(context)
+
+    def on_epoch_start(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.base.on_epoch_start(epoch)  # the base starts the loss's epoch (the same loss object)
+
+    def on_epoch_end(self, epoch: int, stats: dict[str, Any]) -> None:
+        self.base.on_epoch_end(epoch, stats)
+
+    def on_batch(self, indices: torch.Tensor) -> None:
+        self.base.on_batch(indices)
+
+    def after_step(self, model: nn.Module) -> None:
+        self.base.after_step(model)
+
+    def deployed(self, model: nn.Module) -> nn.Module:
+        return self.base.deployed(model)
+
+    @property
+    def loss_label(self) -> str:
+        return self.base.loss_label
+
+    def parameters(self) -> list[nn.Parameter]:
+        return self.base.parameters()
+
+    def run_length_terms(self) -> list[str]:
+        return self.base.run_length_terms()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "base": self.base.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.base.load_state_dict(state.get("base", {"epoch": self.epoch}))
 
 
 FEATURES_CONTRACT = (

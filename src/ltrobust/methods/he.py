@@ -12,7 +12,14 @@ the angular margin (AM) ``m`` enters the training objective only. As in the auth
   ``L(s (cos(x) - m 1_y), y) + beta * KL(softmax(s cos(x)) || softmax(s cos(x')))``.
 
 ``L`` is CE or any long-tailed loss (``loss=bsl``: ``CE(s (cos - m 1_y) + tau log pi, y)``). With
-``m = 0`` HE is exactly its base method on the scaled cosine head. CIFAR-10 defaults: s 15, m 0.2, beta 6.
+``m = 0`` HE is exactly its base method on the scaled cosine head. The authors' CIFAR-10 commands: PGD-AT-HE
+s 10, m 0.2, weight decay 5e-4; TRADES-HE s 15, m 0.2, beta 6 (``s`` is ``model.cosine_scale``).
+
+Served logits (``serve``): the authors' network outputs the raw cosines (their ``WideResNet(use_FNandWN=True)``;
+``s`` lives in the loss), and their evaluation attacks those; so does RoBal's HE baseline (its ``Cos``
+classifier at scale 1). ``serve=cosine`` (default) deploys ``cos``, ``serve=scaled`` deploys ``s * cos``, the
+training temperature. The argmax is the same; CE-based attacks (PGD, APGD-CE) see another temperature, margin
+and DLR attacks (CW, APGD-T, FAB, Square) are unchanged.
 """
 
 from __future__ import annotations
@@ -32,15 +39,46 @@ from .base import Method, forward_train
 from .robal import cosine_head
 
 BASES = ("pgd_at", "trades")
+SERVES = ("cosine", "scaled")
+
+
+class HEDeployed(nn.Module):
+    """HE's served logits: the raw cosines ``cos = (s * cos) / s`` of a cosine-head model (the authors' output).
+
+    Exposes ``features`` and ``head`` of the wrapped model and ``logits_from_head`` (``z / s``), so inference
+    adjustments (``eval.adjust``) compose with it.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    @property
+    def head(self) -> nn.Module:
+        return self.model.head
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.features(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits_from_head(self.model(x))
+
+    def logits_from_head(self, z: torch.Tensor) -> torch.Tensor:
+        """Served logits from the head's ``z = s * cos`` (B, C): ``cos``."""
+        return z / cosine_head(self.model, "HE").scale
+
+    def describe(self) -> dict[str, Any]:
+        return {"wrapper": "HEDeployed", "serve": "cosine"}
 
 
 @dataclass(frozen=True)
 class HEOptions:
-    """Defaults: the authors' CIFAR-10 commands (``--s 15 --m 0.2``; TRADES-HE ``--beta 6``)."""
+    """Defaults: the authors' CIFAR-10 commands (``--m 0.2``; TRADES-HE ``--beta 6``; s is the model's scale)."""
 
     m: float = 0.2  #: angular (cosine) margin subtracted from the target cosine in the outer loss
     base: str = "pgd_at"  #: pgd_at | trades
     beta: float | None = None  #: TRADES beta (base=trades only; default 6.0)
+    serve: str = "cosine"  #: logits served and attacked: cosine (the authors' output) | scaled (s * cos)
 
     def __post_init__(self) -> None:
         if self.base not in BASES:
@@ -50,6 +88,8 @@ class HEOptions:
                               f"or set base=trades.")
         if self.m < 0:
             raise ConfigError(f"he m={self.m} must be >= 0 (the paper uses 0.2).")
+        if self.serve not in SERVES:
+            raise ConfigError(f"he serve={self.serve!r}: use cosine (the authors' served logits) or scaled (s * cos).")
 
 
 @METHODS.register("he")
@@ -111,3 +151,8 @@ class HE(Method):
     def on_epoch_start(self, epoch: int) -> None:
         super().on_epoch_start(epoch)
         self.base.epoch = epoch
+
+    def deployed(self, model: nn.Module) -> nn.Module:
+        """The raw cosines (``serve=cosine``, the authors') or ``s * cos`` (``serve=scaled``)."""
+        cosine_head(model, "HE")
+        return HEDeployed(model).train(model.training) if self.options.serve == "cosine" else model

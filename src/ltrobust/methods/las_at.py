@@ -14,6 +14,12 @@ PGD attack that crafts its training AE. The target model and the strategy networ
   *and* that the target model learns robustness from. The policy loss is
   ``-R * sum_heads mean_i log pi(a_i | x_i)``, plain SGD (lr 1e-4), gradient norm clipped to 1.
 
+BatchNorm as in the authors' code: the strategy attack in eval mode (``attack.bn_mode``, default eval), the
+reward's PGD-10 on the updated copy in train mode (``reward_bn_mode``), R2 / R3 in eval mode with the copy's
+running statistics as that PGD left them. The strategy network is the authors' fixed ResNet-18
+(``strategy_model=resnet18``, at width 64 whatever the target); ``strategy_model=target`` uses the target's
+architecture and width.
+
 The defaults are the authors' CIFAR-10 settings (eps in {3..14}/255, iterations in {3..13}, step in
 {1..4}/255, interval 20, a = b = c = 1, R2 x 4, R3 x 2, smoothing 0.7); the choices are in units of ``unit``
 (1/255) so that data sets with another eps scale (digits) keep the same shape. docs/methods.md, "LAS-AT",
@@ -34,7 +40,7 @@ from torch import nn
 from torch.distributions import Categorical
 
 from ..attacks import pgd
-from ..attacks.pgd import eval_mode
+from ..attacks.pgd import BN_MODES, eval_mode
 from ..device import world_size
 from ..errors import ConfigError
 from ..registry import METHODS
@@ -56,7 +62,13 @@ class LASATOptions:
     r2_scale: float = 4.0
     r3_scale: float = 2.0
     smooth_factor: float = 0.7  #: target probability of the true class in the target loss; 1: plain labels
-    strategy_model: str = ""  #: MODELS name of the strategy network; empty: the target's architecture
+    #: MODELS name of the strategy network at its default width: resnet18 (the authors' fixed ResNet18_Strategy,
+    #: a CIFAR ResNet-18 with one linear head per hyper-parameter); ``target``: the target model's architecture
+    #: and width (cheaper for tiny problems)
+    strategy_model: str = "resnet18"
+    #: BatchNorm of the reward's PGD-10 on the one-step-updated copy: train (the authors' ``attack_pgd`` runs on
+    #: the copy left in train mode, whose running statistics then serve R2 and R3), eval or batch
+    reward_bn_mode: str = "train"
 
     def __post_init__(self) -> None:
         for name in ("eps_choices", "iter_choices", "step_choices"):
@@ -67,6 +79,11 @@ class LASATOptions:
             raise ConfigError("las_at needs interval >= 1 and unit > 0.")
         if not 0.0 < self.smooth_factor <= 1.0:
             raise ConfigError(f"las_at smooth_factor={self.smooth_factor} must be in (0, 1] (1: no smoothing).")
+        if self.reward_bn_mode not in BN_MODES:
+            raise ConfigError(f"las_at reward_bn_mode={self.reward_bn_mode!r}: use one of {', '.join(BN_MODES)}.")
+        if not self.strategy_model:
+            raise ConfigError("las_at strategy_model is empty: name an architecture (resnet18, the authors') or "
+                              "`target` for the target model's own.")
 
 
 def smoothed_cross_entropy(logits: torch.Tensor, y: torch.Tensor, factor: float) -> torch.Tensor:
@@ -111,8 +128,11 @@ class LASAT(Method):
         from ..models import build_model
 
         cfg, data = context.cfg, context.data
-        model_cfg = replace(cfg.model, head="linear", name=self.options.strategy_model or cfg.model.name,
-                            pretrained=None)
+        name = self.options.strategy_model
+        if name == "target":  # the target's architecture and width
+            model_cfg = replace(cfg.model, head="linear", pretrained=None)
+        else:  # the architecture at its own default size (the authors' ResNet18_Strategy: ResNet-18, width 64)
+            model_cfg = replace(cfg.model, head="linear", name=name, width=-1, depth=-1, widen=-1, pretrained=None)
         # its own seed and a forked RNG: the run's random stream (restored on resume) is left untouched
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.train.seed + 1)
@@ -184,7 +204,8 @@ class LASAT(Method):
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        x_pgd = pgd(proxy, x, y, self.threat, steps=a.steps, step_size=a.step_size, restarts=2)
+        x_pgd = pgd(proxy, x, y, self.threat, steps=a.steps, step_size=a.step_size, restarts=2,
+                    bn_mode=o.reward_bn_mode)
         with torch.no_grad(), eval_mode(proxy):
             r2 = (proxy(x_pgd).argmax(1) == y).float().mean() * o.r2_scale
             r3 = (proxy(x).argmax(1) == y).float().mean() * o.r3_scale

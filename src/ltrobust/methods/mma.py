@@ -5,11 +5,14 @@ by AN-PGD (the paper's Algorithm 1; the authors' ``anpgd.py``), and its loss is 
 reaches ``d_max`` (the hinge of the MMA objective). As in the authors' ``trainer.py`` / ``config.py``:
 
 1. clean prediction: a point is correct when its soft logit margin ``SLM = logsumexp_{j != y} z_j - z_y``
-   is negative (BatchNorm in eval mode, as the attack sees the model);
-2. AN-PGD: PGD on SLM inside a per-sample ball of radius ``eps0`` (``attack.steps`` steps of
-   ``step_scale * eps0 / steps``, random start), then a bisection (``search_steps`` halvings in
+   is negative;
+2. AN-PGD on the correct points only: PGD on SLM inside a per-sample ball of radius ``eps0`` (``attack.steps``
+   steps of ``step_scale * eps0 / steps``, random start), then a bisection (``search_steps`` halvings in
    ``[0, 1.05 d_max]``) along the unit direction ``(x_pgd - x) / eps0`` for the radius where SLM turns
-   non-negative; the AE is ``clip(x + eps * unit, 0, 1)``. Misclassified points keep ``eps = 0`` (x' = x);
+   non-negative; the AE is ``clip(x + eps * unit, 0, 1)``. Misclassified points keep ``eps = 0`` (x' = x).
+   BatchNorm as the authors' code runs it: the check and the bisection in train mode (``attack.bn_mode``, the
+   method's default ``train``: batch statistics of the correct points, running statistics updated by every
+   search pass), the PGD in eval mode (``pgd_bn_mode``);
 3. loss (Algorithm 2): ``(1 - c) * L_MMA + c * mean_i L(z(x_i), y_i)`` with
    ``L_MMA = (1/B) sum_i [eps_i < d_max or x_i misclassified] * L(z(x'_i), y_i)`` and c = 1/3
    (``clean_coeff=0`` is the paper's OMMA).
@@ -35,8 +38,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..attacks import pgd
-from ..attacks.pgd import autocast, eval_mode
-from ..data.loader import to_device
+from ..attacks.pgd import BN_MODES, attack_mode, autocast
+from ..data.augment import to_device
 from ..device import world_size
 from ..errors import CheckpointError, ConfigError
 from ..registry import METHODS
@@ -83,12 +86,17 @@ class MMAOptions:
     clean_coeff: float = 1.0 / 3  #: weight c of the clean loss (0: OMMA)
     attack_loss: str = "slm"  #: slm (soft logit margin, the authors') | ce
     adaptive: bool = True  #: false: every point at attack.eps, no search (MMA with a fixed eps = PGD-AT)
+    #: BatchNorm during AN-PGD's PGD (the authors' advertorch ``ctx_noparamgrad_and_eval``: eval); the correctness
+    #: check and the bisection follow ``attack.bn_mode`` (the method's default: train, as the authors' trainer)
+    pgd_bn_mode: str = "eval"
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.clean_coeff <= 1.0:
             raise ConfigError(f"mma clean_coeff={self.clean_coeff} must lie in [0, 1] (1/3; 0 for OMMA).")
         if self.attack_loss not in ("slm", "ce"):
             raise ConfigError(f"mma attack_loss={self.attack_loss!r}: use slm or ce.")
+        if self.pgd_bn_mode not in BN_MODES:
+            raise ConfigError(f"mma pgd_bn_mode={self.pgd_bn_mode!r}: use one of {', '.join(BN_MODES)}.")
         search = {k: getattr(self, k) for k in ("d_max", "eps_min", "search_steps", "step_scale")}
         if not self.adaptive:
             given = [k for k, v in search.items() if v is not None]
@@ -111,6 +119,9 @@ class MMA(Method):
     name = "mma"
     Options = MMAOptions
     uses_sample_indices = True
+    #: the correctness check and the bisection in train mode (the authors' trainer calls ``model.train()`` and
+    #: only AN-PGD's PGD switches to eval); ``attack.bn_mode=eval`` searches with the running statistics
+    attack_bn_mode = "train"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -190,20 +201,29 @@ class MMA(Method):
         if not self.options.adaptive:
             self._eps, self._keep = torch.full((x.shape[0],), a.eps, device=x.device), None
             return pgd(model, x, y, self.threat, steps=a.steps, step_size=a.step_size, objective=objective,
-                       random_start=a.random_start, bn_mode=self.bn_mode, amp_dtype=self.amp_dtype)
+                       random_start=a.random_start, bn_mode=self.options.pgd_bn_mode, amp_dtype=self.amp_dtype)
         shape = (-1, *([1] * (x.dim() - 1)))
         idx = self._batch_indices(x.shape[0])
         if idx is None:
             eps0 = torch.full((x.shape[0],), self.eps_min, device=x.device)
         else:  # each point's last margin, never below eps_min (the authors' get_eps)
             eps0 = self._margins[idx].clamp(self.eps_min, MAX_EPS_FACTOR * self.d_max).to(x.device)
-        with eval_mode(model):
+        # The authors' trainer: one train-mode clean pass gives both the correctness and the clean loss. Here the
+        # loss's clean pass (compute_loss) updates the running statistics, so the check uses the batch statistics
+        # without updating them; without a clean loss (OMMA) the check is the pass that updates them.
+        check_mode = "batch" if self.bn_mode == "train" and self.options.clean_coeff > 0 else self.bn_mode
+        with attack_mode(model, check_mode):
             correct = self._margin(model, x, y) < 0  # (B,)
-            x_pgd = pgd(model, x, y, self.threat.per_sample(eps0, x.dim()), steps=a.steps,
-                        step_size=(self.step_scale * eps0 / a.steps).view(shape), objective=objective,
-                        random_start=a.random_start, bn_mode="train", amp_dtype=self.amp_dtype)
-            unit = (x_pgd - x) / (eps0.view(shape) + 1e-12)
-            eps = torch.where(correct, self.bisection(model, x, y, unit, eps0), torch.zeros_like(eps0))
+        eps, unit = torch.zeros_like(eps0), torch.zeros_like(x)
+        sub = correct.nonzero().squeeze(1)  # one host sync per batch: AN-PGD runs on the correct points only
+        if sub.numel():  # as the authors', so that batch statistics (bn_mode train / batch) are theirs
+            xs, ys, e0 = x[sub], y[sub], eps0[sub]
+            x_pgd = pgd(model, xs, ys, self.threat.per_sample(e0, x.dim()), steps=a.steps,
+                        step_size=(self.step_scale * e0 / a.steps).view(shape), objective=objective,
+                        random_start=a.random_start, bn_mode=self.options.pgd_bn_mode, amp_dtype=self.amp_dtype)
+            unit[sub] = (x_pgd - xs) / (e0.view(shape) + 1e-12)
+            with attack_mode(model, self.bn_mode):  # the authors' search: in the trainer's mode (train)
+                eps[sub] = self.bisection(model, xs, ys, unit[sub], e0)
         if idx is not None:  # the authors' update_eps: every point of the batch, 0 for misclassified ones
             self._margins[idx] = eps.to(self._margins.device, self._margins.dtype)
             self._seen[idx] = True

@@ -1,6 +1,6 @@
 """REAT (Li et al., "Alleviating the Effect of Data Imbalance on Adversarial Training", ICCV 2023).
 
-papers/001 Sec. 4. Two pieces on top of PGD-AT with a long-tailed outer loss:
+Li, Xu and Zhang (arXiv:2307.10205, 2023), Sec. 4. Two pieces on top of PGD-AT with a long-tailed outer loss:
 
 - RBL (Sec. 4.1, Eq. 1-2): the training AEs of epoch k maximise the class-weighted CE ``w_y * CE(z(x'), y)``
   with ``w_c = C * (1/E_c) / sum_j (1/E_j)``, ``E_c = (1 - beta_c^{a_c}) / (1 - beta_c)``,
@@ -57,7 +57,8 @@ class REATOptions:
 
 
 def smoothed_rbl_weights(ae_pred_counts: Any, class_counts: Any, smoothing: float = 1e-5) -> torch.Tensor:
-    """RBL weights (001 Eq. 1) as the authors' ``RBL``: ``w_c = C * (1/(E_c + s)) / sum_j 1/(E_j + s)``.
+    """RBL weights (Li et al., arXiv 2023, Eq. 1) as the authors' ``RBL``: ``w_c = C * (1/(E_c + s)) / sum_j 1/(E_j +
+    s)``.
 
     With ``s = 0`` this is :func:`ltrobust.losses.rbl_weights` (the exact formula and its limit). The
     smoothing matters in one case: a class that no AE was predicted as last epoch (``a_c = 0``, so
@@ -124,7 +125,7 @@ class REAT(Method):
     # --------------------------------------------------------------------------------- RBL
     @property
     def attack_weights(self) -> torch.Tensor:
-        """The current RBL class weights (C,) (001 Eq. 1), CPU float32."""
+        """The current RBL class weights (C,) (Li et al., arXiv 2023, Eq. 1), CPU float32."""
         return self._weights
 
     def _set_counts(self, counts: Any) -> None:

@@ -1,6 +1,6 @@
 """RoBal (Wu et al., "Adversarial Robustness under Long-Tailed Distribution", CVPR 2021).
 
-papers/003 Sec. 4 (Eq. 7-12) and the supplementary papers/000 A.1 (hyper-parameters). The model has the
+Sec. 4 (Eq. 7-12) and the supplementary material, A.1 (hyper-parameters; arXiv:2104.02703). The model has the
 scale-invariant cosine head ``z_c = s * cos_c`` with ``cos_c = <f/||f||, W_c/(||W_c|| + gamma)>``
 (:class:`~ltrobust.models.heads.CosineHead`, Sec. 4.1-4.2). Per step:
 
@@ -26,7 +26,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..attacks import pgd
 from ..attacks.pgd import autocast
 from ..errors import ConfigError
 from ..losses import robal_inference_logits, robal_kl, robal_loss
@@ -38,14 +37,16 @@ from .base import Method
 
 @dataclass(frozen=True)
 class RoBalOptions:
-    """Defaults: CIFAR-10-LT RoBal-N (000 A.1; the authors' ``cifar10_LT0.02_pgdat_robal_N_*.yaml``)."""
+    """Defaults: CIFAR-10-LT RoBal-N (Wu et al., CVPR 2021, supplement A.1; the authors'
+    ``cifar10_LT0.02_pgdat_robal_N_*.yaml``)."""
 
     m0: float = 0.1  #: uniform cosine margin (Eq. 8)
     tau_b: float = 1.2  #: prior-bias strength b_c = tau_b log pi_c (Eq. 7, 9)
     tau_m: float = 0.0  #: class-aware margin strength (Eq. 8)
     alpha: float = 6.0  #: weight of the KL regulariser (Eq. 12)
     tau_p: float = 0.1  #: inference-time boundary adjustment (Eq. 11)
-    attack_steps: int = 5  #: PGD steps of the training attack (000 A.1, B.2); replaces attack.steps
+    #: PGD steps of the training attack (Wu et al., CVPR 2021, supplement A.1, B.2); replaces attack.steps
+    attack_steps: int = 5
 
     def __post_init__(self) -> None:
         if self.attack_steps < 0:
@@ -90,7 +91,7 @@ class ScaleOneCosine(nn.Module):
 
 
 class RoBalDeployed(nn.Module):
-    """RoBal's served logits (003 Eq. 11): ``s * cos(x) - tau_p * log pi``, (B, C_in, H, W) -> (B, C).
+    """RoBal's served logits (Wu et al., CVPR 2021, Eq. 11): ``s * cos(x) - tau_p * log pi``, (B, C_in, H, W) -> (B, C).
 
     Exposes ``features`` and ``head`` of the wrapped model (feature analyses, fine-tuning) and keeps the
     class counts as a non-persistent buffer, so ``.to(device)`` moves everything.
@@ -135,7 +136,8 @@ class RoBalDeployed(nn.Module):
 
 @METHODS.register("robal")
 class RoBal(Method):
-    """RoBal: cosine head, margin-and-bias CE on 5-step AEs + alpha * KL (003 Eq. 8-12), Eq. 11 at inference.
+    """RoBal: cosine head, margin-and-bias CE on 5-step AEs + alpha * KL (Wu et al., CVPR 2021, Eq. 8-12), Eq. 11 at
+    inference.
 
     ``loss=`` must stay ``ce`` (RoBal's loss is its own, Eq. 9-10), ``attack.loss_mode`` ``outer``; the
     attack runs ``attack_steps`` steps (5) of ``attack.step_size`` inside ``attack.eps``.
@@ -155,16 +157,13 @@ class RoBal(Method):
         require_outer_loss_mode(self.attack_cfg, self.name, "PGD on CE of the scale-1 cosines")
         loss_name = getattr(self.loss, "name", "ce")
         if loss_name != "ce":
-            raise ConfigError(f"method 'robal' trains with its own margin loss (003 Eq. 9-10: options m0, tau_b, "
-                              f"tau_m); loss={loss_name!r} would be ignored: drop loss=.")
+            raise ConfigError(f"method 'robal' trains with its own margin loss (Wu et al., CVPR 2021, Eq. 9-10: options "
+                              f"m0, tau_b, tau_m); loss={loss_name!r} would be ignored: drop loss=.")
 
     def train_attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         cosine_head(model)
-        a = self.attack_cfg
         target = ScaleOneCosine(model).train(model.training)  # pgd restores the wrapper's mode onto the model
-        return pgd(target, x, y, self.threat, steps=self.options.attack_steps,
-                   step_size=a.step_size, objective="ce", random_start=a.random_start, bn_mode=self.bn_mode,
-                   amp_dtype=self.amp_dtype)
+        return self.attack_pgd(target, x, y, "ce", steps=self.options.attack_steps)
 
     def _cosines(self, model: nn.Module, x: torch.Tensor, s: float) -> torch.Tensor:
         """Unscaled cosines (B, C) in train mode through the model's forward (DDP-safe): ``z / s``."""
@@ -194,6 +193,7 @@ class RoBal(Method):
         return "margin-bias ce + kl" if self.options.alpha > 0 else "margin-bias ce"
 
     def deployed(self, model: nn.Module) -> nn.Module:
-        """``s * cos - tau_p * log pi`` (003 Eq. 11), attacked as served at validation and evaluation."""
+        """``s * cos - tau_p * log pi`` (Wu et al., CVPR 2021, Eq. 11), attacked as served at validation and
+        evaluation."""
         cosine_head(model)
         return RoBalDeployed(model, self.class_counts, self.options.tau_p).train(model.training)

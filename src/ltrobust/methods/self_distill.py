@@ -1,5 +1,5 @@
-"""Long-tailed adversarial training with a balanced self-teacher and self-distillation (papers/002, ICLR 2025
-submission "Long-tailed adversarial training with self-distillation", Sec. 4.2 and 5.1).
+"""Long-tailed adversarial training with a balanced self-teacher and self-distillation (Cho, Lee and Kim, ICLR 2025,
+arXiv:2503.06461 submission "Long-tailed adversarial training with self-distillation", Sec. 4.2 and 5.1).
 
 Two phases, both recorded in the run folder:
 
@@ -19,8 +19,8 @@ Two phases, both recorded in the run folder:
    ``d = x' - x`` (so ``x + d = x'``), and ``lambda_e`` ramped linearly to ``igdm_max`` over training
    (:func:`ltrobust.losses.linear_ramp`). The teacher is frozen (eval mode, no gradient).
 
-002's algorithm box is not in its text: alpha, the ramp and its maximum are options (SPEC defaults alpha 1,
-IGDM maximum 10). With alpha = 0 no teacher is trained and the method is exactly AT-BSL.
+Cho et al.'s (ICLR 2025) algorithm box is not in its text: alpha, the ramp and its maximum are options (SPEC defaults
+alpha 1, IGDM maximum 10). With alpha = 0 no teacher is trained and the method is exactly AT-BSL.
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def teacher_config(cfg: RunConfig, options: SelfDistillOptions) -> RunConfig:
     Everything that belongs to the student alone is reset to its default: the method (pgd_at, loss ce,
     no options, ``attack.loss_mode``), the schedule (epochs, batch size, lr, a step schedule at
     ``teacher_decay_at``, no warm-up), uniform sampling (D_B is already balanced), no fine-tuning stage,
-    no weight EMA (002 trains the teacher with plain PGD-AT), no AE-drift record, and the student's
+    no weight EMA (Cho et al. (ICLR 2025) train the teacher with plain PGD-AT), no AE-drift record, and the student's
     inference settings (``eval.adjust``, ``eval.adjust_tau``, ``eval.tag``): the distillation targets
     are the teacher's own logits, never an adjusted version of them."""
     epochs = options.teacher_epochs
@@ -107,7 +107,8 @@ STUDENT_EVAL_KEYS = ("adjust", "adjust_tau", "tag")
 
 
 def teacher_data(data: Any, cfg: RunConfig) -> Any:
-    """The balanced set D_B (002 Sec. 4.2): ``int(gamma * n_min)`` images per class, gamma = IR / 2."""
+    """The balanced set D_B (Cho et al., ICLR 2025, Sec. 4.2): ``int(gamma * n_min)`` images per class,
+    gamma = IR / 2."""
     from ..data import balanced_resample, resample_gamma
     from ..data.profiles import class_groups
 
@@ -133,7 +134,7 @@ def freeze(model: nn.Module) -> nn.Module:
 
 @METHODS.register("self_distill")
 class SelfDistill(ATBSL):
-    """AT-BSL student distilled from a balanced, adversarially trained self-teacher (002).
+    """AT-BSL student distilled from a balanced, adversarially trained self-teacher (Cho et al., ICLR 2025).
 
     Options (besides AT-BSL's ``tau``): alpha 1.0, igdm_max 10.0, ramp linear, teacher_epochs 30,
     teacher_batch_size 32, teacher_lr 0.1, teacher_decay_at "0.75,0.9", teacher_checkpoint last.

@@ -1,6 +1,6 @@
 """TAET ("Two-Stage Adversarial Equalization Training on Long-Tailed Distributions", CVPR 2025).
 
-papers/004 Sec. 4. Two stages:
+Wang et al. (CVPR 2025, arXiv:2503.01924), Sec. 4. Two stages:
 
 1. Initial stabilisation (Sec. 4.2, Eq. 9; Sec. 6.3): the first ``stage1_epochs`` epochs (40 of 100) train
    on clean images with plain CE; no AEs are crafted (``adversarial`` is False, ``train_attack`` returns x).
@@ -27,7 +27,7 @@ from ..registry import METHODS
 from .at_bsl import require_outer_loss_mode
 from .base import Method, forward_train
 
-#: stage 1 covers this fraction of training when stage1_epochs is not set (004: 40 of 100 epochs)
+#: stage 1 covers this fraction of training when stage1_epochs is not set (Wang et al., CVPR 2025: 40 of 100 epochs)
 STAGE1_FRACTION = 0.4
 
 

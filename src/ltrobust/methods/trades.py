@@ -40,13 +40,8 @@ class Trades(Method):
         return "kl", {}
 
     def train_attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        from ..attacks import pgd
-
-        a = self.attack_cfg
         target = clean_logits_eval(model, x, self.amp_dtype)  # (B, C)
-        return pgd(model, x, y, self.threat, steps=a.steps, step_size=a.step_size, objective="kl",
-                   random_start=a.random_start, objective_kwargs={"target_logits": target},
-                   bn_mode=self.bn_mode, amp_dtype=self.amp_dtype)
+        return self.attack_pgd(model, x, y, "kl", {"target_logits": target})
 
     def compute_loss(self, model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor,
                      y: torch.Tensor) -> dict[str, torch.Tensor]:

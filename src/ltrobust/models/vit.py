@@ -1,6 +1,6 @@
 """ViT-B/16 (Dosovitskiy et al., "An Image is Worth 16x16 Words", ICLR 2021,
 https://arxiv.org/abs/2010.11929) through timm, for the DermaMNIST setting. Optional: needs
-``pip install 'ltrobust[vit]'``.
+the ``vit`` extra (``pip install -e '.[vit]'``).
 
 The backbone is timm's :class:`~timm.models.vision_transformer.VisionTransformer` with ViT-B/16's
 hyper-parameters (the configuration of timm's ``vit_base_patch16_224``: embed_dim 768, depth 12,
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, install_hint
 from ..registry import MODELS
 from .base import LTModel, resolve_width
 
@@ -50,8 +50,7 @@ def vit_b16(num_classes: int, in_channels: int = 3, width: int | None = -1, imag
     try:
         from timm.models.vision_transformer import VisionTransformer
     except ImportError:
-        raise ConfigError("model vit_b16 needs timm, which is not installed: "
-                          "pip install 'ltrobust[vit]'.") from None
+        raise ConfigError(f"model vit_b16 needs timm, which is not installed: {install_hint('vit')}.") from None
     embed_dim = resolve_width("vit_b16", width, 768)
     depth = 12 if depth == -1 else depth
     image_size = 224 if image_size is None else image_size

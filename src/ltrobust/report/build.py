@@ -60,7 +60,7 @@ def default_out(inputs: Sequence[str | Path]) -> Path:
 
 def build_report(inputs: Sequence[str | Path], out: str | Path | None = None, tag: Any = None, tags: Any = None,
                  metric: str = "accuracy", robust: str | None = None, title: str | None = None,
-                 seed_keys: Any = "train.seed", dpi: Any = 100, error: str = "std",
+                 seed_keys: Any = "train.seed", dpi: Any = plots.DPI, error: str = "std",
                  formats: Any = plots.FORMATS, **unknown: Any) -> dict[str, Any]:
     """Build the report of the runs below ``inputs`` from their stored JSON.
 
@@ -74,7 +74,7 @@ def build_report(inputs: Sequence[str | Path], out: str | Path | None = None, ta
             every variant has it, else the per-sample worst case over the suite).
         title: page title.
         seed_keys: config keys aggregated over, comma-separated (default ``train.seed``).
-        dpi: resolution of the PNG figures (and of rasters inside the PDF / SVG copies).
+        dpi: resolution of the PNG figures (default 200, print quality; the PDF and SVG copies are vector).
         error: ``std`` (mean ± sample std over seeds) or ``se`` (mean ± standard error, as REAT reports).
         formats: figure files written, comma-separated (default ``png,pdf,svg``; the page shows the PNGs).
 
@@ -103,7 +103,7 @@ def build_report(inputs: Sequence[str | Path], out: str | Path | None = None, ta
         raise ConfigError(f"formats={formats!r}: list png (the page shows it) and any of pdf, svg, e.g. "
                           f"formats=png,pdf,svg.")
     if not 10 <= dpi <= 1200:
-        raise ConfigError(f"dpi={dpi} is outside 10-1200; use e.g. dpi=100 for the page or dpi=300 for print.")
+        raise ConfigError(f"dpi={dpi} is outside 10-1200; use e.g. dpi=200 (the default) or dpi=300 for print.")
     entries, unevaluated = collect(inputs, _split(tags if tags is not None else tag) or None)
     if not entries:
         hint = f" ({len(unevaluated)} trained runs have no evaluation: run `ltrobust eval RUN`)" if unevaluated else ""
@@ -147,7 +147,7 @@ def build_report(inputs: Sequence[str | Path], out: str | Path | None = None, ta
     if fig is not None:
         blocks.append(Image(ctx.save(fig, "tail_tradeoff.png"),
                             f"tail-group clean vs {attack_title(rob)} accuracy (the last max(1, C // 10) classes; "
-                            f"002 Fig. 1b), mean ± std over seeds"))
+                            f"Cho et al., ICLR 2025, Fig. 1b), mean ± std over seeds"))
     blocks += _comparison_blocks(groups, rob, names, ctx)
     toc.append(("classes", "Class groups and per class"))
     if fairness is not None:
@@ -263,13 +263,14 @@ def _variant_blocks(g: Group, rob: str | None, ctx: _Context) -> list[Block]:
 
 def _comparison_blocks(groups: Sequence[Group], rob: str | None, names: Sequence[str] | None,
                        ctx: _Context) -> list[Block]:
-    """Accuracy over class groups (002 Fig. 8) and the per-class recall of every variant in one plot."""
+    """Accuracy over class groups (Cho et al., ICLR 2025, Fig. 8) and the per-class recall of every variant in one
+    plot."""
     blocks: list[Block] = [Heading("Class groups and per-class comparison", 2, "classes")]
     fig = plots.class_groups_figure(groups, rob)
     if fig is not None:
         blocks.append(Image(ctx.save(fig, "class_groups.png"),
                             "mean per-class recall over consecutive groups of classes sorted by training count "
-                            "(head first; 002 Fig. 8), one bar per variant, mean over seeds"))
+                            "(head first; Cho et al., ICLR 2025, Fig. 8), one bar per variant, mean over seeds"))
     fig = plots.per_class_comparison_figure(groups, rob, names)
     if fig is not None:
         blocks.append(Image(ctx.save(fig, "per_class_comparison.png"),

@@ -27,6 +27,7 @@ from typing import Any, Iterable, Sequence
 from .. import io
 from ..config import fmt_value  # noqa: F401 (re-exported for the tables)
 from ..evaluation.metrics import aggregate_seeds
+from ..evaluation.runs import training_state
 from ..errors import CheckpointError, ConfigError
 from ..run_folder import RunFolder
 
@@ -37,9 +38,15 @@ BOOKKEEPING_KEYS = ("name", "out", "preset", "reference", "data.data_dir", "data
                     "train.device", "train.compile", "train.record_ae_drift", "train.ae_drift_samples",
                     "eval.batch_size", "eval.chunk_size")
 #: keys shown as their own table columns rather than in "Setting"
-MAIN_KEYS = ("method.name", "method.loss", "data.dataset", "data.profile", "data.imbalance")
+MAIN_KEYS = ("method.name", "method.loss", "data.dataset", "data.profile", "data.imbalance", "model.foreign",
+             "model.fingerprint")
+#: the identity of a model ltrobust did not train (``ltrobust eval weights=`` / ``ltrobust.evaluate``): its name
+#: and the fingerprint of its weights; entries that differ in either are different rows, never seeds of one
+FOREIGN_KEYS = ("model.foreign", "model.fingerprint")
 #: the mark of a variant whose training collapsed to chance (train_summary.json): its numbers are meaningless
 COLLAPSED = " ⚠ collapsed (validation at chance)"
+#: the mark of a variant whose training stopped before its last epoch (killed; no train_summary.json)
+UNFINISHED = " ⚠ unfinished"
 #: files under ``eval/`` that are not evaluation results
 NON_RESULT_FILES = ("audit.json",)  #: and audit-<tag>.json
 
@@ -61,6 +68,25 @@ class Entry:
     @property
     def name(self) -> str:
         return self.run_dir.name
+
+    @property
+    def foreign(self) -> str | None:
+        """The name of a model ltrobust did not train (``ltrobust eval weights=`` or ``ltrobust.evaluate``),
+        else None."""
+        return self.flat.get("model.foreign")
+
+    @property
+    def unfinished(self) -> dict[str, Any] | None:
+        """``{"epochs_done", "epochs"}`` when the run's training stopped before its last epoch (killed), else
+        None: from the eval JSON's ``training`` record, or the run folder (no ``train_summary.json``)."""
+        if "_unfinished" not in self.__dict__:
+            training = self.result.get("training")
+            if not isinstance(training, dict) and not self.foreign:
+                training = training_state(self.run_dir, self.flat.get("train.epochs"))
+            done = isinstance(training, dict) and training.get("finished") is False
+            self.__dict__["_unfinished"] = ({"epochs_done": training.get("epochs_done"),  # type: ignore[union-attr]
+                                             "epochs": training.get("epochs")} if done else None)  # type: ignore[union-attr]
+        return self.__dict__["_unfinished"]
 
     @property
     def collapsed(self) -> bool:
@@ -234,8 +260,43 @@ def find_run_dirs(root: Path) -> list[Path]:
     return found
 
 
+def is_foreign_result(result: dict[str, Any]) -> bool:
+    """An evaluation of a model ltrobust did not train: no run config, a model name or weights hash."""
+    return not result.get("config") and bool(result.get("model_name") or result.get("model_fingerprint")
+                                              or result.get("weights_sha256"))
+
+
+def find_foreign_results(root: Path, run_dirs: Sequence[Path] = ()) -> list[tuple[Path, dict[str, Any]]]:
+    """``(path, eval JSON)`` of the evaluations of models ltrobust did not train at or below ``root`` (the
+    ``out=`` folders of ``ltrobust eval weights=...``, the ``out_dir`` of ``ltrobust.evaluate``), outside the
+    run folders ``run_dirs``, report folders and chunk folders; sorted by path."""
+    runs = {r.resolve() for r in run_dirs}
+    found = []
+    for path in sorted(root.rglob("*.json")):
+        parts = path.relative_to(root).parts[:-1]
+        if any(p == "report" or p.endswith("_chunks") for p in parts) or path.name.startswith("audit"):
+            continue
+        if runs and not runs.isdisjoint(path.resolve().parents):  # inside a run folder: read as a run
+            continue
+        data = _read_optional_json(path)
+        if data is not None and isinstance(data.get("results"), dict) and is_foreign_result(data):
+            found.append((path, data))
+    return found
+
+
 def _entry(run_dir: Path, tag: str, result: dict[str, Any], label: str | None = None) -> Entry:
+    from ..config import check_reference
+
     flat = flatten_config(result.get("config") or {})
+    if is_foreign_result(result):
+        # what the model is: its name and weights; the evaluation settings that make numbers comparable
+        fingerprint = str(result.get("model_fingerprint") or result.get("weights_sha256") or "")
+        flat = {"model.foreign": str(result.get("model_name") or Path(str(result.get("weights", "?"))).stem),
+                "model.fingerprint": fingerprint, "model.name": result.get("model"),
+                "data.dataset": result.get("dataset"), "data.profile": (result.get("data") or {}).get("profile"),
+                "data.imbalance": (result.get("data") or {}).get("imbalance")}
+        flat = {k: v for k, v in flat.items() if v is not None}
+        return Entry(run_dir=run_dir, tag=tag, result=result, flat=flat, label=label)
     if not flat:  # an eval JSON without its config: fall back to the run's config.yaml
         import yaml
 
@@ -247,6 +308,12 @@ def _entry(run_dir: Path, tag: str, result: dict[str, Any], label: str | None = 
                         ("data.imbalance", "imbalance"), ("train.seed", "train_seed")):
             if meta in result:
                 flat[k] = result[meta]
+    try:  # the paper numbers as stored (a NaN written before they were checked is null in JSON): checked again
+        if flat.get("reference"):
+            flat["reference"] = list(check_reference(flat["reference"]))
+    except ConfigError as exc:
+        log.warning("%s (%s): its paper reference numbers are left out of the report: %s", run_dir, tag, exc)
+        flat["reference"] = []
     return Entry(run_dir=run_dir, tag=tag, result=result, flat=flat, label=label)
 
 
@@ -281,7 +348,7 @@ def collect(inputs: Sequence[str | Path], tags: Iterable[str] | None = None) -> 
                 raise ConfigError(f"{path} is not an eval JSON: pass run folders, sweep folders or "
                                   f"<run>/eval/<tag>.json files.")
             data = io.read_json(path)
-            if not isinstance(data.get("results"), dict):
+            if not isinstance(data, dict) or not isinstance(data.get("results"), dict):
                 raise ConfigError(f"{path} holds no evaluation results (no 'results'); is it written by ltrobust eval?")
             run_dir = path.parent.parent if path.parent.name == "eval" else path.parent
             add(_entry(run_dir, path.stem, data))
@@ -298,9 +365,13 @@ def collect(inputs: Sequence[str | Path], tags: Iterable[str] | None = None) -> 
                 add(_entry(run_dir, item["tag"], data, label=item.get("label")))
             continue
         runs = find_run_dirs(path)
-        if not runs:
-            raise ConfigError(f"no run folders (config.yaml + metrics.jsonl / eval/) found in {path}; pass the "
-                              f"folder of a run trained by `ltrobust train` or a sweep folder.")
+        foreign = find_foreign_results(path, runs)
+        if not runs and not foreign:
+            raise ConfigError(f"no run folders (config.yaml + metrics.jsonl / eval/) and no evaluation results "
+                              f"found in {path}; pass the folder of a run trained by `ltrobust train`, a sweep "
+                              f"folder, or the out= folder of `ltrobust eval weights=...`.")
+        for json_path, data in foreign:
+            add(_entry(json_path.parent, json_path.stem, data))
         for run_dir in runs:
             stored = eval_results(run_dir)
             if not stored:
@@ -403,11 +474,29 @@ def _label(groups: list[Group]) -> None:
         sweep_label = next((e.label for e in g.entries if e.label), None)
         g.label = sweep_label or " ".join(p for p in (method_loss(g), f"[{g.setting}]" if g.setting else "") if p)
         g.label += COLLAPSED if g.collapsed else ""
+        g.label += unfinished_mark(g)
+    # two different foreign models that share a name: the fingerprint tells them apart
+    for g in groups:
+        same = [o for o in groups if o.label == g.label]
+        if g.entries[0].foreign and len(same) > 1:
+            g.label += f" ({str(g.config.get('model.fingerprint', ''))[:8]})"
+
+
+def unfinished_mark(g: Group) -> str:
+    """`` ⚠ unfinished (4 of 10 epochs)`` when some run of the variant stopped before its last epoch, else ``""``."""
+    marks = [e.unfinished for e in g.entries if e.unfinished]
+    if not marks:
+        return ""
+    done = ", ".join(f"{m.get('epochs_done', '?')} of {m.get('epochs', '?')}" for m in marks)
+    return f"{UNFINISHED} ({done} epochs)"
 
 
 def method_loss(g: Group) -> str:
     """``method + loss`` of a variant, by the loss it actually trained with (``loss_label`` of the eval
-    JSON: ``at_bsl + bsl``, ``robal + margin-bias ce + kl``), the configured ``loss=`` for older results."""
+    JSON: ``at_bsl + bsl``, ``robal + margin-bias ce + kl``), the configured ``loss=`` for older results;
+    the model's name for a model ltrobust did not train."""
+    if g.entries[0].foreign:
+        return str(g.entries[0].foreign)
     flat = g.config
     loss = g.entries[0].result.get("loss_label") or flat.get("method.loss", "?")
     return f"{flat.get('method.name', '?')} + {loss}"

@@ -22,14 +22,17 @@ from .tables import Table, latex_escape
 #: predicted distribution by true class (the overall distribution is kept)
 CSV_SKIP = ("groups", "predicted_distribution.by_true_class")
 ID_COLUMNS = ("variant", "label", "run", "tag", "seed", "method", "loss", "dataset", "train_set", "model",
-              "checkpoint", "checkpoint_epoch", "adjust", "mode", "n")
+              "fingerprint", "checkpoint", "checkpoint_epoch", "unfinished", "adjust", "mode", "n")
 
 
 def latex_document(title: str, tables: Sequence[tuple[str, Table]], figures: Sequence[str] = ()) -> str:
     """A compilable LaTeX document with ``tables`` (``(name, table)``; ``\\label{tab:name}``)."""
     out = ["% Written by `ltrobust report`: the report's tables in booktabs form. Each table float can be",
-           "% copied into a paper as it is (\\usepackage{booktabs,graphicx,longtable}); best per column in bold.",
-           "\\documentclass{article}", "\\usepackage[margin=1.5cm,landscape]{geometry}",
+           "% copied into a paper as it is (\\usepackage{booktabs,graphicx,longtable}, \\usepackage[T1]{fontenc});",
+           "% best per column in bold. Every text is escaped for LaTeX (_ & % # $ { } ~ ^ \\ < > | and the unicode",
+           "% marks the report writes).",
+           "\\documentclass{article}", "\\usepackage[T1]{fontenc}", "\\usepackage[utf8]{inputenc}",
+           "\\usepackage[margin=1.5cm,landscape]{geometry}",
            "\\usepackage{booktabs}", "\\usepackage{graphicx}", "\\usepackage{longtable}",
            f"\\title{{{latex_escape(title)}}}", "\\date{}", "\\begin{document}", "\\maketitle", ""]
     for name, table in tables:
@@ -74,8 +77,11 @@ def entry_rows(groups: Sequence[Group]) -> tuple[list[str], list[dict[str, Any]]
             flat = e.flat
             row: dict[str, Any] = {
                 "variant": g.gid, "label": g.label, "run": str(e.run_dir), "tag": e.tag, "seed": e.seed,
-                "method": flat.get("method.name"), "loss": flat.get("method.loss"),
-                "dataset": flat.get("data.dataset"), "train_set": data_label(flat), "model": flat.get("model.name"),
+                # the loss actually trained with (at_bsl: bsl), as the tables name it; not the configured loss=
+                "method": flat.get("method.name"), "loss": e.result.get("loss_label") or flat.get("method.loss"),
+                "dataset": flat.get("data.dataset"), "train_set": data_label(flat),
+                "model": e.foreign or flat.get("model.name"), "fingerprint": flat.get("model.fingerprint"),
+                "unfinished": bool(e.unfinished),
                 "checkpoint": flat.get("eval.checkpoint"), "checkpoint_epoch": e.result.get("checkpoint_epoch"),
                 "adjust": flat.get("eval.adjust"), "mode": e.result.get("mode"), "n": e.result.get("n")}
             results = e.result.get("results", {})

@@ -3,8 +3,9 @@
 - :func:`per_class_figure`: per-class clean and robust recall with the training counts (RoBal Fig. 1,
   REAT Fig. 4b);
 - :func:`tradeoff_figure`: clean vs robust accuracy across variants (``metric="tail_group"``: tail clean vs
-  tail robust, 002 Fig. 1b);
-- :func:`class_groups_figure`: accuracy over groups of classes sorted by training count (002 Fig. 8);
+  tail robust, Cho et al., ICLR 2025, Fig. 1b);
+- :func:`class_groups_figure`: accuracy over groups of classes sorted by training count (Cho et al., ICLR 2025,
+  Fig. 8);
 - :func:`per_class_comparison_figure`: per-class recall of several variants in one plot;
 - :func:`class_curves_figure`: per-class clean and robust validation accuracy over epochs (TAET Fig. 2);
 - :func:`ae_distribution_figure`: predicted classes of the training AEs over epochs, from
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import io as _io
 import math
+import textwrap
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -43,8 +45,13 @@ NOT_LOSSES = ("epoch", "lr", "seconds", "images_per_s", "peak_rss_mb", "peak_cud
 FORMATS = ("png", "pdf", "svg")
 
 
-def save_figure(fig: Figure, path: str | Path, dpi: int = 100, formats: Sequence[str] = FORMATS) -> list[Path]:
-    """Write ``fig`` once per format next to ``path`` (its suffix replaced), atomically; returns the paths."""
+#: resolution of the PNG figures: print quality (the PDF and SVG copies are vector graphics, without rasters)
+DPI = 200
+
+
+def save_figure(fig: Figure, path: str | Path, dpi: int = DPI, formats: Sequence[str] = FORMATS) -> list[Path]:
+    """Write ``fig`` once per format next to ``path`` (its suffix replaced), atomically; returns the paths. The
+    PNG has ``dpi`` dots per inch; PDF and SVG are vector (no figure draws a raster image)."""
     FigureCanvasAgg(fig)
     out = []
     for i, fmt in enumerate(formats):
@@ -56,6 +63,37 @@ def save_figure(fig: Figure, path: str | Path, dpi: int = 100, formats: Sequence
         if i == 0:  # the layout is solved by the first rendering; the other formats reuse it
             fig.set_layout_engine("none")
     return out
+
+
+#: legend labels and titles are wrapped at this many characters: a long variant label (RoBal's
+#: "robal + margin-bias ce + kl [...]") would otherwise squeeze the axes to a sliver or run off the figure
+WRAP = 38
+
+
+def _wrap(text: str, width: int = WRAP) -> str:
+    return "\n".join(textwrap.wrap(str(text), width, break_on_hyphens=False)) or str(text)
+
+
+def _legend_width(labels: Sequence[str], ncol: int = 1) -> float:
+    """Inches a legend of fontsize 7 needs beside the axes: the longest wrapped line and the marker, per column."""
+    longest = max((len(line) for lab in labels for line in _wrap(lab).splitlines()), default=0)
+    return ncol * (0.06 * longest + 0.55)
+
+
+def _side_legend(fig: Figure, ax: Any, title: str | None = None) -> None:
+    """The figure's legend outside the axes on the right, labels wrapped, placed by the constrained layout
+    (``loc="outside right upper"``) so it is never clipped and never covers the data."""
+    handles, labels = ax.get_legend_handles_labels()
+    if not handles:
+        return
+    ncol = 1 if len(labels) <= 16 else 2
+    fig.legend(handles, [_wrap(lab) for lab in labels], loc="outside right upper", fontsize=7, frameon=False,
+               ncol=ncol, title=title, title_fontsize=7 if title else None)
+
+
+def _percent_axis(ax: Any, axis: str = "y") -> None:
+    """An accuracy axis: 0 to 100 (%), never below 0, whatever the values (all 0 included)."""
+    (ax.set_ylim if axis == "y" else ax.set_xlim)(0, 100)
 
 
 def _stat(v: Any) -> tuple[float, float]:
@@ -108,7 +146,7 @@ def per_class_figure(g: Group, robust: str | None, class_names: Sequence[str] | 
     h2 = ax2.get_legend_handles_labels()
     ax.legend(handles[0] + h2[0], handles[1] + h2[1], loc="upper right", fontsize=8, frameon=False)
     seeds = f", mean ± std of {g.n} seeds" if g.n > 1 else ""
-    ax.set_title(f"{g.label}: per-class recall{seeds}", fontsize=10)
+    ax.set_title(_wrap(f"{g.label}: per-class recall{seeds}", 90), fontsize=10)
     ax.grid(axis="y", alpha=0.3)
     return fig
 
@@ -127,27 +165,30 @@ def variant_styles(groups: Sequence[Group]) -> dict[str, tuple[str, str]]:
 def tradeoff_figure(groups: Sequence[Group], robust: str | None, metric: str = "accuracy") -> Figure | None:
     """Clean (x) vs robust (y) ``metric`` of each variant, mean ± std over seeds; each variant has its own
     colour and marker and is named (by its label, as in the tables) in a legend beside the axes, so labels
-    never overlap the points or each other. ``metric="tail_group"``: 002 Fig. 1b, tail clean vs tail robust."""
+    never overlap the points or each other. ``metric="tail_group"``: tail clean vs tail robust (Cho et al., ICLR
+    2025, Fig. 1b). Both axes run from 0 to 100 (%)."""
     pts = [(g, g.value("clean", metric), g.value(robust, metric)) for g in groups] if robust else []
     pts = [(g, c, r) for g, c, r in pts if c and r]
     if not pts:
         return None
     styles = variant_styles(groups)
-    width = 6.4 + (2.6 if max(len(g.label) for g, _, _ in pts) > 24 else 1.8)
-    fig = Figure(figsize=(width, 4.6), layout="constrained")
+    labels = [g.label for g, _, _ in pts]
+    fig = Figure(figsize=(5.2 + _legend_width(labels, 1 if len(pts) <= 16 else 2), 4.6), layout="constrained")
     ax = fig.add_subplot(1, 1, 1)
     for g, c, r in pts:
         color, marker = styles[g.gid]
         ax.errorbar(c["mean"], r["mean"], xerr=c["std"] if g.n > 1 else None, yerr=r["std"] if g.n > 1 else None,
-                    fmt=marker, color=color, ms=7, capsize=2, elinewidth=0.8, label=g.label)
-    ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.02, 1.0),
-              ncol=1 if len(pts) <= 20 else 2, borderaxespad=0.0)
+                    fmt=marker, color=color, ms=7, capsize=2, elinewidth=0.8, label=g.label, clip_on=False)
+    _side_legend(fig, ax)
     label = METRIC_LABELS.get(metric, metric.replace("_", " "))
     ax.set_xlabel(f"clean {label} (%)")
     ax.set_ylabel(f"{attack_title(robust)} {label} (%)")
-    what = "tail-group clean vs robust (002 Fig. 1b)" if metric == "tail_group" else f"clean vs {attack_title(robust)}"
+    what = ("tail-group clean vs robust (Cho et al., ICLR 2025, Fig. 1b)" if metric == "tail_group"
+            else f"clean vs {attack_title(robust)}")
     ax.set_title(f"{what} trade-off", fontsize=10)
-    ax.margins(0.12)
+    _percent_axis(ax, "x")
+    _percent_axis(ax, "y")
+    ax.set_aspect("equal")
     ax.grid(alpha=0.3)
     return fig
 
@@ -161,8 +202,8 @@ def _per_class_means(g: Group, attack: str) -> list[float] | None:
 
 
 def class_group_bounds(n_classes: int) -> list[tuple[int, int]]:
-    """Consecutive groups of the classes sorted by training count: 10 groups (002 Fig. 8 splits CIFAR-100
-    into 10) when there are at least 30 classes, else 3 (head / body / tail thirds, as the tables)."""
+    """Consecutive groups of the classes sorted by training count: 10 groups (Cho et al., ICLR 2025, Fig. 8 splits
+    CIFAR-100 into 10) when there are at least 30 classes, else 3 (head / body / tail thirds, as the tables)."""
     k = 10 if n_classes >= 30 else min(3, n_classes)
     edges = [round(i * n_classes / k) for i in range(k + 1)]
     return [(a, b) for a, b in zip(edges, edges[1:]) if b > a]
@@ -170,7 +211,8 @@ def class_group_bounds(n_classes: int) -> list[tuple[int, int]]:
 
 def class_groups_figure(groups: Sequence[Group], robust: str | None) -> Figure | None:
     """Mean per-class recall over consecutive groups of classes sorted by training count (head first), one bar
-    per variant, clean (left) and robust (right) (002 Fig. 8); variants with the same classes only."""
+    per variant, clean (left) and robust (right) (Cho et al., ICLR 2025, Fig. 8); variants with the same classes
+    only."""
     usable = [g for g in groups if g.class_counts and _per_class_means(g, "clean") is not None]
     if not usable:
         return None
@@ -179,7 +221,8 @@ def class_groups_figure(groups: Sequence[Group], robust: str | None) -> Figure |
     bounds = class_group_bounds(C)
     attacks = ["clean"] + ([robust] if robust else [])
     styles = variant_styles(groups)
-    fig = Figure(figsize=(5.2 * len(attacks) + 1.8, 3.6), layout="constrained")
+    fig = Figure(figsize=(5.2 * len(attacks) + _legend_width([g.label for g in usable], 1 if len(usable) <= 16 else 2),
+                          3.6), layout="constrained")
     x = np.arange(len(bounds))
     width = 0.8 / len(usable)
     ticks = [f"{a + 1}" if b - a == 1 else f"{a + 1}-{b}" for a, b in bounds]
@@ -200,7 +243,7 @@ def class_groups_figure(groups: Sequence[Group], robust: str | None) -> Figure |
         ax.set_ylim(0, 100)
         ax.set_title(f"{attack_title(attack)}: accuracy over class groups", fontsize=10)
         ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    _side_legend(fig, ax)
     return fig
 
 
@@ -219,7 +262,9 @@ def per_class_comparison_figure(groups: Sequence[Group], robust: str | None,
     C = len(order)
     attacks = ["clean"] + ([robust] if robust else [])
     styles = variant_styles(groups)
-    fig = Figure(figsize=(max(5.0, min(9.0, 0.3 * C + 3)) * len(attacks) + 1.8, 3.6), layout="constrained")
+    fig = Figure(figsize=(max(5.0, min(9.0, 0.3 * C + 3)) * len(attacks)
+                          + _legend_width([g.label for g in usable], 1 if len(usable) <= 16 else 2), 3.6),
+                 layout="constrained")
     x = np.arange(C)
     for j, attack in enumerate(attacks):
         ax = fig.add_subplot(1, len(attacks), j + 1)
@@ -237,7 +282,7 @@ def per_class_comparison_figure(groups: Sequence[Group], robust: str | None,
         ax.set_ylabel("recall (%)")
         ax.set_title(f"{attack_title(attack)}: per-class recall of each variant", fontsize=10)
         ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    _side_legend(fig, ax)
     return fig
 
 
@@ -270,7 +315,9 @@ def class_curves_figure(g: Group, runs: Sequence[RunFiles], class_names: Sequenc
     counts = g.class_counts
     if not panels:
         return None
-    fig = Figure(figsize=(5.0 * len(panels) + 1.6, 3.6), layout="constrained")
+    names = [str(class_names[c]) if class_names and c < len(class_names) else str(c) for c in range(len(counts))]
+    fig = Figure(figsize=(5.0 * len(panels) + (_legend_width(names) if len(counts) <= 20 else 0.2), 3.6),
+                 layout="constrained")
     cmap = _viridis()
     for j, (title, (epochs, acc)) in enumerate(panels):
         ax = fig.add_subplot(1, len(panels), j + 1)
@@ -283,15 +330,14 @@ def class_curves_figure(g: Group, runs: Sequence[RunFiles], class_names: Sequenc
                     marker="." if len(ep) < 30 else None, label=name if j == len(panels) - 1 and C <= 20 else None)
         ax.set_xlabel("epoch")
         ax.set_ylabel("validation recall (%)")
-        ax.set_ylim(-2, 102)
+        _percent_axis(ax)
         ax.set_title(f"per-class {title} accuracy during training", fontsize=10)
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if len(order) <= 20:
-        ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.02, 1.0), title="class (head first)",
-                  title_fontsize=7)
+        _side_legend(fig, ax, title="class (head first)")
     n = len(runs)
-    fig.suptitle(g.label + (f" (mean of {n} seeds)" if n > 1 else ""), fontsize=10)
+    fig.suptitle(_wrap(g.label + (f" (mean of {n} seeds)" if n > 1 else ""), 100), fontsize=10)
     return fig
 
 
@@ -344,17 +390,20 @@ def ae_distribution_figure(g: Group, runs: Sequence[RunFiles], class_names: Sequ
     _class_ticks(ax, order, class_names)
     ax.legend(fontsize=8, frameon=False)
     ax.set_title("predicted classes of training AEs", fontsize=10)
-    im = axh.imshow(shares[:, order], aspect="auto", cmap="viridis", origin="lower", interpolation="nearest")
+    # vector quads (pcolormesh), not a raster image (imshow): the PDF and SVG copies stay vector graphics
+    im = axh.pcolormesh(np.arange(C + 1) - 0.5, np.arange(len(epochs) + 1) - 0.5, shares[:, order], cmap="viridis",
+                        shading="flat")
     axh.set_xlabel("predicted class (sorted by training count)")
     axh.set_ylabel("epoch")
     rows = list(range(0, len(epochs), max(1, math.ceil(len(epochs) / 12))))
     axh.set_yticks(rows)
     axh.set_yticklabels([str(epochs[i]) for i in rows], fontsize=8)
     _class_ticks(axh, order, class_names)
-    fig.colorbar(im, ax=axh, label="share (%)")
+    bar = fig.colorbar(im, ax=axh, label="share (%)")
+    bar.solids.set_rasterized(False)  # matplotlib rasterises a colour bar of 50+ levels; keep it vector
     axh.set_title("share per epoch", fontsize=10)
     n = len(runs)
-    fig.suptitle(f"{g.label}" + (f" (mean of {n} seeds)" if n > 1 else ""), fontsize=10)
+    fig.suptitle(_wrap(f"{g.label}" + (f" (mean of {n} seeds)" if n > 1 else ""), 100), fontsize=10)
     return fig
 
 
@@ -562,7 +611,8 @@ def audit_figure(g: Group, audits: Sequence[tuple[str, dict[str, Any]]]) -> Figu
                     label=audit_series_title(audit_of[run_name], s) + (f" ({run_name})" if len(curves) > 1 else ""))
     ax.set_xlabel("kappa (deployed logits x 10^-kappa, i.e. classifier W / 10^kappa)")
     ax.set_ylabel("accuracy (%)")
-    ax.set_title(f"{g.label}: logit re-scaling audit", fontsize=10)
+    _percent_axis(ax)
+    ax.set_title(_wrap(f"{g.label}: logit re-scaling audit", 70), fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, frameon=False)
     return fig
@@ -617,9 +667,10 @@ def curves_figure(g: Group, runs: Sequence[tuple[str, RunFiles]]) -> Figure | No
     if has_val:
         axes[2].set_title("validation accuracy (%)", fontsize=10)
         axes[2].set_xlabel("epoch")
+        _percent_axis(axes[2])
         axes[2].legend(fontsize=7, frameon=False)
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    fig.suptitle(g.label + (f" ({len(logged)} seeds)" if len(logged) > 1 else ""), fontsize=10)
+    fig.suptitle(_wrap(g.label + (f" ({len(logged)} seeds)" if len(logged) > 1 else ""), 100), fontsize=10)
     return fig

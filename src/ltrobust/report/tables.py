@@ -3,7 +3,7 @@
 - :func:`paper_table`: one row per variant, one column per attack (Clean, FGSM, PGD-20, PGD-100, MIM,
   CW, AA, adaptive, whichever were run), ``mean ± std`` over seeds, plus RoBal's gap (boundary error
   ``A_nat - A_rob`` of the robust column);
-- :func:`group_table`: head / body / tail thirds, many / medium / few shot, the tail group (002's
+- :func:`group_table`: head / body / tail thirds, many / medium / few shot, the tail group (Cho et al.'s (ICLR 2025)
   T-Clean / T-PGD) and the worst class, for clean and the robust column;
 - :func:`per_class_table`: per-class recall of one variant with the training counts.
 
@@ -23,7 +23,7 @@ from typing import Any, Sequence
 
 from ..evaluation.evaluator import column_title
 from ..evaluation.metrics import aggregate_seeds, class_order, class_spread
-from .collect import COLLAPSED, Group, data_label, fmt_value, method_loss, ordered_attacks
+from .collect import COLLAPSED, Group, data_label, fmt_value, method_loss, ordered_attacks, unfinished_mark
 
 DASH = "-"
 GROUP_COLUMNS = (("head", "Head"), ("body", "Body"), ("tail", "Tail"), ("many", "Many"), ("medium", "Medium"),
@@ -118,16 +118,26 @@ class Table:
 #: tables with more rows than this are written as a page-breaking ``longtable`` instead of a ``table`` float
 LONG_TABLE_ROWS = 40
 
+#: plain text -> LaTeX: the ten special characters, the characters the default OT1 font encoding draws as
+#: other glyphs (``<`` and ``>`` print as inverted exclamation and question marks, ``|`` as an em dash, ``"``
+#: as a closing double quote), and the non-ASCII characters the report writes
 _LATEX_SPECIAL = {"\\": "\\textbackslash{}", "&": "\\&", "%": "\\%", "$": "\\$", "#": "\\#", "_": "\\_",
                   "{": "\\{", "}": "\\}", "~": "\\textasciitilde{}", "^": "\\textasciicircum{}",
-                  "±": "$\\pm$", "≥": "$\\geq$", "≤": "$\\leq$", "−": "$-$", "×": "$\\times$"}
+                  "<": "\\textless{}", ">": "\\textgreater{}", "|": "\\textbar{}", '"': "\\textquotedbl{}",
+                  "±": "$\\pm$", "≥": "$\\geq$", "≤": "$\\leq$", "−": "$-$", "×": "$\\times$", "·": "$\\cdot$",
+                  "–": "--", "—": "---", "‘": "`", "’": "'", "“": "``", "”": "''", "…": "\\ldots{}",
+                  "→": "$\\rightarrow$", "⚠": "(!)", "°": "$^{\\circ}$", "α": "$\\alpha$", "β": "$\\beta$",
+                  "γ": "$\\gamma$", "κ": "$\\kappa$", "λ": "$\\lambda$", "μ": "$\\mu$", "π": "$\\pi$",
+                  "τ": "$\\tau$", "ε": "$\\varepsilon$", "√": "$\\surd$", "²": "$^2$"}
 _LATEX_RE = re.compile("|".join(re.escape(k) for k in _LATEX_SPECIAL))
 
 
 def latex_escape(text: str) -> str:
-    """Plain text -> LaTeX (special characters escaped, ``±`` as ``$\\pm$``, other non-ASCII dropped to ``?``)."""
+    """Plain text -> LaTeX that prints as the text (special characters escaped, ``<`` as ``\\textless{}``,
+    ``±`` as ``$\\pm$``, the report's other non-ASCII characters mapped; Latin letters with accents, e.g. in a
+    class name, kept for ``\\usepackage[T1]{fontenc}`` and UTF-8 input; any other character becomes ``?``)."""
     out = _LATEX_RE.sub(lambda m: _LATEX_SPECIAL[m.group(0)], str(text))
-    return out.encode("ascii", "replace").decode("ascii")
+    return "".join(c if ord(c) < 0x250 else "?" for c in out)
 
 
 def best_cells(values: Sequence[Sequence[float | None]], columns: Sequence[int], higher: Sequence[bool],
@@ -178,7 +188,8 @@ def _id_columns(groups: Sequence[Group]) -> tuple[list[str], list[list[str]]]:
     labelled = any(e.label for g in groups for e in g.entries)
     datasets = {g.config.get("data.dataset") for g in groups}
     profiles = {data_label(g.config) for g in groups}
-    header = ["Variant" if labelled else "Method"]
+    foreign = all(e.foreign for g in groups for e in g.entries)  # models ltrobust did not train: named, not method + loss
+    header = ["Variant" if labelled else ("Model" if foreign else "Method")]
     if labelled:
         header.append("Method")
     if len(datasets) > 1:
@@ -191,7 +202,7 @@ def _id_columns(groups: Sequence[Group]) -> tuple[list[str], list[list[str]]]:
     rows = []
     for g in groups:
         method = method_loss(g)  # by the loss actually trained with (loss_label), not the configured loss=
-        row = [g.label if labelled else method + (COLLAPSED if g.collapsed else "")]
+        row = [g.label if labelled else method + (COLLAPSED if g.collapsed else "") + unfinished_mark(g)]
         if labelled:
             row.append(method + (f" ({g.setting})" if g.setting else ""))
         if len(datasets) > 1:
@@ -282,8 +293,8 @@ def group_table(groups: Sequence[Group], robust: str | None, error: str = "std")
             anchors.append(g.gid)
             blocks.append(attack)
     groups_note = ("head / body / tail: thirds of the classes by training count; many / medium / few: > 100, "
-                   "20-100, < 20 training images; tail group: the last max(1, C // 10) classes (002's T-Clean / "
-                   f"T-PGD); values are mean per-class recall (%) of the group, mean ± {ERRORS.get(error, error)} "
+                   "20-100, < 20 training images; tail group: the last max(1, C // 10) classes (T-Clean / T-PGD of "
+                   f"Cho et al., ICLR 2025); values are mean per-class recall (%) of the group, mean ± {ERRORS.get(error, error)} "
                    "over seeds; best per column and attack in bold")
     cols = list(range(2, len(header)))
     return Table(header, rows, [False, False] + [True] * (len(header) - 2), groups_note, anchors=anchors,

@@ -31,7 +31,7 @@ from torch import nn
 from .. import io
 from ..attacks import check_attacks
 from ..config import RunConfig, dump_yaml, load_run_config, loss_options, method_options, to_dict, with_updates
-from ..errors import CheckpointError, ConfigError, TrainingDiverged
+from ..errors import CheckpointError, ConfigError, DataError, TrainingDiverged
 from ..device import flush_denormals, resolve_amp, resolve_device, unwrap  # noqa: F401 (re-exported)
 from ..registry import LOSSES, METHODS
 from ..run_folder import RunFolder
@@ -104,10 +104,11 @@ class Trainer:
 
         cfg = self.cfg
         self.data = self._data if self._data is not None else build_data(cfg.data, self.device)
+        _check_training_split(self.data, cfg)
         self.class_counts = list(self.data.class_counts)
         self.num_classes = self.data.num_classes
         method_cls = METHODS.get(cfg.method.name)
-        head = method_cls.required_head or cfg.model.head
+        head = method_cls.head_for(method_options(cfg)) or cfg.model.head
         torch.manual_seed(cfg.train.seed)  # model init is a function of the seed alone
         self.model = build_model(replace(cfg.model, head=head), num_classes=self.num_classes,
                                  in_channels=self.data.channels, mean=self.data.mean, std=self.data.std,
@@ -166,6 +167,15 @@ class Trainer:
         """Write config and manifest, or check them against a run being resumed; returns start epoch."""
         cfg_path = self.folder.config
         last = self.folder.checkpoint("last")
+        if self.resume and not last.exists() and self.folder.checkpoint("best").exists():
+            # nothing to resume, but a result to keep: start over only for the same run (a kill between best.pt
+            # and last.pt of the first epoch leaves this), never over a run of other settings
+            old_cfg = load_run_config(cfg_path) if cfg_path.exists() else None
+            diffs = config_diffs(to_dict(old_cfg), to_dict(self.cfg)) if old_cfg is not None else ["no config.yaml"]
+            if diffs:
+                raise ConfigError(f"run folder {self.run_dir} holds checkpoints/best.pt of a run with a different "
+                                  f"config ({'; '.join(diffs[:5])}) and no last.pt to resume; its result is kept. "
+                                  f"Choose another name=..., or delete the folder to start over.")
         if self.resume and last.exists():
             old = load_run_config(cfg_path)
             diffs = config_diffs(to_dict(old), to_dict(self.cfg))
@@ -300,6 +310,8 @@ class Trainer:
             val = self.validate(epoch) if self._val_due(epoch) else None
             if val is not None:
                 record["val"] = val
+                if self.cfg.train.epoch_test:  # asked for explicitly; never read by the checkpoint choice below
+                    record["test"] = self.test_split_epoch()
             if self.cfg.train.record_ae_drift and self.dist.main:  # forked RNG: other ranks need not run it
                 record["ae_drift"] = self.ae_drift()
             self.method.on_epoch_end(epoch, record)
@@ -394,6 +406,7 @@ class Trainer:
         ae_counts = torch.zeros(C, dtype=torch.long, device=self.device)
         first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
         n_steps = len(self.loader)
+        replays = int(method.replays)
         if cfg.train.max_steps_per_epoch:
             n_steps = min(n_steps, cfg.train.max_steps_per_epoch)
         reset_peaks(self.device)
@@ -408,16 +421,17 @@ class Trainer:
                 x, y = x[ranks], y[ranks]
             if method.uses_sample_indices:
                 method.on_batch(self.loader.batch_indices[ranks])
-            out = self.train_step(x, y, self.lr(epoch, step, n_steps))
-            loss = out["loss"]
-            with torch.no_grad():  # bookkeeping on the device: no host sync per step
-                bad = ~torch.isfinite(loss.detach())
-                first_bad = torch.where((first_bad < 0) & bad, torch.full_like(first_bad, step), first_bad)
-                for k, v in out.items():
-                    if k not in ("logits_adv", "x_adv") and torch.is_tensor(v) and v.dim() == 0:
-                        sums[k] = sums.get(k, torch.zeros((), device=self.device)) + v.detach().float()
-                if out.get("logits_adv") is not None:
-                    ae_counts += torch.bincount(out["logits_adv"].argmax(1), minlength=C)
+            lr = self.lr(epoch, step, n_steps)
+            for _ in range(replays):  # 1, or Free-AT's m: the same batch, m optimiser steps
+                out = self.train_step(x, y, lr)
+                with torch.no_grad():  # bookkeeping on the device: no host sync per step
+                    bad = ~torch.isfinite(out["loss"].detach())
+                    first_bad = torch.where((first_bad < 0) & bad, torch.full_like(first_bad, step), first_bad)
+                    for k, v in out.items():
+                        if k not in ("logits_adv", "x_adv") and torch.is_tensor(v) and v.dim() == 0:
+                            sums[k] = sums.get(k, torch.zeros((), device=self.device)) + v.detach().float()
+                    if out.get("logits_adv") is not None:
+                        ae_counts += torch.bincount(out["logits_adv"].argmax(1), minlength=C)
             n_seen += y.shape[0]
             if step % 25 == 24 or step == n_steps - 1:
                 self._check_finite(first_bad, epoch)
@@ -429,7 +443,7 @@ class Trainer:
             for buf in self.model.buffers():  # every rank ends the epoch with rank 0's BatchNorm statistics
                 dist.broadcast(buf, src=0)
         seconds = time.perf_counter() - t0
-        denom = max(min(n_steps, len(self.loader)), 1)
+        denom = max(min(n_steps, len(self.loader)), 1) * replays  # loss parts: the mean over optimiser steps
         # rounded at the source: no float noise in the JSON (0.01, not 0.010000000000000002)
         record: dict[str, Any] = {"epoch": epoch, "lr": float(f"{lr_at(self.cfg, epoch):.12g}"),
                                   "seconds": round(seconds, 3),
@@ -461,6 +475,23 @@ class Trainer:
         return quick_robustness(self.eval_model(), self.data.val, self.num_classes, self.cfg.attack,
                                 steps=t.val_attack_steps, n_samples=t.val_samples, seed=t.seed,
                                 batch_size=max(self.cfg.train.batch_size, 256))
+
+    def test_split_epoch(self) -> dict[str, Any]:
+        """``train.epoch_test``: the same per-epoch evaluation as :meth:`validate` on a balanced sample of the
+        *test* split, for the epoch-choice figure (how the choice of checkpoint moves the result; REAT picks
+        its checkpoint on the test set). Marked ``"split": "test"``; the trainer never chooses a checkpoint
+        with it. Run in a forked RNG, so the training streams (CPU and CUDA) are untouched and resume stays
+        exact."""
+        from ..evaluation.evaluator import quick_robustness
+
+        t = self.cfg.train
+        cuda = [self.device.index if self.device.index is not None else torch.cuda.current_device()] \
+            if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
+            out = quick_robustness(self.eval_model(), self.data.test, self.num_classes, self.cfg.attack,
+                                   steps=t.val_attack_steps, n_samples=t.val_samples, seed=t.seed,
+                                   batch_size=max(t.batch_size, 256))
+        return {"split": "test", "used_for_selection": False, **out}
 
     # ------------------------------------------------------------------------------- AE drift
     def ae_drift(self) -> dict[str, Any]:
@@ -589,3 +620,19 @@ def _version() -> str:
     from .. import __version__
 
     return __version__
+
+
+def _check_training_split(data: Any, cfg: RunConfig) -> None:
+    """Training needs training images, and its class counts must be those of the images (the long-tailed losses
+    and methods weigh classes by them): ``class_counts=`` describes an evaluation-only image folder."""
+    labels = data.train.labels
+    if len(labels) == 0:
+        raise DataError(f"{cfg.data.dataset}: the data in {cfg.data.data_dir} has no training images (no train/ "
+                        "folder): training needs train/<class>/ image folders; class_counts= only gives the counts "
+                        "for evaluating such a folder.")
+    if cfg.data.class_counts:
+        have = torch.bincount(labels.cpu(), minlength=data.num_classes).tolist()
+        if have != list(data.class_counts):
+            raise ConfigError(f"class_counts={cfg.data.class_counts} differs from the training images per class in "
+                              f"train/ ({have[:10]}{' ...' if len(have) > 10 else ''}): the losses would weigh classes "
+                              "by counts the model does not see; leave class_counts out to train (train/ gives them).")

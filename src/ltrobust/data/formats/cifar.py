@@ -144,7 +144,8 @@ def read_cifar(cfg: DataConfig, num_classes: int) -> RawData:
                        source={"format": "image-folder", "path": str(root)})
     if cfg.download:
         return _read_pickles(root, num_classes, True)
-    what = "does not exist" if not root.is_dir() else f"holds neither {folder}/ nor train/ + test/"
+    what = (("is a file, not a folder" if root.exists() else "does not exist") if not root.is_dir()
+            else f"holds neither {folder}/ nor train/ + test/")
     raise DataError(f"{name}: data folder {root} {what}. Expected layout under data_dir:\n"
                     f"{layout_text(num_classes)}\n{how}")
 

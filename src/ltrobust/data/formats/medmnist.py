@@ -1,9 +1,11 @@
-"""DermaMNIST (MedMNIST v2, Yang et al. 2023, https://medmnist.com): 7 skin-lesion classes.
+"""MedMNIST v2 (Yang et al., Scientific Data 2023, https://medmnist.com) 2D sets as the ``medmnist`` package
+stores them: DermaMNIST here; OrganAMNIST, BloodMNIST, PathMNIST and the others in
+:mod:`ltrobust.data.medmnist_sets`.
 
-One ``.npz`` with the keys ``train_images``, ``train_labels``, ``val_images``, ``val_labels``,
-``test_images``, ``test_labels``; images uint8 (N, H, W, 3), labels (N, 1). Files:
-``dermamnist.npz`` (28x28) and the MedMNIST+ sizes ``dermamnist_64.npz``, ``_128``, ``_224``.
-``data_dir`` is the folder holding them (or the ``.npz`` itself). The set is naturally imbalanced
+One ``.npz`` per set with the keys ``train_images``, ``train_labels``, ``val_images``, ``val_labels``,
+``test_images``, ``test_labels``; images uint8 (N, H, W, 3) or, for the greyscale sets, (N, H, W); labels
+(N, 1). Files: ``<name>.npz`` (28x28) and the MedMNIST+ sizes ``<name>_64.npz``, ``_128``, ``_224``.
+``data_dir`` is the folder holding them (or the ``.npz`` itself). DermaMNIST is naturally imbalanced
 (7,007 training images, 4,693 to 80 per class, IR 58.7) and is used as is, with its own val split.
 """
 
@@ -28,27 +30,37 @@ DERMAMNIST_CLASSES = [
     "vascular lesions",
 ]
 KEYS = ("train_images", "train_labels", "val_images", "val_labels", "test_images", "test_labels")
-LAYOUT = "  dermamnist.npz  (or dermamnist_64.npz / _128 / _224) with keys " + ", ".join(KEYS)
-HOW = ("Download it from https://medmnist.com (Zenodo links there; or `pip install medmnist` and "
-       "`python -m medmnist download`) and pass data_dir=<folder holding dermamnist.npz>.")
+
+
+def layout(name: str = "dermamnist") -> str:
+    return f"  {name}.npz  (or {name}_64.npz / _128 / _224) with keys " + ", ".join(KEYS)
+
+
+def how(name: str = "dermamnist") -> str:
+    return ("Download it from https://medmnist.com (Zenodo links there; or `pip install medmnist` and "
+            f"`python -m medmnist download`) and pass data_dir=<folder holding {name}.npz>.")
+
+
+LAYOUT = layout()
+HOW = how()
 
 
 def npz_path(cfg: DataConfig, name: str = "dermamnist") -> Path:
     """The npz to read: ``<name>_<image_size>.npz`` when asked for and present, else ``<name>.npz``."""
     if cfg.data_dir is None:
-        raise DataError(f"{name} needs data_dir=PATH, the folder holding\n{LAYOUT}\n{HOW}")
+        raise DataError(f"{name} needs data_dir=PATH, the folder holding\n{layout(name)}\n{how(name)}")
     root = Path(cfg.data_dir).expanduser()
     if root.suffix == ".npz":
         if not root.is_file():
-            raise DataError(f"{name}: file {root} does not exist. {HOW}")
+            raise DataError(f"{name}: file {root} does not exist. {how(name)}")
         return root
     if not root.is_dir():
-        raise DataError(f"{name}: data folder {root} does not exist. Expected in it:\n{LAYOUT}\n{HOW}")
+        raise DataError(f"{name}: data folder {root} does not exist. Expected in it:\n{layout(name)}\n{how(name)}")
     if cfg.image_size > 0 and (root / f"{name}_{cfg.image_size}.npz").is_file():
         return root / f"{name}_{cfg.image_size}.npz"
     if (root / f"{name}.npz").is_file():
         return root / f"{name}.npz"
-    raise DataError(f"{name}: {root / (name + '.npz')} does not exist. Expected in {root}:\n{LAYOUT}\n{HOW}")
+    raise DataError(f"{name}: {root / (name + '.npz')} does not exist. Expected in {root}:\n{layout(name)}\n{how(name)}")
 
 
 def read_medmnist(cfg: DataConfig, name: str = "dermamnist") -> RawData:
@@ -61,7 +73,7 @@ def read_medmnist(cfg: DataConfig, name: str = "dermamnist") -> RawData:
                 raise DataError(f"{path} lacks the keys {missing}: expected a MedMNIST npz with {', '.join(KEYS)}.")
             arrays = {k: z[k] for k in KEYS}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise DataError(f"cannot read {path}: {exc}. Download it again. {HOW}") from None
+        raise DataError(f"cannot read {path}: {exc}. Download it again. {how(name)}") from None
     splits = {}
     for split in ("train", "val", "test"):
         images = arrays[f"{split}_images"]

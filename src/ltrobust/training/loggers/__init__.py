@@ -23,13 +23,18 @@ ltrobust, any module imported before training)::
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 from pathlib import Path
 from typing import Any, Mapping, Protocol, runtime_checkable
 
+from ...errors import LtrobustError
 from ...registry import LOGGERS
 
-__all__ = ["Logger", "build_logger", "scalars_of"]
+log = logging.getLogger(__name__)
+
+__all__ = ["Guarded", "Logger", "build_logger", "scalars_of"]
 
 #: per-sample lists of a metrics row (AE drift of each sampled image): not scalars of the epoch
 PER_SAMPLE = ("ae_drift/l2", "ae_drift/labels")
@@ -77,11 +82,48 @@ def scalars_of(row: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
 
 def build_logger(name: str, run_dir: str | Path, start_step: int = 0,
                  config: Mapping[str, Any] | None = None) -> Logger | None:
-    """The tracker ``name`` for ``run_dir`` (``None`` for ``none``); an unknown name or a missing package
-    raises :class:`ConfigError` naming the fix."""
+    """The tracker ``name`` for ``run_dir`` (``None`` for ``none``), wrapped in :class:`Guarded`; an unknown name
+    or a missing package raises :class:`ConfigError` naming the fix."""
     if name in ("", "none"):
         return None
-    return LOGGERS.get(name)(Path(run_dir), start_step=start_step, config=dict(config or {}))
+    cls = LOGGERS.get(name)
+    try:
+        return Guarded(name, cls(Path(run_dir), start_step=start_step, config=dict(config or {})))
+    except LtrobustError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a tracker that cannot start (read-only folder, full disk, ...)
+        log.warning("train.logger=%s is off for this run: %s: %s. Training goes on; metrics.jsonl keeps every "
+                    "number.", name, type(exc).__name__, exc)
+        return None
+
+
+class Guarded:
+    """A tracker whose failures never stop training: the first exception of ``log_scalars`` or ``close`` (a
+    read-only or full disk under ``<run>/tensorboard``, a lost connection) is logged as one warning and the
+    tracker is switched off; ``metrics.jsonl`` keeps every number."""
+
+    def __init__(self, name: str, tracker: Logger) -> None:
+        self.name, self.tracker = name, tracker
+        self.failed = False
+
+    def log_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+        self._call("log_scalars", step, scalars)
+
+    def close(self) -> None:
+        self._call("close")
+
+    def _call(self, method: str, *args: Any) -> None:
+        if self.failed:
+            return
+        try:
+            getattr(self.tracker, method)(*args)
+        except Exception as exc:  # noqa: BLE001 - any tracker failure, once
+            self.failed = True
+            log.warning("train.logger=%s stopped: %s: %s. Training goes on; metrics.jsonl keeps every number.",
+                        self.name, type(exc).__name__, exc)
+            if method != "close":
+                with contextlib.suppress(Exception):
+                    self.tracker.close()
 
 
 from . import tensorboard  # noqa: E402,F401 (registers the built-in trackers)

@@ -1,11 +1,11 @@
-"""TensorBoard: ``train.logger=tensorboard`` (``pip install 'ltrobust[tensorboard]'``)."""
+"""TensorBoard: ``train.logger=tensorboard`` (the ``tensorboard`` extra: ``pip install -e '.[tensorboard]'``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Mapping
 
-from ...errors import ConfigError
+from ...errors import ConfigError, install_hint
 from ...registry import LOGGERS
 
 
@@ -21,8 +21,9 @@ class TensorBoardLogger:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            raise ConfigError("train.logger=tensorboard needs the tensorboard package: pip install "
-                              "'ltrobust[tensorboard]', or set train.logger=none.") from None
+            raise ConfigError(f"train.logger=tensorboard needs the tensorboard package: {install_hint('tensorboard')}; "
+                              "or set train.logger=none.") from None
+        _quiet_writer_threads()
         self.log_dir = Path(run_dir) / "tensorboard"
         self.writer = SummaryWriter(log_dir=str(self.log_dir), purge_step=start_step if start_step > 0 else None)
         if config and start_step == 0:
@@ -37,3 +38,27 @@ class TensorBoardLogger:
 
     def close(self) -> None:
         self.writer.close()
+
+
+def _quiet_writer_threads() -> None:
+    """Keep the traceback of TensorBoard's event-writer thread off stderr (installed once per process).
+
+    When a write fails (read-only folder, full disk), that thread dies printing its traceback and the writer
+    re-raises the error on the next call, where :class:`~ltrobust.training.loggers.Guarded` turns it into one
+    warning. Exceptions of every other thread still reach the previous hook.
+    """
+    import threading
+
+    from tensorboard.summary.writer.event_file_writer import _AsyncWriterThread
+
+    previous = threading.excepthook
+    if getattr(previous, "_ltrobust_tensorboard", False):
+        return
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if isinstance(args.thread, _AsyncWriterThread):
+            return
+        previous(args)
+
+    hook._ltrobust_tensorboard = True  # type: ignore[attr-defined]
+    threading.excepthook = hook

@@ -1,4 +1,5 @@
-"""Shared test fixtures: one-thread torch for tiny models, the shared CIFAR-10 copy, a killed training run."""
+"""Shared test fixtures: one-thread torch for tiny models, the shared CIFAR-10 copy, a killed training run, and a
+user's plain model on digits-LT's test split (the evaluation tests)."""
 
 from __future__ import annotations
 
@@ -87,3 +88,28 @@ def die_after_checkpoint(monkeypatch):
                 yield
 
     return arm
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """digits-LT's test split (500 images, 50 per class) as float (x, y), and its training counts."""
+    from ltrobust.config import DataConfig
+    from ltrobust.data import build_data
+
+    d = build_data(DataConfig(dataset="digits-lt"))
+    return d.test.images.float() / 255, d.test.labels, d.class_counts
+
+
+@pytest.fixture(scope="module")
+def mlp(digits):
+    """A user's plain nn.Sequential (not an LTModel) trained a little on half the test images, so that accuracies
+    are far from 0 and 100."""
+    x, y, _ = digits
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    for _ in range(150):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x[::2]), y[::2]).backward()
+        opt.step()
+    return model.eval()

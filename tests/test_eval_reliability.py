@@ -39,28 +39,6 @@ TINY = ["dataset=digits-lt", "model=smallcnn", "model.width=4", "train.batch_siz
         "data.val_from=holdout", "train.deterministic=true", "train.precision=fp32"]
 
 
-@pytest.fixture(scope="module")
-def digits():
-    from ltrobust.config import DataConfig
-    from ltrobust.data import build_data
-
-    d = build_data(DataConfig(dataset="digits-lt"))
-    return d.test.images.float() / 255, d.test.labels, d.class_counts
-
-
-@pytest.fixture(scope="module")
-def mlp(digits):
-    x, y, _ = digits
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
-    opt = torch.optim.Adam(model.parameters(), 1e-2)
-    for _ in range(150):
-        opt.zero_grad()
-        nn.functional.cross_entropy(model(x[::2]), y[::2]).backward()
-        opt.step()
-    return model.eval()
-
-
 @pytest.fixture
 def user_nets(tmp_path, monkeypatch):
     """``user_nets_29`` importable (``model=user_nets_29:mlp``), and two different weight files with the same

@@ -36,31 +36,6 @@ def tiny(num_classes=10, width=16):
 '''
 
 
-@pytest.fixture(scope="module")
-def digits():
-    """digits-LT's test split (500 images, 50 per class) as float (x, y), and its training counts."""
-    d = build_data(DataConfig(dataset="digits-lt"))
-    return d.test.images.float() / 255, d.test.labels, d.class_counts
-
-
-def trained_mlp(x: torch.Tensor, y: torch.Tensor, in_features: int, steps: int = 150) -> nn.Module:
-    """A plain nn.Sequential (not an LTModel), trained a little so accuracies are far from 0 and 100."""
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(in_features, 32), nn.ReLU(), nn.Linear(32, 10))
-    opt = torch.optim.Adam(model.parameters(), 1e-2)
-    for _ in range(steps):
-        opt.zero_grad()
-        nn.functional.cross_entropy(model(x), y).backward()
-        opt.step()
-    return model.eval()
-
-
-@pytest.fixture(scope="module")
-def mlp(digits):
-    x, y, _ = digits
-    return trained_mlp(x[::2], y[::2], 64)
-
-
 # --------------------------------------------------------------------------------------- Python API
 def test_evaluate_every_data_form_gives_one_result_and_direct_recall(digits, mlp):
     x, y, counts = digits

@@ -33,27 +33,6 @@ ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
-@pytest.fixture(scope="module")
-def digits():
-    """digits-LT's test split (500 images, 50 per class) as float (x, y), and its training counts."""
-    d = build_data(DataConfig(dataset="digits-lt"))
-    return d.test.images.float() / 255, d.test.labels, d.class_counts
-
-
-@pytest.fixture(scope="module")
-def mlp(digits):
-    """A plain nn.Sequential trained a little on half the test images (accuracies far from 0 and 100)."""
-    x, y, _ = digits
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
-    opt = torch.optim.Adam(model.parameters(), 1e-2)
-    for _ in range(150):
-        opt.zero_grad()
-        nn.functional.cross_entropy(model(x[::2]), y[::2]).backward()
-        opt.step()
-    return model.eval()
-
-
 # ------------------------------------------------------------------------------------- 1. progress
 class Clock:
     """A hand-set ``time.perf_counter`` for the progress module."""

@@ -172,8 +172,8 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
             ``(logits, y, **kw) -> (B,)`` to maximise.
         random_start: where to start (:data:`START_KINDS`): ``True`` / ``"uniform"`` uniformly inside the
             ball, ``"normal"`` at ``x + 0.001 * N(0, I)`` (the TRADES code's start), ``"uniform_unclipped"``
-            at ``x + U(-eps, eps)`` not clipped to [0, 1] before the first gradient (REAT's code), ``False`` / ``"none"``
-            at ``x``.
+            at ``x + U(-eps, eps)`` not clipped to [0, 1] before the first gradient (REAT's code),
+            ``False`` / ``"none"`` at ``x``.
         momentum: MIM decay factor (0: plain PGD).
         restarts: further runs from new random starts, each only on points not yet misclassified.
         targeted: minimise the objective towards ``y`` instead.

@@ -179,7 +179,8 @@ def tail_loss(features: torch.Tensor, targets: torch.Tensor, class_counts: Seque
 
 
 def tail_terms(class_counts: Sequence[float] | torch.Tensor, tail_classes: Sequence[int] | torch.Tensor,
-               device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+               device: torch.device | str = "cpu",
+               dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
     """The per-class inputs of TAIL on ``device``: ``omega`` (C,) in ``dtype`` (computed in float64, so a float64
     run gets every digit) and the tail-class mask (C,) bool.
 

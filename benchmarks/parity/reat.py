@@ -686,13 +686,15 @@ def check_eval(ctx: Context) -> Iterator[Row]:
             gt, = torch.autograd.grad(F.cross_entropy(zt, yd, reduction="sum"), xt)
             go, = torch.autograd.grad(F.cross_entropy(zo, yd, reduction="sum"), xo)
             yield compare_tensor("eval", "input gradients", gt, go, where)
-            rec = Recorder(t_model)
+            # in eval mode as their loop calls it (n.eval() first): torchattacks restores the mode it found after
+            # the attack, so a recorder left in train mode would put their model in train mode
+            rec = Recorder(t_model).eval()
             atk = ctx.checkout.statement(SCRIPT, "pgd_eval", {"torchattacks": torchattacks, "n": rec})
             torch.manual_seed(ctx.options.seed)
             their_adv = atk(xd.clone(), yd)
             start = rec.calls[0][1] - xd
             with torch.no_grad():
-                their_pred = t_model(their_adv).argmax(1)
+                their_pred = t_model.eval()(their_adv).argmax(1)
             spec = parse_attack("pgd20", eps=run.cfg.eval.eps, step_size=run.cfg.eval.step_size)
             our_adv = pgd(o_model, xd, yd, threat_model(spec.norm, spec.eps), steps=spec.steps,
                           step_size=spec.step_size, objective=spec.objective, random_start=spec.random_start,

@@ -11,6 +11,7 @@ from torch import nn
 
 from ltrobust.attacks import L2, Linf, parse_attack, pgd, run_attack
 from ltrobust.attacks.objectives import OBJECTIVES, cw, dlr
+from ltrobust.attacks.pgd import initial_delta as pgd_initial_delta
 from ltrobust.errors import ConfigError
 
 
@@ -270,6 +271,38 @@ def test_given_start_is_used_as_is_and_reproduces_another_codes_start():
         pgd(model, x, y, Linf(8 / 255), steps=1, start=start[:3])
 
 
+def test_uniform_unclipped_start_is_reats_start_and_loop():
+    """``uniform_unclipped``: x + U(-eps, eps) drawn as REAT's code draws it (``torch.FloatTensor(shape).uniform_``:
+    the same numbers from the same seed), left outside [0, 1] before the first gradient, then its loop."""
+    x = torch.tensor([[[[0.0, 1.0, 0.5, 0.0]]]])  # (1, 1, 1, 4): two pixels on the box boundary
+    torch.manual_seed(3)
+    theirs_start = torch.FloatTensor(*x.shape).uniform_(-0.25, 0.25)
+    torch.manual_seed(3)
+    start = pgd_initial_delta(Linf(0.25), x, "uniform_unclipped")
+    assert torch.equal(start, theirs_start)
+    # by hand: the draws u = torch.rand(4) after seed 3 are 0.0042635, 0.1055694, 0.2858425, 0.0269548, so
+    # delta = 0.5 u - 0.25 and x + delta = (-0.2478682, 0.8027847, 0.3929212, -0.2365226): two pixels below 0
+    assert torch.allclose(x + start, torch.tensor([[[[-0.2478682, 0.8027847, 0.3929212, -0.2365226]]]]), rtol=0,
+                          atol=1e-6)
+    torch.manual_seed(3)
+    clipped = pgd_initial_delta(Linf(0.25), x, "uniform")  # the Madry et al. start: clipped into [0, 1]
+    assert torch.allclose(x + clipped, torch.tensor([[[[0.0, 0.8027847, 0.3929212, 0.0]]]]), rtol=0, atol=1e-6)
+    # the loop from that start is REAT's loop (the TRADES loop from x + start)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 16), nn.Tanh(), nn.Linear(16, 3)).double()
+    xb = torch.rand(10, 1, 1, 12, dtype=torch.float64)
+    xb[:, :, :, :4] = 0.0
+    y = torch.randint(0, 3, (10,))
+    ours = pgd(model, xb, y, Linf(8 / 255), steps=4, step_size=2 / 255, random_start="uniform_unclipped",
+               generator=torch.Generator().manual_seed(9))
+    s = torch.empty_like(xb).uniform_(-8 / 255, 8 / 255, generator=torch.Generator().manual_seed(9))
+    assert torch.allclose(ours, _trades_style_loop(model, xb, y, 8 / 255, 2 / 255, 4, s), rtol=0, atol=1e-12)
+    assert torch.equal(pgd(model, xb, y, Linf(8 / 255), steps=0, random_start="uniform_unclipped",
+                           generator=torch.Generator().manual_seed(9)), (xb + s).clamp(0, 1))
+    with pytest.raises(ConfigError, match="l_inf start"):
+        pgd(model, xb, y, L2(0.5), steps=1, step_size=0.1, random_start="uniform_unclipped")
+
+
 def test_random_start_kinds_and_bad_kind():
     model, _ = _binary_linear()
     x = _x_interior(4, 12)
@@ -328,6 +361,9 @@ def test_attack_config_start_and_bn_mode():
     assert AttackConfig(random_start=False).random_start == "none"
     assert resolve_config(["attack.random_start=normal"]).attack.random_start == "normal"
     assert resolve_config(["attack.random_start=false"]).attack.random_start == "none"
+    assert resolve_config(["attack.random_start=uniform_unclipped"]).attack.random_start == "uniform_unclipped"
+    with pytest.raises(ConfigError, match="uniform_unclipped is an l_inf start"):
+        resolve_config(["attack.random_start=uniform_unclipped", "attack.norm=l2", "attack.eps=0.5"])
     assert resolve_config(["attack.bn_mode=batch"]).attack.bn_mode == "batch"
     with pytest.raises(ConfigError, match="attack.random_start='gaussian': use uniform"):
         resolve_config(["attack.random_start=gaussian"])

@@ -332,6 +332,21 @@ def test_tail_loss_official_by_hand():
     assert close(got, total / 2)
 
 
+def test_tail_loss_keeps_float64_features_in_float64():
+    """A float64 model's features are not rounded to float32 (the parity harness runs both codes in float64): the
+    official reduction on float64 features is float64 and equals the hand value to 1e-15, which float32 cannot."""
+    p = [softmax(f) for f in FEATS]
+    w = [math.sqrt(10 / n) for n in COUNTS]
+    total = 0.0
+    for i in (0, 1):
+        kl_mean = sum(kl(p[i], p[j]) for j in range(3)) / (3 * 2)
+        pair = sum((-1.0 if FEAT_Y[i] == FEAT_Y[j] else 1.0) * (w[FEAT_Y[i]] + w[FEAT_Y[j]]) for j in range(3)) / 3
+        total += kl_mean * pair
+    got = tail_loss(torch.tensor(FEATS, dtype=torch.float64), torch.tensor(FEAT_Y), COUNTS, [2], reduction="official")
+    assert got.dtype == torch.float64
+    assert abs(float(got) - total / 2) < 1e-15
+
+
 def test_tail_loss_paper_margin_caps_pushed_pairs_by_hand():
     p = [softmax(f) for f in FEATS]
     w = [math.sqrt(10 / n) for n in COUNTS]

@@ -514,6 +514,35 @@ def test_reat_paper_presets_use_the_authors_tail_reduction_without_margin():
     assert (opts.tail_reduction, opts.tail_margin) == ("paper", 1.0)
 
 
+def test_reat_presets_follow_the_authors_code_and_target_their_tables():
+    """REAT's presets as its code runs them (docs/parity.md, "REAT"), the Tiny-ImageNet preset on Table 6's
+    ResNet-18 with Table 6's numbers, Table 12 as l_inf training evaluated under l_2, and the l_2-trained preset
+    named as ours with no paper numbers (issue 26, items 12 and 13)."""
+    from ltrobust.config import method_options
+
+    cfg = resolve_config(["preset=reat-cifar10lt-resnet18"])
+    assert (cfg.model.normalize, cfg.attack.random_start, cfg.attack.bn_mode) == (False, "uniform_unclipped", "eval")
+    assert (cfg.train.precision, cfg.train.drop_last, cfg.train.seed) == ("fp32", False, 0)
+    assert method_options(cfg).tail_classes == "official"
+    table1 = resolve_config(["preset=at-bsl-cifar10lt-resnet18-reat-table1"])
+    assert (table1.attack.random_start, table1.train.drop_last, table1.train.milestones) == (
+        "uniform_unclipped", False, (60, 75))
+    tiny = resolve_config(["preset=reat-tinyimagenetlt-linear-ur100"])
+    assert tiny.model.name == "resnet18" and (tiny.data.profile, tiny.data.imbalance) == ("linear", 100)
+    assert tiny.attack.eps == tiny.eval.eps == 2 / 255
+    assert [(r["table"], r["values"]) for r in tiny.reference] == [
+        ("Table 6", {"clean": 43.09, "pgd20": 33.0, "pgd100": 33.0, "cw100": 31.16, "aa": 30.74})]
+    l2 = resolve_config(["preset=reat-cifar10lt-resnet18-l2eval"])
+    assert (l2.attack.norm, l2.attack.eps) == ("linf", 8 / 255)  # trained as Table 1
+    assert (l2.eval.norm, l2.eval.eps, l2.eval.step_size) == ("l2", 1.0, 0.2)
+    assert l2.eval.attacks == ("clean", "pgd20", "pgd100", "cw_l2")
+    assert [(r["table"], r["values"]) for r in l2.reference] == [
+        ("Table 12", {"clean": 67.33, "pgd20": 27.45, "pgd100": 25.91, "cw_l2": 63.08})]
+    ours = resolve_config(["preset=reat-cifar10lt-l2train-ours"])
+    assert (ours.attack.norm, ours.attack.random_start, ours.reference) == ("l2", "uniform", ())
+    assert "reat-cifar10lt-l2" not in list_presets()
+
+
 @pytest.mark.parametrize("preset", PAPER_PRESETS)
 def test_preset_loads_validates_and_trains_one_tiny_step(preset, tmp_path):
     from ltrobust.attacks.suite import parse_attacks

@@ -16,6 +16,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from ..device import widen
 from ..errors import ConfigError
 from .longtail import _weighted_ce, as_counts
 
@@ -173,18 +174,21 @@ def tail_loss(features: torch.Tensor, targets: torch.Tensor, class_counts: Seque
     Returns:
         Scalar float32 tensor.
     """
-    omega, tails = tail_terms(class_counts, tail_classes, features.device)
+    omega, tails = tail_terms(class_counts, tail_classes, features.device, widen(features).dtype)
     return tail_loss_from_terms(features, targets, omega, tails, reduction, margin)
 
 
 def tail_terms(class_counts: Sequence[float] | torch.Tensor, tail_classes: Sequence[int] | torch.Tensor,
-               device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-    """The per-class inputs of TAIL on ``device``: ``omega`` (C,) float32 and the tail-class mask (C,) bool.
+               device: torch.device | str = "cpu",
+               dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """The per-class inputs of TAIL on ``device``: ``omega`` (C,) in ``dtype`` (computed in float64, so a float64
+    run gets every digit) and the tail-class mask (C,) bool.
 
     Build them once per run (a training step then copies nothing from the host) and pass them to
     :func:`tail_loss_from_terms`.
     """
-    omega = tail_class_weights(class_counts).to(device)  # (C,)
+    n = as_counts(class_counts, dtype=torch.float64)
+    omega = torch.sqrt(n.sum() / n).to(dtype).to(device)  # (C,) as tail_class_weights, in dtype
     tails = torch.zeros(omega.numel(), dtype=torch.bool)  # (C,)
     idx = tail_classes.cpu() if isinstance(tail_classes, torch.Tensor) else list(tail_classes)
     tails[torch.as_tensor(idx, dtype=torch.long)] = True
@@ -200,12 +204,13 @@ def tail_loss_from_terms(features: torch.Tensor, targets: torch.Tensor, omega: t
         raise ConfigError(f"tail margin={margin}: use a finite number of nats > 0, or None for the literal Eq. 3.")
     device = features.device
     with torch.autocast(device_type=device.type, enabled=False):
-        f = features.float()  # (B, D)
+        f = widen(features)  # (B, D) float32 at least (float64 stays float64)
         log_p = F.log_softmax(f, dim=1)  # (B, D)
         p = log_p.exp()
         anchor = tails[targets].to(f.dtype)  # (B,) 1 for tail anchors
         n_anchor = anchor.sum()
         same = targets[:, None] == targets[None, :]  # (B, B)
+        omega = omega.to(f.dtype)
         pair_w = omega[targets][:, None] + omega[targets][None, :]  # (B, B) omega_i + omega_j
         b = f.shape[0]
         if reduction == "paper":

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ..attacks.pgd import autocast
+from ..device import widen
 from ..errors import ConfigError
 from ..losses import rbl_weights, reat_tail_classes, tail_loss_from_terms, tail_terms
 from ..registry import LOSSES, METHODS
@@ -107,7 +108,7 @@ class REAT(Method):
         self.ae_counts: list[float] = self.class_counts.tolist()  # a_c; first epoch: n_c (footnote 2)
         self._weights = smoothed_rbl_weights(self.ae_counts, self.class_counts, self.options.rbl_smoothing)
         self._weights_dev: dict[torch.device, torch.Tensor] = {}
-        self._tail_terms: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._tail_terms: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def _build_base_loss(self) -> Any:
         wanted = _LOSS_ALIASES[self.options.base_loss.lower()]
@@ -163,14 +164,15 @@ class REAT(Method):
                      y: torch.Tensor) -> dict[str, torch.Tensor]:
         with autocast(x_adv.device, self.amp_dtype):
             logits, feats = logits_and_features(model, x_adv, self.name)  # (B, C), (B, D)
-        logits = logits.float()
+        logits = widen(logits)  # float32 at least; a float64 model's logits stay float64
         loss_lt = self.base_loss(logits, y)
         out = {"loss_lt": loss_lt.detach(), "logits_adv": logits.detach()}
         loss = loss_lt
         if self.options.tail_weight != 0:
-            terms = self._tail_terms.get(feats.device)
+            key = (feats.device, widen(feats).dtype)
+            terms = self._tail_terms.get(key)
             if terms is None:  # omega and the tail mask, copied to the device once
-                terms = self._tail_terms[feats.device] = tail_terms(self.class_counts, self.tail_classes, feats.device)
+                terms = self._tail_terms[key] = tail_terms(self.class_counts, self.tail_classes, *key)
             tail = tail_loss_from_terms(feats, y, *terms, reduction=self.options.tail_reduction,
                                         margin=self.options.tail_margin)
             loss = loss + self.options.tail_weight * tail

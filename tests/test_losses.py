@@ -420,6 +420,15 @@ def test_harl_with_one_class_and_beta_gamma_0_is_alpha_mean():
     assert close(total, 0.7 * 2.0)
 
 
+def test_harl_keeps_float64():
+    losses, labels = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64), torch.tensor([0, 0, 1])
+    total, parts = harl_loss(losses, labels, 3, alpha=1.0, beta=1.0, gamma=1.0, absent_as_zero=True)
+    lc = [1.5, 3.0, 0.0]
+    bcl = 1.5
+    assert total.dtype == torch.float64 and parts["bcl"].item() == bcl
+    assert total.item() == bcl + sum((v - bcl) ** 2 for v in lc) / 3 + (1.5 / 4.5) ** 2 + (3.0 / 4.5) ** 2
+
+
 # ------------------------------------------------------------------------------------ distillation
 def test_kd_kl_by_hand():
     temp = 2.0

@@ -452,6 +452,18 @@ def test_igdm_by_hand():
     assert close(igdm_loss(t(s_plus), t(s_minus), t(t_plus), t(t_minus)), sum(kls) / 2)
 
 
+def test_kd_and_igdm_keep_float64():
+    """float64 logits stay float64 (the parity harness compares them to 1e-10); by hand: one row, two classes."""
+    z_s, z_t = torch.tensor([[0.0, 1.0]], dtype=torch.float64), torch.tensor([[1.0, 0.0]], dtype=torch.float64)
+    p_t = [math.exp(1) / (1 + math.exp(1)), 1 / (1 + math.exp(1))]
+    q_s = [p_t[1], p_t[0]]
+    want = sum(p * math.log(p / q) for p, q in zip(p_t, q_s))
+    got = kd_kl(z_s, z_t)
+    assert got.dtype == torch.float64 and abs(got.item() - want) < 1e-15
+    got = igdm_loss(2 * z_s, z_s, 2 * z_t, z_t)  # s+ - s- = z_s, t+ - t- = z_t
+    assert got.dtype == torch.float64 and abs(got.item() - want) < 1e-15
+
+
 def test_linear_ramp():
     assert linear_ramp(0, 10, 10.0) == pytest.approx(1.0)
     assert linear_ramp(4, 10, 10.0) == pytest.approx(5.0)

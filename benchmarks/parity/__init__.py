@@ -19,6 +19,7 @@ from .method import MethodSpec
 METHODS = {
     "at-bsl": "benchmarks.parity.at_bsl",
     "taet": "benchmarks.parity.taet",
+    "self-distill": "benchmarks.parity.self_distill",
 }
 
 

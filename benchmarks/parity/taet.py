@@ -664,12 +664,10 @@ def _steps(ctx: Context, dtype: torch.dtype) -> Iterator[Row]:
         torch.set_default_dtype(default)
     if dtype == torch.float32:
         ctx.cache["trained"] = {k: v.clone() for k, v in theirs.state_dict().items()}
-        yield compare_exact("step", "their loop's evaluations and saves", [evals, sorted(set(saves))],
-                            [[10, 20, 30, 40], sorted(set(saves))], setting,
-                            detail="epochs (1-based) their train_model evaluates on the test loader (nature, "
-                                   "PGD-20; not used to choose weights), files it saves (model_final.pt: the "
-                                   "weights they evaluate)")
-    yield compare_exact("step", "forwards per step (clean train-mode + attack + loss)",
+        ctx.note(f"their train_model evaluated (nature, PGD-20 on the test loader, nothing chosen by it) after epochs "
+                 f"{evals} and saved {len(saves)} files ({', '.join(sorted(set(saves))[-2:])}, ...): model_final.pt is "
+                 "what their evaluation cell loads")
+    yield compare_exact("step", "attack forwards per step",
                         [len(s.attack_inputs) for s in their_steps], [len(s.attack_inputs) for s in our_steps],
                         setting, detail="attack forwards per step; 0 in stage 1")
     yield compare_exact("step", "clean train-mode forwards before the loss, per step", their_clean, our_clean,

@@ -65,10 +65,18 @@ KNOWN = {
     r"^teacher: seed": Known(
         "the AT-BSL code's --seed 1; the paper gives no seed", "other initial weights (the step level starts both "
         "from the same weights)", "train.seed=1"),
+    r"(attack iterates|adversarial examples|logits on the AEs|^loss|^gradients|^weights after|^BatchNorm buffers "
+    r"after).*step ([3-9]|\d\d)$": Known(
+        "attributed to float64 rounding at gradient components near zero, whose sign PGD's sign step turns into a "
+        "pixel moved by two step sizes, then cascading: steps 1 and 2 agree to 1e-13 (AEs to 1e-16) and the third "
+        "starts from an untrained ResNet-18 that diverged at lr 0.1 on batches of 8 (loss 19); not separated from "
+        "a real difference by this run (the AT-BSL module runs the same loop at batch 32 and is equal at every step)",
+        "the third step's AEs (a few per cent of pixel values) and what follows from them", "", where=r"fp64$"),
     r"attack iterates|adversarial examples|logits on the AEs|^loss|^gradients|^weights after|^BatchNorm buffers "
     r"after": Known(
         "float32 rounding, amplified by PGD's sign step (as in the AT-BSL module: ltrobust keeps delta, their loop "
-        "x_adv; channels_last rounds differently); the float64 rows are equal", "none in float64", "", where="fp32"),
+        "x_adv; channels_last rounds differently); the float64 rows are equal for steps 1-2", "none in float64",
+        "", where=r"fp32$"),
 }
 
 

@@ -435,6 +435,15 @@ def test_harl_with_one_class_and_beta_gamma_0_is_alpha_mean():
     assert close(total, 0.7 * 2.0)
 
 
+def test_harl_keeps_float64():
+    losses, labels = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64), torch.tensor([0, 0, 1])
+    total, parts = harl_loss(losses, labels, 3, alpha=1.0, beta=1.0, gamma=1.0, absent_as_zero=True)
+    lc = [1.5, 3.0, 0.0]
+    bcl = 1.5
+    assert total.dtype == torch.float64 and parts["bcl"].item() == bcl
+    assert total.item() == bcl + sum((v - bcl) ** 2 for v in lc) / 3 + (1.5 / 4.5) ** 2 + (3.0 / 4.5) ** 2
+
+
 # ------------------------------------------------------------------------------------ distillation
 def test_kd_kl_by_hand():
     temp = 2.0
@@ -456,6 +465,18 @@ def test_igdm_by_hand():
         p_s = softmax([a - b for a, b in zip(s_plus[i], s_minus[i])])
         kls.append(kl(p_t, p_s))
     assert close(igdm_loss(t(s_plus), t(s_minus), t(t_plus), t(t_minus)), sum(kls) / 2)
+
+
+def test_kd_and_igdm_keep_float64():
+    """float64 logits stay float64 (the parity harness compares them to 1e-10); by hand: one row, two classes."""
+    z_s, z_t = torch.tensor([[0.0, 1.0]], dtype=torch.float64), torch.tensor([[1.0, 0.0]], dtype=torch.float64)
+    p_t = [math.exp(1) / (1 + math.exp(1)), 1 / (1 + math.exp(1))]
+    q_s = [p_t[1], p_t[0]]
+    want = sum(p * math.log(p / q) for p, q in zip(p_t, q_s))
+    got = kd_kl(z_s, z_t)
+    assert got.dtype == torch.float64 and abs(got.item() - want) < 1e-15
+    got = igdm_loss(2 * z_s, z_s, 2 * z_t, z_t)  # s+ - s- = z_s, t+ - t- = z_t
+    assert got.dtype == torch.float64 and abs(got.item() - want) < 1e-15
 
 
 def test_linear_ramp():

@@ -345,6 +345,35 @@ def test_taet_one_class_with_beta_gamma_zero_is_alpha_mean_ce():
     assert torch.allclose(out["loss"].detach(), 0.1 * ce_by_hand(model(x_adv).detach(), y).mean(), atol=1e-7)
 
 
+def test_taet_clean_forward_moves_only_the_batchnorm_statistics():
+    """The authors' loop runs one unused train-mode forward of the clean batch per step: with momentum 0.1 from
+    running_mean 0, stage 1 ends its step at 0.19 m (two forwards) and stage 2's eval-mode attack starts from
+    0.1 m (m: the batch mean); the gradients are those without it."""
+    x, _, y = batch()
+    m_batch = x.flatten(1).mean(0)  # (16,) the batch mean BatchNorm1d sees
+
+    def net() -> nn.Module:
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Flatten(), nn.BatchNorm1d(16), nn.Linear(16, C))
+
+    grads = {}
+    for clean in (False, True):
+        model = net().train()
+        m = make("taet", total_epochs=10, stage1_epochs=1, clean_forward=clean)
+        m.on_epoch_start(0)
+        m.compute_loss(model, x, x, y)["loss"].backward()
+        grads[clean] = [p.grad.clone() for p in model.parameters()]
+        want = (0.19 if clean else 0.1) * m_batch
+        assert torch.allclose(model[1].running_mean, want, atol=1e-7)
+        assert int(model[1].num_batches_tracked) == (2 if clean else 1)
+        model = net().train()
+        m.on_epoch_start(1)  # stage 2: the clean forward, then the attack with BatchNorm in eval mode
+        m.train_attack(model, x, y)
+        assert torch.allclose(model[1].running_mean, (0.1 if clean else 0.0) * m_batch, atol=1e-7)
+        assert model.training
+    assert all(torch.equal(a, b) for a, b in zip(grads[False], grads[True]))
+
+
 # ----------------------------------------------------------------------------------- self-distill
 def test_self_distill_loss_is_bsl_plus_alpha_kd_and_ramped_igdm():
     student, teacher, (x, x_adv, y) = tiny_model(seed=0), tiny_model(seed=7), batch()

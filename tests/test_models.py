@@ -28,7 +28,7 @@ TINY: dict[str, tuple[dict, int]] = {
     "mlp": ({"width": 8}, 8),
 }
 FIXED_INPUT_SIZE = {"mlp", "vit_b16"}  # input size fixed at build time
-MIN_INPUT_SIZE = {"resnet50": 32}  # ImageNet stem; the CIFAR-stem models take 8 px
+MIN_INPUT_SIZE = {"resnet50": 32, "resnet18_imagenet": 32}  # ImageNet stem; the CIFAR-stem models take 8 px
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -188,6 +188,21 @@ def test_resnet50_is_torchvisions_resnet50():
     ours = {k: v.shape for k, v in model.backbone.state_dict().items()}
     theirs = {k: v.shape for k, v in reference.state_dict().items() if not k.startswith("fc.")}
     assert ours == theirs  # torchvision checkpoints load into model.backbone
+
+
+def test_resnet18_imagenet_computes_torchvisions_resnet18():
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    reference = torchvision.models.resnet18(weights=None, num_classes=10).eval()
+    model = MODELS.build("resnet18_imagenet", num_classes=10, image_size=64).eval()
+    assert num_params(model) == num_params(reference) == 11_181_642
+    state = {("head." + k[3:] if k.startswith("fc.") else "backbone." + k): v for k, v in reference.state_dict().items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    assert not unexpected and sorted(missing) == ["normalize.mean", "normalize.std"]  # identity by default
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model(x), reference(x))  # the same network, operation for operation
+    assert model.backbone.conv1.kernel_size == (7, 7) and isinstance(model.backbone.maxpool, nn.MaxPool2d)
 
 
 @pytest.mark.skipif(not HAS_TIMM, reason="timm is not installed (pip install -e '.[vit]')")

@@ -19,6 +19,8 @@ from .method import MethodSpec
 METHODS = {
     "at-bsl": "benchmarks.parity.at_bsl",
     "reat": "benchmarks.parity.reat",
+    "taet": "benchmarks.parity.taet",
+    "self-distill": "benchmarks.parity.self_distill",
 }
 
 

@@ -15,7 +15,9 @@ Three ways to reach their code, from most to least direct:
 - :meth:`Checkout.statement`: one assignment inside a function that cannot run as a whole (the
   ``optimizer = optim.SGD(...)`` line of ``main()``), executed as written in a namespace the harness gives;
 - :meth:`Checkout.args`: their ``argparse`` parser built by its own statements, then ``parse_args(argv)``:
-  the defaults of the script (and any flags the README's command passes).
+  the defaults of the script (and any flags the README's command passes);
+- :meth:`Checkout.cells`: code cells of a Jupyter notebook (TAET's training loops), run unchanged in one
+  namespace, the cells chosen by the caller.
 
 :func:`cpu_only` makes ``.cuda()`` / ``.to("cuda")`` / ``torch.cuda.is_available()`` CPU calls for the
 duration and restores them after; a third-party module their code imports but that is not installed (mmcv)
@@ -301,6 +303,30 @@ class Checkout:
             if isinstance(n, ast.FunctionDef) and n.name == function:
                 return n
         raise ParityError(f"{self.path / rel} has no function {function}(): another commit or layout.")
+
+    def cell_sources(self, rel: str) -> list[str]:
+        """The code cells of the Jupyter notebook ``rel``, in order, as their text (markdown cells left out)."""
+        import json
+
+        nb = json.loads(self.file(rel).read_text())
+        return ["".join(c["source"]) if isinstance(c["source"], list) else c["source"]
+                for c in nb.get("cells", []) if c.get("cell_type") == "code"]
+
+    def cells(self, rel: str, indices: Sequence[int], namespace: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Run the code cells ``indices`` (0-based among the code cells) of the notebook ``rel``, unchanged and in
+        the given order, in one namespace (``namespace`` first: the globals a cell reads that another cell,
+        not run, would set); returns the namespace. Each cell is compiled under the name ``<file>#cell<i>`` so
+        that tracebacks point at it. Cells with shell or magic lines (``!``, ``%``) are refused."""
+        f, sources = self.file(rel), self.cell_sources(rel)
+        ns: dict[str, Any] = {"__name__": f"official_{f.stem}", "__builtins__": __builtins__}
+        ns.update(namespace or {})
+        for i in indices:
+            if i >= len(sources):
+                raise ParityError(f"{self.path / rel} has {len(sources)} code cells, no cell {i}: another commit.")
+            if any(line.lstrip().startswith(("!", "%")) for line in sources[i].splitlines()):
+                raise ParityError(f"{self.path / rel} code cell {i} has shell or magic lines: not run.")
+            exec(compile(sources[i], f"{f}#cell{i}", "exec"), ns)  # noqa: S102 (their code)
+        return ns
 
     def args(self, rel: str, argv: Sequence[str] = (), parser: str = "parser") -> Any:
         """Their command-line arguments: the file's own ``parser = argparse.ArgumentParser(...)`` and

@@ -68,15 +68,33 @@ def synthetic_images(n: int, size: int, seed: int, chunk: int = 4096) -> np.ndar
     return out
 
 
+class _Py2Str(str):
+    """A dict key pickled as Python 2's ``str`` (SHORT_BINSTRING), as in the official CIFAR files."""
+
+
+class _Py2Pickler(pickle._Pickler):  # type: ignore[name-defined]
+    dispatch = pickle._Pickler.dispatch.copy()  # type: ignore[attr-defined]
+
+    def save_py2str(self, obj: str) -> None:
+        raw = obj.encode("latin1")
+        self.write(pickle.SHORT_BINSTRING + bytes([len(raw)]) + raw)  # keys are short
+        self.memoize(obj)
+
+    dispatch[_Py2Str] = save_py2str
+
+
 def write_cifar(root: str | Path, num_classes: int, train: tuple[np.ndarray, np.ndarray],
-                test: tuple[np.ndarray, np.ndarray]) -> Path:
+                test: tuple[np.ndarray, np.ndarray], py2_keys: bool = False) -> Path:
     """Write CIFAR-10 / CIFAR-100 python pickles in the official layout under ``root`` and return ``root``.
 
     ``train`` and ``test`` are ``(images uint8 (N, 32, 32, 3), labels (N,))``; CIFAR-10's training images
     are split into the five ``data_batch_*`` files of 10,000 (torchvision and ltrobust concatenate them in
     order). Both readers (torchvision's ``CIFAR10`` under the authors' ``IMBALANCECIFAR10``, ltrobust's
-    restricted unpickler) see the same bytes.
+    restricted unpickler) see the same bytes. ``py2_keys``: the dict keys as Python 2 strings, as in the
+    official files, so that a reader with ``encoding='bytes'`` (TAET's) finds ``b'data'`` and one with
+    ``encoding='latin1'`` (torchvision's, ltrobust's) finds ``'data'``.
     """
+    key = _Py2Str if py2_keys else str
     folder, train_files, test_files, meta, names_key, label_key = CIFAR_FILES[num_classes]
     out = Path(root) / folder
     out.mkdir(parents=True, exist_ok=True)
@@ -84,7 +102,8 @@ def write_cifar(root: str | Path, num_classes: int, train: tuple[np.ndarray, np.
     def dump(name: str, images: np.ndarray, labels: np.ndarray) -> None:
         data = np.ascontiguousarray(images.transpose(0, 3, 1, 2).reshape(len(images), -1))  # (N, 3072)
         with open(out / name, "wb") as fh:
-            pickle.dump({"data": data, label_key: [int(v) for v in labels], "filenames": []}, fh, protocol=2)
+            _Py2Pickler(fh, protocol=2).dump({key("data"): data, key(label_key): [int(v) for v in labels],
+                                              key("filenames"): []})
 
     x, y = train
     chunks = np.array_split(np.arange(len(y)), len(train_files))

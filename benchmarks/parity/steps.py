@@ -89,22 +89,25 @@ def flips(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-4) -> str:
 
 def compare_steps(theirs: Sequence[StepRecord], ours: Sequence[StepRecord], mapping: Mapping[str, str],
                   batches: Sequence[tuple[torch.Tensor, torch.Tensor]], setting: str,
-                  start: str = "their start and ltrobust's, same seed") -> Iterator[Row]:
+                  start: str = "their start and ltrobust's, same seed",
+                  numbers: Sequence[int] | None = None) -> Iterator[Row]:
     """The rows of the step level: per step, the attack start and iterates, AEs, logits, loss, gradients,
     weights and BatchNorm buffers after the step (``mapping``: their state-dict key -> ours), and once the
-    BatchNorm mode of every attack forward."""
+    BatchNorm mode of every attack forward. ``numbers``: the steps' numbers in the rows (default 1, 2, ...);
+    a step without attack forwards on both sides (a clean stage) has no attack rows."""
     yield compare_exact("step", "BatchNorm mode while attacking",
                         sorted({"train" if t else "eval" for s in theirs for t in s.attack_training}),
                         sorted({"train" if t else "eval" for s in ours for t in s.attack_training}), setting,
                         detail="the mode of every attack forward")
     for i, (t, o) in enumerate(zip(theirs, ours)):
-        x, tag = batches[i][0], f"step {i + 1}"
-        yield compare_tensor("step", f"attack start, {tag}", t.attack_inputs[0] - x, o.attack_inputs[0] - x,
-                             setting, detail=start)
+        x, tag = batches[i][0], f"step {numbers[i] if numbers is not None else i + 1}"
+        if t.attack_inputs and o.attack_inputs:
+            yield compare_tensor("step", f"attack start, {tag}", t.attack_inputs[0] - x, o.attack_inputs[0] - x,
+                                 setting, detail=start)
         if len(t.attack_inputs) != len(o.attack_inputs):
             yield compare_exact("step", f"attack iterates, {tag}", len(t.attack_inputs), len(o.attack_inputs),
                                 setting, detail="number of attack forwards")
-        else:
+        elif t.attack_inputs:  # (none on either side: a step without an attack)
             ta, oa = torch.stack(t.attack_inputs), torch.stack(o.attack_inputs)
             yield compare_tensor("step", f"attack iterates, {tag}", ta, oa, setting,
                                  detail=f"the inputs of all {len(ta)} attack forwards; {flips(ta, oa)}")

@@ -13,13 +13,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..device import widen
 from ..errors import ConfigError
 
 
 def _kl_batchmean(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
     """``KL(softmax(teacher) || softmax(student))`` summed over classes, mean over the batch."""
-    log_s = F.log_softmax(student_logits.float(), dim=1)
-    p_t = F.softmax(teacher_logits.detach().float(), dim=1)
+    log_s = F.log_softmax(widen(student_logits), dim=1)  # float32 at least; float64 kept
+    p_t = F.softmax(widen(teacher_logits.detach()), dim=1)
     return F.kl_div(log_s, p_t, reduction="batchmean")
 
 
@@ -39,7 +40,7 @@ def kd_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: float =
     """
     if T <= 0:
         raise ConfigError(f"T={T} must be > 0.")
-    return (T * T) * _kl_batchmean(student_logits.float() / T, teacher_logits.float() / T)
+    return (T * T) * _kl_batchmean(widen(student_logits) / T, widen(teacher_logits) / T)
 
 
 def igdm_loss(s_plus: torch.Tensor, s_minus: torch.Tensor, t_plus: torch.Tensor,
@@ -58,7 +59,7 @@ def igdm_loss(s_plus: torch.Tensor, s_minus: torch.Tensor, t_plus: torch.Tensor,
     Returns:
         Scalar.
     """
-    return _kl_batchmean(s_plus.float() - s_minus.float(), t_plus.float() - t_minus.float())
+    return _kl_batchmean(widen(s_plus) - widen(s_minus), widen(t_plus) - widen(t_minus))
 
 
 def linear_ramp(epoch: int, total_epochs: int, maximum: float) -> float:

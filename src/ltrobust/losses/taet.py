@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from ..device import widen
 from ..errors import ConfigError
 
 
@@ -48,7 +49,7 @@ def harl_loss(per_sample_loss: torch.Tensor, targets: torch.Tensor, num_classes:
     if per_sample_loss.ndim != 1 or per_sample_loss.shape != targets.shape:
         raise ConfigError(f"harl_loss needs per-sample losses (B,) matching targets (B,), got "
                           f"{tuple(per_sample_loss.shape)} and {tuple(targets.shape)}: use reduction='none'.")
-    loss = per_sample_loss.float()
+    loss = widen(per_sample_loss)  # float32 at least; float64 kept
     sums = loss.new_zeros(num_classes).index_add(0, targets, loss)  # (C,)
     counts = torch.bincount(targets, minlength=num_classes).to(loss.dtype)  # (C,)
     class_loss = sums / counts.clamp_min(1.0)  # (C,) L_c, 0 for absent classes

@@ -35,6 +35,7 @@ from torch import nn
 
 from ..attacks.pgd import autocast
 from ..config import RunConfig, with_updates
+from ..device import widen
 from ..errors import ConfigError
 from ..losses import igdm_loss, kd_kl, linear_ramp
 from ..registry import METHODS
@@ -181,7 +182,7 @@ class SelfDistill(ATBSL):
 
     def _teacher_logits(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad(), autocast(x.device, self.amp_dtype):
-            return self.teacher(x).float()
+            return widen(self.teacher(x))  # float32 at least; a float64 teacher's logits kept
 
     # --------------------------------------------------------------------------------- loss
     def run_length_terms(self) -> list[str]:

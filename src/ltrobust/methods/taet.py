@@ -40,6 +40,10 @@ class TAETOptions:
     per_sample_loss: str = "ce"  #: ce | bsl (balanced softmax CE(z + tau log pi, y))
     tau: float = 1.0  #: balanced-softmax tau when per_sample_loss=bsl
     absent_as_zero: bool = False  #: the authors' HARL.py: classes absent from the batch count as L_c = 0
+    #: the authors' training loop: one more train-mode forward of the clean batch at the start of every step
+    #: (its output unused), which moves the BatchNorm running statistics toward the clean batch's before the
+    #: eval-mode attack (stage 2) and before the CE forward (stage 1); no effect on the gradients
+    clean_forward: bool = False
 
     def __post_init__(self) -> None:
         if self.per_sample_loss not in ("ce", "bsl"):
@@ -94,9 +98,21 @@ class TAET(Method):
         super().load_state_dict(state)
         self.adversarial = not self.in_stage1()
 
+    def clean_pass(self, model: nn.Module, x: torch.Tensor) -> None:
+        """With ``clean_forward``: a train-mode forward of the clean batch whose output is dropped (the authors'
+        loop), so only the BatchNorm running statistics move; without it, nothing."""
+        if not self.options.clean_forward:
+            return
+        was = model.training
+        model.train()
+        with torch.no_grad():
+            forward_train(model, x, self.amp_dtype)
+        model.train(was)
+
     def train_attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.in_stage1():
             return x  # stage 1 trains on clean images only
+        self.clean_pass(model, x)
         return super().train_attack(model, x, y)
 
     def attack_objective(self, x: torch.Tensor, y: torch.Tensor) -> tuple[Any, dict[str, Any]]:
@@ -111,6 +127,7 @@ class TAET(Method):
     def compute_loss(self, model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor,
                      y: torch.Tensor) -> dict[str, torch.Tensor]:
         if self.in_stage1():
+            self.clean_pass(model, x)
             logits = forward_train(model, x, self.amp_dtype)  # (B, C), clean images
             loss = cross_entropy(logits, y)
             return {"loss": loss, "loss_nat": loss.detach(), "logits_adv": None}

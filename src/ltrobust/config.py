@@ -129,7 +129,8 @@ class AttackConfig:
     step_size: float = 2 / 255
     steps: int = 10
     #: where the attack starts: uniform (in the ball; true), normal (x + 0.001 N(0, I), the TRADES code's
-    #: start that the AT-BSL, RoBal and TAET codes use), none (the clean image; false)
+    #: start that the AT-BSL and TAET codes use), one_sided (x + eps * U[0, 1), RoBal's training code), none
+    #: (the clean image; false)
     random_start: str = "uniform"
     #: BatchNorm while attacking: eval (running statistics), train (batch statistics, running ones updated),
     #: batch (batch statistics, running ones untouched); empty: the method's own default
@@ -142,8 +143,8 @@ class AttackConfig:
 
     def __post_init__(self) -> None:
         start = _START_ALIASES.get(str(self.random_start).lower(), self.random_start)
-        _check(start in ("uniform", "normal", "none"), f"attack.random_start={self.random_start!r}: use uniform "
-               "(or true), normal (x + 0.001 N(0, I)) or none (or false).")
+        _check(start in ("uniform", "normal", "one_sided", "none"), f"attack.random_start={self.random_start!r}: use "
+               "uniform (or true), normal (x + 0.001 N(0, I)), one_sided (x + eps U[0, 1)) or none (or false).")
         object.__setattr__(self, "random_start", start)
         _check(self.bn_mode in ("", "eval", "train", "batch"), f"attack.bn_mode={self.bn_mode!r}: use eval, train "
                "or batch, or leave it empty for the method's default.")

@@ -47,12 +47,19 @@ class RoBalOptions:
     tau_p: float = 0.1  #: inference-time boundary adjustment (Eq. 11)
     #: PGD steps of the training attack (Wu et al., CVPR 2021, supplement A.1, B.2); replaces attack.steps
     attack_steps: int = 5
+    #: the adversarial cosines of the KL term: ``shared`` reuses the margin loss's forward of x'; ``own`` gives
+    #: the KL a train-mode forward of x' of its own, as the authors' ``add_reg_train`` does (the same values and
+    #: gradients; BatchNorm's running statistics then take the AE batch twice per step: adv, clean, adv)
+    kl_forward: str = "shared"
 
     def __post_init__(self) -> None:
         if self.attack_steps < 0:
             raise ConfigError(f"attack_steps={self.attack_steps} must be >= 0 (RoBal uses 5).")
         if self.alpha < 0:
             raise ConfigError(f"alpha={self.alpha} must be >= 0 (RoBal: 6 on CIFAR-10-LT, 3 or 6 on CIFAR-100-LT).")
+        if self.kl_forward not in ("shared", "own"):
+            raise ConfigError(f"kl_forward={self.kl_forward!r}: use shared (one forward of the AEs) or own (a second "
+                              "forward of the AEs for the KL term, as the authors' code).")
 
 
 def cosine_head(model: nn.Module, method: str = "RoBal") -> CosineHead:
@@ -181,7 +188,8 @@ class RoBal(Method):
         loss = loss_margin
         if o.alpha > 0:
             cos_nat = self._cosines(model, x, s)  # (B, C)
-            kl = robal_kl(cos_nat, cos_adv)
+            cos_adv_kl = self._cosines(model, x_adv, s) if o.kl_forward == "own" else cos_adv
+            kl = robal_kl(cos_nat, cos_adv_kl)
             loss = loss + o.alpha * kl
             out["kl"] = kl.detach()
         out["loss"] = loss

@@ -494,12 +494,13 @@ def _steps(ctx: Context, preset: str, dtype: torch.dtype, *overrides: str) -> It
         rec = _Net(wrapped)
         with quiet(), _cuda_types():
             defs["train"](cfgs, rec, "cpu", _Batches(batches, len(data.train.labels)), opt, 1, None)
-        per = cfgs.train_num_steps + 3  # the attack's forwards, then x', x, x' in train mode
+        # per step: the attack's forwards (eval mode), then x' (L_1), x (beta_nat * CE), x, x' (the KL) in train mode
+        per = cfgs.train_num_steps + 4
         their_steps = []
         for i, (loss, snap) in enumerate(zip(losses, snaps)):
             calls = rec.calls[i * per:(i + 1) * per]
-            a = calls[:cfgs.train_num_steps]
-            their_steps.append(StepRecord([c[1] for c in a], [c[0] for c in a], calls[-3][1], calls[-3][2], loss,
+            a, t = calls[:cfgs.train_num_steps], calls[cfgs.train_num_steps:]
+            their_steps.append(StepRecord([c[1] for c in a], [c[0] for c in a], t[0][1], t[0][2], loss,
                                           snap["grads"], snap["weights"], snap["buffers"]))
         our_steps, train_forwards = _ours_steps(tr, batches, seeds)
     finally:
@@ -507,9 +508,10 @@ def _steps(ctx: Context, preset: str, dtype: torch.dtype, *overrides: str) -> It
     if dtype == torch.float32 and preset == N10 and overrides == (THEIR_START,):
         ctx.cache["trained"] = {key: v.clone() for key, v in theirs.state_dict().items()}
     yield compare_exact("step", "forwards per step (attack, train mode)",
-                        [cfgs.train_num_steps, 3], [len(our_steps[0].attack_inputs), train_forwards], setting,
-                        detail="their add_reg_train: 5 attack forwards, then x', x, x' (the KL's x' anew); ltrobust "
-                               f"with kl_forward={tr.method.options.kl_forward}")
+                        [sum(not c[0] for c in rec.calls[:per]), sum(c[0] for c in rec.calls[:per])],
+                        [len(our_steps[0].attack_inputs), train_forwards], setting,
+                        detail="their add_reg_train: the attack's forwards, then x' (L_1), x (beta_nat 0 * CE), x and x' "
+                               f"(the KL); ltrobust with forwards={tr.method.options.forwards}")
     yield compare_exact("step", "loss terms and weights", [cfgs.loss_opt["MultiMargin"]["m"],
                                                            cfgs.loss_opt["MultiMargin"]["tau_b"],
                                                            cfgs.loss_opt["MultiMargin"]["tau_m"],

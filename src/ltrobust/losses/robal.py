@@ -18,6 +18,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from ..device import widen
 from .at import kl_div_logits
 from .longtail import _check_reduction, _reduce, as_counts, log_prior
 
@@ -61,11 +62,11 @@ def robal_loss(cos_adv: torch.Tensor, targets: torch.Tensor, class_counts: Seque
         loss = robal_loss(cos, y, counts, s=10, m0=0.1, tau_b=1.2, tau_m=0.0)
     """
     _check_reduction(reduction)
-    cos = cos_adv.float()  # (B, C)
+    cos = widen(cos_adv)  # (B, C), float32 at least (float64 stays float64)
     m = robal_margins(class_counts, m0, tau_m, s).to(cos.device)[targets]  # (B,)
     z = s * (cos - F.one_hot(targets, cos.shape[1]).to(cos.dtype) * m[:, None])
     if tau_b:
-        z = z + tau_b * log_prior(class_counts, cos.device)
+        z = z + tau_b * log_prior(class_counts, cos.device, dtype=cos.dtype)
     return _reduce(F.cross_entropy(z, targets, reduction="none"), reduction)
 
 
@@ -87,9 +88,12 @@ def robal_kl(cos_nat: torch.Tensor, cos_adv: torch.Tensor, reduction: str = "mea
 
 def robal_inference_logits(cos: torch.Tensor, class_counts: Sequence[float] | torch.Tensor, s: float = 10.0,
                            tau_p: float = 0.1) -> torch.Tensor:
-    """Deployed RoBal logits (Wu et al., CVPR 2021, Eq. 11): ``s * cos - tau_p * log pi``, (B, C) -> (B, C) float32.
+    """Deployed RoBal logits (Wu et al., CVPR 2021, Eq. 11): ``s * cos - tau_p * log pi``, (B, C) -> (B, C) float32
+    (float64 for float64 cosines).
 
     Attacks at evaluation must target these logits (the deployed model). Wu et al., CVPR 2021, supplement A.1: tau_p
     0.1 (C10 N), 1.5 / 1.7 (C100 N / R).
     """
-    return s * cos.float() - tau_p * log_prior(class_counts, cos.device)
+    cos = widen(cos)
+    # the prior rounded to float32 as the authors' PostProc classifier holds it (float64 cosines stay float64)
+    return s * cos - tau_p * log_prior(class_counts, cos.device).to(cos.dtype)

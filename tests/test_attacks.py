@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ltrobust.attacks import L2, Linf, parse_attack, pgd, run_attack
+from ltrobust.attacks.pgd import initial_delta
 from ltrobust.attacks.objectives import OBJECTIVES, cw, dlr
 from ltrobust.attacks.pgd import initial_delta as pgd_initial_delta
 from ltrobust.errors import ConfigError
@@ -379,3 +380,29 @@ def test_method_bn_mode_default_and_override():
     ce = LOSSES.get("ce")(counts)
     assert METHODS.get("pgd_at")(counts, AttackConfig(), ce).bn_mode == "eval"
     assert METHODS.get("pgd_at")(counts, AttackConfig(bn_mode="train"), ce).bn_mode == "train"
+
+
+def test_one_sided_start_is_robal_codes_start_and_loop():
+    """``random_start="one_sided"``: x + eps * U[0, 1) per coordinate, not clipped before the first gradient, as
+    RoBal's training code starts (``x_natural + epsilon * torch.rand(shape)``), then the TRADES-style loop."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 16), nn.Tanh(), nn.Linear(16, 3)).double()
+    x = torch.rand(10, 1, 1, 12, dtype=torch.float64)
+    x[:, :, :, :4] = 1.0  # on the box boundary: the official start leaves [0, 1] there
+    y = torch.randint(0, 3, (10,))
+    # hand-computed start: every coordinate in [0, eps), from the same generator draw
+    u = torch.rand(x.shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    start = initial_delta(Linf(8 / 255), x, "one_sided", torch.Generator().manual_seed(5))
+    assert torch.equal(start, (8 / 255) * u)
+    assert start.min() >= 0 and start.max() < 8 / 255
+    ours = pgd(model, x, y, Linf(8 / 255), steps=5, step_size=2 / 255, random_start="one_sided",
+               generator=torch.Generator().manual_seed(5))
+    theirs = _trades_style_loop(model, x, y, 8 / 255, 2 / 255, 5, (8 / 255) * u)
+    assert torch.allclose(ours, theirs, rtol=0, atol=1e-12)
+    # steps=0: the start itself, clipped into [0, 1]
+    zero = pgd(model, x, y, Linf(8 / 255), steps=0, random_start="one_sided",
+               generator=torch.Generator().manual_seed(5))
+    assert torch.equal(zero, (x + (8 / 255) * u).clamp(0, 1))
+    from ltrobust.config import resolve_config
+
+    assert resolve_config(["attack.random_start=one_sided"]).attack.random_start == "one_sided"

@@ -239,6 +239,22 @@ def test_robal_margins_by_hand():
     assert torch.allclose(robal_margins(COUNTS, m0=0.1, tau_m=0.3, s=10.0), t(expected))
 
 
+def test_robal_constants_round_in_the_authors_order():
+    """The margins and the served prior are rounded to float32 where the authors' code rounds them (their
+    MultiMarginLoss: float32(tau_m * log(n / n_min)) / s + m0 in float32; PostProc: float32(tau_p * log pi)), bit
+    for bit; on CIFAR-10-LT IR 50's counts a single rounding at the end gives other float32 values (5 margins and
+    3 prior terms here), so this test fails for that order."""
+    n = torch.tensor([5000, 3237, 2096, 1357, 878, 568, 368, 238, 154, 100], dtype=torch.float64)
+    code_margins = (0.3 * torch.log(n / n.min())).float() / 10.0 + 0.1
+    assert torch.equal(robal_margins(n.tolist(), m0=0.1, tau_m=0.3, s=10.0), code_margins)
+    assert not torch.equal(code_margins, (0.1 + 0.03 * torch.log(n / n.min())).float())
+    cos = torch.zeros(1, 10, dtype=torch.float64)
+    prior = (0.1 * torch.log(n / n.sum())).float()
+    assert torch.equal(robal_inference_logits(cos, n.tolist(), s=10.0, tau_p=0.1), -prior.double()[None])
+    assert torch.equal(robal_inference_logits(cos.float(), n.tolist(), s=10.0, tau_p=0.1), -prior[None])
+    assert not torch.equal(prior, 0.1 * torch.log(n / n.sum()).float())
+
+
 COS = [[0.2, 0.5, -0.1], [0.0, 0.3, 0.6]]
 COS_ADV = [[0.1, 0.2, 0.3], [0.4, 0.1, 0.2]]
 
@@ -579,3 +595,28 @@ def test_losses_are_computed_in_float32_under_bf16_autocast(case):
         value = fn(z, za)
     assert value.dtype == torch.float32
     assert torch.allclose(value, reference, rtol=1e-5, atol=1e-6)
+
+
+def test_robal_losses_keep_float64():
+    """Float64 cosines stay float64 through RoBal's loss, KL and served logits (the parity harness's float64 rows):
+    hand-computed values to 1e-12; float32 cosines still give float32."""
+    from ltrobust.losses import robal_inference_logits, robal_kl, robal_loss
+
+    cos = torch.tensor([[0.5, -0.25, 0.125], [0.1, 0.2, -0.3]], dtype=torch.float64)
+    cos2 = torch.tensor([[0.4, -0.2, 0.1], [0.0, 0.3, -0.1]], dtype=torch.float64)
+    y = torch.tensor([0, 2])
+    counts = [100, 20, 5]
+    logpi = torch.log(torch.tensor(counts, dtype=torch.float64) / 125)
+    s, m0, tau_b = 10.0, 0.1, 1.2
+    m32 = float(torch.tensor(m0, dtype=torch.float32))  # the margins are float32, as the authors' m_list
+    z = s * (cos - m32 * F.one_hot(y, 3).double()) + tau_b * logpi
+    want = torch.stack([-(z[i, y[i]] - torch.logsumexp(z[i], 0)) for i in range(2)]).mean()
+    got = robal_loss(cos, y, counts, s=s, m0=m0, tau_b=tau_b, tau_m=0.0)
+    assert got.dtype == torch.float64 and abs(float(got - want)) < 1e-12
+    p, lq = torch.softmax(cos, 1), torch.log_softmax(cos2, 1)
+    kl = robal_kl(cos, cos2)
+    assert kl.dtype == torch.float64 and abs(float(kl - (p * (p.log() - lq)).sum(1).mean())) < 1e-12
+    served = robal_inference_logits(cos, counts, s=s, tau_p=1.5)
+    assert served.dtype == torch.float64
+    assert torch.allclose(served, s * cos - (1.5 * logpi).float().double(), rtol=0, atol=1e-12)
+    assert robal_loss(cos.float(), y, counts).dtype == torch.float32

@@ -136,6 +136,47 @@ def test_robal_loss_is_eq_9_10_plus_alpha_kl_eq_12():
     assert torch.allclose(out["loss"].detach(), l1 + 6.0 * kl, atol=1e-5)
 
 
+def test_robal_four_forwards_are_the_codes_batchnorm_statistics():
+    """forwards=4: the authors' add_reg_train forwards x' (L_1), x (a clean CE of weight 0), x and x' (the KL): the
+    same loss and gradients as 2 forwards, and BatchNorm's running statistics take the batches adv, clean, clean, adv."""
+
+    class BNCos(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bn = nn.BatchNorm1d(4, momentum=0.5)
+            from ltrobust.models.heads import CosineHead
+
+            self.head = CosineHead(4, C)
+
+        def features(self, z):
+            return self.bn(z.flatten(1)[:, :4])
+
+        def forward(self, z):
+            return self.head(self.features(z))
+
+    torch.manual_seed(0)
+    base, (x, x_adv, y) = BNCos(), batch()
+    got = {}
+    for forwards in (2, 4):
+        model = BNCos()
+        model.load_state_dict(base.state_dict())
+        model.train()
+        out = make("robal", forwards=forwards).compute_loss(model, x, x_adv, y)
+        out["loss"].backward()
+        got[forwards] = (out, model)
+    (o_s, m_s), (o_o, m_o) = got[2], got[4]
+    assert torch.allclose(o_s["loss"], o_o["loss"], rtol=0, atol=1e-12)
+    assert torch.allclose(m_s.head.weight.grad, m_o.head.weight.grad, rtol=1e-5, atol=1e-6)
+    assert int(m_s.bn.num_batches_tracked) == 2 and int(m_o.bn.num_batches_tracked) == 4
+    # running mean by hand, momentum 0.5 from 0: r = 0.5 r + 0.5 mean(batch), batches adv, clean (, clean, adv)
+    mean_adv, mean_nat = x_adv.flatten(1)[:, :4].mean(0), x.flatten(1)[:, :4].mean(0)
+    r2 = 0.5 * (0.5 * mean_adv) + 0.5 * mean_nat
+    assert torch.allclose(m_s.bn.running_mean, r2, atol=1e-6)
+    assert torch.allclose(m_o.bn.running_mean, 0.5 * (0.5 * r2 + 0.5 * mean_nat) + 0.5 * mean_adv, atol=1e-6)
+    with pytest.raises(ConfigError, match="forwards=3"):
+        make("robal", forwards=3)
+
+
 def test_robal_without_rebalancing_is_ce_on_scaled_cosine():
     model, (x, x_adv, y) = tiny_model("cosine"), batch()
     out = make("robal", m0=0.0, tau_b=0.0, tau_m=0.0, alpha=0.0).compute_loss(model, x, x_adv, y)

@@ -18,6 +18,7 @@ from .method import MethodSpec
 #: method name (the CLI's) -> its module; a module defines ``SPEC = MethodSpec(...)``
 METHODS = {
     "at-bsl": "benchmarks.parity.at_bsl",
+    "robal": "benchmarks.parity.robal",
     "reat": "benchmarks.parity.reat",
     "taet": "benchmarks.parity.taet",
     "self-distill": "benchmarks.parity.self_distill",

@@ -129,8 +129,9 @@ class AttackConfig:
     step_size: float = 2 / 255
     steps: int = 10
     #: where the attack starts: uniform (in the ball; true), normal (x + 0.001 N(0, I), the TRADES code's
-    #: start that the AT-BSL, RoBal and TAET codes use), uniform_unclipped (x + U(-eps, eps) not clipped to
-    #: [0, 1] before the first gradient, l_inf: REAT's code), none (the clean image; false)
+    #: start that the AT-BSL and TAET codes use), one_sided (x + eps * U[0, 1), RoBal's training code),
+    #: uniform_unclipped (x + U(-eps, eps) not clipped to [0, 1] before the first gradient, l_inf: REAT's code),
+    #: none (the clean image; false)
     random_start: str = "uniform"
     #: BatchNorm while attacking: eval (running statistics), train (batch statistics, running ones updated),
     #: batch (batch statistics, running ones untouched); empty: the method's own default
@@ -143,9 +144,10 @@ class AttackConfig:
 
     def __post_init__(self) -> None:
         start = _START_ALIASES.get(str(self.random_start).lower(), self.random_start)
-        _check(start in ("uniform", "normal", "uniform_unclipped", "none"),
+        _check(start in ("uniform", "normal", "one_sided", "uniform_unclipped", "none"),
                f"attack.random_start={self.random_start!r}: use uniform (or true), normal (x + 0.001 N(0, I)), "
-               "uniform_unclipped (x + U(-eps, eps), REAT's code) or none (or false).")
+               "one_sided (x + eps U[0, 1), RoBal's code), uniform_unclipped (x + U(-eps, eps), REAT's code) or "
+               "none (or false).")
         _check(start != "uniform_unclipped" or self.norm == "linf", "attack.random_start=uniform_unclipped is an "
                f"l_inf start (REAT's code): use uniform with attack.norm={self.norm}.")
         object.__setattr__(self, "random_start", start)

@@ -27,9 +27,11 @@ PER_SAMPLE_OPTIONS = frozenset({"target_logits"})
 
 #: Where the attack starts (``random_start``). ``uniform``: uniform in the ball, clipped to [0, 1] (Madry et
 #: al.); ``normal``: ``x + 0.001 * N(0, I)``, the start of the TRADES code that AT-BSL, RoBal and TAET's code
-#: copy, unclipped before the first gradient as there; ``uniform_unclipped``: ``x + U(-eps, eps)`` left outside
-#: [0, 1] until the first step clips it (l_inf; REAT's code); ``none``: the clean image.
-START_KINDS = ("uniform", "normal", "uniform_unclipped", "none")
+#: copy, unclipped before the first gradient as there; ``one_sided``: ``x + eps * U[0, 1)`` per coordinate, the
+#: start of RoBal's training code (Wu et al., CVPR 2021: ``x + epsilon * torch.rand``; only the positive half of the
+#: l_inf box), unclipped before the first gradient as there; ``uniform_unclipped``: ``x + U(-eps, eps)`` left
+#: outside [0, 1] until the first step clips it (l_inf; REAT's code); ``none``: the clean image.
+START_KINDS = ("uniform", "normal", "one_sided", "uniform_unclipped", "none")
 #: The standard deviation of the ``normal`` start (the official codes' 0.001, in pixel units).
 NORMAL_START_STD = 0.001
 
@@ -61,6 +63,9 @@ def initial_delta(threat: ThreatModel, x: torch.Tensor, random_start: bool | str
         return (threat if start_eps is None else threat.with_eps(float(start_eps))).random_start(x, generator)
     if kind == "normal":
         return NORMAL_START_STD * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    if kind == "one_sided":
+        eps = threat.eps if start_eps is None else start_eps
+        return eps * torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
     if kind == "uniform_unclipped":
         eps = threat.eps if start_eps is None else start_eps
         if threat.norm != "linf":
@@ -145,7 +150,8 @@ def _run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel
                 velocity.mul_(momentum).add_(grad)
                 grad = velocity
             delta = threat.clip(x, delta + threat.step(grad, step_size))
-    if steps == 0 and (random_start in ("normal", "uniform_unclipped") or start_eps is not None or start is not None):
+    if steps == 0 and (random_start in ("normal", "one_sided", "uniform_unclipped") or start_eps is not None
+                       or start is not None):
         delta = threat.clip(x, delta)  # a start outside the ball (normal; a start ball of its own; a given
         # start) is projected at the end
     return (x + delta).detach()
@@ -171,9 +177,9 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
         objective: name in :data:`~ltrobust.attacks.objectives.OBJECTIVES` or a callable
             ``(logits, y, **kw) -> (B,)`` to maximise.
         random_start: where to start (:data:`START_KINDS`): ``True`` / ``"uniform"`` uniformly inside the
-            ball, ``"normal"`` at ``x + 0.001 * N(0, I)`` (the TRADES code's start), ``"uniform_unclipped"``
-            at ``x + U(-eps, eps)`` not clipped to [0, 1] before the first gradient (REAT's code),
-            ``False`` / ``"none"`` at ``x``.
+            ball, ``"normal"`` at ``x + 0.001 * N(0, I)`` (the TRADES code's start), ``"one_sided"`` at
+            ``x + eps * U[0, 1)`` (RoBal's training code), ``"uniform_unclipped"`` at ``x + U(-eps, eps)`` not
+            clipped to [0, 1] before the first gradient (REAT's code), ``False`` / ``"none"`` at ``x``.
         momentum: MIM decay factor (0: plain PGD).
         restarts: further runs from new random starts, each only on points not yet misclassified.
         targeted: minimise the objective towards ``y`` instead.

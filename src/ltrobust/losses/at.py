@@ -13,6 +13,8 @@ from typing import Callable, NamedTuple
 import torch
 import torch.nn.functional as F
 
+from ..device import widen
+
 BaseLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -29,8 +31,8 @@ class LossTerms(NamedTuple):
 
 def kl_div_logits(logits_p: torch.Tensor, logits_q: torch.Tensor) -> torch.Tensor:
     """Per-sample ``KL(softmax(logits_p) || softmax(logits_q))`` summed over classes: (B, C), (B, C) -> (B,)."""
-    log_q = F.log_softmax(logits_q.float(), dim=1)
-    p = F.softmax(logits_p.float(), dim=1)
+    log_q = F.log_softmax(widen(logits_q), dim=1)
+    p = F.softmax(widen(logits_p), dim=1)
     return F.kl_div(log_q, p, reduction="none").sum(dim=1)
 
 

@@ -18,6 +18,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from ..device import widen
 from .at import kl_div_logits
 from .longtail import _check_reduction, _reduce, as_counts, log_prior
 
@@ -29,11 +30,15 @@ def robal_margins(class_counts: Sequence[float] | torch.Tensor, m0: float = 0.1,
     The class-aware term is 0 for the rarest class and grows with the class size (head classes get the
     larger margin, compensating the negative pair margin the bias gives them, Eq. 10).
 
+    Rounded as the authors' code rounds it (their ``MultiMarginLoss``): ``tau_m * log(n_c / n_min)`` in float64,
+    rounded to float32, then divided by s and added to m0 in float32 (one rounding order; the values differ
+    from a single rounding at the end by one float32 ulp at most).
+
     Returns:
         (C,) float32 tensor on the CPU.
     """
     n = as_counts(class_counts, dtype=torch.float64)
-    return (m0 + (tau_m / s) * torch.log(n / n.min())).to(torch.float32)
+    return (tau_m * torch.log(n / n.min())).to(torch.float32) / s + m0
 
 
 def robal_loss(cos_adv: torch.Tensor, targets: torch.Tensor, class_counts: Sequence[float] | torch.Tensor,
@@ -61,11 +66,11 @@ def robal_loss(cos_adv: torch.Tensor, targets: torch.Tensor, class_counts: Seque
         loss = robal_loss(cos, y, counts, s=10, m0=0.1, tau_b=1.2, tau_m=0.0)
     """
     _check_reduction(reduction)
-    cos = cos_adv.float()  # (B, C)
+    cos = widen(cos_adv)  # (B, C), float32 at least (float64 stays float64)
     m = robal_margins(class_counts, m0, tau_m, s).to(cos.device)[targets]  # (B,)
     z = s * (cos - F.one_hot(targets, cos.shape[1]).to(cos.dtype) * m[:, None])
     if tau_b:
-        z = z + tau_b * log_prior(class_counts, cos.device)
+        z = z + tau_b * log_prior(class_counts, cos.device, dtype=cos.dtype)
     return _reduce(F.cross_entropy(z, targets, reduction="none"), reduction)
 
 
@@ -87,9 +92,14 @@ def robal_kl(cos_nat: torch.Tensor, cos_adv: torch.Tensor, reduction: str = "mea
 
 def robal_inference_logits(cos: torch.Tensor, class_counts: Sequence[float] | torch.Tensor, s: float = 10.0,
                            tau_p: float = 0.1) -> torch.Tensor:
-    """Deployed RoBal logits (Wu et al., CVPR 2021, Eq. 11): ``s * cos - tau_p * log pi``, (B, C) -> (B, C) float32.
+    """Deployed RoBal logits (Wu et al., CVPR 2021, Eq. 11): ``s * cos - tau_p * log pi``, (B, C) -> (B, C) float32
+    (float64 for float64 cosines).
 
     Attacks at evaluation must target these logits (the deployed model). Wu et al., CVPR 2021, supplement A.1: tau_p
     0.1 (C10 N), 1.5 / 1.7 (C100 N / R).
     """
-    return s * cos.float() - tau_p * log_prior(class_counts, cos.device)
+    cos = widen(cos)
+    # tau_p * log pi in float64, rounded to float32 as the authors' PostProc classifier holds it (float64
+    # cosines stay float64)
+    prior = (tau_p * log_prior(class_counts, cos.device, dtype=torch.float64)).to(torch.float32)
+    return s * cos - prior.to(cos.dtype)

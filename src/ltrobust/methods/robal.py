@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from ..attacks.pgd import autocast
+from ..device import widen
 from ..errors import ConfigError
 from ..losses import robal_inference_logits, robal_kl, robal_loss
 from ..models.heads import CosineHead
@@ -47,12 +48,19 @@ class RoBalOptions:
     tau_p: float = 0.1  #: inference-time boundary adjustment (Eq. 11)
     #: PGD steps of the training attack (Wu et al., CVPR 2021, supplement A.1, B.2); replaces attack.steps
     attack_steps: int = 5
+    #: train-mode forwards of the loss per step: 2 (x' for L_1 and the KL, x for the KL); 4 as the authors'
+    #: ``add_reg_train``: x' (L_1), x (its clean CE of weight beta_nat = 0, here without gradient), x and x' (the
+    #: KL). The same loss and gradients; BatchNorm's running statistics then follow the batches x', x, x, x'
+    forwards: int = 2
 
     def __post_init__(self) -> None:
         if self.attack_steps < 0:
             raise ConfigError(f"attack_steps={self.attack_steps} must be >= 0 (RoBal uses 5).")
         if self.alpha < 0:
             raise ConfigError(f"alpha={self.alpha} must be >= 0 (RoBal: 6 on CIFAR-10-LT, 3 or 6 on CIFAR-100-LT).")
+        if self.forwards not in (2, 4):
+            raise ConfigError(f"forwards={self.forwards!r}: use 2 (x', x) or 4 (x', x, x, x' as the authors' "
+                              "add_reg_train, for their BatchNorm statistics).")
 
 
 def cosine_head(model: nn.Module, method: str = "RoBal") -> CosineHead:
@@ -169,7 +177,7 @@ class RoBal(Method):
         """Unscaled cosines (B, C) in train mode through the model's forward (DDP-safe): ``z / s``."""
         with autocast(x.device, self.amp_dtype):
             logits = model(x)
-        return logits.float() / s
+        return widen(logits) / s
 
     def compute_loss(self, model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor,
                      y: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -179,11 +187,16 @@ class RoBal(Method):
         loss_margin = robal_loss(cos_adv, y, self.class_counts, s=s, m0=o.m0, tau_b=o.tau_b, tau_m=o.tau_m)
         out = {"loss_margin": loss_margin.detach(), "logits_adv": (s * cos_adv).detach()}
         loss = loss_margin
-        if o.alpha > 0:
+        if o.forwards == 4:  # the authors' zero-weight clean CE: a forward that only moves BatchNorm's statistics
+            with torch.no_grad():
+                self._cosines(model, x, s)
+        if o.alpha > 0 or o.forwards == 4:
             cos_nat = self._cosines(model, x, s)  # (B, C)
-            kl = robal_kl(cos_nat, cos_adv)
-            loss = loss + o.alpha * kl
-            out["kl"] = kl.detach()
+            cos_adv_kl = self._cosines(model, x_adv, s) if o.forwards == 4 else cos_adv
+            kl = robal_kl(cos_nat, cos_adv_kl)
+            if o.alpha > 0:
+                loss = loss + o.alpha * kl
+                out["kl"] = kl.detach()
         out["loss"] = loss
         return out
 

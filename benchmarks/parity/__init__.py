@@ -18,6 +18,8 @@ from .method import MethodSpec
 #: method name (the CLI's) -> its module; a module defines ``SPEC = MethodSpec(...)``
 METHODS = {
     "at-bsl": "benchmarks.parity.at_bsl",
+    "robustlt": "benchmarks.parity.robustlt",
+    "mcat": "benchmarks.parity.mcat",
 }
 
 

@@ -63,8 +63,8 @@ THEIR_ARCH = {"resnet18": "resnet18", "wrn28_10": "wrn-28-10"}
 
 # ---------------------------------------------------------------------------------- known differences
 _FP32 = Known(
-    "float32 rounding, amplified by PGD's sign step: their loop keeps x_adv and clamps it to x +- eps_c, "
-    "ltrobust keeps delta = x_adv - x, so iterates differ in the last bit and a gradient component near zero can "
+    "float32 rounding, amplified by PGD's sign step: their loops keep x_adv and clamp it to x +- eps (eps_c in "
+    "training), ltrobust keeps delta = x_adv - x, so iterates differ in the last bit and a gradient component near zero can "
     "change sign (that pixel moves by two class steps); the preset's channels_last memory format also rounds "
     "the convolutions differently. The float64 rows of the same computation are equal at every step",
     "in float32 the runs part from step 1 on (the row's figures); none in float64", "", where="fp32")
@@ -106,9 +106,11 @@ KNOWN = {
         "image is not; ltrobust counts it only when the clean image is correct too (AutoAttack's and RobustBench's "
         "rule), so their count can only be higher", "the row's counts on the checkpoint", ""),
     r"^initial weights": Known(
-        "their Networks draws the classifier (an nn.Linear inside FC_Classifier) after the backbone, ltrobust's "
-        "model draws its own modules in its own order and initialisation, so the same seed gives other values",
-        "none on the function or the training (the step level maps their weights into ours)", ""),
+        "the classifier's bias: their FC_Classifier's nn.Linear sits outside the WideResNet whose initialisation loop "
+        "zeroes Linear biases, so it keeps PyTorch's default U(-1/sqrt(640), 1/sqrt(640)); ltrobust's WRN head starts "
+        "at 0 (the reference WRN code's rule). Every other tensor is equal from the same seed",
+        "a head bias within +-0.04 at initialisation; not measurable over a run (the step level maps their weights "
+        "into ours)", ""),
     r"attack iterates|adversarial examples|logits on the AEs|^loss|^gradients|^weights after|AEs, same start|"
     r"correct, same start|attack start": _FP32,
 }

@@ -79,3 +79,12 @@ def test_presets_train_as_the_release(preset):
     assert cfg.train.seed == 102  # the README's --seed 102
     assert cfg.attack.bn_mode == "batch" and cfg.method.args["start"] == "global"
     assert cfg.eval.checkpoint == "last"  # their eval.py reads state-last.pt
+
+
+def test_resnet18_preset_is_the_at_bsl_preset_plus_robustlt():
+    """robustlt-cifar10lt-resnet18 sits beside the seed methods: every setting but the method is
+    at-bsl-cifar10lt-resnet18's (which follows the AT-BSL code), so a difference between the two is RobustLT's."""
+    ours, base = resolve_config(["preset=robustlt-cifar10lt-resnet18"]), resolve_config(["preset=at-bsl-cifar10lt-resnet18"])
+    for part in ("data", "model", "attack", "train", "eval"):
+        assert getattr(ours, part) == getattr(base, part), part
+    assert ours.method.name == "robustlt" and ours.method.args["base_args"] == dict(base.method.args)

@@ -73,8 +73,12 @@ KNOWN = {
         "max-pool) on 32 px images (mcat/models.py:70-72); ltrobust's resnet18 has the CIFAR stem, as their own "
         "--arch resnet18_cifar (compared below) and every seed method's code", "the ImageNet stem reduces 32 px "
         "images to 8x8 before the first stage: a weaker network (not measured here)", "none"),
+    r"^PGD-20 per-image": Known(
+        "different random starts: their pgd_linf draws its uniform start from the global RNG, ltrobust's from its "
+        "own seeded generator; with the same start injected the attacks are equal (the 'same start' rows)",
+        "the per-image disagreement counted in the row", ""),
     r"attack iterates|adversarial examples|logits on the AEs|^loss|^gradients|^weights after|^BatchNorm buffers "
-    r"after": _FP32,
+    r"after|AEs, same start|correct, same start": _FP32,
 }
 
 
@@ -374,6 +378,8 @@ def _steps(ctx: Context, dtype: torch.dtype) -> Iterator[Row]:
         our_steps = ours_steps(tr, batches, seeds, epoch=0)
     finally:
         torch.set_default_dtype(default)
+    if dtype == torch.float32:
+        ctx.cache["trained"] = {key: v.clone() for key, v in model.state_dict().items()}
     # ltrobust's ms_pgd asks the model for its class count with one forward on x[:1] when the model has no
     # num_classes attribute (the harness's Recorder around ours hides it): that probe is not an attack iterate
     for o in our_steps:
@@ -386,6 +392,107 @@ def _steps(ctx: Context, dtype: torch.dtype) -> Iterator[Row]:
                  "stream, which neither side's step reads afterwards: no random start)")
     yield from compare_steps(their_steps, our_steps, m, batches, setting,
                              start="no random start on either side (--mspgd_random_start off; attack.random_start=none)")
+
+
+# ============================================================================================= eval
+def check_eval(ctx: Context) -> Iterator[Row]:
+    """Their evaluation on one checkpoint (their model after the step level): served logits and input gradients
+    against ``ltrobust eval``'s loader, their ``pgd_linf`` (PGD-20, step 2/255, uniform start) with its start injected
+    into ltrobust's ``pgd`` and with each side's own start, and their AutoAttack call."""
+    import ast
+
+    import ltrobust
+    from ltrobust.attacks import pgd, threat_model
+    from ltrobust.evaluation.evaluator import balanced_subset
+    from ltrobust.evaluation.runs import load_run
+
+    from .core import predictions_agree
+    from .steps import flips
+
+    args = _their_args(ctx)
+    state = ctx.cache.get("trained")
+    which = f"their resnet18_cifar after the step level's {ctx.options.steps} steps (fp32)"
+    if state is None:
+        torch.manual_seed(args.seed)
+        state = ctx.checkout.module("mcat.models").build_model("resnet18_cifar", 100).state_dict()
+        which = "their resnet18_cifar at initialisation"
+    ctx.note(f"MCAT evaluation checkpoint: {which}")
+    cfg, data = _our_data(ctx, 100, "method.gen_epochs=1", "train.max_steps_per_epoch=1")
+    n = ctx.options.eval_images
+    x, y = ours.batches(data.test.subset(balanced_subset(data.test.labels, n, seed=ctx.options.seed)), n, 1)[0]
+    theirs = ctx.checkout.module("mcat.models").build_model("resnet18_cifar", 100)
+    theirs.load_state_dict(state)
+    theirs.eval()
+    tr = ours.trainer(cfg, data, ctx.scratch / "eval-run")
+    m = map_state(theirs.state_dict(), tr.model.state_dict(), RESNET18)
+    load_mapped(tr.model, state, m)
+    ckpt = tr.folder.checkpoint("last")
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    tr.save_weights(ckpt, 0, None)
+    run = load_run(ckpt, [f"data_dir={_cifar_files(ctx, 100)}"])
+    deployed = run.deployed.eval()
+    setting = f"{PRESET}, {n} test images"
+    eps, step = _float(ctx, args.epsilon), _float(ctx, args.eval_pgd_step_size)
+    yield compare_exact("eval", "PGD-20 settings", [args.eval_pgd_steps, step, eps],
+                        [20, run.cfg.eval.step_size, run.cfg.eval.eps], PRESET,
+                        detail="run.py --eval_pgd_steps, --eval_pgd_step_size, --epsilon vs pgd20 at eval.step_size")
+    attacks = ctx.checkout.module("mcat.attacks")
+    for dtype in [torch.float32] + ([torch.float64] if ctx.options.fp64 else []):
+        name, count = ("fp32", n) if dtype == torch.float32 else ("fp64", min(16, n))
+        where = f"{PRESET}, {count} test images, {name}"
+        default = torch.get_default_dtype()
+        torch.set_default_dtype(dtype)
+        try:
+            t_model, o_model = copy.deepcopy(theirs).to(dtype).eval(), copy.deepcopy(deployed).to(dtype).eval()
+            pick = torch.arange(0, n, max(1, n // count))[:count]
+            xd, yd = x[pick].to(dtype), y[pick]
+            xt, xo = xd.clone().requires_grad_(True), xd.clone().requires_grad_(True)
+            zt, zo = t_model(xt)[0], o_model(xo)
+            yield compare_tensor("eval", "served logits", zt, zo, where,
+                                 detail="their build_model('resnet18_cifar') + load_state_dict (logits of (logits, "
+                                        "features)) vs ltrobust's load_run(...).deployed")
+            gt, = torch.autograd.grad(F.cross_entropy(zt, yd, reduction="sum"), xt)
+            go, = torch.autograd.grad(F.cross_entropy(zo, yd, reduction="sum"), xo)
+            yield compare_tensor("eval", "input gradients", gt, go, where)
+            rec = _Rec(t_model).eval()
+            torch.manual_seed(ctx.options.seed)
+            their_adv = attacks.pgd_linf(rec, xd.clone(), yd, epsilon=eps, step_size=step, steps=args.eval_pgd_steps,
+                                         random_start=True)
+            start = rec.calls[0][1] - xd
+            our_adv = pgd(o_model, xd, yd, threat_model("linf", run.cfg.eval.eps), steps=20,
+                          step_size=run.cfg.eval.step_size, objective="ce", random_start=True, start=start)
+            with torch.no_grad():
+                t_ok, o_ok = t_model(their_adv)[0].argmax(1) == yd, o_model(our_adv).argmax(1) == yd
+            yield compare_tensor("eval", "PGD-20 AEs, same start", their_adv, our_adv, where,
+                                 detail=f"their mcat.attacks.pgd_linf vs ltrobust's pgd, their start injected; "
+                                        f"{flips(their_adv, our_adv)}")
+            yield predictions_agree("eval", "PGD-20 attacked image correct, same start", t_ok, o_ok, where)
+        finally:
+            torch.set_default_dtype(default)
+    res = ltrobust.evaluate(deployed, (x, y), attacks=("clean", "pgd20"), mode="standalone", seed=ctx.options.seed,
+                            eps=run.cfg.eval.eps, step_size=run.cfg.eval.step_size, progress=False)
+    flags = dict(zip(res.samples["names"], res.samples["flags"]))
+    with torch.no_grad():
+        t_clean = theirs(x)[0].argmax(1) == y
+    torch.manual_seed(ctx.options.seed)
+    adv = attacks.pgd_linf(theirs, x.clone(), y, epsilon=eps, step_size=step, steps=args.eval_pgd_steps,
+                           random_start=True)
+    with torch.no_grad():
+        t_adv = theirs(adv)[0].argmax(1) == y
+    yield predictions_agree("eval", "clean per-image correctness", t_clean,
+                            torch.from_numpy(np.asarray(flags["clean"])), setting)
+    yield predictions_agree("eval", "PGD-20 per-image robustness, own random starts", t_clean & t_adv,
+                            torch.from_numpy(np.asarray(flags["pgd20"])), setting,
+                            detail="robust = clean and attacked image correct")
+    # their AutoAttack call, read off _eval_autoattack: the reference package, standard version, their eps
+    fn = next(node for node in ast.walk(ctx.checkout.source_facts("mcat/trainer.py"))
+              if isinstance(node, ast.FunctionDef) and node.name == "_eval_autoattack")
+    call = next(c for c in ast.walk(fn) if isinstance(c, ast.Call) and getattr(c.func, "id", "") == "AutoAttack")
+    kw = {k.arg: ast.unparse(k.value) for k in call.keywords}
+    yield compare_exact("eval", "AutoAttack call", [kw.get("norm"), kw.get("version"), "eps=--epsilon"],
+                        ["'Linf'", "'standard'", "eps=--epsilon"] if run.cfg.eval.eps == eps else ["?"], PRESET,
+                        detail="their `from autoattack import AutoAttack` (the reference package) with version "
+                               "'standard' on (logits of) their model; ltrobust runs the same package and version")
 
 
 class _Seeded:
@@ -410,7 +517,7 @@ SPEC = MethodSpec(
     commit="f19c2afc52aa2941fccbe4d0c16f64f640dd76a1",
     files=("run.py", "mcat/trainer.py", "mcat/models.py", "mcat/data.py", "mcat/utils_data.py", "mcat/attacks.py",
            "scripts/prepare_cifar_lt.py"),
-    checks={"data": check_data, "schedule": check_schedule, "step": check_step},
+    checks={"data": check_data, "schedule": check_schedule, "step": check_step, "eval": check_eval},
     known=KNOWN,
     presets=(PRESET,),
 )

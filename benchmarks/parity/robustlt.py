@@ -383,7 +383,7 @@ def check_schedule(ctx: Context) -> Iterator[Row]:
         # their loader: get_dataloader's batch sampler over their dataset (the last, smaller batch kept)
         ds = _their_train_set(ctx, 50, 7)
         util = ctx.checkout.module("core.data.utils")
-        # their sampler calls Sampler.__init__(None), which torch >= 2.7 no longer takes (torch 2.6 in their README)
+        # their sampler calls Sampler.__init__(None), which the installed torch refuses (their README pins torch 2.6)
         sampler_init = torch.utils.data.Sampler.__init__
         with quiet(), patched(torch.utils.data.Sampler, "__init__", lambda self, *a, **k: sampler_init(self)):
             their_loader = util.get_dataloader(ds, batch_size=args.batch_size, shuffle=True)

@@ -18,7 +18,12 @@ What runs of theirs, unchanged (``official.Checkout``):
   differentiable=False)``, ``Trainer._geom_regularizer`` against ``etf_loss``, and k steps of
   ``Trainer._train_one_epoch`` (MS-PGD, CE + beta L_ETF, the SGD step) against ltrobust's ``Trainer.train_step``
   from the same weights and generators on the same batches; their ``Trainer`` object is made without its
-  ``__init__`` (which reads the data files and fits the generators for 10 epochs) and given the state.
+  ``__init__`` (which reads the data files and fits the generators for 10 epochs) and given the state;
+- eval: their model after the step level loaded by ``build_model`` + ``load_state_dict`` and by ``ltrobust eval``'s
+  loader, their ``mcat.attacks.pgd_linf`` (PGD-20) and their AutoAttack call (read off ``_eval_autoattack``).
+
+The repository's commit holds the code as ``MACT_code.zip``; ``--official`` points at the archive unpacked
+(``code/MACT_code``), which git reports as untracked.
 """
 
 from __future__ import annotations

@@ -299,6 +299,10 @@ def test_etf_target_gram_and_loss_by_hand():
     simplex = torch.stack([angles.cos(), angles.sin()], 1) * torch.tensor([[1.0], [3.0], [0.5]])  # any row norms
     assert etf_loss(simplex).item() == pytest.approx(0.0, abs=1e-12)
     assert etf_loss(torch.eye(3)).item() == pytest.approx(1 / 6, rel=1e-6)  # off-diagonal (0 + 1/2)^2 x 6 / 9
+    # in the weight's dtype: float64 stays float64 (exact 1/6), half precision is computed in float32
+    e64 = etf_loss(torch.eye(3, dtype=torch.float64))
+    assert e64.dtype == torch.float64 and e64.item() == 1 / 6
+    assert etf_loss(torch.eye(3, dtype=torch.bfloat16)).dtype == torch.float32
     w = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, -2.0]])
     wh = w / w.norm(dim=1, keepdim=True)
     assert etf_loss(w).item() == pytest.approx(((wh @ wh.t() - etf_target_gram(3)) ** 2).mean().item(), rel=1e-6)
@@ -432,6 +436,22 @@ def test_mcat_code_variant_is_pgd_at_plus_the_etf_term():
         assert out_m["loss"].item() == pytest.approx((out_p["loss"] + 1.0 * etf).item(), rel=1e-6)
         assert m.lam == lam and m.etf_weight == 1.0 and "manifold" not in out_m
     assert m.loss_label == "ce + etf"
+
+
+def test_mcat_code_variant_keeps_a_float64_model_in_float64():
+    """The parity harness's float64 run: the loss (CE + ETF) and MS-PGD's objective are not rounded to float32."""
+    x, _, y = batch()
+    m = make("mcat", variant="code", hidden=(8,), z_dim=3)
+    model = tiny_model().double()
+    m.set_generators(ClassGenerators(C, 3, model.feature_dim, (8,)))
+    x = x.double()
+    a = m.train_attack(model, x, y)
+    out = m.compute_loss(model, x, a, y)
+    assert out["loss"].dtype == torch.float64
+    logits = model(a)
+    w = F.normalize(model.head.weight, dim=1)
+    etf = ((w @ w.t() - etf_target_gram(C, dtype=torch.float64)) ** 2).mean()
+    assert out["loss"].item() == (F.cross_entropy(logits, y) + 1.0 * etf).item()
 
 
 def test_mcat_paper_variant_without_its_terms_is_pgd_at_and_its_loss_by_hand():

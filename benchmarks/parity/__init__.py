@@ -22,6 +22,8 @@ METHODS = {
     "reat": "benchmarks.parity.reat",
     "taet": "benchmarks.parity.taet",
     "self-distill": "benchmarks.parity.self_distill",
+    "robustlt": "benchmarks.parity.robustlt",
+    "mcat": "benchmarks.parity.mcat",
 }
 
 

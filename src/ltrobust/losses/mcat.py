@@ -16,6 +16,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from ..device import widen
 from ..errors import ConfigError
 
 #: how the latent steps weigh the batch's points: ``sample`` (each point descends its own squared distance) or
@@ -57,13 +58,14 @@ def etf_target_gram(num_classes: int, device: torch.device | str | None = None,
 
 def etf_loss(weight: torch.Tensor) -> torch.Tensor:
     """``mean_{i,j} (W_hat W_hat^T - M)_{ij}^2`` with ``W_hat`` the row-normalised classifier weight (C, D) and
-    ``M`` :func:`etf_target_gram` (the release's ``_geom_regularizer``, ``mcat/trainer.py:474-482``)."""
+    ``M`` :func:`etf_target_gram` (the release's ``_geom_regularizer``, ``mcat/trainer.py:474-482``), in the
+    weight's dtype (float32 for half-precision weights), so a float64 model gets a float64 term."""
     if weight.dim() != 2:
         raise ConfigError(f"the ETF regulariser needs a (classes, features) weight matrix, got shape "
                           f"{tuple(weight.shape)}.")
-    w = F.normalize(weight.float(), dim=1)
+    w = F.normalize(widen(weight), dim=1)
     gram = w @ w.t()  # (C, C)
-    return F.mse_loss(gram, etf_target_gram(weight.shape[0], weight.device))
+    return F.mse_loss(gram, etf_target_gram(weight.shape[0], weight.device, w.dtype))
 
 
 def draw_latents(groups: ClassGroups, z_dim: int, device: torch.device, dtype: torch.dtype = torch.float32,

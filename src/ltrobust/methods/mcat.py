@@ -37,6 +37,7 @@ from ..attacks import pgd
 from ..attacks.pgd import autocast, eval_mode
 from ..attacks.threat import ThreatModel
 from ..config import RunConfig, with_updates
+from ..device import widen
 from ..errors import CheckpointError, ConfigError
 from ..losses.mcat import (LATENT_REDUCTIONS, ClassGroups, class_groups, draw_latents, etf_loss,
                            manifold_distance)
@@ -160,14 +161,14 @@ class LogitsAndFeatures(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits, feats = logits_and_features(self.model, x, "mcat")
-        return torch.cat([logits.float(), feats.float()], dim=1)
+        return torch.cat([widen(logits), widen(feats)], dim=1)
 
 
 def ms_objective(out: torch.Tensor, y: torch.Tensor, *, num_classes: int, generators: ClassGenerators,
                  groups: ClassGroups, lam: float, sign: float = 1.0, latent_steps: int = 5, latent_lr: float = 0.1,
                  reduction: str = "sample", differentiable: bool = True) -> torch.Tensor:
     """MS-PGD's per-sample objective ``CE(z, y) + sign * lam * d(f, y)`` (B,) of ``out = [z, f]`` (B, C + D)."""
-    logits, feats = out[:, :num_classes].float(), out[:, num_classes:].float()
+    logits, feats = widen(out[:, :num_classes]), widen(out[:, num_classes:])
     ce = F.cross_entropy(logits, y, reduction="none")
     d = manifold_distance(generators, feats, groups, generators.z_dim, latent_steps, latent_lr, reduction,
                           differentiable)
@@ -481,7 +482,7 @@ class MCAT(Method):
         """``L(z(x'), y) [+ lambda d(f(x'), y)] + etf_weight * L_ETF(W)``; L is the outer loss (``loss=``, CE)."""
         with autocast(x_adv.device, self.amp_dtype):
             logits, feats = logits_and_features(model, x_adv, self.name)
-        logits = logits.float()
+        logits = widen(logits)  # float32 under autocast; a float64 model's logits stay float64
         loss_ce = self.outer_loss(logits, y)
         out: dict[str, Any] = {"loss_ce": loss_ce.detach(), "logits_adv": logits.detach()}
         loss = loss_ce

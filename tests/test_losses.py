@@ -240,19 +240,20 @@ def test_robal_margins_by_hand():
 
 
 def test_robal_constants_round_in_the_authors_order():
-    """The margins and the served prior are rounded to float32 where the authors' code rounds them (their
-    MultiMarginLoss: float32(tau_m * log(n / n_min)) / s + m0 in float32; PostProc: float32(tau_p * log pi)), bit
-    for bit; on CIFAR-10-LT IR 50's counts a single rounding at the end gives other float32 values (5 margins and
-    3 prior terms here), so this test fails for that order."""
+    """The margins and the served prior are rounded to float32 where the authors' code rounds them, bit for bit:
+    their MultiMarginLoss holds ``tau_m * torch.log(n / n_min).float() / s + m0`` and PostProc
+    ``tau_p * torch.log(prior).float()``: the log is rounded to float32 before the products. On CIFAR-10-LT IR 50's
+    counts rounding the product instead gives other float32 values (1 margin and 3 prior terms here), so this test
+    fails for that order."""
     n = torch.tensor([5000, 3237, 2096, 1357, 878, 568, 368, 238, 154, 100], dtype=torch.float64)
-    code_margins = (0.3 * torch.log(n / n.min())).float() / 10.0 + 0.1
+    code_margins = 0.3 * torch.log(n / n.min()).float() / 10.0 + 0.1
     assert torch.equal(robal_margins(n.tolist(), m0=0.1, tau_m=0.3, s=10.0), code_margins)
-    assert not torch.equal(code_margins, (0.1 + 0.03 * torch.log(n / n.min())).float())
+    assert not torch.equal(code_margins, (0.3 * torch.log(n / n.min())).float() / 10.0 + 0.1)
     cos = torch.zeros(1, 10, dtype=torch.float64)
-    prior = (0.1 * torch.log(n / n.sum())).float()
+    prior = 0.1 * torch.log(n / n.sum()).float()
     assert torch.equal(robal_inference_logits(cos, n.tolist(), s=10.0, tau_p=0.1), -prior.double()[None])
     assert torch.equal(robal_inference_logits(cos.float(), n.tolist(), s=10.0, tau_p=0.1), -prior[None])
-    assert not torch.equal(prior, 0.1 * torch.log(n / n.sum()).float())
+    assert not torch.equal(prior, (0.1 * torch.log(n / n.sum())).float())
 
 
 COS = [[0.2, 0.5, -0.1], [0.0, 0.3, 0.6]]
@@ -618,5 +619,5 @@ def test_robal_losses_keep_float64():
     assert kl.dtype == torch.float64 and abs(float(kl - (p * (p.log() - lq)).sum(1).mean())) < 1e-12
     served = robal_inference_logits(cos, counts, s=s, tau_p=1.5)
     assert served.dtype == torch.float64
-    assert torch.allclose(served, s * cos - (1.5 * logpi).float().double(), rtol=0, atol=1e-12)
+    assert torch.allclose(served, s * cos - (1.5 * logpi.float()).double(), rtol=0, atol=1e-12)
     assert robal_loss(cos.float(), y, counts).dtype == torch.float32

@@ -30,15 +30,15 @@ def robal_margins(class_counts: Sequence[float] | torch.Tensor, m0: float = 0.1,
     The class-aware term is 0 for the rarest class and grows with the class size (head classes get the
     larger margin, compensating the negative pair margin the bias gives them, Eq. 10).
 
-    Rounded as the authors' code rounds it (their ``MultiMarginLoss``): ``tau_m * log(n_c / n_min)`` in float64,
-    rounded to float32, then divided by s and added to m0 in float32 (one rounding order; the values differ
-    from a single rounding at the end by one float32 ulp at most).
+    Rounded as the authors' code rounds it (their ``MultiMarginLoss``, ``tau_m * torch.log(n / n_min).float()``):
+    ``log(n_c / n_min)`` in float64, rounded to float32, then multiplied by tau_m, divided by s and added to m0 in
+    float32 (the values of other orders differ by one float32 ulp at most).
 
     Returns:
         (C,) float32 tensor on the CPU.
     """
     n = as_counts(class_counts, dtype=torch.float64)
-    return (tau_m * torch.log(n / n.min())).to(torch.float32) / s + m0
+    return tau_m * torch.log(n / n.min()).to(torch.float32) / s + m0
 
 
 def robal_loss(cos_adv: torch.Tensor, targets: torch.Tensor, class_counts: Sequence[float] | torch.Tensor,
@@ -99,7 +99,7 @@ def robal_inference_logits(cos: torch.Tensor, class_counts: Sequence[float] | to
     0.1 (C10 N), 1.5 / 1.7 (C100 N / R).
     """
     cos = widen(cos)
-    # tau_p * log pi in float64, rounded to float32 as the authors' PostProc classifier holds it (float64
-    # cosines stay float64)
-    prior = (tau_p * log_prior(class_counts, cos.device, dtype=torch.float64)).to(torch.float32)
+    # log pi in float64, rounded to float32, then times tau_p in float32: the authors' PostProc classifier holds
+    # ``tau_p * torch.log(prior).float()`` (float64 cosines stay float64)
+    prior = tau_p * log_prior(class_counts, cos.device, dtype=torch.float64).to(torch.float32)
     return s * cos - prior.to(cos.dtype)

@@ -220,6 +220,36 @@ def run(parity, tmp_path, variant=None):
     return run_method(standin_spec(tmp_path), standin(tmp_path, variant), Options(levels=("schedule", "step")))
 
 
+def test_observed_steps_equal_recorded_steps(parity, tmp_path):
+    """ours_steps_observed (a hook on one module, for attacks that bypass the model's forward) records what
+    ours_steps (a Recorder as the attack model) records, on a method whose attack calls the forward."""
+    from benchmarks.parity import ours
+    from benchmarks.parity.steps import ours_steps, ours_steps_observed
+    from ltrobust.data import build_data
+
+    cfg = ours.config(*OURS)
+    data = build_data(cfg.data)
+    batches = ours.batches(data.train.subset(torch.arange(32)), 16, 2)
+    a, b, c = (ours.trainer(cfg, data, tmp_path / name) for name in "abc")
+    b.model.load_state_dict(a.model.state_dict())
+    c.model.load_state_dict(a.model.state_dict())
+    recorded = ours_steps(a, batches, [3, 4])
+    observed, forwards = ours_steps_observed(b, batches, [3, 4], b.model.normalize, logits_scale=2.0)
+    assert forwards == 1  # the loss's forward on the AEs
+    by_position, _ = ours_steps_observed(c, batches, [3, 4], c.model.normalize, attack_forwards=3)
+    assert [len(s.attack_inputs) for s in by_position] == [3, 3]
+    for p, o in zip(by_position, observed):
+        assert torch.equal(p.x_adv, o.x_adv), (p.x_adv - o.x_adv).abs().max()
+        assert torch.equal(p.logits, o.logits * 2.0), (p.logits - o.logits * 2).abs().max()
+    for r, o in zip(recorded, observed):
+        assert len(r.attack_inputs) == len(o.attack_inputs) == 3 and r.attack_training == o.attack_training
+        for tr_, to in zip(r.attack_inputs, o.attack_inputs):
+            assert torch.equal(tr_, to)
+        assert torch.equal(r.x_adv, o.x_adv) and torch.equal(r.loss, o.loss)
+        assert torch.equal(r.logits / 2.0, o.logits)
+        assert r.grads.keys() == o.grads.keys() and all(torch.equal(r.grads[k], o.grads[k]) for k in r.grads)
+
+
 def test_identical_standin_is_equal_at_every_row(parity, tmp_path):
     report = run(parity, tmp_path)
     assert report.rows and all(r.equal for r in report.rows), [r for r in report.rows if not r.equal]

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from benchmarks.parity.core import ParityError, map_state
-from benchmarks.parity.robustlt import KEYMAPS, RESNET18, WRN, _their_normalisation
+from benchmarks.parity.robustlt import KEYMAPS, RESNET18, RESNET18_COS, WRN, _their_normalisation
 from ltrobust.config import resolve_config
 from ltrobust.models import build_model
 
@@ -53,6 +53,23 @@ def test_wrn_key_map_hits_every_key_of_ours():
     # a key of theirs the map does not know fails loudly
     with pytest.raises(ParityError):
         map_state({**theirs, "backbone.block1.layer.4.bn1.weight": torch.zeros(160)}, ms, WRN)
+
+
+def test_cosine_key_map_for_the_robal_base():
+    """Their Networks(resnet18, CosPlus) -> ltrobust's ResNet-18 with the RoBal preset's cosine head: the weight
+    maps to head.weight, the zero bias and the TDE running mean (never read by the scale-1 forward) are declared
+    unused; a key the map does not know fails loudly."""
+    cfg = resolve_config(["preset=robustlt-robal-cifar10lt-wrn28", "model.name=resnet18"])
+    mine = build_model(cfg.model, 10, 3, (0.5,) * 3, (0.25,) * 3, 32)
+    ms = {k: v for k, v in mine.state_dict().items() if not k.startswith("normalize.")}
+    theirs = {k: v for k, v in ms.items() if k.startswith("backbone.")}
+    theirs.update({"classifier.weight": ms["head.weight"], "classifier.bias": torch.zeros(10),
+                   "classifier.moving_ed": torch.zeros(1, 512)})
+    m = map_state(theirs, ms, KEYMAPS["resnet18+cos"])
+    assert m["classifier.weight"] == "head.weight" and len(m) == len(ms) == len(theirs) - 2
+    assert RESNET18_COS.ours_key("backbone.layer4.1.bn2.running_var") == "backbone.layer4.1.bn2.running_var"
+    with pytest.raises(ParityError):
+        map_state({**theirs, "classifier.fc.weight": ms["head.weight"]}, ms, RESNET18_COS)
 
 
 def test_their_normalisation_into_our_buffers():

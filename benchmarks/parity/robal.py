@@ -45,7 +45,7 @@ from .core import Known, KeyMap, Row, compare_exact, compare_tensor, compare_ten
     predictions_agree
 from .method import Context, MethodSpec
 from .official import Recorder, call_with_seed, patched, quiet
-from .steps import StepRecord, after_each_step, compare_steps, flips
+from .steps import StepRecord, after_each_step, compare_steps, flips, ours_steps_observed
 
 N10, R10 = "robal-n-cifar10lt-resnet18", "robal-r-cifar10lt-resnet18"
 N100, R100 = "robal-n-cifar100lt-resnet18", "robal-r-cifar100lt-resnet18"
@@ -517,7 +517,10 @@ def _steps(ctx: Context, preset: str, dtype: torch.dtype, *overrides: str) -> It
             a, t = calls[:cfgs.train_num_steps], calls[cfgs.train_num_steps:]
             their_steps.append(StepRecord([c[1] for c in a], [c[0] for c in a], t[0][1], t[0][2], loss,
                                           snap["grads"], snap["weights"], snap["buffers"]))
-        our_steps, train_forwards = _ours_steps(tr, batches, seeds)
+        # RoBal's attack reads features and the head's cosines, not the model's forward: the backbone is observed;
+        # the logits compared are the scale-1 cosines, as their CosPlus(scale 1) returns them
+        our_steps, train_forwards = ours_steps_observed(tr, batches, seeds, tr.model.backbone,
+                                                        logits_scale=tr.model.head.scale)
     finally:
         torch.set_default_dtype(default)
     if dtype == torch.float32 and preset == N10 and overrides == (THEIR_START,):
@@ -538,38 +541,6 @@ def _steps(ctx: Context, preset: str, dtype: torch.dtype, *overrides: str) -> It
                         detail="m0, tau_b, tau_m, s, alpha (their beta_reg), gamma")
     yield from compare_steps(their_steps, our_steps, m, batches, setting,
                              start="their x + eps * torch.rand and ltrobust's start, same seed")
-
-
-def _ours_steps(tr: Any, batches: list[tuple[torch.Tensor, torch.Tensor]],
-                seeds: list[int]) -> tuple[list[StepRecord], int]:
-    """ltrobust's Trainer.train_step per batch after torch.manual_seed(seed); every forward of the backbone is
-    observed (RoBal's attack reads features and the head's cosines, not the model's forward). Logits: the scale-1
-    cosines of the AEs, as their CosPlus(scale 1) returns them. Also returns the train-mode forwards of a step."""
-    calls: list[tuple[bool, torch.Tensor]] = []
-    backbone = tr.model.backbone
-    handle = backbone.register_forward_pre_hook(
-        lambda mod, args: calls.append((mod.training, args[0].detach().clone().contiguous())))
-    out, train_forwards = [], 0
-    try:
-        tr.start_epoch(0)
-        for i, ((x, y), seed) in enumerate(zip(batches, seeds)):
-            calls.clear()
-            torch.manual_seed(seed)
-            res = tr.train_step(x, y, tr.lr(0, i, len(tr.loader)))
-            attack = [c for c in calls if not c[0]]
-            train_forwards = len(calls) - len(attack)
-            out.append(StepRecord([c[1] for c in attack], [c[0] for c in attack], res["x_adv"],
-                                  res["logits_adv"] / tr.model.head.scale, res["loss"].detach(),
-                                  _snap(tr.model, "grads"), _snap(tr.model, "weights"), _snap(tr.model, "buffers")))
-    finally:
-        handle.remove()
-    return out, train_forwards
-
-
-def _snap(model: torch.nn.Module, which: str) -> dict[str, torch.Tensor]:
-    from .core import snapshot
-
-    return snapshot(model, which)
 
 
 # ============================================================================================= eval

@@ -42,7 +42,7 @@ from .core import (Known, KeyMap, ParityError, Row, compare_exact, compare_tenso
                    map_state, mapped, predictions_agree)
 from .method import Context, MethodSpec
 from .official import Recorder, call_with_seed, patched, quiet
-from .steps import StepRecord, after_each_step, compare_steps, flips, ours_steps
+from .steps import StepRecord, after_each_step, compare_steps, flips, ours_steps, ours_steps_observed
 
 PRESET = "robustlt-at-bsl-cifar10lt-wrn28"
 ROBAL = "robustlt-robal-cifar10lt-wrn28"
@@ -57,7 +57,11 @@ STEP_EPOCH = 41  #: their 1-based epoch of the step level: warm-up intensity (41
 RESNET18 = KeyMap(rules=((r"^classifier\.fc\.", "head."),))
 WRN = KeyMap(rules=((r"^classifier\.fc\.", "head."), (r"\.layer\.", "."), (r"\.convShortcut\.", ".shortcut."),
                     (r"^backbone\.bn1\.", "backbone.bn.")))
-KEYMAPS = {"resnet18": RESNET18, "wrn28_10": WRN}
+#: their Networks with the CosPlus classifier (the RoBal base): its zero bias without gradient and its running mean of
+#: features (``moving_ed``, for TDE) are never read by its scale-1 forward
+RESNET18_COS = KeyMap(rules=((r"^classifier\.weight$", "head.weight"),),
+                      unused=(r"^classifier\.bias$", r"^classifier\.moving_ed$"))
+KEYMAPS = {"resnet18": RESNET18, "wrn28_10": WRN, "resnet18+cos": RESNET18_COS}
 THEIR_ARCH = {"resnet18": "resnet18", "wrn28_10": "wrn-28-10"}
 
 
@@ -85,18 +89,26 @@ KNOWN = {
         "same function class, a different parametrisation for SGD and weight decay; not measured over a run",
         "none (ltrobust has no option for other normalisation constants)"),
     r"^BatchNorm buffers after|^BatchNorm updates per step": Known(
-        "their training step moves the BatchNorm running statistics four times per batch, ltrobust's once: the "
-        "AT-BSL base's loss also runs the clean batch through the model in train mode (core/methods/atbsl.py:18, "
-        "its logits unused), and update() logs accuracies with model(input_adv) and model(input) after the "
-        "optimiser step, still in train mode (core/methods/utils.py:94). Weights and gradients are not affected; "
-        "the running statistics (what the evaluated model uses) follow a mix of clean and adversarial batches, "
-        "each step's weighed (1 - 0.9^4) instead of 0.1", "the row's figures after each step (the weights stay "
-        "equal); over training it changes the statistics the evaluated model normalises with, not measured",
+        "their training step moves the BatchNorm running statistics four times per batch: update() logs accuracies "
+        "with model(input_adv) and model(input) after the optimiser step, still in train mode (core/methods/"
+        "utils.py:94), and the AT-BSL base's loss also runs the clean batch through the model in train mode "
+        "(core/methods/atbsl.py:18, its logits unused); ltrobust's step moves them once over AT-BSL (the loss's "
+        "forward) and twice over RoBal (x' and x, both read by the loss). Weights and gradients are not affected; "
+        "the running statistics (what the evaluated model uses) follow a mix of clean and adversarial batches",
+        "the row's figures after each step (the weights stay equal); over training it changes the statistics the "
+        "evaluated model normalises with, not measured",
         "none (these forwards are bookkeeping of their code, not part of the method)"),
     r"^AutoAttack settings|^AutoAttack per-image": Known(
         "their eval.py runs torchattacks 3.5.1 AutoAttack(version='standard'), whose APGD-CE, APGD-T and FAB-T run "
         "10 iterations (the reference: 100) and target C-1 classes (reference: 9); ltrobust runs the reference "
         "AutoAttack (a weakened AutoAttack is not copied)", "measured on the checkpoint: see the row's counts", ""),
+    r"^served classifier \(RoBal base\)|^served logits \(RoBal base\)": Known(
+        "their eval.py serves the training classifier as the config builds it (CosPlus at scale 1, posthoc false), "
+        "so the deployed logits are cos; ltrobust's RobustLT-over-RoBal preset serves RoBal's deployed logits "
+        "s * cos - tau_p * log pi with tau_p 0 (the release's posthoc false), i.e. s * cos, the logits the training "
+        "loss scores (as RoBal-R in RoBal's own parity)",
+        "the argmax is the same (the 'clean predictions' row), and the logits divided by s are equal (the row "
+        "after); CE-based attacks see a 10x sharper softmax, so their AEs differ", ""),
     r"^PGD-20 per-image": Known(
         "different random starts: torchattacks' PGD draws its uniform start from the global RNG after their "
         "seed(1); ltrobust's from its own seeded generator. With the same start injected, the attacks are equal "
@@ -347,8 +359,6 @@ def _their_radii(method: Any, epoch: int) -> torch.Tensor:
 
 
 def check_schedule(ctx: Context) -> Iterator[Row]:
-    from ltrobust.methods.robustlt import cpb_budgets
-
     cfg0, data = _our_data(ctx)
     counts = list(data.class_counts)
     for preset in (PRESET, ROBAL):
@@ -422,14 +432,16 @@ def check_schedule(ctx: Context) -> Iterator[Row]:
 
 
 # ============================================================================================= step
-def _their_model(ctx: Context, arch: str, seed: int) -> torch.nn.Module:
-    args = _their_args(ctx, PRESET, model=THEIR_ARCH[arch])
+def _their_model(ctx: Context, arch: str, seed: int, preset: str = PRESET) -> torch.nn.Module:
+    """Their Networks for ``preset``'s config (AT-BSL: the FC classifier; RoBal: CosPlus at scale 1)."""
+    args = _their_args(ctx, preset, model=THEIR_ARCH[arch])
     info = ctx.checkout.module("core.data.cifar10lt").DATA_DESC
     torch.manual_seed(seed)
     return ctx.checkout.module("core.models").Networks(args, info, "cpu")
 
 
 def _mapping(arch: str, theirs: torch.nn.Module, mine: torch.nn.Module) -> dict[str, str]:
+    """``arch``: a key of KEYMAPS (``resnet18+cos``: their Networks with the CosPlus classifier)."""
     ms = {k: v for k, v in mine.state_dict().items() if not k.startswith("normalize.")}
     return map_state(theirs.state_dict(), ms, KEYMAPS[arch])
 
@@ -441,14 +453,23 @@ def _their_normalisation(theirs: torch.nn.Module, mine: torch.nn.Module) -> None
         mine.normalize.std.copy_(theirs.backbone.std.reshape(mine.normalize.std.shape))
 
 
+def _in_dtype(theirs: torch.nn.Module, mine: torch.nn.Module,
+              dtype: torch.dtype) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """Copies of both models in ``dtype`` (their backbone's mean and std are plain tensors: cast too)."""
+    t_model, o_model = copy.deepcopy(theirs).to(dtype), copy.deepcopy(mine).to(dtype)
+    t_model.backbone.mean, t_model.backbone.std = t_model.backbone.mean.to(dtype), t_model.backbone.std.to(dtype)
+    return t_model, o_model
+
+
 def _dtypes(ctx: Context) -> list[torch.dtype]:
     return [torch.float32] + ([torch.float64] if ctx.options.fp64 else [])
 
 
 def check_step(ctx: Context) -> Iterator[Row]:
     yield from _models(ctx)
-    for dtype in _dtypes(ctx):
-        yield from _steps(ctx, PRESET, dtype)
+    for preset in (PRESET, ROBAL):
+        for dtype in _dtypes(ctx):
+            yield from _steps(ctx, preset, dtype)
 
 
 def _models(ctx: Context) -> Iterator[Row]:
@@ -474,8 +495,7 @@ def _models(ctx: Context) -> Iterator[Row]:
         x = torch.from_numpy(ours.synthetic_images(n, 32, seed=11)).permute(0, 3, 1, 2).float() / 255
         y = torch.arange(n) % 10
         for dtype in (_dtypes(ctx) if arch == "resnet18" else [torch.float32]):
-            t_model, o_model = copy.deepcopy(theirs).to(dtype), copy.deepcopy(mine).to(dtype)
-            t_model.backbone.mean, t_model.backbone.std = t_model.backbone.mean.to(dtype), t_model.backbone.std.to(dtype)
+            t_model, o_model = _in_dtype(theirs, mine, dtype)
             load_mapped(o_model, t_model.state_dict(), m)
             _their_normalisation(t_model, o_model)
             for mode in ("eval", "train"):
@@ -525,7 +545,8 @@ def _steps(ctx: Context, preset: str, dtype: torch.dtype) -> Iterator[Row]:
         tr.model.to(dtype)
         theirs, args = _their_trainer(ctx, preset, _Loader(counts, steps_per_epoch, batches), model="resnet18")
         model = theirs.model
-        m = _mapping("resnet18", model, tr.model)
+        robal = preset == ROBAL
+        m = _mapping("resnet18+cos" if robal else "resnet18", model, tr.model)
         load_mapped(tr.model, model.state_dict(), m)
         _their_normalisation(model, tr.model)
         method = theirs.training_method
@@ -545,7 +566,8 @@ def _steps(ctx: Context, preset: str, dtype: torch.dtype) -> Iterator[Row]:
         snaps = after_each_step(theirs.optimizer, model)
         rec = Recorder(model)
         theirs.model = rec
-        with quiet():
+        # RoBal's MultiMarginLoss.forward casts with index.type(torch.cuda.FloatTensor): a CPU tensor here
+        with quiet(), patched(torch.cuda, "FloatTensor", torch.FloatTensor):
             theirs.train(STEP_EPOCH, verbose=False)
         their_steps, per = _Split.records(rec, k, args.attack_iter, losses, snaps)
         starts = [s.attack_inputs[0] - b[0] for s, b in zip(their_steps, batches)]
@@ -560,23 +582,42 @@ def _steps(ctx: Context, preset: str, dtype: torch.dtype) -> Iterator[Row]:
         def their_start(threat, x, random_start, generator=None, start_eps=None):
             return next(it).to(x.dtype)
 
+        def run_ours() -> tuple[list[StepRecord], int]:
+            if robal:  # RoBal's attack reads features and the head's cosines: the input normalisation is observed;
+                # the attack runs in train mode (attack.bn_mode=batch): its forwards are the step's first ones
+                return ours_steps_observed(tr, batches, seeds, tr.model.normalize, epoch=STEP_EPOCH - 1,
+                                           logits_scale=tr.model.head.scale,
+                                           attack_forwards=tr.method.base.options.attack_steps)
+            return ours_steps(tr, batches, seeds, epoch=STEP_EPOCH - 1), 1  # one train-mode forward: the loss's
+
         if dtype == torch.float64:
             with patched(pgd_mod, "initial_delta", their_start):
-                our_steps = ours_steps(tr, batches, seeds, epoch=STEP_EPOCH - 1)
+                our_steps, our_forwards = run_ours()
         else:
-            our_steps = ours_steps(tr, batches, seeds, epoch=STEP_EPOCH - 1)
+            our_steps, our_forwards = run_ours()
         del get_adv, init
     finally:
         torch.set_default_dtype(default)
     if dtype == torch.float32:
-        ctx.cache["trained"] = {key: v.clone() for key, v in model.state_dict().items()}
+        ctx.cache["trained" if preset == PRESET else "trained-robal"] = {
+            key: v.clone() for key, v in model.state_dict().items()}
     yield compare_tensor("step", "class radii in force at the step", method.classwise_epsilon.detach(),
                          tr.method.class_radii().to(method.classwise_epsilon.dtype), setting,
                          detail="theirs classwise_epsilon at current_epoch 41, ours class_radii() at epoch 40" +
                                 ("; float64: their radii given to ours" if dtype == torch.float64 else ""))
-    yield compare_exact("step", "BatchNorm updates per step", per - args.attack_iter, 1, setting,
-                        detail="train-mode forwards per step outside the attack: theirs (loss on the AEs, the AT-BSL "
-                               "base's clean forward, update()'s two logging forwards) vs ltrobust's loss forward")
+    yield compare_exact("step", "BatchNorm updates per step", per - args.attack_iter, our_forwards, setting,
+                        detail="train-mode forwards per step outside the attack: theirs (the loss's x' and x: AT-BSL's "
+                               "clean logits unused, RoBal's read by the KL; update()'s two logging forwards) vs "
+                               "ltrobust's loss forwards")
+    if robal:
+        o = tr.method.base.options
+        mo = args.method_opt
+        yield compare_exact("step", "RoBal loss terms and weights",
+                            [mo["s"], mo["m"], mo["tau_b"], mo["tau_m"], mo["beta_adv"], mo["beta"],
+                             model.classifier.gamma],
+                            [tr.model.head.scale, o.m0, o.tau_b, o.tau_m, 1.0, o.alpha, tr.model.head.gamma],
+                            setting, detail="s, m0, tau_b, tau_m, the margin loss's weight (ltrobust: 1, no option), "
+                                            "the KL's weight (their beta, ltrobust's alpha), gamma")
     start = ("their torch.FloatTensor(shape).uniform_(-eps, eps) and ltrobust's uniform start in the global eps ball, "
              "same seed" if dtype == torch.float32 else "their start injected into ltrobust's PGD (their draw is "
              "float32 whatever the default dtype)")
@@ -584,10 +625,28 @@ def _steps(ctx: Context, preset: str, dtype: torch.dtype) -> Iterator[Row]:
 
 
 # ============================================================================================= eval
+def _both_deployed(ctx: Context, preset: str, cfg: Any, data: Any, state: dict[str, torch.Tensor],
+                   folder: str) -> tuple[torch.nn.Module, Any, Any]:
+    """One checkpoint (their state dict) loaded by both codes: their eval.py's model lines (Networks for the
+    preset's config, ``load_state_dict``, eval mode), and ltrobust's checkpoint writer and reader (what
+    ``ltrobust eval`` loads). Returns (their model, our trainer, our loaded run)."""
+    from ltrobust.evaluation.runs import load_run
+
+    theirs = _their_model(ctx, "resnet18", 102, preset)
+    theirs.load_state_dict(state)
+    theirs.eval()
+    tr = ours.trainer(cfg, data, ctx.scratch / folder)
+    load_mapped(tr.model, state, _mapping("resnet18+cos" if preset == ROBAL else "resnet18", theirs, tr.model))
+    _their_normalisation(theirs, tr.model)
+    ckpt = tr.folder.checkpoint("last")
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    tr.save_weights(ckpt, 0, None)
+    return theirs, tr, load_run(ckpt, [f"data_dir={_root(ctx) / 'cifar10'}"])
+
+
 def check_eval(ctx: Context) -> Iterator[Row]:
     from ltrobust.attacks import pgd, threat_model
     from ltrobust.evaluation.evaluator import balanced_subset
-    from ltrobust.evaluation.runs import load_run
 
     import ltrobust
 
@@ -599,19 +658,7 @@ def check_eval(ctx: Context) -> Iterator[Row]:
     cfg, data = _our_data(ctx, PRESET, "model.name=resnet18")
     n = ctx.options.eval_images
     x, y = ours.batches(data.test.subset(balanced_subset(data.test.labels, n, seed=ctx.options.seed)), n, 1)[0]
-    # theirs: eval.py's model lines
-    theirs = _their_model(ctx, "resnet18", 102)
-    theirs.load_state_dict(state)
-    theirs.eval()
-    # ours: through ltrobust's checkpoint writer and reader (what `ltrobust eval` loads)
-    tr = ours.trainer(cfg, data, ctx.scratch / "eval-run")
-    m = _mapping("resnet18", theirs, tr.model)
-    load_mapped(tr.model, state, m)
-    _their_normalisation(theirs, tr.model)
-    ckpt = tr.folder.checkpoint("last")
-    ckpt.parent.mkdir(parents=True, exist_ok=True)
-    tr.save_weights(ckpt, 0, None)
-    run = load_run(ckpt, [f"data_dir={_root(ctx) / 'cifar10'}"])
+    theirs, _, run = _both_deployed(ctx, PRESET, cfg, data, state, "eval-run")
     deployed = run.deployed.eval()
     setting = f"{PRESET} model.name=resnet18, {n} test images"
     yield compare_exact("eval", "checkpoint choice", "last epoch",
@@ -632,8 +679,7 @@ def check_eval(ctx: Context) -> Iterator[Row]:
         default = torch.get_default_dtype()
         torch.set_default_dtype(dtype)
         try:
-            t_model, o_model = copy.deepcopy(theirs).to(dtype).eval(), copy.deepcopy(deployed).to(dtype).eval()
-            t_model.backbone.mean, t_model.backbone.std = t_model.backbone.mean.to(dtype), t_model.backbone.std.to(dtype)
+            t_model, o_model = (model.eval() for model in _in_dtype(theirs, deployed, dtype))
             pick = torch.arange(0, n, max(1, n // count))[:count]
             xd, yd = x[pick].to(dtype), y[pick]
             xt, xo = xd.clone().requires_grad_(True), xd.clone().requires_grad_(True)
@@ -677,6 +723,44 @@ def check_eval(ctx: Context) -> Iterator[Row]:
                         detail=f"theirs: attacked image correct ({int((t_adv & ~t_clean).sum())} of them wrong on "
                                f"the clean image); ours: clean and attacked image correct, of {len(y)} images")
     yield from _autoattack(ctx, theirs, deployed, x, y, metrics)
+    yield from _robal_served(ctx, x, y)
+
+
+def _robal_served(ctx: Context, x: torch.Tensor, y: torch.Tensor) -> Iterator[Row]:
+    """The RoBal base's served logits: their eval.py's Networks with the training config's CosPlus (scale 1) against
+    ltrobust's deployed model of the RobustLT-over-RoBal preset, on the RoBal step level's checkpoint."""
+    state = ctx.cache.get("trained-robal")
+    which = f"after the step level's {ctx.options.steps} steps of {ROBAL} (fp32)"
+    if state is None:
+        state, which = _their_model(ctx, "resnet18", 102, ROBAL).state_dict(), "at initialisation"
+    cfg, data = _our_data(ctx, ROBAL, "model.name=resnet18")
+    theirs, tr, run = _both_deployed(ctx, ROBAL, cfg, data, state, "eval-run-robal")
+    deployed = run.deployed.eval()
+    scale = float(tr.model.head.scale)
+    setting = f"{ROBAL} model.name=resnet18, their ResNet-18 + CosPlus {which}"
+    yield compare_exact("eval", "served classifier (RoBal base)",
+                        f"CosPlus, scale {theirs.classifier.scale:g}, no post-hoc term",
+                        f"cosine head, scale {scale:g}, tau_p {tr.method.base.options.tau_p:g}", setting,
+                        detail="their eval.py serves the training config's classifier; ltrobust's deployed model")
+    for dtype in _dtypes(ctx):
+        name, count = ("fp32", len(y)) if dtype == torch.float32 else ("fp64", min(16, len(y)))
+        where = f"{setting}, {count} test images, {name}"
+        default = torch.get_default_dtype()
+        torch.set_default_dtype(dtype)
+        try:
+            t_model, o_model = (model.eval() for model in _in_dtype(theirs, deployed, dtype))
+            xd, yd = x[:count].to(dtype), y[:count]
+            with torch.no_grad():
+                zt, zo = t_model(xd), o_model(xd)
+            yield compare_tensor("eval", "served logits (RoBal base)", zt, zo, where,
+                                 detail="their Networks + load_state_dict vs ltrobust's load_run(...).deployed")
+            yield compare_tensor("eval", "served logits / s (RoBal base)", zt, zo / scale, where,
+                                 detail=f"ltrobust's deployed logits divided by s = {scale:g}: the scale is the only "
+                                        "difference")
+            yield predictions_agree("eval", "clean predictions (RoBal base)", zt.argmax(1) == yd, zo.argmax(1) == yd,
+                                    where)
+        finally:
+            torch.set_default_dtype(default)
 
 
 def _autoattack(ctx: Context, theirs: torch.nn.Module, deployed: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
@@ -722,7 +806,8 @@ SPEC = MethodSpec(
     commit="2d639792ea213e0d050f1046b26ef7919adf97b5",
     files=("core/methods/robustlt.py", "core/methods/utils.py", "core/methods/atbsl.py", "core/trainer/__init__.py",
            "core/trainer/parser.py", "core/data/utils.py", "core/data/cifar10lt.py", "core/models/__init__.py",
-           "core/models/resnet.py", "core/models/wideresnet.py", "core/metrics.py", "eval.py",
+           "core/models/resnet.py", "core/models/wideresnet.py", "core/models/basic_classifiers.py",
+           "core/methods/robal.py", "core/metrics.py", "eval.py",
            "configs/cifar10lf/robustlt_atbsl_cifar10.yaml", "configs/cifar10lf/robustlt_robal_cifar10.yaml",
            "configs/eval/pgd.yaml", "configs/eval/aa.yaml"),
     checks={"data": check_data, "schedule": check_schedule, "step": check_step, "eval": check_eval},

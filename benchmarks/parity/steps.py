@@ -78,6 +78,36 @@ def ours_steps(trainer: Any, batches: Sequence[tuple[torch.Tensor, torch.Tensor]
     return out
 
 
+def ours_steps_observed(trainer: Any, batches: Sequence[tuple[torch.Tensor, torch.Tensor]], seeds: Sequence[int],
+                        module: nn.Module, epoch: int = 0, logits_scale: float = 1.0,
+                        attack_forwards: int | None = None) -> tuple[list[StepRecord], int]:
+    """:func:`ours_steps` for methods whose attack does not call the model's forward (RoBal's reads
+    ``features`` and the head's cosines): every forward of ``module`` (the backbone, or the input normalisation
+    when it is not the identity) is observed. The attack's forwards are the eval-mode ones, or, for an attack in
+    train mode (``attack.bn_mode=batch``), the first ``attack_forwards`` of the step. The logits are divided by
+    ``logits_scale`` (RoBal: the scale-1 cosines their CosPlus(scale 1) returns). Also returns the number of the
+    other (training) forwards of the last step."""
+    calls: list[tuple[bool, torch.Tensor]] = []
+    handle = module.register_forward_pre_hook(
+        lambda mod, args: calls.append((mod.training, args[0].detach().clone().contiguous())))
+    out, train_forwards = [], 0
+    try:
+        trainer.start_epoch(epoch)
+        for i, ((x, y), seed) in enumerate(zip(batches, seeds)):
+            calls.clear()
+            torch.manual_seed(seed)
+            res = trainer.train_step(x, y, trainer.lr(epoch, i, len(trainer.loader)))
+            attack = [c for c in calls if not c[0]] if attack_forwards is None else calls[:attack_forwards]
+            train_forwards = len(calls) - len(attack)
+            out.append(StepRecord([c[1] for c in attack], [c[0] for c in attack], res["x_adv"],
+                                  res["logits_adv"] / logits_scale, res["loss"].detach(),
+                                  snapshot(trainer.model, "grads"), snapshot(trainer.model, "weights"),
+                                  snapshot(trainer.model, "buffers")))
+    finally:
+        handle.remove()
+    return out, train_forwards
+
+
 def flips(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-4) -> str:
     """How many values of two image tensors differ by more than ``tol`` (a flipped sign step moves a pixel by
     twice the step size)."""

@@ -363,7 +363,12 @@ def test_report_json_and_docs_table(parity, tmp_path):
 def test_cli_errors_are_one_line(tmp_path):
     for argv, message in ((["nope", "--official", str(tmp_path)], "unknown method 'nope'"),
                           (["at-bsl", "--official", str(tmp_path / "missing")], "no checkout at"),
-                          (["at-bsl", "--official", str(tmp_path)], "is not a checkout of NISPLab/AT-BSL")):
+                          (["at-bsl", "--official", str(tmp_path)], "is not a checkout of NISPLab/AT-BSL"),
+                          (["robal", "--official", str(tmp_path), "--checkpoint", str(tmp_path)],
+                           "takes no --checkpoint"),
+                          (["--all", str(tmp_path), "--checkpoint", str(tmp_path)], "not with --all"),
+                          (["reat", "--official", str(tmp_path), "--checkpoint", str(tmp_path / "w.pt")],
+                           "no such file")):
         res = subprocess.run([sys.executable, "-m", "benchmarks.parity", *argv], cwd=ROOT, capture_output=True,
                              text=True, timeout=300)
         assert res.returncode == 2, res.stderr

@@ -44,6 +44,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--eval-images", type=int, default=100, help="test images of the evaluation level (default 100)")
     p.add_argument("--aa-images", type=int, default=32, help="test images of the AutoAttack comparison (default 32)")
     p.add_argument("--checkpoint", help="weights for the evaluation level, in the authors' state-dict format "
+                                        "(at-bsl also takes an ltrobust checkpoint); at-bsl and reat only "
                                         "(default: their model after the step level)")
     p.add_argument("--images", help="an image-folder CIFAR-10 copy (train/<class>/, test/<class>/) whose images "
                                     "fill the official-format files (default: synthetic images)")
@@ -95,6 +96,15 @@ def main(argv: list[str] | None = None) -> int:
         raise ParityError("give a METHOD with --official PATH, or --all DIR (a folder of checkouts).")
     if args.method and not args.official:
         raise ParityError(f"{args.method}: pass --official PATH, a checkout of {load_method(args.method).repository}.")
+    if args.checkpoint:
+        if args.all:
+            raise ParityError("--checkpoint holds one method's weights: give it with a METHOD, not with --all.")
+        if not load_method(args.method).takes_checkpoint:
+            takes = ", ".join(n for n in sorted(METHODS) if load_method(n).takes_checkpoint)
+            raise ParityError(f"{args.method}: its evaluation level takes no --checkpoint (it evaluates their network "
+                              f"after the step level's steps); the methods that take one: {takes}.")
+        if not Path(args.checkpoint).is_file():
+            raise ParityError(f"--checkpoint {args.checkpoint}: no such file.")
     options = Options(levels=tuple(x for x in args.levels.split(",") if x), fp64=not args.no_fp64, steps=args.steps,
                       batch_size=args.batch_size, eval_images=args.eval_images, aa_images=args.aa_images,
                       checkpoint=args.checkpoint, images=args.images, threads=args.threads)

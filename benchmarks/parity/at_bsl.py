@@ -924,4 +924,5 @@ SPEC = MethodSpec(
     known=KNOWN,
     stubs=STUBS,
     presets=(PRESET, TINY),
+    takes_checkpoint=True,
 )

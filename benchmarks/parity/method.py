@@ -72,6 +72,8 @@ class MethodSpec:
         known: regex on a row's quantity -> :class:`~.core.Known` (the first match explains a differing row).
         stubs: stand-ins for third-party modules their code imports but that are not installed.
         presets: the ltrobust presets whose parity the module proves.
+        takes_checkpoint: whether its evaluation level loads ``--checkpoint`` (the others evaluate their network
+            after the step level's steps).
     """
 
     name: str
@@ -83,6 +85,7 @@ class MethodSpec:
     known: Mapping[str, Known] = field(default_factory=dict)
     stubs: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     presets: tuple[str, ...] = ()
+    takes_checkpoint: bool = False
 
     def explain(self, row: Row) -> Row:
         """Attach the first known difference whose pattern matches the row's quantity (and its ``where``)."""

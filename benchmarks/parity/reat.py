@@ -745,4 +745,5 @@ SPEC = MethodSpec(
     known=KNOWN,
     stubs=STUBS,
     presets=(PRESET, BSL_PRESET),
+    takes_checkpoint=True,
 )

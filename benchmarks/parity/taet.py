@@ -758,7 +758,6 @@ def _their_run(ev: Any, rec: Recorder, attack: Any, x: torch.Tensor, y: torch.Te
 
 
 def check_eval(ctx: Context) -> Iterator[Row]:
-    import ltrobust
     from ltrobust.attacks import parse_attack, pgd, threat_model
     from ltrobust.data import build_data
     from ltrobust.data.lt import resize_uint8

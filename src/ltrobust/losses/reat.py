@@ -108,11 +108,12 @@ def reat_tail_classes(class_counts: Sequence[float] | torch.Tensor, convention: 
     return sorted(order[c - max(k, 0):]) if k > 0 else []
 
 
-def tail_class_weights(class_counts: Sequence[float] | torch.Tensor) -> torch.Tensor:
-    """TAIL class weights ``omega_c = sqrt(N / n_c)``, N = sum_j n_j (Li et al., arXiv 2023, Sec. 4.2). (C,) float32
-    CPU."""
+def tail_class_weights(class_counts: Sequence[float] | torch.Tensor,
+                       dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """TAIL class weights ``omega_c = sqrt(N / n_c)``, N = sum_j n_j (Li et al., arXiv 2023, Sec. 4.2). (C,) CPU,
+    computed in float64 and returned as ``dtype`` (float32 by default; a float64 run gets every digit)."""
     n = as_counts(class_counts, dtype=torch.float64)
-    return torch.sqrt(n.sum() / n).to(torch.float32)
+    return torch.sqrt(n.sum() / n).to(dtype)
 
 
 def tail_loss(features: torch.Tensor, targets: torch.Tensor, class_counts: Sequence[float] | torch.Tensor,
@@ -187,8 +188,7 @@ def tail_terms(class_counts: Sequence[float] | torch.Tensor, tail_classes: Seque
     Build them once per run (a training step then copies nothing from the host) and pass them to
     :func:`tail_loss_from_terms`.
     """
-    n = as_counts(class_counts, dtype=torch.float64)
-    omega = torch.sqrt(n.sum() / n).to(dtype).to(device)  # (C,) as tail_class_weights, in dtype
+    omega = tail_class_weights(class_counts, dtype).to(device)  # (C,)
     tails = torch.zeros(omega.numel(), dtype=torch.bool)  # (C,)
     idx = tail_classes.cpu() if isinstance(tail_classes, torch.Tensor) else list(tail_classes)
     tails[torch.as_tensor(idx, dtype=torch.long)] = True

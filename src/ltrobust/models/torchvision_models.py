@@ -23,12 +23,11 @@ from ..registry import MODELS
 from .base import LTModel, check_image_size, resolve_width
 
 
-def _stage(in_planes: int, planes: int, blocks: int, stride: int, block: Any = None) -> nn.Sequential:
+def _stage(in_planes: int, planes: int, blocks: int, stride: int, block: Any) -> nn.Sequential:
     """One torchvision ResNet stage (mirrors ``torchvision.models.resnet.ResNet._make_layer``); ``block``:
-    torchvision's ``Bottleneck`` (default) or ``BasicBlock``."""
-    from torchvision.models.resnet import Bottleneck, conv1x1  # imported here: torchvision is slow to import
+    torchvision's ``Bottleneck`` or ``BasicBlock``."""
+    from torchvision.models.resnet import conv1x1  # imported here: torchvision is slow to import
 
-    block = Bottleneck if block is None else block
     out_planes = planes * block.expansion
     downsample = None
     if stride != 1 or in_planes != out_planes:

@@ -45,7 +45,7 @@ from .core import Known, KeyMap, Row, compare_exact, compare_tensor, compare_ten
     predictions_agree
 from .method import Context, MethodSpec
 from .official import Recorder, call_with_seed, patched, quiet
-from .steps import StepRecord, after_each_step, compare_steps, flips, ours_steps_observed
+from .steps import StepRecord, after_each_step, compare_steps, flips, model_rows, ours_steps_observed
 
 N10, R10 = "robal-n-cifar10lt-resnet18", "robal-r-cifar10lt-resnet18"
 N100, R100 = "robal-n-cifar100lt-resnet18", "robal-r-cifar100lt-resnet18"
@@ -449,16 +449,9 @@ def _models(ctx: Context) -> Iterator[Row]:
         for dtype in _dtypes(ctx):
             t_model, o_model = copy.deepcopy(theirs).to(dtype), copy.deepcopy(mine).to(dtype)
             load_mapped(o_model, t_model.state_dict(), m)
-            for mode in ("eval", "train"):
-                t_model.train(mode == "train")
-                o_model.train(mode == "train")
-                xt, xo = x.to(dtype).requires_grad_(True), x.to(dtype).requires_grad_(True)
-                zt, zo = t_model(xt), o_model.head.cosine(o_model.features(xo))
-                yield compare_tensor("step", f"model: scale-1 cosines, {mode} mode", zt, zo, setting,
-                                     detail="their CosPlus (scale 1, the training config) vs head.cosine(features)")
-                gt, = torch.autograd.grad(F.cross_entropy(zt, y, reduction="sum"), xt)
-                go, = torch.autograd.grad(F.cross_entropy(zo, y, reduction="sum"), xo)
-                yield compare_tensor("step", f"model: input gradients, {mode} mode", gt, go, setting)
+            yield from model_rows(t_model, o_model, x, y, dtype, setting, what="scale-1 cosines",
+                                  ours_fn=lambda model, xo: model.head.cosine(model.features(xo)),
+                                  detail="their CosPlus (scale 1, the training config) vs head.cosine(features)")
 
 
 def _step_batches(ctx: Context, data: Any, k: int, batch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -42,7 +42,7 @@ from .core import (Known, KeyMap, ParityError, Row, compare_exact, compare_tenso
                    map_state, mapped, predictions_agree)
 from .method import Context, MethodSpec
 from .official import Recorder, call_with_seed, patched, quiet
-from .steps import StepRecord, after_each_step, compare_steps, flips, ours_steps, ours_steps_observed
+from .steps import StepRecord, after_each_step, compare_steps, flips, model_rows, ours_steps, ours_steps_observed
 
 PRESET = "robustlt-at-bsl-cifar10lt-wrn28"
 ROBAL = "robustlt-robal-cifar10lt-wrn28"
@@ -498,15 +498,7 @@ def _models(ctx: Context) -> Iterator[Row]:
             t_model, o_model = _in_dtype(theirs, mine, dtype)
             load_mapped(o_model, t_model.state_dict(), m)
             _their_normalisation(t_model, o_model)
-            for mode in ("eval", "train"):
-                t_model.train(mode == "train")
-                o_model.train(mode == "train")
-                xt, xo = x.to(dtype).requires_grad_(True), x.to(dtype).requires_grad_(True)
-                zt, zo = t_model(xt), o_model(xo)
-                yield compare_tensor("step", f"model: logits, {mode} mode", zt, zo, setting)
-                gt, = torch.autograd.grad(F.cross_entropy(zt, y, reduction="sum"), xt)
-                go, = torch.autograd.grad(F.cross_entropy(zo, y, reduction="sum"), xo)
-                yield compare_tensor("step", f"model: input gradients, {mode} mode", gt, go, setting)
+            yield from model_rows(t_model, o_model, x, y, dtype, setting)
 
 
 class _Split:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .core import Row, compare_exact, compare_tensor, compare_tensors, mapped, snapshot
@@ -106,6 +107,22 @@ def ours_steps_observed(trainer: Any, batches: Sequence[tuple[torch.Tensor, torc
     finally:
         handle.remove()
     return out, train_forwards
+
+
+def model_rows(theirs: nn.Module, ours: nn.Module, x: torch.Tensor, y: torch.Tensor, dtype: torch.dtype,
+               setting: str, what: str = "logits", ours_fn: Any = None, detail: str = "") -> Iterator[Row]:
+    """Both models on the same images in eval mode, then in train mode: their outputs (``what``: logits, or
+    ``ours_fn(model, x)`` for another output of ours, e.g. RoBal's scale-1 cosines) and the input gradients of
+    the summed CE, rows "model: <what>, <mode> mode" and "model: input gradients, <mode> mode"."""
+    for mode in ("eval", "train"):
+        theirs.train(mode == "train")
+        ours.train(mode == "train")
+        xt, xo = x.to(dtype).requires_grad_(True), x.to(dtype).requires_grad_(True)
+        zt, zo = theirs(xt), (ours(xo) if ours_fn is None else ours_fn(ours, xo))
+        yield compare_tensor("step", f"model: {what}, {mode} mode", zt, zo, setting, detail=detail)
+        gt, = torch.autograd.grad(F.cross_entropy(zt, y, reduction="sum"), xt)
+        go, = torch.autograd.grad(F.cross_entropy(zo, y, reduction="sum"), xo)
+        yield compare_tensor("step", f"model: input gradients, {mode} mode", gt, go, setting)
 
 
 def flips(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-4) -> str:

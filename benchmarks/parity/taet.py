@@ -45,7 +45,7 @@ from .core import Known, KeyMap, Row, compare_exact, compare_tensor, compare_ten
 from .method import Context, MethodSpec
 from .official import Recorder, call_with_seed, patched, quiet
 from .core import snapshot
-from .steps import StepRecord, compare_steps, flips
+from .steps import StepRecord, compare_steps, flips, model_rows
 
 PRESET = "taet-cifar10lt-ir10-resnet18"
 IRS = (10, 20, 50, 100)
@@ -460,15 +460,7 @@ def _models(ctx: Context) -> Iterator[Row]:
         for dtype in _dtypes(ctx):
             t_model, o_model = copy.deepcopy(theirs).to(dtype), copy.deepcopy(mine).to(dtype)
             load_mapped(o_model, t_model.state_dict(), m)
-            for mode in ("eval", "train"):
-                t_model.train(mode == "train")
-                o_model.train(mode == "train")
-                xt, xo = x.to(dtype).requires_grad_(True), x.to(dtype).requires_grad_(True)
-                zt, zo = t_model(xt), o_model(xo)
-                yield compare_tensor("step", f"model: logits, {mode} mode", zt, zo, setting)
-                gt, = torch.autograd.grad(F.cross_entropy(zt, y, reduction="sum"), xt)
-                go, = torch.autograd.grad(F.cross_entropy(zo, y, reduction="sum"), xo)
-                yield compare_tensor("step", f"model: input gradients, {mode} mode", gt, go, setting)
+            yield from model_rows(t_model, o_model, x, y, dtype, setting)
             bn = {k: o for k, o in m.items() if "running" in k or "num_batches" in k}
             yield compare_tensors("step", "model: BatchNorm buffers after a train-mode forward",
                                   mapped(t_model.state_dict(), bn), {o: o_model.state_dict()[o] for o in bn.values()},

@@ -10,6 +10,7 @@ ltrobust's real trainer on digits-LT. The identical stand-in reports "equal" at 
 
 from __future__ import annotations
 
+import copy
 import json
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -248,6 +250,25 @@ def test_observed_steps_equal_recorded_steps(parity, tmp_path):
         assert torch.equal(r.x_adv, o.x_adv) and torch.equal(r.loss, o.loss)
         assert torch.equal(r.logits / 2.0, o.logits)
         assert r.grads.keys() == o.grads.keys() and all(torch.equal(r.grads[k], o.grads[k]) for k in r.grads)
+
+
+def test_model_rows_equal_for_a_copy_and_differ_for_a_changed_bias(parity):
+    """model_rows: a model against its own copy is equal in both BatchNorm modes (logits and input gradients);
+    a copy with one head bias changed differs; the modes are visited eval then train."""
+    from benchmarks.parity.steps import model_rows
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 10))
+    net = net.double()
+    x, y = torch.rand(4, 1, 8, 8), torch.arange(4)
+    rows = list(model_rows(net, copy.deepcopy(net), x, y, torch.float64, "copy"))
+    assert [r.quantity for r in rows] == ["model: logits, eval mode", "model: input gradients, eval mode",
+                                          "model: logits, train mode", "model: input gradients, train mode"]
+    assert all(r.equal for r in rows)
+    other = copy.deepcopy(net)
+    with torch.no_grad():
+        other[4].bias[0] += 0.5
+    assert not any(r.equal for r in model_rows(net, other, x, y, torch.float64, "changed"))
 
 
 def test_identical_standin_is_equal_at_every_row(parity, tmp_path):

@@ -381,6 +381,27 @@ def test_report_json_and_docs_table(parity, tmp_path):
     assert "old" not in text and "| standin" in text and text.endswith("tail\n")
 
 
+def test_a_result_is_not_overwritten_by_one_with_other_settings(parity, tmp_path):
+    """Two runs of one day: with the same settings the second replaces the first; with other settings both are
+    kept (the second as ...-2.json) and the table reads the one written last."""
+    from benchmarks.parity.__main__ import newest_results
+    from benchmarks.parity.core import Report, Row
+
+    def report(batch, seconds):
+        rep = Report("standin", "test/standin", "abc1234def", "abc1234def", "cmd", seconds=seconds,
+                     settings={"batch_size": batch})
+        rep.add([Row("data", "counts", "equal")])
+        return rep
+
+    first = report(8, 1.0).write(tmp_path)
+    assert report(8, 2.0).write(tmp_path) == first and json.loads(first.read_text())["seconds"] == 2.0
+    other = report(32, 3.0).write(tmp_path)
+    assert other != first and other.name.endswith("-2.json")
+    assert json.loads(first.read_text())["settings"] == {"batch_size": 8}  # kept
+    assert [r["seconds"] for r in newest_results(tmp_path)] == [3.0]
+    assert report(32, 4.0).write(tmp_path) == other  # the same settings as -2: replaced
+
+
 def test_cli_errors_are_one_line(tmp_path):
     for argv, message in ((["nope", "--official", str(tmp_path)], "unknown method 'nope'"),
                           (["at-bsl", "--official", str(tmp_path / "missing")], "no checkout at"),

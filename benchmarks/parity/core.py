@@ -23,7 +23,7 @@ import math
 import platform
 import re
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -280,6 +280,8 @@ class Report:
     notes: list[str] = field(default_factory=list)
     stand_ins: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    #: the run's options (levels, sizes, checkpoint, images, seed): a result is replaced only by one with these
+    settings: dict[str, Any] = field(default_factory=dict)
 
     def add(self, rows: Row | Iterable[Row]) -> None:
         self.rows.extend([rows] if isinstance(rows, Row) else list(rows))
@@ -312,6 +314,7 @@ class Report:
         return {
             "method": self.method, "repository": self.repository, "official_commit": self.commit,
             "expected_commit": self.expected_commit, "command": self.command, "date": date.today().isoformat(),
+            "written": datetime.now(timezone.utc).isoformat(timespec="microseconds"), "settings": self.settings,
             "seconds": round(self.seconds, 1), "machine": _machine(), "stand_ins": self.stand_ins,
             "notes": self.notes,
             "summary": {lvl: self.level_summary(lvl) for lvl in LEVELS},
@@ -319,7 +322,13 @@ class Report:
         }
 
     def write(self, out_dir: str | Path) -> Path:
-        out = Path(out_dir) / f"parity-{self.method}-{date.today().isoformat()}.json"
+        """Atomically, as ``parity-<method>-<date>.json``; a result of the same day computed with other settings
+        (or without recorded settings) is kept, and this one goes to the next free ``...-<date>-<k>.json``."""
+        stem = f"parity-{self.method}-{date.today().isoformat()}"
+        out, k = Path(out_dir) / f"{stem}.json", 1
+        while out.exists() and json.loads(out.read_text()).get("settings") != self.settings:
+            k += 1
+            out = Path(out_dir) / f"{stem}-{k}.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(self.to_json(), indent=1, default=_json_default) + "\n")

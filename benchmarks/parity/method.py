@@ -13,6 +13,7 @@ import logging
 import re
 import tempfile
 import time
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
@@ -105,7 +106,8 @@ def run_method(spec: MethodSpec, path: str | Path, options: Options, command: st
     missing = [f for f in spec.files if not (checkout.path / f).exists()]
     if missing:
         raise ParityError(f"{checkout.path} is not a checkout of {spec.repository}: {missing[0]} is missing.")
-    report = Report(spec.name, spec.repository, checkout.commit, spec.commit, command)
+    report = Report(spec.name, spec.repository, checkout.commit, spec.commit, command,
+                    settings=dataclasses.asdict(options))
     if report.commit not in ("unknown", spec.commit):
         report.notes.append(f"checkout at {report.commit}, the module was written against {spec.commit}")
     if checkout.dirty:
